@@ -1,0 +1,103 @@
+"""The `dbproxy` command line.
+
+    dbproxy serve [--upstream URL] [--listen HOST:PORT] [--admin HOST:PORT] [--config PATH]
+                  [--data-dir PATH] [--agent NAME=PASSWORD ...] [--tls-cert PEM --tls-key PEM]
+    dbproxy agent add NAME [--password PW] | agent list | agent remove NAME
+    dbproxy version
+
+Every `serve` option also has a config-file key and a `DBPROXY_...` environment variable
+(see `dbproxy.settings`); the command line wins over both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from dbproxy import __version__, log
+from dbproxy.agents import add_to_store, load_store, remove_from_store
+from dbproxy.settings import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbproxy", description="Transparent PostgreSQL proxy that makes agent writes reviewable and reversible.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="TOML config file (env DBPROXY_CONFIG)")
+        sp.add_argument("--data-dir", type=Path, dest="data_dir", help="state directory (env DBPROXY_DATA_DIR)")
+
+    s = sub.add_parser("serve", help="run the proxy (embedded PostgreSQL when no --upstream)")
+    common(s)
+    s.add_argument("--upstream", help="postgresql://USER:PASS@HOST:PORT/DB (env DBPROXY_UPSTREAM)")
+    s.add_argument("--listen", help="HOST:PORT for agents (default 127.0.0.1:6432)")
+    s.add_argument("--admin", help="HOST:PORT for the review API (default 127.0.0.1:6433)")
+    s.add_argument("--agent", action="append", metavar="NAME=PASSWORD", help="agent identity (repeatable)")
+    s.add_argument("--agent-auth", dest="agent_auth", choices=["scram-sha-256", "password"])
+    s.add_argument("--tls-cert", dest="tls_cert", type=Path, help="PEM certificate for client TLS")
+    s.add_argument("--tls-key", dest="tls_key", type=Path, help="PEM private key for client TLS")
+    s.add_argument("--max-sessions", dest="max_sessions", type=int)
+    s.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", dest="log_format", choices=["json", "text"])
+    s.add_argument("--log-statements", dest="log_statements", action="store_true", default=None)
+
+    a = sub.add_parser("agent", help="manage agent identities stored in the data directory")
+    common(a)
+    asub = a.add_subparsers(dest="agent_command", required=True)
+    add = asub.add_parser("add", help="create an agent and print its password once")
+    add.add_argument("name")
+    add.add_argument("--password", help="use this password instead of a generated one")
+    asub.add_parser("list", help="list stored agents")
+    rm = asub.add_parser("remove", help="remove a stored agent")
+    rm.add_argument("name")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"dbproxy {__version__}")
+        return 0
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items()
+                           if k not in ("command", "config", "agent_command", "name", "password")}
+    try:
+        settings = load_settings(args.config, cli)
+    except SettingsError as e:
+        print(f"dbproxy: {e}", file=sys.stderr)
+        return 2
+    if args.command == "agent":
+        return _agent(args, settings)
+    log.setup(settings.log_level, settings.log_format)
+    from dbproxy.server import serve
+
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings))
+    except ImportError:
+        return asyncio.run(serve(settings))
+
+
+def _agent(args: argparse.Namespace, settings: Settings) -> int:
+    if args.agent_command == "add":
+        password = add_to_store(settings.data_dir, args.name, args.password)
+        print(f"agent {args.name!r} stored in {settings.data_dir}")
+        if not args.password:
+            print(f"password (shown only this once): {password}")
+        print("restart `dbproxy serve` for it to take effect")
+    elif args.agent_command == "list":
+        stored = load_store(settings.data_dir)
+        for name in sorted(set(stored) | set(settings.agents)):
+            where = "config" if name in settings.agents else "store"
+            print(f"{name}\t({where})")
+    elif args.agent_command == "remove":
+        if not remove_from_store(settings.data_dir, args.name):
+            print(f"dbproxy: no stored agent {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"agent {args.name!r} removed")
+    return 0

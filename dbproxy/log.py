@@ -1,0 +1,60 @@
+"""Structured logging: one line per event, JSON by default (`log_format = "text"` for people).
+
+`event(name, **fields)` is the only call sites use. Values that are secrets never reach it: the
+upstream URL is logged through `UpstreamTarget.display` (host and port only) and statements are
+passed through `redact_sql` first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger("dbproxy")
+
+_PASSWORD_LITERAL = re.compile(r"(PASSWORD\s+)(E?'(?:[^']|'')*')", re.IGNORECASE)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        tail = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items())
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} {record.getMessage()} {tail}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line.rstrip()
+
+
+def setup(level: str = "info", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def event(name: str, *, level: int = logging.INFO, exc_info: bool = False, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)
+
+
+def redact_sql(sql: str) -> str:
+    """Hide password literals (CREATE/ALTER ROLE ... PASSWORD '...') before a statement is logged."""
+    return _PASSWORD_LITERAL.sub(r"\1'***'", sql)

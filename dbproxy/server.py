@@ -1,0 +1,203 @@
+"""The listening proxy: accepts client connections, runs a `Session` for each, routes cancels,
+and shuts down gracefully.
+
+`ProxyServer` owns everything that is shared between sessions: settings, the upstream target
+(with its credentials), the agent registry, the TLS context, the table of live sessions used to
+route CancelRequests, and the session limit. `serve()` is the `dbproxy serve` entry point: it
+starts the embedded PostgreSQL when no upstream is given, prints the agent URL and runs until
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from dbproxy import log
+from dbproxy.agents import AgentRegistry, add_to_store, load_store
+from dbproxy.endpoint import Endpoint
+from dbproxy.handshake import HandshakeConfig
+from dbproxy.protocol.errors import SQLState
+from dbproxy.protocol.startup import CancelRequest
+from dbproxy.scram import certificate_binding
+from dbproxy.session import Session
+from dbproxy.settings import Settings
+from dbproxy.upstream import UpstreamError, UpstreamTarget
+
+
+class ProxyServer:
+    def __init__(self, settings: Settings, target: UpstreamTarget, registry: AgentRegistry) -> None:
+        self.settings = settings
+        self.target = target
+        self.registry = registry
+        self.sessions: set[Session] = set()
+        self._by_pid: dict[int, Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._targets: dict[str, UpstreamTarget] = {target.database: target}
+        tls_context, cert_binding = _tls(settings)
+        self.handshake_config = HandshakeConfig(
+            registry=registry,
+            default_database=target.database,
+            auth_method=settings.agent_auth,
+            tls_context=tls_context,
+            tls_cert_binding=cert_binding,
+            max_message_bytes=min(settings.max_message_bytes, 1 << 20),
+            on_cancel=self._on_cancel,
+        )
+
+    # -- listening ------------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        host, port = self.settings.listen_address
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_endpoint, host, port, reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        log.event("proxy.listening", address=f"{sock[0]}:{sock[1]}", upstream=self.target.display,
+                  tls=self.handshake_config.tls_context is not None)
+        return sock[0], sock[1]
+
+    def _new_endpoint(self) -> Endpoint:
+        ep = Endpoint("client")
+        ep.on_made = self._spawn
+        return ep
+
+    def _spawn(self, ep: Endpoint) -> None:
+        assert ep.transport is not None
+        peer = ep.transport.get_extra_info("peername")
+        session = Session(self, ep, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
+        task = asyncio.get_running_loop().create_task(self._run(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await session.run()
+        except Exception:
+            log.event("session.crashed", session=session.id, level=logging.ERROR, exc_info=True)
+            session.client.abort()
+            if session.upstream is not None:
+                session.upstream.abort()
+            self.unregister(session)
+
+    # -- sessions and cancels -------------------------------------------------------------
+
+    def target_for(self, database: str) -> UpstreamTarget:
+        t = self._targets.get(database)
+        if t is None:
+            t = self._targets[database] = dataclasses.replace(self.target, database=database)
+        return t
+
+    def admit(self) -> bool:
+        return len(self.sessions) < self.settings.max_sessions
+
+    def register(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._by_pid[session.backend_pid] = session
+
+    def unregister(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if self._by_pid.get(session.backend_pid) is session:
+            del self._by_pid[session.backend_pid]
+
+    async def _on_cancel(self, req: CancelRequest) -> None:
+        session = self._by_pid.get(req.pid)
+        if session is None or not hmac.compare_digest(req.secret, session.cancel_secret):
+            log.event("cancel.ignored", pid=req.pid, level=logging.DEBUG)
+            return
+        try:
+            await session.cancel_upstream()
+            log.event("cancel.sent", session=session.id, pid=req.pid)
+        except (UpstreamError, OSError) as e:
+            log.event("cancel.failed", session=session.id, reason=str(e), level=logging.WARNING)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; let sessions finish for `grace` seconds; then end the rest."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        log.event("proxy.stopping", sessions=len(self.sessions), grace=grace)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            if pending:
+                for s in list(self.sessions):
+                    s.terminate(SQLState.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+                await asyncio.wait(pending, timeout=5)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+        log.event("proxy.stopped")
+
+
+def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None, None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return ctx, certificate_binding(Path(settings.tls_cert).read_text())
+
+
+def build_registry(settings: Settings, *, announce: bool = True) -> AgentRegistry:
+    """Agents from settings and the store; creates a first agent when there is none at all."""
+    if not settings.agents and not load_store(settings.data_dir):
+        password = add_to_store(settings.data_dir, "agent")
+        if announce:
+            host, port = settings.listen_address
+            print(
+                "Created agent 'agent'. Its password is shown only this once (the proxy keeps "
+                f"just a SCRAM verifier):\n  {password}\n"
+                f"  postgresql://agent:{password}@{host}:{port}/<database>",
+                file=sys.stdout, flush=True,
+            )
+    return AgentRegistry.build(settings.agents, settings.data_dir)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    from dbproxy.embedded import EmbeddedPostgres
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    embedded: EmbeddedPostgres | None = None
+    if settings.upstream is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        log.event("embedded.starting", data_dir=str(embedded.cluster.data_dir))
+        await asyncio.to_thread(embedded.start)
+        target = UpstreamTarget.parse(embedded.url())
+    else:
+        target = UpstreamTarget.parse(settings.upstream.get_secret_value())
+    registry = build_registry(settings)
+    proxy = ProxyServer(settings, target, registry)
+    try:
+        host, port = await proxy.start()
+    except OSError as e:
+        print(f"dbproxy: cannot listen on {settings.listen}: {e.strerror}", file=sys.stderr)
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        return 2
+    names = ", ".join(sorted(registry.agents))
+    print(f"dbproxy is listening on {host}:{port} for agents: {names}\n"
+          f"  agent URL: postgresql://{next(iter(sorted(registry.agents)))}@{host}:{port}/{target.database}\n"
+          f"  upstream: {'embedded PostgreSQL in ' + str(settings.data_dir) if embedded else target.display}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proxy.shutdown()
+    if embedded is not None:
+        await asyncio.to_thread(embedded.stop)
+    return 0

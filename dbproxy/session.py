@@ -1,0 +1,278 @@
+"""One client session: handshake, one upstream connection, then the relay until either side ends.
+
+The relay is synchronous callbacks on both endpoints (see `endpoint.py`): bytes from the client
+go through a `FrameScanner` that decodes frontend control messages (never CopyData), bytes from
+the upstream through one that decodes only what the proxy tracks (ReadyForQuery); everything else
+is forwarded as untouched byte runs, one write per arrival.
+
+What the session tracks, and why:
+- `outstanding`: requests (Query, Sync, FunctionCall) sent upstream whose ReadyForQuery has not
+  come back. If the client vanishes while it is non-zero, the upstream query is cancelled before
+  the upstream connection is closed (closing alone leaves a long query running until it next
+  talks to the socket). Closing then rolls back any open transaction.
+- `status`: the last ReadyForQuery status, so it stays truthful and later policy can use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from dbproxy import log
+from dbproxy.endpoint import ConnectionClosed, Endpoint
+from dbproxy.handshake import ClientLogin, ClientRejected, client_handshake
+from dbproxy.protocol.errors import ProtocolViolation, SQLState
+from dbproxy.protocol.framing import FRONTEND_TYPES, Frame, FrameScanner
+from dbproxy.protocol.messages import (
+    Authentication,
+    BackendKeyData,
+    ErrorResponse,
+    Parse,
+    Query,
+    decode_frontend,
+)
+from dbproxy.upstream import UpstreamConnection, UpstreamError, connect, send_cancel
+
+if TYPE_CHECKING:
+    from dbproxy.server import ProxyServer
+
+_ids = itertools.count(1)
+_I32 = struct.Struct("!i")
+
+#: Frontend types decoded in the relay; CopyData ('d') streams through undecoded.
+_CLIENT_DECODE = frozenset(FRONTEND_TYPES - {ord("d")})
+#: Frontend messages that ask the server for a ReadyForQuery.
+_REQUESTS = frozenset(b"QSF")
+_READY = ord("Z")
+_TERMINATE = ord("X")
+
+
+class Session:
+    def __init__(self, server: ProxyServer, client: Endpoint, peer: str) -> None:
+        self.id = next(_ids)
+        self.server = server
+        self.client = client
+        self.peer = peer
+        self.upstream: Endpoint | None = None
+        self.login: ClientLogin | None = None
+        self.backend_pid = 0
+        self.upstream_secret = b""
+        self.cancel_secret = secrets.token_bytes(4)
+        self.status = "I"
+        self.outstanding = 0
+        self.started = time.monotonic()
+        self._client_scanner: FrameScanner | None = None
+        self._server_scanner: FrameScanner | None = None
+        self._done = asyncio.get_running_loop().create_future()
+        self._end_reason = "client closed"
+        self._log_statements = server.settings.log_statements
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._start()
+        except ClientRejected as e:
+            log.event("session.rejected", session=self.id, peer=self.peer, sqlstate=e.error.sqlstate,
+                      reason=e.error.message, level=logging.WARNING)
+            self._send_error(e.error)
+            self.client.close()
+            return
+        except UpstreamError as e:
+            log.event("session.upstream_failed", session=self.id, peer=self.peer, sqlstate=e.sqlstate,
+                      reason=e.message, level=logging.WARNING)
+            self._send_error(e.to_error_response())
+            self.client.close()
+            return
+        except ProtocolViolation as e:
+            log.event("session.protocol_violation", session=self.id, peer=self.peer, reason=str(e),
+                      level=logging.WARNING)
+            self._send_error(ErrorResponse.make(SQLState.PROTOCOL_VIOLATION, str(e), severity="FATAL"))
+            self.client.close()
+            return
+        except (ConnectionClosed, ConnectionError, TimeoutError) as e:
+            reason = "authentication timed out" if isinstance(e, TimeoutError) else "client left during start-up"
+            log.event("session.abandoned", session=self.id, peer=self.peer, reason=reason, level=logging.DEBUG)
+            self.client.close()
+            return
+        if self.upstream is None:
+            return  # a CancelRequest connection
+        try:
+            await self._done
+        finally:
+            await self._cleanup()
+
+    async def _start(self) -> None:
+        login = await asyncio.wait_for(
+            client_handshake(self.client, self.server.handshake_config), self.server.settings.auth_timeout
+        )
+        if login is None:
+            self.client.close()
+            return
+        self.login = login
+        if not self.server.admit():
+            raise ClientRejected.fatal(SQLState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+        params = dict(login.forward_params)
+        params["database"] = login.database
+        up = await connect(self.server.target_for(login.database), params, timeout=self.server.settings.connect_timeout)
+        self.upstream = up.endpoint
+        self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
+        self.server.register(self)
+        self._greet(up)
+        log.event("session.start", session=self.id, peer=self.peer, agent=login.agent.name,
+                  database=login.database, tls=login.tls, backend_pid=self.backend_pid,
+                  application_name=login.forward_params.get("application_name", ""))
+        self._start_relay(up, login)
+
+    def _greet(self, up: UpstreamConnection) -> None:
+        """AuthenticationOk, the upstream's ParameterStatus, our own cancel key, ReadyForQuery."""
+        out = [Authentication(Authentication.OK).encode(), *up.parameters,
+               BackendKeyData(self.backend_pid, self.cancel_secret).encode(),
+               b"Z\x00\x00\x00\x05" + up.ready_status.encode()]
+        self.status = up.ready_status
+        self.client.write(b"".join(out))
+
+    def _start_relay(self, up: UpstreamConnection, login: ClientLogin) -> None:
+        assert self.upstream is not None
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self._client_scanner = FrameScanner(_CLIENT_DECODE, valid=FRONTEND_TYPES,
+                                            max_decoded=self.server.settings.max_message_bytes)
+        self._server_scanner = up.reader.scanner
+        self._server_scanner.set_decode(b"Z")
+        self._server_scanner.set_valid(None)
+        # Frames already read past ReadyForQuery on either side go first, in order.
+        for f in up.reader.leftover():
+            self._from_server_items([f])
+        pending = login.reader.leftover()
+        if pending:
+            self._from_client_items(pending)
+        self.upstream.relay_to(self._from_server, self._lost)
+        self.client.relay_to(self._from_client, self._lost)
+
+    # -- relay: client -> upstream --------------------------------------------------------
+
+    def _from_client(self, data: bytes) -> None:
+        assert self._client_scanner is not None
+        try:
+            items = self._client_scanner.feed(data)
+        except ProtocolViolation as e:
+            self._protocol_violation(str(e))
+            return
+        self._from_client_items(items)
+
+    def _from_client_items(self, items: list[bytes | Frame]) -> None:
+        assert self.upstream is not None
+        out: list[bytes] = []
+        for item in items:
+            if type(item) is bytes:
+                out.append(item)
+                continue
+            assert isinstance(item, Frame)
+            t = item.type
+            if t in _REQUESTS:
+                self.outstanding += 1
+            elif t == _TERMINATE:
+                # Forward what came before; the upstream gets its own Terminate at cleanup.
+                if out:
+                    self.upstream.write(b"".join(out))
+                self._finish("client terminated")
+                return
+            if self._log_statements and t in b"QP":
+                self._log_statement(item)
+            out.append(item.raw)
+        if out:
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _log_statement(self, f: Frame) -> None:
+        try:
+            msg = decode_frontend(f)
+        except ProtocolViolation:
+            return
+        sql = msg.sql if isinstance(msg, Query | Parse) else ""
+        log.event("statement", session=self.id, agent=self.login.agent.name if self.login else "",
+                  sql=log.redact_sql(sql))
+
+    # -- relay: upstream -> client --------------------------------------------------------
+
+    def _from_server(self, data: bytes) -> None:
+        assert self._server_scanner is not None
+        try:
+            items = self._server_scanner.feed(data)
+        except ProtocolViolation as e:
+            log.event("session.upstream_protocol_violation", session=self.id, reason=str(e), level=logging.ERROR)
+            self._finish("upstream protocol violation")
+            return
+        self._from_server_items(items)
+
+    def _from_server_items(self, items: list[bytes | Frame]) -> None:
+        out: list[bytes] = []
+        for item in items:
+            if type(item) is bytes:
+                out.append(item)
+                continue
+            assert isinstance(item, Frame)
+            if item.type == _READY:
+                self.status = chr(item.raw[5])
+                if self.outstanding:
+                    self.outstanding -= 1
+            out.append(item.raw)
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _lost(self, ep: Endpoint) -> None:
+        if ep is self.client:
+            self._finish("client disconnected")
+        else:
+            if self._server_scanner is None or self._server_scanner.at_boundary:
+                self._send_error(ErrorResponse.make(
+                    SQLState.CONNECTION_FAILURE, "the upstream server closed the connection unexpectedly",
+                    severity="FATAL"))
+            self._finish("upstream disconnected")
+
+    def _protocol_violation(self, reason: str) -> None:
+        log.event("session.protocol_violation", session=self.id, reason=reason, level=logging.WARNING)
+        self._send_error(ErrorResponse.make(SQLState.PROTOCOL_VIOLATION, reason, severity="FATAL"))
+        self._finish("protocol violation")
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the session from the proxy side (shutdown, admin), telling the client why."""
+        self._send_error(ErrorResponse.make(sqlstate, message, severity="FATAL"))
+        self._finish(message)
+
+    def _send_error(self, error: ErrorResponse) -> None:
+        """Send an ErrorResponse only where it cannot land inside a half-forwarded message."""
+        if self._server_scanner is None or self._server_scanner.at_boundary:
+            self.client.write(error.encode())
+
+    def _finish(self, reason: str) -> None:
+        if not self._done.done():
+            self._end_reason = reason
+            self._done.set_result(None)
+
+    async def _cleanup(self) -> None:
+        self.server.unregister(self)
+        up = self.upstream
+        if up is not None and not up.is_closing():
+            if self.outstanding and self.login is not None:
+                # The client left mid-request: stop the query before dropping the connection.
+                try:
+                    await send_cancel(self.server.target_for(self.login.database), self.backend_pid,
+                                      self.upstream_secret)
+                except (UpstreamError, OSError):
+                    pass
+            up.write(b"X\x00\x00\x00\x04")
+            up.close()
+        self.client.close()
+        log.event("session.end", session=self.id, reason=self._end_reason, status=self.status,
+                  seconds=round(time.monotonic() - self.started, 3))
+
+    async def cancel_upstream(self) -> None:
+        if self.login is not None:
+            await send_cancel(self.server.target_for(self.login.database), self.backend_pid, self.upstream_secret)

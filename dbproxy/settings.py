@@ -1,0 +1,198 @@
+"""The proxy's settings: one pydantic model, filled from defaults, a TOML file, the environment
+and the command line (later sources win).
+
+Every setting has a config-file key (`listen = "..."`), an environment variable (`DBPROXY_LISTEN`)
+and, for the common ones, a command-line option. Agents are a table in the file
+(`[agents.NAME] password = "..."` or `verifier = "SCRAM-SHA-256$..."`), `--agent NAME=PASSWORD`
+on the command line, and `DBPROXY_AGENT` (one `NAME=PASSWORD` per line) in the environment.
+
+A config file that holds credentials (the upstream URL's password or an agent password) must be
+readable by its owner only, like libpq's `.pgpass`; otherwise loading fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "DBPROXY_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or unsafe; the message says which and how to fix it."""
+
+
+def _default_data_dir() -> Path:
+    return platformdirs.user_data_path("dbproxy")
+
+
+def parse_host_port(value: str, *, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{what} must look like HOST:PORT, got {value!r}")
+    n = int(port)
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{what} port {n} is out of range 0-65535")
+    return host.strip("[]") or "127.0.0.1", n
+
+
+class AgentSettings(BaseModel):
+    """One agent identity. Give either a password (hashed at start-up, never stored) or a SCRAM
+    verifier as PostgreSQL stores them (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: SecretStr | None = None
+    verifier: str | None = None
+    databases: list[str] = Field(
+        default_factory=list,
+        description="databases this agent may open; empty means the upstream URL's database; "
+        '["*"] means any',
+    )
+
+    @field_validator("verifier")
+    @classmethod
+    def _check_verifier(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("SCRAM-SHA-256$"):
+            raise ValueError("verifier must be a SCRAM-SHA-256 verifier ('SCRAM-SHA-256$...')")
+        return v
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    upstream: SecretStr | None = Field(
+        default=None,
+        description="postgresql://USER:PASS@HOST:PORT/DB of the real database; "
+        "empty starts the embedded PostgreSQL",
+    )
+    listen: str = "127.0.0.1:6432"
+    admin: str = "127.0.0.1:6433"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    agents: dict[str, AgentSettings] = Field(default_factory=dict)
+    agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    auth_timeout: float = Field(default=60.0, gt=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    max_sessions: int = Field(default=100, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    log_statements: bool = False
+
+    @field_validator("listen", "admin")
+    @classmethod
+    def _check_host_port(cls, v: str) -> str:
+        parse_host_port(v, what="address")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        parts = urlsplit(v.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("upstream must be a postgresql:// URL")
+        return v
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen, what="listen")
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return parse_host_port(self.admin, what="admin")
+
+
+_ENV_SCALARS = [name for name in Settings.model_fields if name != "agents"]
+
+
+def load_settings(
+    config_path: Path | None = None,
+    cli: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < command line, then validate."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    config_path = config_path or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    if config_path is not None:
+        merged.update(_read_config_file(config_path))
+    for name in _ENV_SCALARS:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            merged[name] = value
+    agents: dict[str, Any] = dict(merged.get("agents") or {})
+    agents.update(parse_agent_specs(env.get(ENV_PREFIX + "AGENT", "").splitlines(), source="DBPROXY_AGENT"))
+    cli = dict(cli or {})
+    agents.update(parse_agent_specs(cli.pop("agent", None) or [], source="--agent"))
+    if agents:
+        merged["agents"] = agents
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as e:
+        raise SettingsError(_explain(e)) from None
+
+
+def parse_agent_specs(specs: list[str], *, source: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        spec = spec.strip()
+        if not spec:
+            continue
+        name, sep, password = spec.partition("=")
+        if not sep or not name or not password:
+            raise SettingsError(f"{source} expects NAME=PASSWORD, got {name or spec!r}=...")
+        out[name] = {"password": password}
+    return out
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SettingsError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SettingsError(f"config file {path} is not valid TOML: {e}") from None
+    if _holds_secrets(data):
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SettingsError(
+                f"config file {path} contains credentials but is accessible by group or others "
+                f"(mode {stat.filemode(mode)}); run: chmod 600 {path}"
+            )
+    return data
+
+
+def _holds_secrets(data: dict[str, Any]) -> bool:
+    upstream = data.get("upstream")
+    if isinstance(upstream, str) and urlsplit(upstream).password:
+        return True
+    agents = data.get("agents")
+    return isinstance(agents, dict) and any(
+        isinstance(a, dict) and "password" in a for a in agents.values()
+    )
+
+
+def _explain(e: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
