@@ -208,9 +208,15 @@ class LocalCluster:
 
     def _run(self, program: str, *args: str) -> None:
         cmd = [str(bin_dir() / program), *args]
+        identity: dict[str, object] = {}
+        if self._run_as is not None:
+            # Drop root's groups too: a process left in group root gets a directory's group
+            # bits (often none) instead of the "others" search bit we granted.
+            entry = pwd.getpwnam(self._run_as)
+            identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, user=self._run_as,
-            cwd=self.data_dir.parent, env={**os.environ, "LC_ALL": "C"},
+            cmd, capture_output=True, text=True, check=False, cwd=self.data_dir.parent,
+            env={**os.environ, "LC_ALL": "C"}, **identity,  # type: ignore[call-overload]
         )
         if proc.returncode != 0:
             out = (proc.stderr or proc.stdout).strip()

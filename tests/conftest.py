@@ -1,0 +1,226 @@
+"""Shared fixtures: a real PostgreSQL and a real proxy in front of it.
+
+- `pg`: a PostgreSQL cluster for the whole test session, started from the bundled binaries on a
+  free TCP port (or the server named by `DBPROXY_TEST_DSN`, which must be a superuser URL).
+- `proxy`: a `dbproxy` server in front of `pg`, running on its own event loop in a background
+  thread, so that blocking clients (psql, pgbench, psycopg) and async ones can both use it.
+  Agent `agent` / password `agent-pw` may open any database.
+- `make_proxy(**settings)`: the same with other settings (TLS, limits, another upstream).
+
+Tests talk to PostgreSQL only through real clients; nothing here mocks the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+
+from dbproxy.server import ProxyServer, build_registry
+from dbproxy.settings import load_settings
+from dbproxy.upstream import UpstreamTarget
+from sandbox.pgcluster import LocalCluster, bin_dir, free_port
+
+AGENT = "agent"
+AGENT_PASSWORD = "agent-pw"
+
+
+@dataclass
+class Postgres:
+    """The server under test: a superuser URL and where its client binaries are."""
+
+    url: str
+    cluster: LocalCluster | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 5432
+
+    @property
+    def user(self) -> str:
+        return urlsplit(self.url).username or "postgres"
+
+    @property
+    def password(self) -> str:
+        return urlsplit(self.url).password or ""
+
+    def dsn(self, database: str = "postgres") -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def pg_bin() -> Path:
+    """Directory with psql and pgbench (bundled with the pgserver wheel)."""
+    return bin_dir()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Postgres]:
+    dsn = os.environ.get("DBPROXY_TEST_DSN")
+    if dsn:
+        yield Postgres(dsn)
+        return
+    root = Path(tempfile.mkdtemp(prefix="dbproxy-test-pg-"))
+    cluster = LocalCluster(root / "data", host="127.0.0.1", port=free_port())
+    cluster.init()
+    cluster.start()
+    try:
+        yield Postgres(cluster.url(), cluster)
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class RunningProxy:
+    """A ProxyServer on a private event loop in a daemon thread."""
+
+    def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 host: str, port: int) -> None:
+        self.server = server
+        self.loop = loop
+        self.thread = thread
+        self.host = host
+        self.port = port
+
+    def url(self, database: str = "postgres", user: str = AGENT, password: str | None = AGENT_PASSWORD,
+            **query: str) -> str:
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}" + (f"?{q}" if q else "")
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run a coroutine on the proxy's loop (to inspect or drive the server)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            self.call(self.server.shutdown(grace), timeout=grace + 15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def env(self, user: str = AGENT, password: str = AGENT_PASSWORD) -> dict[str, str]:
+        """Environment for libpq tools (psql, pgbench) to reach the proxy."""
+        return {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user,
+                "PGPASSWORD": password, "PGDATABASE": "postgres", "PGSSLMODE": "prefer",
+                "PGCONNECT_TIMEOUT": "10"}
+
+
+def start_proxy(upstream_url: str, data_dir: Path, **overrides: Any) -> RunningProxy:
+    cli: dict[str, Any] = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "data_dir": str(data_dir),
+        "agent": [f"{AGENT}={AGENT_PASSWORD}"],
+        "log_level": "warning",
+    }
+    cli.update(overrides)
+    agents = cli.pop("agents", None)
+    settings = load_settings(None, cli, environ={})
+    if agents is not None:
+        settings = settings.model_copy(update={"agents": agents})
+    if not any(a.databases for a in settings.agents.values()):
+        for a in settings.agents.values():
+            a.databases = ["*"]
+    target = UpstreamTarget.parse(upstream_url)
+    registry = build_registry(settings, announce=False)
+    server = ProxyServer(settings, target, registry)
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        box["loop"] = loop
+        try:
+            box["addr"] = loop.run_until_complete(server.start())
+        except BaseException as e:
+            box["error"] = e
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="dbproxy-test", daemon=True)
+    thread.start()
+    ready.wait(30)
+    if "error" in box:
+        raise box["error"]
+    host, port = box["addr"]
+    return RunningProxy(server, box["loop"], thread, host, port)
+
+
+@pytest.fixture(scope="session")
+def proxy(pg: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    p = start_proxy(pg.url, tmp_path_factory.mktemp("proxy-state"))
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def make_proxy(pg: Postgres, tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
+    started: list[RunningProxy] = []
+
+    def make(upstream: str | None = None, **overrides: Any) -> RunningProxy:
+        p = start_proxy(upstream or pg.url, tmp_path / f"state{len(started)}", **overrides)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    args: list[str] = field(default_factory=list)
+
+
+def run_tool(pg_bin: Path, tool: str, args: list[str], env: dict[str, str], *, input: str | None = None,
+             timeout: float = 120) -> CommandResult:
+    """Run psql/pgbench/... from the bundled binaries and capture its output."""
+    cmd = [str(pg_bin / tool), *args]
+    proc = subprocess.run(cmd, env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    return CommandResult(proc.returncode, proc.stdout, proc.stderr, cmd)
+
+
+@pytest.fixture
+def psql(pg_bin: Path, proxy: RunningProxy) -> Callable[..., CommandResult]:
+    """psql through the default proxy: psql("-c", "select 1") or psql(input=script)."""
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> CommandResult:
+        return run_tool(pg_bin, "psql", ["-X", "-v", "ON_ERROR_STOP=1", *args], env or proxy.env(), input=input)
+
+    return run
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A table name unique to this test (tests share one server)."""
+    base = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    return f"t_{base}_{os.getpid()}"
