@@ -131,13 +131,12 @@ def start_proxy(upstream_url: str, data_dir: Path, **overrides: Any) -> RunningP
         "log_level": "warning",
     }
     cli.update(overrides)
-    agents = cli.pop("agents", None)
+    if "agents" in overrides:
+        del cli["agent"]
+    else:
+        cli["agents"] = {AGENT: {"password": AGENT_PASSWORD, "databases": ["*"]}}
+        del cli["agent"]
     settings = load_settings(None, cli, environ={})
-    if agents is not None:
-        settings = settings.model_copy(update={"agents": agents})
-    if not any(a.databases for a in settings.agents.values()):
-        for a in settings.agents.values():
-            a.databases = ["*"]
     target = UpstreamTarget.parse(upstream_url)
     registry = build_registry(settings, announce=False)
     server = ProxyServer(settings, target, registry)

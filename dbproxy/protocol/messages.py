@@ -19,6 +19,7 @@ from dbproxy.protocol.framing import Frame, frame
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")  # type OIDs are unsigned
 
 
 class _Reader:
@@ -136,7 +137,7 @@ class Parse(Message):
     param_types: tuple[int, ...] = ()
 
     def body(self) -> bytes:
-        types = b"".join(_I32.pack(t) for t in self.param_types)
+        types = b"".join(_U32.pack(t) for t in self.param_types)
         return _cstr(self.name) + _cstr(self.sql) + _I16.pack(len(self.param_types)) + types
 
     @classmethod
