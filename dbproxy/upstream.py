@@ -183,6 +183,10 @@ async def connect(target: UpstreamTarget, params: dict[str, str], *, timeout: fl
     except TimeoutError:
         raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                             f"timed out after {timeout:g}s connecting to upstream server at {target.display}") from None
+    except ssl.SSLCertVerificationError as e:
+        raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                            f"TLS with upstream server at {target.display} failed: certificate verify failed: "
+                            f"{e.verify_message}") from None
     except ssl.SSLError as e:
         raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                             f"TLS with upstream server at {target.display} failed: {e.reason or e}") from None

@@ -1,0 +1,601 @@
+"""How much throughput does putting dbproxy between a client and PostgreSQL cost?
+
+Run:  python -m benchmarks.proxy_overhead [--duration SECONDS] [--scale N] [--clients 1,8]
+          [--modes simple,prepared] [--workloads select-only,tpcb] [--rounds N] [--out DIR]
+          [--upstream URL] [--pgbouncer/--no-pgbouncer]
+
+What it does: starts a throw-away PostgreSQL 16 (the pgserver wheel's binaries, TCP on 127.0.0.1)
+unless `--upstream URL` names one, fills it with `pgbench -i -s SCALE`, starts `dbproxy serve` as
+a separate process in front of it (pass-through, the only mode today) and, when `pgbouncer` is
+installed, a PgBouncer in session pool mode in front of the same server. Then, for every
+combination of workload, protocol and client count, it runs pgbench for `--duration` seconds
+against each target:
+
+- direct:    pgbench -> PostgreSQL
+- proxy:     pgbench -> dbproxy -> PostgreSQL
+- pgbouncer: pgbench -> PgBouncer -> PostgreSQL (a reference point: what a mature C proxy costs)
+
+Workloads: `select-only` is `pgbench -S`, one primary-key SELECT per transaction, so almost all
+of its time is round trips and the proxy's per-message cost dominates: the worst case for a proxy.
+`tpcb` is pgbench's default TPC-B-like script (three UPDATEs, a SELECT and an INSERT in a
+transaction), where the server does more work per round trip and the proxy matters less.
+Protocols: `-M simple` (one Query message per statement) and `-M prepared` (extended protocol
+with statements prepared once: Bind/Execute/Sync per statement). `-j` is min(clients, 2).
+
+The targets run interleaved, round after round (`--rounds`, default 2; the order is reversed
+every other round), and each row reports the median over the rounds, so machine drift (caches,
+CPU frequency, noisy neighbours) hits all targets alike.
+
+How to read the table: `TPS` is pgbench's "tps ... (without initial connection time)", `latency
+ms` its "latency average", `vs direct` the row's TPS divided by the direct TPS of the same
+workload/mode/clients. Proxy rows are checked against goals: >= 80% of direct with one client
+(latency-bound: every round trip pays the proxy's extra hop) and >= 60% with more clients (on a
+small machine the proxy then also competes with PostgreSQL and pgbench for CPU), marked PASS or
+MISS. Numbers are only comparable on the same machine; the ratios are what matters. The table is
+printed and written to `--out` (default `benchmarks/results/`) as `results.md`, with the raw
+per-round numbers and machine details in `results.json`.
+
+Secrets (the superuser password, the benchmark agent's password) reach the proxy through its
+environment (`DBPROXY_UPSTREAM`, `DBPROXY_AGENT`) rather than its command line, so they do not
+show in `ps`. With `--upstream`, note that `pgbench -i` drops and recreates the pgbench_* tables
+in that database. Every process the benchmark starts is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, free_port
+
+WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
+MODES = ("simple", "extended", "prepared")
+TARGETS = ("direct", "proxy", "pgbouncer")
+PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DBPROXY = Path(sys.executable).with_name("dbproxy")
+BENCH_AGENT = "bench"
+SINGLE_CLIENT_GOAL = 0.80
+MULTI_CLIENT_GOAL = 0.60
+START_TIMEOUT = 30.0
+
+
+class BenchmarkError(RuntimeError):
+    """Something the benchmark depends on failed; the message says what and shows the output."""
+
+
+# -- what we measure ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where pgbench connects, as libpq environment variables."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str
+    sslmode: str = "disable"
+
+    def env(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        return {**base, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                "PGPASSWORD": self.password, "PGDATABASE": self.database, "PGSSLMODE": self.sslmode,
+                "PGCONNECT_TIMEOUT": "10", "PGAPPNAME": f"proxy_overhead-{self.name}"}
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: str
+    mode: str
+    clients: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload} {self.mode} c={self.clients}"
+
+    def pgbench_args(self, duration: int) -> list[str]:
+        return [*WORKLOADS[self.workload], "-M", self.mode, "-c", str(self.clients),
+                "-j", str(min(self.clients, 2)), "-T", str(duration)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pgbench run's summary."""
+
+    tps: float
+    latency_ms: float
+    transactions: int
+
+
+@dataclass
+class Row:
+    """One line of the results table: a target's median over the rounds of one case."""
+
+    case: Case
+    target: str
+    runs: list[Run] = field(default_factory=list)
+    status: str = "measured"  # or "not installed" / "disabled" for a target that did not run
+    ratio: float | None = None
+
+    @property
+    def tps(self) -> float | None:
+        return statistics.median(r.tps for r in self.runs) if self.runs else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return statistics.median(r.latency_ms for r in self.runs) if self.runs else None
+
+    @property
+    def goal(self) -> float | None:
+        if self.target != "proxy":
+            return None
+        return SINGLE_CLIENT_GOAL if self.case.clients == 1 else MULTI_CLIENT_GOAL
+
+    @property
+    def verdict(self) -> str:
+        if self.goal is None or self.ratio is None:
+            return ""
+        return "PASS" if self.ratio >= self.goal else "MISS"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workload": self.case.workload, "mode": self.case.mode, "clients": self.case.clients,
+                "target": self.target, "status": self.status, "tps": self.tps, "latency_ms": self.latency_ms,
+                "ratio_vs_direct": self.ratio, "goal": self.goal, "verdict": self.verdict or None,
+                "runs": [vars(r) for r in self.runs]}
+
+
+# -- child processes ----------------------------------------------------------------------
+
+
+class Service:
+    """A long-running child process (proxy, PgBouncer); its stderr (the log) goes to `log_dir/NAME.log`,
+    its stdout (banners) to `log_dir/NAME.out`."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, **popen: Any) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with open(log_dir / f"{name}.out", "ab") as out, open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         start_new_session=True, **popen)  # Ctrl-C reaches us, not it
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(text) or "(log is empty)"
+
+    def ensure_alive(self) -> None:
+        if not self.alive():
+            raise BenchmarkError(f"{self.name} exited with code {self.proc.returncode}; its log ends:\n"
+                                 f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 10) -> None:
+        if not self.alive():
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def tool(name: str) -> str:
+    return str(bin_dir() / name)
+
+
+def run_tool(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    """Run a client program; its stdout, or BenchmarkError with both outputs when it fails."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        shown = " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
+        raise BenchmarkError(f"`{shown}` exited with code {proc.returncode}:\n"
+                             f"{_tail(proc.stderr)}\n{_tail(proc.stdout)}".rstrip())
+    return proc.stdout
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def psql_value(target: Target, sql: str) -> str:
+    return run_tool([tool("psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql], target.env(), 60).strip()
+
+
+def wait_until_serving(service: Service, target: Target, timeout: float = START_TIMEOUT) -> None:
+    """Wait for the port to accept connections, then check that a real login and query work."""
+    deadline = time.monotonic() + timeout
+    while True:
+        service.ensure_alive()
+        try:
+            with socket.create_connection((target.host, target.port), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"{service.name} did not listen on {target.host}:{target.port} within "
+                                     f"{timeout:.0f}s; its log ends:\n{service.log_tail()}") from None
+            time.sleep(0.1)
+    try:
+        psql_value(target, "select 1")
+    except BenchmarkError as e:
+        raise BenchmarkError(f"{service.name} accepts connections but a query through it failed: {e}\n"
+                             f"its log ends:\n{service.log_tail()}") from None
+
+
+# -- the targets --------------------------------------------------------------------------
+
+
+def target_from_url(name: str, url: str, default_sslmode: str) -> Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise BenchmarkError("--upstream must be a postgresql:// URL")
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    user = unquote(parts.username) if parts.username else q.get("user", "postgres")
+    return Target(
+        name=name,
+        host=q.get("host") or (unquote(parts.hostname) if parts.hostname else "localhost"),
+        port=int(q.get("port") or parts.port or 5432),
+        user=user,
+        password=unquote(parts.password) if parts.password is not None else q.get("password", ""),
+        database=unquote(parts.path.lstrip("/")) or q.get("dbname") or user,
+        sslmode=q.get("sslmode", default_sslmode),
+    )
+
+
+def start_postgres(root: Path, stack: contextlib.ExitStack) -> tuple[str, Target]:
+    """A fresh cluster on a free TCP port; returns its superuser URL and the direct target."""
+    cluster = LocalCluster(root / "pg", host="127.0.0.1", port=free_port(), settings=PG_SETTINGS)
+    stack.callback(_quietly, "stop PostgreSQL", cluster.destroy)
+    cluster.init()
+    cluster.start()
+    url = cluster.url(tcp=True)
+    return url, target_from_url("direct", url, default_sslmode="disable")
+
+
+def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
+    """`dbproxy serve` as its own process, with one agent allowed into the upstream's database."""
+    port = free_port()
+    password = secrets.token_urlsafe(18)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBPROXY_") or k == "DBPROXY_PG_BIN"}
+    env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2")
+    cmd = [str(DBPROXY), "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}",
+           "--data-dir", str(root / "proxy"), "--log-level", "warning"]
+    service = Service("dbproxy", cmd, root, env=env)
+    stack.callback(_quietly, "stop dbproxy", service.stop)
+    target = Target("proxy", "127.0.0.1", port, BENCH_AGENT, password, upstream.database)
+    wait_until_serving(service, target)
+    return service, target
+
+
+def find_pgbouncer() -> str | None:
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    return shutil.which("pgbouncer", path=path)
+
+
+def start_pgbouncer(exe: str, upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
+    """PgBouncer in session pool mode for the upstream's database, as an unprivileged user."""
+    home = root / "pgbouncer"
+    home.mkdir()
+    port = free_port()
+    userlist = home / "userlist.txt"
+    userlist.write_text(f"{_quote(upstream.user)} {_quote(upstream.password)}\n")
+    ini = home / "pgbouncer.ini"
+    ini.write_text(pgbouncer_ini(upstream, port, userlist))
+    identity = unprivileged_identity()
+    for path in (home, userlist, ini):
+        if identity:
+            os.chown(path, identity["user"], identity["group"])
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    if identity:
+        os.chmod(root, os.stat(root).st_mode | 0o001)  # let it reach its directory, nothing more
+    service = Service("pgbouncer", [exe, str(ini)], root, cwd=home, **identity)
+    stack.callback(_quietly, "stop pgbouncer", service.stop)
+    target = Target("pgbouncer", "127.0.0.1", port, upstream.user, upstream.password, upstream.database)
+    wait_until_serving(service, target)
+    return service, target
+
+
+def pgbouncer_ini(upstream: Target, port: int, userlist: Path) -> str:
+    return "\n".join([
+        "[databases]",
+        f"{upstream.database} = host={upstream.host} port={upstream.port} dbname={upstream.database}",
+        "",
+        "[pgbouncer]",
+        "listen_addr = 127.0.0.1",
+        f"listen_port = {port}",
+        "unix_socket_dir =",
+        "auth_type = scram-sha-256",
+        f"auth_file = {userlist}",
+        "pool_mode = session",
+        "max_client_conn = 200",
+        "default_pool_size = 50",
+        f"server_tls_sslmode = {upstream.sslmode}",
+        "ignore_startup_parameters = extra_float_digits",
+        "",
+    ])
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def unprivileged_identity() -> dict[str, Any]:
+    """Popen arguments that drop root (PgBouncer refuses to run as root); empty when not root."""
+    if os.geteuid() != 0:
+        return {}
+    for name in (SYSTEM_USER, "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    raise BenchmarkError(f"running as root and there is no {SYSTEM_USER!r} or 'nobody' user to run pgbouncer as")
+
+
+def _quietly(what: str, fn: Callable[[], object]) -> None:
+    """Clean-up step that reports its failure instead of hiding the original error."""
+    try:
+        fn()
+    except Exception as e:
+        print(f"warning: could not {what}: {e}", file=sys.stderr)
+
+
+# -- pgbench ------------------------------------------------------------------------------
+
+_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
+_LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+
+
+def pgbench_init(target: Target, scale: int) -> None:
+    print(f"pgbench -i -s {scale} ...", file=sys.stderr, flush=True)
+    run_tool([tool("pgbench"), "-i", "-q", "-s", str(scale)], target.env(), timeout=3600)
+
+
+def run_pgbench(target: Target, case: Case, duration: int) -> Run:
+    cmd = [tool("pgbench"), *case.pgbench_args(duration)]
+    try:
+        out = run_tool(cmd, target.env(), timeout=duration + 300)
+    except BenchmarkError as e:
+        raise BenchmarkError(f"pgbench {case.label} against {target.name} failed: {e}") from None
+    return parse_pgbench(out, f"{case.label} against {target.name}")
+
+
+def parse_pgbench(out: str, where: str) -> Run:
+    failed = _FAILED.search(out)
+    if failed and int(failed.group(1)):
+        raise BenchmarkError(f"pgbench {where} reported {failed.group(1)} failed transactions:\n{_tail(out)}")
+    tps, latency, processed = _TPS.search(out), _LATENCY.search(out), _PROCESSED.search(out)
+    if not (tps and latency and processed) or not int(processed.group(1)):
+        raise BenchmarkError(f"cannot read tps/latency from pgbench {where} output:\n{_tail(out)}")
+    return Run(float(tps.group(1)), float(latency.group(1)), int(processed.group(1)))
+
+
+def run_matrix(targets: list[Target], cases: list[Case], duration: int, rounds: int,
+               services: list[Service]) -> dict[tuple[Case, str], list[Run]]:
+    """Every case against every target, targets interleaved, order reversed every other round."""
+    runs: dict[tuple[Case, str], list[Run]] = {}
+    total, done = len(cases) * rounds * len(targets), 0
+    for case in cases:
+        for rnd in range(rounds):
+            for target in targets if rnd % 2 == 0 else targets[::-1]:
+                for s in services:
+                    s.ensure_alive()
+                run = run_pgbench(target, case, duration)
+                runs.setdefault((case, target.name), []).append(run)
+                done += 1
+                print(f"[{done:>3}/{total}] {case.label:<26} {target.name:<9} {run.tps:>10.1f} tps "
+                      f"{run.latency_ms:>8.3f} ms", file=sys.stderr, flush=True)
+    return runs
+
+
+def build_rows(cases: list[Case], runs: dict[tuple[Case, str], list[Run]], absent: dict[str, str]) -> list[Row]:
+    rows: list[Row] = []
+    for case in cases:
+        direct = Row(case, "direct", runs[(case, "direct")])
+        for name in TARGETS:
+            if name in absent:
+                rows.append(Row(case, name, status=absent[name]))
+                continue
+            row = Row(case, name, runs[(case, name)])
+            if row.tps is not None and direct.tps:
+                row.ratio = row.tps / direct.tps
+            rows.append(row)
+    return rows
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def machine_info(direct: Target, pgbouncer: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": psql_value(direct, "show server_version"),
+        "pgbench": run_tool([tool("pgbench"), "--version"]).strip(),
+        "pgbouncer": _first_line(run_tool([pgbouncer, "--version"])) if pgbouncer else None,
+        "dbproxy": _first_line(run_tool([str(DBPROXY), "version"])),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "scale": args.scale,
+        "upstream": "--upstream" if args.upstream else "local cluster, " + ", ".join(f"{k}={v}" for k, v in
+                                                                              PG_SETTINGS.items()),
+    }
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def render_markdown(rows: list[Row], info: dict[str, Any]) -> str:
+    lines = [
+        "# dbproxy overhead (pgbench)",
+        "",
+        f"{info['date']} · {info['cpu_count']} CPUs · PostgreSQL {info['postgresql']} · {info['pgbench']} · "
+        f"{info['pgbouncer'] or 'no PgBouncer'} · {info['dbproxy']}",
+        f"scale {info['scale']}, {info['duration_s']} s per run, median of {info['rounds']} interleaved rounds, "
+        "-j = min(clients, 2)",
+        "",
+        f"Goals for the proxy: >= {SINGLE_CLIENT_GOAL:.0%} of direct TPS with 1 client, "
+        f">= {MULTI_CLIENT_GOAL:.0%} with more clients.",
+        "",
+        "| workload | mode | clients | target | TPS | latency ms | vs direct | goal |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        goal = f">= {r.goal:.0%}: {r.verdict}" if r.goal is not None and r.verdict else ""
+        tps = _num(r.tps, ".0f") if r.status == "measured" else r.status
+        lines.append(f"| {r.case.workload} | {r.case.mode} | {r.case.clients} | {r.target} | {tps} | "
+                     f"{_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, markdown: str, rows: list[Row], info: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown)
+    goals = {"single_client": SINGLE_CLIENT_GOAL, "multi_client": MULTI_CLIENT_GOAL}
+    doc = {"machine": info, "goals": goals, "results": [r.as_json() for r in rows]}
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _csv(choices: Iterable[str] | None = None, cast: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
+    allowed = list(choices) if choices is not None else None
+
+    def parse(value: str) -> list[Any]:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        if allowed is not None and (bad := [v for v in items if v not in allowed]):
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+        try:
+            return [cast(v) for v in items]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _positive_ints(value: str) -> list[int]:
+    counts = _csv(cast=int)(value)
+    if any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError("client counts must be >= 1")
+    return counts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.proxy_overhead",
+                                description="pgbench through dbproxy vs. directly (and vs. PgBouncer).")
+    p.add_argument("--duration", type=int, default=15, help="seconds per pgbench run (default 15)")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
+    p.add_argument("--clients", type=_positive_ints, default=[1, 8], help="client counts (default 1,8)")
+    p.add_argument("--modes", type=_csv(MODES), default=["simple", "prepared"],
+                   help="pgbench -M protocols (default simple,prepared)")
+    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
+                   help="select-only and/or tpcb (default both)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions per target (default 2)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.md/json go (default %(default)s)")
+    p.add_argument("--upstream", help="benchmark this server (superuser URL) instead of starting one; "
+                   "pgbench -i recreates the pgbench_* tables there")
+    p.add_argument("--pgbouncer", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure PgBouncer when it is installed (default on)")
+    args = p.parse_args(argv)
+    if args.duration < 1 or args.scale < 1 or args.rounds < 1:
+        p.error("--duration, --scale and --rounds must be >= 1")
+    return args
+
+
+def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    cases = [Case(w, m, c) for w in args.workloads for m in args.modes for c in args.clients]
+    pgbouncer = find_pgbouncer() if args.pgbouncer else None
+    absent = {} if pgbouncer else {"pgbouncer": "not installed" if args.pgbouncer else "disabled"}
+    with contextlib.ExitStack() as stack:
+        root = Path(tempfile.mkdtemp(prefix="dbproxy-bench-"))
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        if args.upstream:
+            upstream_url, direct = args.upstream, target_from_url("direct", args.upstream, default_sslmode="prefer")
+        else:
+            print("starting PostgreSQL ...", file=sys.stderr, flush=True)
+            upstream_url, direct = start_postgres(root, stack)
+        pgbench_init(direct, args.scale)
+        proxy_service, proxy = start_proxy(upstream_url, direct, root, stack)
+        services, targets = [proxy_service], [direct, proxy]
+        if pgbouncer:
+            bouncer_service, bouncer = start_pgbouncer(pgbouncer, direct, root, stack)
+            services.append(bouncer_service)
+            targets.append(bouncer)
+        info = machine_info(direct, pgbouncer, args)
+        runs_total = len(cases) * args.rounds * len(targets)
+        print(f"{runs_total} pgbench runs of {args.duration} s (about {runs_total * (args.duration + 1) // 60 + 1} "
+              "min) ...", file=sys.stderr, flush=True)
+        runs = run_matrix(targets, cases, args.duration, args.rounds, services)
+        _report_proxy_log(proxy_service)
+    return build_rows(cases, runs, absent), info
+
+
+def _report_proxy_log(service: Service) -> None:
+    """At --log-level warning the proxy's log should be empty after a clean benchmark."""
+    tail = service.log_tail(10)
+    if tail != "(log is empty)":
+        print(f"note: the proxy logged warnings or errors; last lines:\n{tail}", file=sys.stderr)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up on `kill` as on Ctrl-C
+    try:
+        rows, info = benchmark(args)
+    except KeyboardInterrupt:
+        print("interrupted; stopped everything the benchmark started", file=sys.stderr)
+        return 130
+    except (BenchmarkError, ClusterError, subprocess.TimeoutExpired) as e:
+        print(f"proxy_overhead: {e}", file=sys.stderr)
+        return 1
+    markdown = render_markdown(rows, info)
+    write_outputs(args.out, markdown, rows, info)
+    sys.stdout.write(markdown)
+    print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
