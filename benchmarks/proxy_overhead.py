@@ -26,13 +26,15 @@ The targets run interleaved, round after round (`--rounds`, default 2; the order
 every other round), and each row reports the median over the rounds, so machine drift (caches,
 CPU frequency, noisy neighbours) hits all targets alike.
 
-How to read the table: `TPS` is pgbench's "tps ... (without initial connection time)", `latency
-ms` its "latency average", `vs direct` the row's TPS divided by the direct TPS of the same
-workload/mode/clients. Proxy rows are checked against goals: >= 80% of direct with one client
-(latency-bound: every round trip pays the proxy's extra hop) and >= 60% with more clients (on a
-small machine the proxy then also competes with PostgreSQL and pgbench for CPU), marked PASS or
-MISS. Numbers are only comparable on the same machine; the ratios are what matters. The table is
-printed and written to `--out` (default `benchmarks/results/`) as `results.md`, with the raw
+How to read the table: `TPS` is pgbench's "tps ... (without initial connection time)", `±` half
+the range of the rounds' TPS around their median (if it is large, use more `--rounds` or a longer
+`--duration`), `latency ms` pgbench's "latency average", `vs direct` the row's TPS divided by the
+direct TPS of the same workload/mode/clients. Proxy rows are checked against goals, whatever the
+workload: >= 80% of direct with one client (latency-bound: every round trip pays the extra hop)
+and >= 60% with more clients (the proxy then also competes with PostgreSQL and pgbench for CPU),
+marked PASS or MISS. The PgBouncer rows calibrate those goals: what any extra hop costs on this
+machine. Numbers are only comparable on the same machine; the ratios are what matters. The table
+is printed and written to `--out` (default `benchmarks/results/`) as `results.md`, with the raw
 per-round numbers and machine details in `results.json`.
 
 Secrets (the superuser password, the benchmark agent's password) reach the proxy through its
@@ -150,6 +152,14 @@ class Row:
         return statistics.median(r.latency_ms for r in self.runs) if self.runs else None
 
     @property
+    def spread(self) -> float | None:
+        """Half the range of the rounds' TPS relative to the median: how noisy this row is."""
+        if len(self.runs) < 2 or not self.tps:
+            return None
+        values = [r.tps for r in self.runs]
+        return (max(values) - min(values)) / 2 / self.tps
+
+    @property
     def goal(self) -> float | None:
         if self.target != "proxy":
             return None
@@ -163,9 +173,9 @@ class Row:
 
     def as_json(self) -> dict[str, Any]:
         return {"workload": self.case.workload, "mode": self.case.mode, "clients": self.case.clients,
-                "target": self.target, "status": self.status, "tps": self.tps, "latency_ms": self.latency_ms,
-                "ratio_vs_direct": self.ratio, "goal": self.goal, "verdict": self.verdict or None,
-                "runs": [vars(r) for r in self.runs]}
+                "target": self.target, "status": self.status, "tps": self.tps, "tps_spread": self.spread,
+                "latency_ms": self.latency_ms, "ratio_vs_direct": self.ratio, "goal": self.goal,
+                "verdict": self.verdict or None, "runs": [vars(r) for r in self.runs]}
 
 
 # -- child processes ----------------------------------------------------------------------
@@ -192,10 +202,16 @@ class Service:
             return "(no log)"
         return "\n".join(text) or "(log is empty)"
 
+    def death_note(self) -> str | None:
+        """None while running; otherwise how it ended and the end of its log."""
+        if self.alive():
+            return None
+        return f"{self.name} exited with code {self.proc.returncode}; its log ends:\n{self.log_tail()}"
+
     def ensure_alive(self) -> None:
-        if not self.alive():
-            raise BenchmarkError(f"{self.name} exited with code {self.proc.returncode}; its log ends:\n"
-                                 f"{self.log_tail()}")
+        note = self.death_note()
+        if note is not None:
+            raise BenchmarkError(note)
 
     def stop(self, timeout: float = 10) -> None:
         if not self.alive():
@@ -303,7 +319,7 @@ def find_pgbouncer() -> str | None:
 def start_pgbouncer(exe: str, upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
     """PgBouncer in session pool mode for the upstream's database, as an unprivileged user."""
     home = root / "pgbouncer"
-    home.mkdir()
+    home.mkdir(mode=0o700)  # the auth file holds the upstream password
     port = free_port()
     userlist = home / "userlist.txt"
     userlist.write_text(f"{_quote(upstream.user)} {_quote(upstream.password)}\n")
@@ -406,9 +422,11 @@ def run_matrix(targets: list[Target], cases: list[Case], duration: int, rounds: 
     for case in cases:
         for rnd in range(rounds):
             for target in targets if rnd % 2 == 0 else targets[::-1]:
-                for s in services:
-                    s.ensure_alive()
-                run = run_pgbench(target, case, duration)
+                try:
+                    run = run_pgbench(target, case, duration)
+                except BenchmarkError as e:
+                    notes = [n for n in (s.death_note() for s in services) if n]
+                    raise BenchmarkError("\n".join([str(e), *notes])) from None
                 runs.setdefault((case, target.name), []).append(run)
                 done += 1
                 print(f"[{done:>3}/{total}] {case.label:<26} {target.name:<9} {run.tps:>10.1f} tps "
@@ -438,6 +456,7 @@ def machine_info(direct: Target, pgbouncer: str | None, args: argparse.Namespace
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # others' work skews results
         "platform": platform.platform(),
         "python": platform.python_version(),
         "postgresql": psql_value(direct, "show server_version"),
@@ -464,22 +483,24 @@ def render_markdown(rows: list[Row], info: dict[str, Any]) -> str:
     lines = [
         "# dbproxy overhead (pgbench)",
         "",
-        f"{info['date']} · {info['cpu_count']} CPUs · PostgreSQL {info['postgresql']} · {info['pgbench']} · "
-        f"{info['pgbouncer'] or 'no PgBouncer'} · {info['dbproxy']}",
+        f"{info['date']} · {info['cpu_count']} CPUs (load average {info['load_average_at_start'][0]} at start) · "
+        f"PostgreSQL {info['postgresql']} · {info['pgbench']} · {info['pgbouncer'] or 'no PgBouncer'} · "
+        f"{info['dbproxy']}",
         f"scale {info['scale']}, {info['duration_s']} s per run, median of {info['rounds']} interleaved rounds, "
         "-j = min(clients, 2)",
         "",
         f"Goals for the proxy: >= {SINGLE_CLIENT_GOAL:.0%} of direct TPS with 1 client, "
-        f">= {MULTI_CLIENT_GOAL:.0%} with more clients.",
+        f">= {MULTI_CLIENT_GOAL:.0%} with more clients. "
+        "`±`: half the range of the rounds' TPS around their median (run-to-run noise).",
         "",
-        "| workload | mode | clients | target | TPS | latency ms | vs direct | goal |",
-        "|---|---|---:|---|---:|---:|---:|---|",
+        "| workload | mode | clients | target | TPS | ± | latency ms | vs direct | goal |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         goal = f">= {r.goal:.0%}: {r.verdict}" if r.goal is not None and r.verdict else ""
         tps = _num(r.tps, ".0f") if r.status == "measured" else r.status
         lines.append(f"| {r.case.workload} | {r.case.mode} | {r.case.clients} | {r.target} | {tps} | "
-                     f"{_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | {goal} |")
+                     f"{_num(r.spread, '.0%')} | {_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | {goal} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -33,6 +34,16 @@ from dbproxy.upstream import UpstreamTarget
 from sandbox.pgcluster import LocalCluster, bin_dir, free_port
 
 AGENT = "agent"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `timeout`/CI send SIGTERM: turn it into KeyboardInterrupt so fixtures still stop the
+    # PostgreSQL clusters they started instead of leaving them running.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
 AGENT_PASSWORD = "agent-pw"
 
 

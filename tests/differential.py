@@ -24,7 +24,8 @@ A transcript is a list of dicts, one per step:
 - `error`: for a failing step, the SQLSTATE, severity and every other diagnostic field the server
   sent (message, detail, hint, position, context, schema/table/column/constraint, source location);
   for an error raised by the driver itself, its class and text.
-- `notices`: every NoticeResponse received during the step, with all its fields.
+- `notices`: every NoticeResponse received during the step, with all its fields (psycopg: and
+  NotificationResponses, in arrival order).
 - `tx`: the transaction status after the step (psycopg: IDLE/INTRANS/INERROR; asyncpg: whether in a
   transaction).
 - `params`: the reported run-time parameters (`ParameterStatus`) that are tracked, after the step.
@@ -81,6 +82,9 @@ class Step:
     failure). `copy`: the step is a COPY ... TO STDOUT, or FROM STDIN with `copy_in` as its data.
     `simple`: asyncpg runs it with the simple query protocol (needed for several statements).
     `prepare`: psycopg `prepare=` (True forces a named prepared statement).
+    `many`: run `sql` once per parameter tuple (psycopg `executemany(returning=True)`, which pipelines;
+    asyncpg `executemany`). `pipeline`: psycopg only, these (sql, params) queries inside one
+    `conn.pipeline()` block, each result or error recorded (`sql` is then only a label).
     `drivers`: restrict the step to these drivers (others record it as skipped).
     """
 
@@ -92,6 +96,8 @@ class Step:
     simple: bool = False
     prepare: bool | None = None
     pyformat: bool = False
+    many: Sequence[Sequence[Any]] | None = None
+    pipeline: Sequence[tuple[str, Sequence[Any] | None]] | None = None
     drivers: tuple[str, ...] = DRIVERS
 
 
@@ -105,7 +111,7 @@ class Script:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def S(sql: str, *params: Any, **kw: Any) -> Step:  # noqa: N802 - short constructor for script tables
+def S(sql: str, *params: Any, **kw: Any) -> Step:
     """`S("select $1::int", 1, error="22012")`."""
     return Step(sql, params if params else None, **kw)
 
@@ -193,12 +199,57 @@ def _psycopg_resultset(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
             "rows": rows, "raw": raw, "rowcount": cur.rowcount}
 
 
+def _psycopg_pipeline(conn: psycopg.Connection[Any], queries: Sequence[tuple[str, Sequence[Any] | None]],
+                      binary: bool) -> list[dict[str, Any]]:
+    """Run queries in one pipeline; record each cursor's result and the server errors raised.
+
+    Where psycopg raises an error (at execute, sync or block exit) depends on when replies arrive,
+    so only which errors were raised is recorded, not where.
+    """
+    errors: list[tuple[str, str | None]] = []
+
+    def note(e: psycopg.Error) -> None:
+        if not isinstance(e, psycopg.errors.PipelineAborted) and (type(e).__name__, e.sqlstate) not in errors:
+            errors.append((type(e).__name__, e.sqlstate))
+
+    curs: list[psycopg.RawCursor[Any]] = []
+    try:
+        with conn.pipeline() as p:
+            for sql, params in queries:
+                c = psycopg.RawCursor(conn)
+                c.format = psycopg.pq.Format.BINARY if binary else psycopg.pq.Format.TEXT
+                curs.append(c)
+                try:
+                    c.execute(sql, params)
+                except psycopg.Error as e:
+                    note(e)
+            try:
+                p.sync()
+            except psycopg.Error as e:
+                note(e)
+    except psycopg.Error as e:
+        note(e)
+    out: list[dict[str, Any]] = []
+    for c in curs:
+        res = c.pgresult
+        if res is None:
+            out.append({"status": None})
+        elif res.status in (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK):
+            out.append(_psycopg_resultset(c))
+        else:
+            out.append({"status": psycopg.pq.ExecStatus(res.status).name})
+        c.close()
+    out.append({"pipeline_errors": errors})
+    return out
+
+
 def psycopg_step(conn: psycopg.Connection[Any], step: Step, *, binary: bool,
                  notices: list[dict[str, Any]]) -> dict[str, Any]:
     """Run one step on an open psycopg connection and return its transcript record."""
     rec: dict[str, Any] = {"sql": reprlib.repr(step.sql)}
     cls = psycopg.Cursor if step.pyformat else psycopg.RawCursor
-    cur = cls(conn, binary=binary)
+    cur = cls(conn)
+    cur.format = psycopg.pq.Format.BINARY if binary else psycopg.pq.Format.TEXT
     results: list[dict[str, Any]] = []
     try:
         if step.copy:
@@ -209,6 +260,14 @@ def psycopg_step(conn: psycopg.Connection[Any], step: Step, *, binary: bool,
                 else:
                     data = b"".join(bytes(b) for b in cp)
             results.append({"tag": cur.statusmessage, "rowcount": cur.rowcount, "copy_data": data})
+        elif step.many is not None:
+            cur.executemany(step.sql, step.many, returning=True)
+            while True:
+                results.append(_psycopg_resultset(cur))
+                if not cur.nextset():
+                    break
+        elif step.pipeline is not None:
+            results.extend(_psycopg_pipeline(conn, step.pipeline, binary))
         else:
             cur.execute(step.sql, step.params, prepare=step.prepare)
             while True:
@@ -221,6 +280,8 @@ def psycopg_step(conn: psycopg.Connection[Any], step: Step, *, binary: bool,
             # Results before the failing statement of a multi-statement string.
             results.append({"status": psycopg.pq.ExecStatus(cur.pgresult.status).name, "tag": cur.statusmessage})
         rec["error"] = _diag(e.diag) if e.sqlstate else {"client_error": type(e).__name__, "text": str(e)}
+    except (ValueError, TypeError, OverflowError) as e:  # raised by psycopg's adapters, before sending
+        rec["error"] = {"client_error": type(e).__name__, "text": str(e)}
     finally:
         cur.close()
     rec["results"] = results
@@ -235,6 +296,10 @@ def psycopg_connect(url: str) -> tuple[psycopg.Connection[Any], list[dict[str, A
     conn = psycopg.connect(url, autocommit=True)
     notices: list[dict[str, Any]] = []
     conn.add_notice_handler(lambda d: notices.append(_diag(d)))
+    # NotificationResponse (LISTEN/NOTIFY): the sender pid differs per connection, so record only
+    # whether it is the pid the session announced in BackendKeyData (true for self-notifications).
+    conn.add_notify_handler(lambda n: notices.append(
+        {"notify": n.channel, "payload": n.payload, "from_self": n.pid == conn.info.backend_pid}))
     return conn, notices
 
 
@@ -271,6 +336,10 @@ async def _asyncpg_step(conn: asyncpg.Connection, step: Step, notices: list[dict
 
                 tag = await conn._copy_out(step.sql, writer, None)
                 results.append({"tag": tag, "copy_data": b"".join(chunks)})
+        elif step.many is not None:
+            results.append({"tag": await conn.executemany(step.sql, step.many)})
+        elif step.pipeline is not None:
+            raise ValueError("pipeline steps are psycopg-only")
         elif step.simple:
             if step.params:
                 raise ValueError("asyncpg's simple protocol takes no parameters")
