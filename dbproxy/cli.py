@@ -23,7 +23,9 @@ from dbproxy.settings import Settings, SettingsError, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dbproxy", description="Transparent PostgreSQL proxy that makes agent writes reviewable and reversible.")
+    p = argparse.ArgumentParser(
+        prog="dbproxy", description="Transparent PostgreSQL proxy that makes agent writes reviewable and reversible."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -45,14 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-statements", dest="log_statements", action="store_true", default=None)
 
     a = sub.add_parser("agent", help="manage agent identities stored in the data directory")
-    common(a)
     asub = a.add_subparsers(dest="agent_command", required=True)
     add = asub.add_parser("add", help="create an agent and print its password once")
     add.add_argument("name")
     add.add_argument("--password", help="use this password instead of a generated one")
-    asub.add_parser("list", help="list stored agents")
+    lst = asub.add_parser("list", help="list stored agents")
     rm = asub.add_parser("remove", help="remove a stored agent")
     rm.add_argument("name")
+    for sp in (add, lst, rm):
+        common(sp)
 
     sub.add_parser("version", help="print the version")
     return p

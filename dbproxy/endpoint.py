@@ -145,12 +145,12 @@ class Endpoint(asyncio.Protocol):
             self.transport.abort()
 
     async def start_tls(self, context: ssl.SSLContext, *, server_side: bool,
-                        server_hostname: str | None = None, timeout: float = 30) -> None:
+                        server_hostname: str | None = None, handshake_timeout: float = 30) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         new = await loop.start_tls(
             self.transport, self, context, server_side=server_side,
-            server_hostname=server_hostname, ssl_handshake_timeout=timeout,
+            server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
         )
         if new is None:
             raise ConnectionClosed(f"{self.name} closed the connection during the TLS handshake")

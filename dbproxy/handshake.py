@@ -84,7 +84,8 @@ async def client_handshake(ep: Endpoint, cfg: HandshakeConfig) -> ClientLogin | 
         buf = buf[used:]
         if isinstance(pkt, SSLRequest):
             if tls:
-                raise ClientRejected.fatal(SQLState.PROTOCOL_VIOLATION, "SSL request on an already encrypted connection")
+                raise ClientRejected.fatal(SQLState.PROTOCOL_VIOLATION,
+                                           "SSL request on an already encrypted connection")
             if buf:  # data pipelined after SSLRequest would bypass TLS (CVE-2021-23214)
                 raise ClientRejected.fatal(SQLState.PROTOCOL_VIOLATION, "received unencrypted data after SSL request")
             if cfg.tls_context is None:

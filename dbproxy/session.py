@@ -27,7 +27,7 @@ from dbproxy import log
 from dbproxy.endpoint import ConnectionClosed, Endpoint
 from dbproxy.handshake import ClientLogin, ClientRejected, client_handshake
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
-from dbproxy.protocol.framing import FRONTEND_TYPES, Frame, FrameScanner
+from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, PG_MAX_MESSAGE, Frame, FrameScanner, scan_whole
 from dbproxy.protocol.messages import (
     Authentication,
     BackendKeyData,
@@ -50,6 +50,10 @@ _CLIENT_DECODE = frozenset(FRONTEND_TYPES - {ord("d")})
 _REQUESTS = frozenset(b"QSF")
 _READY = ord("Z")
 _TERMINATE = ord("X")
+#: Fast-path sets (see `scan_whole`): Terminate and anything unusual take the general path.
+_CLIENT_FAST = frozenset(FRONTEND_TYPES - {_TERMINATE})
+_SERVER_FAST = frozenset(BACKEND_TYPES)
+_READY_SET = frozenset({_READY})
 
 
 class Session:
@@ -71,6 +75,7 @@ class Session:
         self._done = asyncio.get_running_loop().create_future()
         self._end_reason = "client closed"
         self._log_statements = server.settings.log_statements
+        self._max_message = server.settings.max_message_bytes
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -119,7 +124,7 @@ class Session:
             raise ClientRejected.fatal(SQLState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
         params = dict(login.forward_params)
         params["database"] = login.database
-        up = await connect(self.server.target_for(login.database), params, timeout=self.server.settings.connect_timeout)
+        up = await connect(self.server.target_for(login.database), params, within=self.server.settings.connect_timeout)
         self.upstream = up.endpoint
         self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
         self.server.register(self)
@@ -157,9 +162,16 @@ class Session:
     # -- relay: client -> upstream --------------------------------------------------------
 
     def _from_client(self, data: bytes) -> None:
-        assert self._client_scanner is not None
+        scanner = self._client_scanner
+        assert scanner is not None and self.upstream is not None
+        if scanner.at_boundary and not self._log_statements:
+            whole = scan_whole(data, _CLIENT_FAST, _REQUESTS, self._max_message)
+            if whole is not None:
+                self.outstanding += whole[0]
+                self.upstream.write(data)
+                return
         try:
-            items = self._client_scanner.feed(data)
+            items = scanner.feed(data)
         except ProtocolViolation as e:
             self._protocol_violation(str(e))
             return
@@ -200,9 +212,19 @@ class Session:
     # -- relay: upstream -> client --------------------------------------------------------
 
     def _from_server(self, data: bytes) -> None:
-        assert self._server_scanner is not None
+        scanner = self._server_scanner
+        assert scanner is not None
+        if scanner.at_boundary:
+            whole = scan_whole(data, _SERVER_FAST, _READY_SET, PG_MAX_MESSAGE)
+            if whole is not None:
+                count, last = whole
+                if count:
+                    self.status = chr(data[last + 5])
+                    self.outstanding = max(0, self.outstanding - count)
+                self.client.write(data)
+                return
         try:
-            items = self._server_scanner.feed(data)
+            items = scanner.feed(data)
         except ProtocolViolation as e:
             log.event("session.upstream_protocol_violation", session=self.id, reason=str(e), level=logging.ERROR)
             self._finish("upstream protocol violation")

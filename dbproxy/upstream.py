@@ -176,13 +176,14 @@ async def _negotiate_tls(endpoint: Endpoint, target: UpstreamTarget) -> None:
                             f"upstream server at {target.display} answered the SSL request with {answer[:1]!r}")
 
 
-async def connect(target: UpstreamTarget, params: dict[str, str], *, timeout: float) -> UpstreamConnection:
-    """Open, authenticate and start a session upstream; raise UpstreamError on any failure."""
+async def connect(target: UpstreamTarget, params: dict[str, str], *, within: float) -> UpstreamConnection:
+    """Open, authenticate and start a session upstream within `within` seconds; raise
+    UpstreamError on any failure."""
     try:
-        return await asyncio.wait_for(_connect(target, params), timeout)
+        return await asyncio.wait_for(_connect(target, params), within)
     except TimeoutError:
         raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                            f"timed out after {timeout:g}s connecting to upstream server at {target.display}") from None
+                            f"timed out after {within:g}s connecting to upstream server at {target.display}") from None
     except ssl.SSLCertVerificationError as e:
         raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                             f"TLS with upstream server at {target.display} failed: certificate verify failed: "
@@ -222,7 +223,7 @@ async def _connect(target: UpstreamTarget, params: dict[str, str]) -> UpstreamCo
                 continue  # notices during start-up are not relayed
             else:
                 raise UpstreamError(SQLState.PROTOCOL_VIOLATION,
-                                    f"unexpected message {t!r} from upstream server at {target.display} during start-up")
+                                    f"unexpected message {t!r} from upstream at {target.display} during start-up")
     except BaseException:
         endpoint.abort()
         raise
@@ -240,12 +241,14 @@ async def _authenticate(reader: MessageReader, target: UpstreamTarget) -> None:
             continue
         if not isinstance(msg, Authentication):
             raise UpstreamError(SQLState.PROTOCOL_VIOLATION,
-                                f"unexpected message {f.type_char!r} from upstream at {target.display} during authentication")
+                                f"unexpected message {f.type_char!r} from upstream at {target.display} "
+                                "during authentication")
         if msg.code == Authentication.OK:
             return
         if msg.code != Authentication.SASL_FINAL and target.password is None:
             raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                                f"upstream server at {target.display} asks for a password, but the upstream URL has none")
+                                f"upstream server at {target.display} asks for a password, "
+                                "but the upstream URL has none")
         if msg.code == Authentication.CLEARTEXT:
             assert target.password is not None
             endpoint.write(PasswordMessage.make_password(target.password).encode())
@@ -276,7 +279,8 @@ async def _authenticate(reader: MessageReader, target: UpstreamTarget) -> None:
                                     f"upstream server at {target.display} failed SCRAM server verification") from None
         else:
             raise UpstreamError(SQLState.FEATURE_NOT_SUPPORTED,
-                                f"upstream server at {target.display} asks for unsupported authentication (code {msg.code})")
+                                f"upstream server at {target.display} asks for unsupported authentication "
+                                f"(code {msg.code})")
 
 
 def _server_error(msg: Message, target: UpstreamTarget) -> UpstreamError:

@@ -534,11 +534,11 @@ def _schema(request: pytest.FixtureRequest) -> str:
     return f"dx_{base}_{h}"
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    ("script", "driver"),
+    [pytest.param(s, d, id=f"{s.name}-{d}") for s in SCRIPTS for d in DRIVERS if d in s.drivers],
+)
 def test_script(script: Script, driver: str, pg: Any, proxy: Any, request: pytest.FixtureRequest) -> None:
-    if driver not in script.drivers:
-        pytest.skip(f"{script.name} is not meant for {driver}")
     compare(script, driver, pg.dsn("postgres"), proxy.url("postgres"), _schema(request))
 
 

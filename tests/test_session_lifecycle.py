@@ -140,7 +140,8 @@ async def test_fifty_concurrent_sessions_without_cross_talk(proxy):
             app = await conn.fetchval("show application_name")
             assert app == f"agent-{i}"
             values = [r[0] for r in await conn.fetch("select v from mine order by v")]
-            big = await conn.fetchval("select string_agg(md5(($1::int * g)::text), '') from generate_series(1, 300) g", i)
+            big = await conn.fetchval(
+                "select string_agg(md5(($1::int * g)::text), '') from generate_series(1, 300) g", i)
             assert len(big) == 32 * 300
             return i, conn.get_server_pid(), values
         finally:

@@ -175,6 +175,37 @@ class FrameScanner:
         return out
 
 
+def scan_whole(data: bytes, allowed: frozenset[int], watch: frozenset[int], max_len: int) -> tuple[int, int] | None:
+    """Fast path for a chunk that holds only whole frames (the common case for small messages).
+
+    Returns `(count, last)`: how many frames of a `watch` type the chunk holds and where the last
+    one starts (-1 if none). Returns None as soon as anything needs the general scanner: a type
+    outside `allowed`, a length below 4 or above `max_len`, or a frame cut at the chunk's end.
+    The caller then feeds the same bytes to `FrameScanner.feed`, which gives the precise error.
+    """
+    unpack = _INT32.unpack_from
+    n = len(data)
+    pos = 0
+    count = 0
+    last = -1
+    while pos < n:
+        if n - pos < 5:
+            return None
+        t = data[pos]
+        if t not in allowed:
+            return None
+        length = unpack(data, pos + 1)[0]
+        if length < 4 or length - 4 > max_len:
+            return None
+        if t in watch:
+            count += 1
+            last = pos
+        pos += 1 + length
+    if pos != n:
+        return None
+    return count, last
+
+
 def _describe(t: int) -> str:
     ch = chr(t)
     return repr(ch) if ch.isprintable() else f"0x{t:02x}"

@@ -1,0 +1,188 @@
+"""The `dbproxy` command as users run it, and the settings it reads.
+
+`dbproxy serve` with no upstream runs the embedded PostgreSQL: the first start creates an agent
+and prints its password once, data survives a restart, SIGTERM stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbproxy.agents import Verifier, load_store
+from dbproxy.settings import SettingsError, load_settings
+from sandbox.pgcluster import free_port
+
+DBPROXY = [sys.executable, "-m", "dbproxy"]
+
+
+class Served:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*DBPROXY, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}",
+             "--admin", f"127.0.0.1:{free_port()}", "--log-format", "text", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
+        )
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 120
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"dbproxy exited early: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.lines.append(line)
+            if "agent URL:" in line:
+                return
+        raise AssertionError("dbproxy did not start in time")
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err
+
+
+def test_serve_embedded_default_survives_restart(tmp_path: Path):
+    data = tmp_path / "state"
+    first = Served(data)
+    try:
+        match = re.search(r"postgresql://agent:(\S+)@127\.0\.0\.1:(\d+)/", first.output)
+        assert match, first.output
+        password = match.group(1)
+        url = f"postgresql://agent:{password}@127.0.0.1:{first.port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table kept (v text)")
+            conn.execute("insert into kept values ('still here')")
+            assert conn.execute("select version()").fetchone()[0].startswith("PostgreSQL 16")
+    finally:
+        code, err = first.stop()
+    assert code == 0, err
+    assert "proxy.stopped" in err
+    assert password not in err  # never logged
+    # Passwords are stored only as SCRAM verifiers, owner-only.
+    store = data / "agents.json"
+    assert oct(store.stat().st_mode & 0o777) == "0o600"
+    assert password not in store.read_text()
+    assert isinstance(load_store(data)["agent"], Verifier)
+    # The embedded server listens on no TCP port; its socket directory is owner-only.
+    conf = (data / "postgres" / "dbproxy.conf").read_text()
+    assert "listen_addresses = ''" in conf
+
+    second = Served(data)
+    try:
+        assert "password" not in second.output.lower()  # shown only on first start
+        with psycopg.connect(url.replace(f":{first.port}/", f":{second.port}/")) as conn:
+            assert conn.execute("select v from kept").fetchone() == ("still here",)
+    finally:
+        code, _ = second.stop()
+    assert code == 0
+
+
+def test_serve_with_upstream_from_environment(pg, tmp_path: Path):
+    env = {**os.environ, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret\nother=x"}
+    served = Served(tmp_path / "s", env=env)
+    try:
+        assert "agents: bot, other" in served.output
+        assert pg.password not in served.output
+        with psycopg.connect(f"postgresql://bot:bot-secret@127.0.0.1:{served.port}/postgres") as conn:
+            assert conn.execute("select current_user").fetchone() == (pg.user,)
+    finally:
+        code, err = served.stop()
+    assert code == 0
+    assert pg.password not in err
+
+
+def test_serve_bad_settings_exit_2_with_a_readable_message(tmp_path: Path):
+    proc = subprocess.run([*DBPROXY, "serve", "--listen", "nonsense", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "listen: address must look like HOST:PORT, got 'nonsense'" in proc.stderr
+
+
+def test_agent_add_prints_password_once_and_stores_verifier(tmp_path: Path):
+    proc = subprocess.run([*DBPROXY, "agent", "add", "reporter", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    password = re.search(r"password \(shown only this once\): (\S+)", proc.stdout).group(1)
+    assert load_store(tmp_path)["reporter"].check_password(password)
+    listed = subprocess.run([*DBPROXY, "agent", "list", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "reporter" in listed.stdout
+    subprocess.run([*DBPROXY, "agent", "remove", "reporter", "--data-dir", str(tmp_path)], check=True,
+                   capture_output=True, timeout=60)
+    assert "reporter" not in load_store(tmp_path)
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_precedence_file_then_env_then_cli(tmp_path: Path):
+    cfg = tmp_path / "dbproxy.toml"
+    cfg.write_text('listen = "127.0.0.1:7000"\nadmin = "127.0.0.1:7001"\nmax_sessions = 5\n')
+    s = load_settings(cfg, {}, environ={"DBPROXY_ADMIN": "127.0.0.1:8001"})
+    assert (s.listen, s.admin, s.max_sessions) == ("127.0.0.1:7000", "127.0.0.1:8001", 5)
+    s = load_settings(cfg, {"listen": "0.0.0.0:9000"}, environ={"DBPROXY_LISTEN": "127.0.0.1:8000"})
+    assert s.listen_address == ("0.0.0.0", 9000)
+
+
+def test_config_file_with_credentials_must_be_private(tmp_path: Path):
+    cfg = tmp_path / "dbproxy.toml"
+    cfg.write_text('upstream = "postgresql://u:topsecret@db:5432/app"\n')
+    cfg.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"chmod 600") as info:
+        load_settings(cfg, {}, environ={})
+    assert "topsecret" not in str(info.value)
+    cfg.chmod(0o600)
+    s = load_settings(cfg, {}, environ={})
+    assert s.upstream is not None and "topsecret" not in repr(s)
+
+
+def test_agents_from_file_and_cli(tmp_path: Path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[agents.a]\nverifier = "{Verifier.from_password("pw-a")}"\ndatabases = ["app"]\n')
+    s = load_settings(cfg, {"agent": ["b=pw-b"]}, environ={})
+    assert set(s.agents) == {"a", "b"}
+    assert s.agents["a"].databases == ["app"]
+    assert s.agents["b"].password is not None and s.agents["b"].password.get_secret_value() == "pw-b"
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "message"),
+    [
+        ({"listen": "localhost"}, {}, "listen: address must look like HOST:PORT"),
+        ({"listen": "1.2.3.4:99999"}, {}, "port 99999 is out of range"),
+        ({}, {"DBPROXY_MAX_SESSIONS": "zero"}, "max_sessions: Input should be a valid integer"),
+        ({"upstream": "mysql://x@y/z"}, {}, "upstream: upstream must be a postgresql:// URL"),
+        ({"agent": ["justaname"]}, {}, "--agent expects NAME=PASSWORD"),
+        ({}, {"DBPROXY_AGENT": "=pw"}, "DBPROXY_AGENT expects NAME=PASSWORD"),
+        ({"log_level": "loud"}, {}, "log_level: Input should be"),
+    ],
+)
+def test_validation_errors_are_readable(cli, env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(None, cli, environ=env)
+
+
+def test_unknown_config_key_is_named(tmp_path: Path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("lissten = '127.0.0.1:1'\n")
+    with pytest.raises(SettingsError, match="lissten: unknown setting"):
+        load_settings(cfg, {}, environ={})
+
+
+def test_invalid_toml_is_reported(tmp_path: Path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("listen = \n")
+    with pytest.raises(SettingsError, match="is not valid TOML"):
+        load_settings(cfg, {}, environ={})
