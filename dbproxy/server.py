@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dbproxy import log
 from dbproxy.agents import AgentRegistry, add_to_store, load_store
+from dbproxy.embedded import EmbeddedPostgres
 from dbproxy.endpoint import Endpoint
 from dbproxy.handshake import HandshakeConfig
 from dbproxy.protocol.errors import SQLState
@@ -30,6 +31,7 @@ from dbproxy.scram import certificate_binding
 from dbproxy.session import Session
 from dbproxy.settings import Settings
 from dbproxy.upstream import UpstreamError, UpstreamTarget
+from sandbox.pgcluster import ClusterError
 
 
 class ProxyServer:
@@ -166,23 +168,22 @@ def build_registry(settings: Settings, *, announce: bool = True) -> AgentRegistr
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
-    from dbproxy.embedded import EmbeddedPostgres
-
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     embedded: EmbeddedPostgres | None = None
-    if settings.upstream is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        log.event("embedded.starting", data_dir=str(embedded.cluster.data_dir))
-        await asyncio.to_thread(embedded.start)
-        target = UpstreamTarget.parse(embedded.url())
-    else:
-        target = UpstreamTarget.parse(settings.upstream.get_secret_value())
-    registry = build_registry(settings)
-    proxy = ProxyServer(settings, target, registry)
     try:
+        if settings.upstream is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            log.event("embedded.starting", data_dir=str(embedded.cluster.data_dir))
+            await asyncio.to_thread(embedded.start)
+            target = UpstreamTarget.parse(embedded.url())
+        else:
+            target = UpstreamTarget.parse(settings.upstream.get_secret_value())
+        registry = build_registry(settings)
+        proxy = ProxyServer(settings, target, registry)
         host, port = await proxy.start()
-    except OSError as e:
-        print(f"dbproxy: cannot listen on {settings.listen}: {e.strerror}", file=sys.stderr)
+    except (OSError, ValueError, ClusterError) as e:  # ssl.SSLError is an OSError
+        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"dbproxy: cannot start on {settings.listen}: {what}", file=sys.stderr)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         return 2

@@ -7,9 +7,11 @@ is forwarded as untouched byte runs, one write per arrival.
 
 What the session tracks, and why:
 - `outstanding`: requests (Query, Sync, FunctionCall) sent upstream whose ReadyForQuery has not
-  come back. If the client vanishes while it is non-zero, the upstream query is cancelled before
-  the upstream connection is closed (closing alone leaves a long query running until it next
-  talks to the socket). Closing then rolls back any open transaction.
+  come back, and `unanswered`: whether anything was sent since the last ReadyForQuery (an
+  Execute followed only by Flush gets no ReadyForQuery). If the client vanishes while either
+  says the backend may be busy, the upstream query is cancelled before the upstream connection
+  is closed (closing alone leaves a long query running until it next talks to the socket).
+  Closing then rolls back any open transaction.
 - `status`: the last ReadyForQuery status, so it stays truthful and later policy can use it.
 """
 
@@ -69,6 +71,7 @@ class Session:
         self.cancel_secret = secrets.token_bytes(4)
         self.status = "I"
         self.outstanding = 0
+        self.unanswered = False
         self.started = time.monotonic()
         self._client_scanner: FrameScanner | None = None
         self._server_scanner: FrameScanner | None = None
@@ -100,8 +103,8 @@ class Session:
             self._send_error(ErrorResponse.make(SQLState.PROTOCOL_VIOLATION, str(e), severity="FATAL"))
             self.client.close()
             return
-        except (ConnectionClosed, ConnectionError, TimeoutError) as e:
-            reason = "authentication timed out" if isinstance(e, TimeoutError) else "client left during start-up"
+        except (ConnectionClosed, OSError, TimeoutError) as e:  # OSError covers ssl.SSLError
+            reason = "authentication timed out" if isinstance(e, TimeoutError) else f"client left during start-up: {e}"
             log.event("session.abandoned", session=self.id, peer=self.peer, reason=reason, level=logging.DEBUG)
             self.client.close()
             return
@@ -168,6 +171,7 @@ class Session:
             whole = scan_whole(data, _CLIENT_FAST, _REQUESTS, self._max_message)
             if whole is not None:
                 self.outstanding += whole[0]
+                self.unanswered = True
                 self.upstream.write(data)
                 return
         try:
@@ -198,6 +202,7 @@ class Session:
                 self._log_statement(item)
             out.append(item.raw)
         if out:
+            self.unanswered = True
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _log_statement(self, f: Frame) -> None:
@@ -221,6 +226,7 @@ class Session:
                 if count:
                     self.status = chr(data[last + 5])
                     self.outstanding = max(0, self.outstanding - count)
+                    self.unanswered = self.outstanding > 0
                 self.client.write(data)
                 return
         try:
@@ -242,6 +248,7 @@ class Session:
                 self.status = chr(item.raw[5])
                 if self.outstanding:
                     self.outstanding -= 1
+                self.unanswered = self.outstanding > 0
             out.append(item.raw)
         if out:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
@@ -282,7 +289,7 @@ class Session:
         self.server.unregister(self)
         up = self.upstream
         if up is not None and not up.is_closing():
-            if self.outstanding and self.login is not None:
+            if (self.outstanding or self.unanswered) and self.login is not None:
                 # The client left mid-request: stop the query before dropping the connection.
                 try:
                     await send_cancel(self.server.target_for(self.login.database), self.backend_pid,

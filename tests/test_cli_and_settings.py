@@ -186,3 +186,18 @@ def test_invalid_toml_is_reported(tmp_path: Path):
     cfg.write_text("listen = \n")
     with pytest.raises(SettingsError, match="is not valid TOML"):
         load_settings(cfg, {}, environ={})
+
+
+def test_serve_on_a_busy_port_exits_2(pg, tmp_path: Path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*DBPROXY, "serve", "--upstream", pg.url, "--agent", "a=b", "--listen", f"127.0.0.1:{port}",
+             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"cannot start on 127.0.0.1:{port}" in proc.stderr
+    assert pg.password not in proc.stderr + proc.stdout

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -215,3 +216,27 @@ def test_agent_identity_is_not_the_upstream_user(proxy, pg):
     with psycopg.connect(proxy.url()) as conn:
         assert conn.info.user == AGENT
         assert conn.execute("select current_user").fetchone() == (pg.user,)
+
+
+def test_slow_client_backpressure_bounds_proxy_memory(make_proxy):
+    """A client that stops reading a 200 MB result must not make the proxy buffer it: the
+    upstream side stops reading instead, and the rows still arrive intact when the client reads."""
+    from dbproxy.protocol.messages import Query
+    from tests.rawclient import RawClient
+
+    p = make_proxy(agent_auth="password")
+    c = RawClient(p.host, p.port, timeout=30)
+    c.login(AGENT, AGENT_PASSWORD)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.send(Query("select g, repeat('x', 1000) from generate_series(1, 200000) g").encode())
+    time.sleep(2.0)
+
+    async def buffered() -> list[int]:
+        return [s.client.transport.get_write_buffer_size() for s in p.server.sessions if s.client.transport]
+
+    sizes = p.call(buffered())
+    assert sizes and max(sizes) < 1_000_000, sizes
+    frames = c.until("Z")
+    rows = [f for f in frames if f.type_char == "D"]
+    assert len(rows) == 200000
+    assert frames[-2].body == b"SELECT 200000\x00"
