@@ -73,7 +73,7 @@ from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, 
 
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
 MODES = ("simple", "extended", "prepared")
-TARGETS = ("direct", "proxy", "pgbouncer")
+TARGETS = ("direct", "proxy", "null-relay", "pgbouncer")
 PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DBPROXY = Path(sys.executable).with_name("dbproxy")
@@ -307,6 +307,17 @@ def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextl
     service = Service("dbproxy", cmd, root, env=env)
     stack.callback(_quietly, "stop dbproxy", service.stop)
     target = Target("proxy", "127.0.0.1", port, BENCH_AGENT, password, upstream.database)
+    wait_until_serving(service, target)
+    return service, target
+
+
+def start_null_relay(upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
+    """`benchmarks.null_relay`: the same hop with no protocol work, the floor for dbproxy."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "benchmarks.null_relay", upstream.host, str(upstream.port), str(port)]
+    service = Service("null-relay", cmd, root, cwd=Path(__file__).resolve().parent.parent)
+    stack.callback(_quietly, "stop null relay", service.stop)
+    target = Target("null-relay", "127.0.0.1", port, upstream.user, upstream.password, upstream.database)
     wait_until_serving(service, target)
     return service, target
 
@@ -555,6 +566,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "pgbench -i recreates the pgbench_* tables there")
     p.add_argument("--pgbouncer", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure PgBouncer when it is installed (default on)")
+    p.add_argument("--null-relay", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure a no-logic uvloop relay, the floor for a Python proxy (default on)")
     args = p.parse_args(argv)
     if args.duration < 1 or args.scale < 1 or args.rounds < 1:
         p.error("--duration, --scale and --rounds must be >= 1")
@@ -565,6 +578,8 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     cases = [Case(w, m, c) for w in args.workloads for m in args.modes for c in args.clients]
     pgbouncer = find_pgbouncer() if args.pgbouncer else None
     absent = {} if pgbouncer else {"pgbouncer": "not installed" if args.pgbouncer else "disabled"}
+    if not args.null_relay:
+        absent["null-relay"] = "disabled"
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="dbproxy-bench-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)
@@ -576,6 +591,10 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         pgbench_init(direct, args.scale)
         proxy_service, proxy = start_proxy(upstream_url, direct, root, stack)
         services, targets = [proxy_service], [direct, proxy]
+        if args.null_relay:
+            relay_service, relay = start_null_relay(direct, root, stack)
+            services.append(relay_service)
+            targets.append(relay)
         if pgbouncer:
             bouncer_service, bouncer = start_pgbouncer(pgbouncer, direct, root, stack)
             services.append(bouncer_service)
