@@ -240,3 +240,20 @@ def test_slow_client_backpressure_bounds_proxy_memory(make_proxy):
     rows = [f for f in frames if f.type_char == "D"]
     assert len(rows) == 200000
     assert frames[-2].body == b"SELECT 200000\x00"
+
+
+def test_client_vanishing_after_execute_flush_without_sync_cancels(make_proxy, pg):
+    """Execute + Flush (no Sync) never earns a ReadyForQuery; the proxy must still cancel the
+    running query when the client disappears, or pg_sleep(60) would run on for a minute."""
+    from dbproxy.protocol.messages import Bind, Execute, Flush, Parse
+    from tests.rawclient import RawClient
+
+    p = make_proxy(agent_auth="password")
+    c = RawClient(p.host, p.port)
+    frames = c.login(AGENT, AGENT_PASSWORD)
+    pid = next(int.from_bytes(f.body[:4], "big") for f in frames if f.type_char == "K")
+    c.send(Parse("", "select pg_sleep(60)").encode() + Bind("", "").encode() + Execute("").encode()
+           + Flush().encode())
+    assert _wait_until(lambda: (_activity(pg, pid) or ("", ""))[0] == "active", 10)
+    c.close()
+    assert _wait_until(lambda: _activity(pg, pid) is None, 10), _activity(pg, pid)
