@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--agent-auth", dest="agent_auth", choices=["scram-sha-256", "password"])
     s.add_argument("--tls-cert", dest="tls_cert", type=Path, help="PEM certificate for client TLS")
     s.add_argument("--tls-key", dest="tls_key", type=Path, help="PEM private key for client TLS")
+    s.add_argument("--require-tls", dest="require_tls", action="store_true", default=None,
+                   help="refuse clients that do not use TLS")
     s.add_argument("--max-sessions", dest="max_sessions", type=int)
     s.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", dest="log_format", choices=["json", "text"])

@@ -68,6 +68,7 @@ class HandshakeConfig:
     auth_method: str = "scram-sha-256"
     tls_context: ssl.SSLContext | None = None
     tls_cert_binding: bytes | None = None
+    require_tls: bool = False
     max_message_bytes: int = 1 << 20
     on_cancel: Callable[[CancelRequest], Awaitable[None]] | None = None
 
@@ -114,6 +115,10 @@ async def _login(ep: Endpoint, startup: StartupMessage, cfg: HandshakeConfig, tl
             SQLState.FEATURE_NOT_SUPPORTED,
             f"unsupported frontend protocol {startup.major}.{startup.minor}: server supports 3.0",
         )
+    if cfg.require_tls and not tls:
+        raise ClientRejected.fatal(SQLState.INVALID_AUTHORIZATION_SPECIFICATION,
+                                   "connection without TLS refused: this proxy requires TLS",
+                                   hint="Connect with sslmode=require (or stricter).")
     params = startup.params
     unknown_options = tuple(k for k in params if k.startswith("_pq_."))
     if startup.minor > 0 or unknown_options:

@@ -51,6 +51,7 @@ class ProxyServer:
             auth_method=settings.agent_auth,
             tls_context=tls_context,
             tls_cert_binding=cert_binding,
+            require_tls=settings.require_tls,
             max_message_bytes=min(settings.max_message_bytes, 1 << 20),
             on_cancel=self._on_cancel,
         )
@@ -142,6 +143,8 @@ class ProxyServer:
 
 def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
     if settings.tls_cert is None and settings.tls_key is None:
+        if settings.require_tls:
+            raise ValueError("require_tls needs tls_cert and tls_key")
         return None, None
     if settings.tls_cert is None or settings.tls_key is None:
         raise ValueError("TLS needs both tls_cert and tls_key")

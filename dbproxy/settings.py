@@ -80,6 +80,7 @@ class Settings(BaseModel):
     agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    require_tls: bool = False
     max_message_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     connect_timeout: float = Field(default=10.0, gt=0)
     auth_timeout: float = Field(default=60.0, gt=0)

@@ -41,11 +41,13 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 class UpstreamError(Exception):
     """Connecting or authenticating upstream failed. `sqlstate` and `message` are safe to show."""
 
-    def __init__(self, sqlstate: str, message: str, *, fields: dict[str, str] | None = None) -> None:
+    def __init__(self, sqlstate: str, message: str, *, fields: dict[str, str] | None = None,
+                 server_sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.fields = fields
+        self.server_sqlstate = server_sqlstate  # what the upstream itself said, when it said something
 
     def to_error_response(self) -> ErrorResponse:
         if self.fields is not None:
@@ -151,10 +153,11 @@ async def open_socket(target: UpstreamTarget, name: str = "upstream") -> Endpoin
     return endpoint
 
 
-async def _negotiate_tls(endpoint: Endpoint, target: UpstreamTarget) -> None:
-    """Send SSLRequest unless the mode says not to, and upgrade as libpq would."""
+async def _negotiate_tls(endpoint: Endpoint, target: UpstreamTarget, *, allow_retry: bool = False) -> None:
+    """Send SSLRequest unless the mode says not to, and upgrade as libpq would. `allow` first
+    tries without TLS; `allow_retry` is its second attempt, with TLS."""
     ctx = target.ssl_context()
-    if ctx is None or target.sslmode == "allow":
+    if ctx is None or (target.sslmode == "allow" and not allow_retry):
         return
     endpoint.write(SSLRequest().encode())
     answer = await endpoint.read()
@@ -180,7 +183,14 @@ async def connect(target: UpstreamTarget, params: dict[str, str], *, within: flo
     """Open, authenticate and start a session upstream within `within` seconds; raise
     UpstreamError on any failure."""
     try:
-        return await asyncio.wait_for(_connect(target, params), within)
+        async with asyncio.timeout(within):
+            try:
+                return await _connect(target, params)
+            except UpstreamError as e:
+                # libpq's sslmode=allow: a server that refuses the plain connection gets a TLS one.
+                if target.sslmode != "allow" or e.server_sqlstate != SQLState.INVALID_AUTHORIZATION_SPECIFICATION:
+                    raise
+                return await _connect(target, params, tls_retry=True)
     except TimeoutError:
         raise UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                             f"timed out after {within:g}s connecting to upstream server at {target.display}") from None
@@ -196,10 +206,10 @@ async def connect(target: UpstreamTarget, params: dict[str, str], *, within: flo
                             f"upstream server at {target.display} closed the connection during start-up") from None
 
 
-async def _connect(target: UpstreamTarget, params: dict[str, str]) -> UpstreamConnection:
+async def _connect(target: UpstreamTarget, params: dict[str, str], *, tls_retry: bool = False) -> UpstreamConnection:
     endpoint = await open_socket(target)
     try:
-        await _negotiate_tls(endpoint, target)
+        await _negotiate_tls(endpoint, target, allow_retry=tls_retry)
         startup = {"user": target.user, "database": target.database, **params}
         endpoint.write(StartupMessage(params=startup).encode())
         reader = MessageReader(endpoint, FrameScanner(None, valid=BACKEND_TYPES, max_decoded=1 << 20))
@@ -288,9 +298,10 @@ def _server_error(msg: Message, target: UpstreamTarget) -> UpstreamError:
     if msg.sqlstate in (SQLState.INVALID_PASSWORD, SQLState.INVALID_AUTHORIZATION_SPECIFICATION):
         # The agent cannot fix the proxy's credentials; do not make it look like the agent's fault.
         return UpstreamError(SQLState.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                             f"upstream server at {target.display} rejected the proxy's credentials; "
-                             "the proxy operator must fix the upstream URL")
-    return UpstreamError(msg.sqlstate, msg.message, fields=msg.fields)
+                             f"upstream server at {target.display} rejected the proxy's connection "
+                             f"({msg.message}); the proxy operator must fix the upstream URL",
+                             server_sqlstate=msg.sqlstate)
+    return UpstreamError(msg.sqlstate, msg.message, fields=msg.fields, server_sqlstate=msg.sqlstate)
 
 
 async def send_cancel(target: UpstreamTarget, pid: int, secret: bytes) -> None:

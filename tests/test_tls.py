@@ -159,3 +159,26 @@ def test_upstream_sslmode_disable_is_plain(tls_proxy, make_proxy):
     with psycopg.connect(p.url()) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
         assert _tls_sessions(tls_proxy) == [False]
+
+
+async def test_require_tls_refuses_plain_clients(make_proxy, cert_files):
+    cert, key = cert_files
+    p = make_proxy(tls_cert=str(cert), tls_key=str(key), require_tls=True)
+    with pytest.raises(asyncpg.PostgresError, match="connection without TLS refused") as info:
+        await asyncpg.connect(p.url(), ssl=False)
+    assert info.value.sqlstate == "28000"
+    with psycopg.connect(p.url(sslmode="require")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_upstream_sslmode_allow_retries_with_tls(make_proxy, cert_files):
+    """libpq's allow: plain first, TLS when the server refuses plain text."""
+    cert, key = cert_files
+    tls_only = make_proxy(tls_cert=str(cert), tls_key=str(key), require_tls=True)
+    allow = make_proxy(upstream=_upstream_url(tls_only, "127.0.0.1", sslmode="allow"))
+    with psycopg.connect(allow.url()) as conn:
+        assert conn.execute("select 'via allow'").fetchone() == ("via allow",)
+        assert _tls_sessions(tls_only) == [True]
+    plain = make_proxy(upstream=_upstream_url(tls_only, "127.0.0.1", sslmode="disable"))
+    with pytest.raises(psycopg.OperationalError, match="connection without TLS refused"):
+        psycopg.connect(plain.url())
