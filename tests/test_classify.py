@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from psycopg import errors
 
 from inverse.classify import Classification, Kind, TxControl, classify, classify_script, split_statements
+from tests.conftest import Postgres
 
 # --------------------------------------------------------------------------------------------
 # split_statements
@@ -256,6 +257,8 @@ CASES: list[tuple[str, Kind, bool, str | None, str | None]] = [
     ("set transaction isolation level repeatable read", S, True, None, None),
     ("reset statement_timeout", S, True, None, None),
     ("reset all", S, True, None, None),
+    ("set work_mem = upper('8mb')", U, False, None, None),  # not a SET we know: never read-only
+    ("show search_path(1)", R, False, None, None),
     ("discard plans", S, True, None, None),
     ("discard temp", S, False, None, None),
     ("listen chan", S, True, None, None),
@@ -439,6 +442,24 @@ def test_classification_only_rules() -> None:
     assert classify("").kind is Kind.UNKNOWN and not classify("  -- c\n").read_only
 
 
+SOUP = ["select", "insert", "into", "update", "delete", "from", "t", "(", ")", "'", '"', "$$", "$a$", "/*", "*/",
+        "--", "\n", ";", ",", "::", "int", "e'", "\\", "for", "with", "as", "values", "f(", "nextval(", "explain",
+        "analyze", "copy", "to", "stdout", "set", "role", "begin", "atomic", "end", "case", "create", "function", "1",
+        "*", "+", "=", ".", "[", "]", "union", "do", "call", "show", "fetch", "lock", "share", "\u212a"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(SOUP), max_size=20), st.sampled_from(["", " "]))
+def test_classify_never_fails_and_stays_consistent(parts: list[str], sep: str) -> None:
+    """Whatever arrives, classification returns, and its fields never contradict each other."""
+    for c in [classify(sep.join(parts)), *classify_script(sep.join(parts))]:
+        if c.read_only:
+            assert c.kind in (Kind.READ, Kind.SESSION) and c.escape is None and c.tx is None
+        if c.kind is Kind.TRANSACTION:
+            assert c.tx is not None
+        assert (c.tx is None) or c.kind is Kind.TRANSACTION
+
+
 def test_classify_script() -> None:
     got = classify_script("begin; select 1; insert into t values (1); commit")
     assert [(c.kind, c.sql) for c in got] == [
@@ -555,7 +576,7 @@ TRANSACTIONAL = [
 
 
 @pytest.fixture(scope="module")
-def pg_conn(pg) -> Iterator[psycopg.Connection]:  # type: ignore[no-untyped-def]
+def pg_conn(pg: Postgres) -> Iterator[psycopg.Connection]:
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.prepare_threshold = None  # never turn test statements into server-side prepared ones
         yield conn
