@@ -134,7 +134,7 @@ class RunningProxy:
                 "PGCONNECT_TIMEOUT": "10"}
 
 
-def start_proxy(upstream_url: str, data_dir: Path, **overrides: Any) -> RunningProxy:
+def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, **overrides: Any) -> RunningProxy:
     cli: dict[str, Any] = {
         "listen": f"127.0.0.1:{free_port()}",
         "data_dir": str(data_dir),
@@ -155,10 +155,11 @@ def start_proxy(upstream_url: str, data_dir: Path, **overrides: Any) -> RunningP
     box: dict[str, Any] = {}
 
     def run() -> None:
+        loop: asyncio.AbstractEventLoop
         try:
             import uvloop
 
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            loop = uvloop.new_event_loop() if use_uvloop else asyncio.new_event_loop()
         except ImportError:
             loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -193,8 +194,8 @@ def proxy(pg: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
 def make_proxy(pg: Postgres, tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     started: list[RunningProxy] = []
 
-    def make(upstream: str | None = None, **overrides: Any) -> RunningProxy:
-        p = start_proxy(upstream or pg.url, tmp_path / f"state{len(started)}", **overrides)
+    def make(upstream: str | None = None, *, use_uvloop: bool = True, **overrides: Any) -> RunningProxy:
+        p = start_proxy(upstream or pg.url, tmp_path / f"state{len(started)}", use_uvloop=use_uvloop, **overrides)
         started.append(p)
         return p
 
