@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dbproxy.agents import Agent, AgentRegistry, Verifier
 from dbproxy.endpoint import Endpoint, MessageReader
@@ -58,7 +58,6 @@ class ClientLogin:
     forward_params: dict[str, str]
     reader: MessageReader
     tls: bool
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
