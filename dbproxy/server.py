@@ -154,7 +154,7 @@ def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
     return ctx, certificate_binding(Path(settings.tls_cert).read_text())
 
 
-def build_registry(settings: Settings, *, announce: bool = True) -> AgentRegistry:
+def build_registry(settings: Settings, *, announce: bool = True, database: str = "postgres") -> AgentRegistry:
     """Agents from settings and the store; creates a first agent when there is none at all."""
     if not settings.agents and not load_store(settings.data_dir):
         password = add_to_store(settings.data_dir, "agent")
@@ -163,7 +163,7 @@ def build_registry(settings: Settings, *, announce: bool = True) -> AgentRegistr
             print(
                 "Created agent 'agent'. Its password is shown only this once (the proxy keeps "
                 f"just a SCRAM verifier):\n  {password}\n"
-                f"  postgresql://agent:{password}@{host}:{port}/<database>",
+                f"  postgresql://agent:{password}@{host}:{port}/{database}",
                 file=sys.stdout, flush=True,
             )
     return AgentRegistry.build(settings.agents, settings.data_dir)
@@ -181,7 +181,7 @@ async def serve(settings: Settings) -> int:
             target = UpstreamTarget.parse(embedded.url())
         else:
             target = UpstreamTarget.parse(settings.upstream.get_secret_value())
-        registry = build_registry(settings)
+        registry = build_registry(settings, database=target.database)
         proxy = ProxyServer(settings, target, registry)
         host, port = await proxy.start()
     except (OSError, ValueError, ClusterError) as e:  # ssl.SSLError is an OSError

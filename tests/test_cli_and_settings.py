@@ -58,7 +58,7 @@ def test_serve_embedded_default_survives_restart(tmp_path: Path):
     data = tmp_path / "state"
     first = Served(data)
     try:
-        match = re.search(r"postgresql://agent:(\S+)@127\.0\.0\.1:(\d+)/", first.output)
+        match = re.search(r"postgresql://agent:(\S+)@127\.0\.0\.1:(\d+)/postgres\n", first.output)
         assert match, first.output
         password = match.group(1)
         url = f"postgresql://agent:{password}@127.0.0.1:{first.port}/postgres"
