@@ -54,7 +54,6 @@ _READY = ord("Z")
 _TERMINATE = ord("X")
 #: Fast-path sets (see `scan_whole`): Terminate and anything unusual take the general path.
 _CLIENT_FAST = frozenset(FRONTEND_TYPES - {_TERMINATE})
-_SERVER_FAST = frozenset(BACKEND_TYPES)
 _READY_SET = frozenset({_READY})
 
 
@@ -220,13 +219,11 @@ class Session:
         scanner = self._server_scanner
         assert scanner is not None
         if scanner.at_boundary:
-            whole = scan_whole(data, _SERVER_FAST, _READY_SET, PG_MAX_MESSAGE)
+            whole = scan_whole(data, BACKEND_TYPES, _READY_SET, PG_MAX_MESSAGE)
             if whole is not None:
                 count, last = whole
                 if count:
-                    self.status = chr(data[last + 5])
-                    self.outstanding = max(0, self.outstanding - count)
-                    self.unanswered = self.outstanding > 0
+                    self._ready(data[last + 5], count)
                 self.client.write(data)
                 return
         try:
@@ -245,13 +242,16 @@ class Session:
                 continue
             assert isinstance(item, Frame)
             if item.type == _READY:
-                self.status = chr(item.raw[5])
-                if self.outstanding:
-                    self.outstanding -= 1
-                self.unanswered = self.outstanding > 0
+                self._ready(item.raw[5], 1)
             out.append(item.raw)
         if out:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _ready(self, status: int, count: int) -> None:
+        """`count` ReadyForQuery messages arrived, the last with transaction status `status`."""
+        self.status = chr(status)
+        self.outstanding = max(0, self.outstanding - count)
+        self.unanswered = self.outstanding > 0
 
     # -- endings --------------------------------------------------------------------------
 
