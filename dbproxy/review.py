@@ -1,0 +1,47 @@
+"""The reviewer's side of the proxy, as one interface: list, show, commit, roll back, read the log.
+
+The admin HTTP API (`dbproxy.admin`) serves this interface; the running proxy implements it
+(`dbproxy.pending.PendingRegistry`) over its live held transactions and the journal. Keeping the
+interface here lets the API and the CLI be written and tested against it without a session.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord
+
+
+class ReviewError(Exception):
+    """A reviewer request that cannot be done. `status` is the HTTP status the API answers with:
+    404 unknown id, 409 not in a state that allows it (already decided, agent mid-transaction),
+    502 the upstream refused or failed (then `sqlstate` says how), 503 the journal is unavailable."""
+
+    def __init__(self, status: int, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+class ReviewService(Protocol):
+    async def pending(self) -> list[TransactionRecord]:
+        """Transactions waiting for a decision (and open ones that already hold writes), oldest first."""
+        ...
+
+    async def show(self, tx_id: int) -> TransactionDetail:
+        """Statements, row-level diff and blocked sessions of one transaction (any outcome)."""
+        ...
+
+    async def commit(self, tx_id: int, reviewer: str) -> Decision:
+        """Commit a pending transaction upstream. Failures raise ReviewError(502) and are journaled."""
+        ...
+
+    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
+        """Roll back a pending (or open) transaction upstream."""
+        ...
+
+    async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
+                  before_id: int | None = None) -> list[TransactionRecord]:
+        """The journal, newest first."""
+        ...

@@ -1,0 +1,101 @@
+"""What the journal stores and the review API shows: pydantic models shared by the journal, the
+review service, the admin HTTP API and the CLI.
+
+A *transaction* here is the unit a reviewer decides on. In hold mode that is a chain of agent
+transactions held in one upstream transaction (`agent_transactions` counts them); in pass-through
+mode it is one agent transaction. Statements keep the agent-transaction number (`tx_no`) they ran
+in, so the chain can be read back transaction by transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+#: open: the agent is still working on it; pending: held, waiting for a reviewer; committing: a
+#: reviewer's COMMIT was sent and its result is not known yet (a crash here is resolved from the
+#: upstream's own transaction status at the next start); the rest are final.
+Outcome = Literal["open", "pending", "committing", "committed", "rolled back", "expired", "failed"]
+FINAL_OUTCOMES = frozenset({"committed", "rolled back", "expired", "failed"})
+
+Mode = Literal["hold", "undo", "passthrough", "read-only"]
+
+
+class StatementRecord(BaseModel):
+    seq: int = Field(description="order within the transaction, from 1")
+    tx_no: int = Field(description="agent transaction within the chain, from 1")
+    sql: str
+    tag: str | None = Field(default=None, description="command tag the agent saw, e.g. 'INSERT 0 3'")
+    rows: int | None = Field(default=None, description="row count from the command tag, when it has one")
+    sqlstate: str | None = Field(default=None, description="SQLSTATE when the statement failed")
+    error: str | None = None
+    at: datetime
+
+
+class TransactionRecord(BaseModel):
+    id: int
+    agent: str
+    session: int
+    database: str
+    mode: Mode
+    backend_pid: int | None = None
+    xid: int | None = Field(default=None, description="upstream transaction id (epoch-extended), once assigned")
+    started_at: datetime
+    held_at: datetime | None = Field(default=None, description="when it first became pending")
+    ended_at: datetime | None = None
+    outcome: Outcome
+    decided_by: str | None = Field(default=None, description="reviewer name, 'agent', 'expiry' or 'restart'")
+    reason: str | None = Field(default=None, description="why it ended this way (errors, expiry, restart)")
+    statements: int = 0
+    statements_lost: int = Field(default=0, description="statements recorded but lost before the journal could "
+                                 "store them (the statement list has gaps)")
+    agent_transactions: int = 0
+
+
+class RowChange(BaseModel):
+    kind: Literal["insert", "update", "delete"]
+    key: dict[str, Any] | None = Field(default=None, description="primary-key values, when the table has one")
+    before: dict[str, Any] | None = Field(
+        default=None, description="changed columns before (update; None when unknown), whole row (delete)")
+    after: dict[str, Any] | None = Field(default=None, description="changed columns after (update), whole row (insert)")
+
+
+class TableDiff(BaseModel):
+    table: str = Field(description="schema-qualified, quoted where needed")
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    rows: list[RowChange] = Field(default_factory=list)
+    truncated: bool = Field(default=False, description="more rows changed than are listed")
+
+
+class BlockedSession(BaseModel):
+    pid: int
+    user: str | None = None
+    application_name: str | None = None
+    state: str | None = None
+    query: str | None = None
+    waiting_seconds: float | None = None
+
+
+class TransactionDetail(BaseModel):
+    transaction: TransactionRecord
+    statements: list[StatementRecord]
+    diff: list[TableDiff] | None = Field(default=None, description="row-level changes, when they could be computed")
+    diff_note: str | None = Field(default=None, description="why the diff is missing or stale")
+    blocking: list[BlockedSession] = Field(default_factory=list, description="sessions waiting on its locks")
+    agent_connected: bool = False
+    agent_in_transaction: bool = False
+    expires_at: datetime | None = None
+
+
+class Decision(BaseModel):
+    """The result of a reviewer's commit or rollback."""
+
+    id: int
+    outcome: Outcome
+    decided_by: str
+    error: str | None = None
+    sqlstate: str | None = None
