@@ -3,10 +3,13 @@
     dbproxy serve [--upstream URL] [--listen HOST:PORT] [--admin HOST:PORT] [--config PATH]
                   [--data-dir PATH] [--agent NAME=PASSWORD ...] [--tls-cert PEM --tls-key PEM]
     dbproxy agent add NAME [--password PW] | agent list | agent remove NAME
+    dbproxy pending | show ID | commit ID | rollback ID | log [--outcome X] [--agent A] [--limit N]
+                  [--admin HOST:PORT] [--admin-token TOKEN] [--reviewer NAME] [--json]
     dbproxy version
 
 Every `serve` option also has a config-file key and a `DBPROXY_...` environment variable
-(see `dbproxy.settings`); the command line wins over both.
+(see `dbproxy.settings`); the command line wins over both. The review commands are clients of
+the running proxy's admin API (`dbproxy.review_cli`, `dbproxy.admin`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbproxy import __version__, log
+from dbproxy import __version__, log, review_cli
 from dbproxy.agents import add_to_store, load_store, remove_from_store
 from dbproxy.settings import Settings, SettingsError, load_settings
 
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (add, lst, rm):
         common(sp)
 
+    review_cli.add_parsers(sub, common)
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"dbproxy {__version__}")
         return 0
+    if args.command in review_cli.COMMANDS:
+        return review_cli.run(args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items()
                            if k not in ("command", "config", "agent_command", "name", "password")}
     try:

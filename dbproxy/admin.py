@@ -1,0 +1,480 @@
+"""The admin HTTP API: the reviewer's door into a running proxy.
+
+`dbproxy serve` runs an `AdminServer` on the `admin` address (default `127.0.0.1:6433`) next to the
+agent listener, on the same event loop. It serves a `dbproxy.review.ReviewService` (the proxy's
+live held transactions and its journal) as JSON over HTTP; the `dbproxy pending|show|commit|
+rollback|log` commands (`dbproxy.review_cli`) and any other tool a reviewer likes talk to it.
+
+    GET  /v1/health                         {"status": "ok"}                 (no token needed)
+    GET  /v1/pending                        [TransactionRecord]   waiting for a decision, oldest first
+    GET  /v1/transactions?outcome=&agent=&limit=&before=
+                                            [TransactionRecord]   the journal, newest first
+    GET  /v1/transactions/{id}              TransactionDetail     statements, row diff, blocked sessions
+    POST /v1/transactions/{id}/commit       Decision              body {"reviewer": NAME}, optional
+    POST /v1/transactions/{id}/rollback     Decision
+    GET  /openapi.json                      OpenAPI 3.1 description of all of the above
+
+Bodies are the pydantic models of `dbproxy.review_models` as `model_dump(mode="json")`. Every
+endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
+`admin_token` setting or, by default, from `DATA_DIR/admin-token`, created (mode 0600) at the
+first start by `load_or_create_token`. Errors are JSON too: `{"error": MESSAGE, "sqlstate": ...}`
+with the `ReviewError`'s status (404 unknown id, 409 wrong state, 502 upstream failure, 503
+journal unavailable), 400 for malformed ids and parameters, 401 for a missing or wrong token, 404
+for unknown routes and 500, with a generic message and the details only in the proxy's log, for
+anything unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, get_args
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import JsonSchemaMode
+
+from dbproxy import log
+from dbproxy.review import ReviewError, ReviewService
+from dbproxy.review_models import Decision, Outcome, TransactionDetail, TransactionRecord
+
+TOKEN_FILE = "admin-token"
+REVIEWER_HEADER = "X-Dbproxy-Reviewer"
+DEFAULT_REVIEWER = "admin"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_REVIEWER_LENGTH = 200
+_MAX_ID = 2**63 - 1  # journal ids are bigints
+_OUTCOMES: tuple[str, ...] = get_args(Outcome)
+_OPEN_PATHS = frozenset({"/v1/health"})
+
+
+# --- the admin token ---------------------------------------------------------------------------
+
+
+def load_or_create_token(data_dir: Path, configured: str | None) -> str:
+    """The bearer token the admin API accepts.
+
+    A configured token wins. Otherwise it is read from `data_dir/admin-token`, which is created at
+    the first start with a fresh random token, readable by its owner only (mode 0600). The file
+    appears whole or not at all (written under a temporary name, then hard-linked into place), so
+    two proxies starting together agree on one token. An existing file that group or others can
+    read is refused: anyone who can read it can commit agent writes.
+    """
+    if configured is not None:
+        if not configured.strip():
+            raise ValueError("the admin token must not be empty")
+        return configured
+    path = data_dir / TOKEN_FILE
+    existing = read_token_file(path)
+    if existing is not None:
+        return existing
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    tmp = data_dir / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            # Another process created it first: use theirs.
+            existing = read_token_file(path)
+            if existing is None:
+                raise ValueError(f"admin token file {path} vanished while it was being created") from None
+            return existing
+        except OSError:
+            # No hard links on this file system: create the file in place, exclusively.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(token + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return token
+
+
+def read_token_file(path: Path) -> str | None:
+    """The token stored in `path`, or None when there is no such file. Raises ValueError when the
+    file is readable by group or others, or empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"cannot read admin token file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(
+                f"admin token file {path} is accessible by group or others (mode {stat.filemode(mode)}); "
+                f"anyone who can read it can commit agent writes. Run: chmod 600 {path}"
+            )
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"admin token file {path} is empty; delete it to have a new token generated")
+    return token
+
+
+# --- request and error bodies ------------------------------------------------------------------
+
+
+class DecisionRequest(BaseModel):
+    """Body of a commit or rollback request (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reviewer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REVIEWER_LENGTH,
+        description=f"who decides; default: the {REVIEWER_HEADER} header, else '{DEFAULT_REVIEWER}'",
+    )
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, for people")
+    sqlstate: str | None = Field(default=None, description="SQLSTATE when the upstream database refused or failed")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str, *, sqlstate: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(ErrorBody(error=message, sqlstate=sqlstate).model_dump(mode="json"),
+                             status=status, headers=headers)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+def _dump_list(items: list[BaseModel]) -> list[dict[str, Any]]:
+    return [item.model_dump(mode="json") for item in items]
+
+
+def _parse_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= _MAX_ID:
+        raise _BadRequest(f"transaction id must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _int_param(request: web.Request, name: str, *, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise _BadRequest(f"{name} must be an integer from {lo} to {hi}, got {raw!r}")
+    return int(raw)
+
+
+def _clean_reviewer(raw: str, *, source: str) -> str:
+    name = raw.strip()
+    if not name or len(name) > MAX_REVIEWER_LENGTH or any(not c.isprintable() for c in name):
+        raise _BadRequest(f"{source} must be 1 to {MAX_REVIEWER_LENGTH} printable characters")
+    return name
+
+
+# --- the server --------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    """The admin HTTP API over a ReviewService. `start()` binds (port 0 picks a free port) and
+    returns the bound address; `stop()` closes it. Runs on whatever event loop is running."""
+
+    def __init__(self, service: ReviewService, token: str, *, host: str, port: int) -> None:
+        if not token:
+            raise ValueError("the admin API needs a non-empty token")
+        self._service = service
+        self._token = token.encode()
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+        self._openapi_doc: dict[str, Any] | None = None
+
+    # lifecycle
+
+    async def start(self) -> tuple[str, int]:
+        if self._runner is not None:
+            raise RuntimeError("the admin server is already running")
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app.router.add_get("/v1/health", self._health)
+        app.router.add_get("/v1/pending", self._pending)
+        app.router.add_get("/v1/transactions", self._log)
+        app.router.add_get("/v1/transactions/{id}", self._show)
+        app.router.add_post("/v1/transactions/{id}/commit", self._commit)
+        app.router.add_post("/v1/transactions/{id}/rollback", self._rollback)
+        app.router.add_get("/openapi.json", self._openapi)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = runner.addresses[0]
+        self.address = (str(bound[0]), int(bound[1]))
+        return self.address
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> AdminServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # middlewares
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ReviewError as e:
+            status = e.status if isinstance(e.status, int) and 400 <= e.status <= 599 else 500
+            return _error(status, e.message, sqlstate=e.sqlstate)
+        except _BadRequest as e:
+            return _error(400, str(e))
+        except web.HTTPNotFound:
+            return _error(404, f"no such endpoint: {request.method} {request.path}")
+        except web.HTTPMethodNotAllowed as e:
+            allowed = ", ".join(sorted(e.allowed_methods))
+            return _error(405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})",
+                          headers={"Allow": allowed})
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "request body too large")
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _error(e.status, e.reason)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as e:
+            log.event("admin.error", level=logging.ERROR, exc_info=True, method=request.method,
+                      path=request.path, error=type(e).__name__)
+            return _error(500, "internal error in the review API (details are in the proxy's log)")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _OPEN_PATHS:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _error(401, "missing bearer token (Authorization: Bearer TOKEN)",
+                          headers={"WWW-Authenticate": 'Bearer realm="dbproxy"'})
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
+            log.event("admin.auth_failed", level=logging.WARNING, remote=request.remote, path=request.path)
+            return _error(401, "the admin token was refused",
+                          headers={"WWW-Authenticate": 'Bearer realm="dbproxy", error="invalid_token"'})
+        return await handler(request)
+
+    # endpoints
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return _json(Health().model_dump(mode="json"))
+
+    async def _pending(self, request: web.Request) -> web.Response:
+        return _json(_dump_list(await self._service.pending()))
+
+    async def _log(self, request: web.Request) -> web.Response:
+        outcome = request.query.get("outcome") or None
+        if outcome is not None and outcome not in _OUTCOMES:
+            raise _BadRequest(f"outcome must be one of {', '.join(_OUTCOMES)}; got {outcome!r}")
+        agent = request.query.get("agent") or None
+        limit = _int_param(request, "limit", default=DEFAULT_LIMIT, lo=1, hi=MAX_LIMIT)
+        before = _int_param(request, "before", default=None, lo=1, hi=_MAX_ID)
+        assert limit is not None
+        records = await self._service.log(outcome=outcome, agent=agent, limit=limit, before_id=before)
+        return _json(_dump_list(records))
+
+    async def _show(self, request: web.Request) -> web.Response:
+        detail = await self._service.show(_parse_id(request))
+        return _json(detail.model_dump(mode="json"))
+
+    async def _commit(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "commit")
+
+    async def _rollback(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "rollback")
+
+    async def _decide(self, request: web.Request, action: str) -> web.Response:
+        tx_id = _parse_id(request)
+        reviewer = await self._reviewer(request)
+        call = self._service.commit if action == "commit" else self._service.rollback
+        # A reviewer hanging up must not cut a COMMIT or ROLLBACK off half way.
+        decision = await asyncio.shield(call(tx_id, reviewer))
+        log.event("admin.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome,
+                  remote=request.remote, sqlstate=decision.sqlstate)
+        return _json(decision.model_dump(mode="json"))
+
+    async def _reviewer(self, request: web.Request) -> str:
+        raw = await request.read()
+        body = DecisionRequest()
+        if raw.strip():
+            try:
+                body = DecisionRequest.model_validate_json(raw)
+            except ValidationError as e:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
+                )
+                raise _BadRequest(f'the body must be empty or {{"reviewer": NAME}} ({problems})') from None
+        if body.reviewer is not None:
+            return _clean_reviewer(body.reviewer, source="reviewer")
+        header = request.headers.get(REVIEWER_HEADER)
+        if header is not None:
+            return _clean_reviewer(header, source=f"the {REVIEWER_HEADER} header")
+        return DEFAULT_REVIEWER
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        if self._openapi_doc is None:
+            self._openapi_doc = openapi_document()
+        return _json(self._openapi_doc)
+
+
+# --- the OpenAPI document ----------------------------------------------------------------------
+
+
+def openapi_document() -> dict[str, Any]:
+    """An OpenAPI 3.1 description of the admin API, with its schemas generated from the models."""
+    from dbproxy import __version__
+
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict[str, str]:
+        name = model.__name__
+        if name not in schemas:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[name] = schema
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        what = {
+            400: "malformed id, parameter or body",
+            401: "missing or wrong bearer token",
+            404: "no transaction with this id",
+            409: "the transaction is not in a state that allows this",
+            500: "unexpected error (details in the proxy's log)",
+            502: "the upstream database refused or failed; `sqlstate` says how",
+            503: "the journal is unavailable",
+        }
+        return {str(s): body(ref(ErrorBody), what[s]) for s in (401, *statuses, 500, 503)}
+
+    id_param = {
+        "name": "id", "in": "path", "required": True, "description": "transaction id",
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+    }
+    records = {"type": "array", "items": ref(TransactionRecord)}
+
+    def decision(action: str, verb: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": action,
+                "summary": f"{verb} a pending transaction upstream",
+                "parameters": [
+                    id_param,
+                    {"name": REVIEWER_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": f"reviewer name when the body names none (default '{DEFAULT_REVIEWER}')"},
+                ],
+                "requestBody": {"required": False,
+                                "content": {"application/json": {"schema": ref(DecisionRequest, "validation")}}},
+                "responses": {"200": body(ref(Decision), "the decision and the resulting outcome"),
+                              **errors(400, 404, 409, 502)},
+            }
+        }
+
+    paths: dict[str, Any] = {
+        "/v1/health": {
+            "get": {
+                "operationId": "health", "summary": "liveness check (no token needed)", "security": [],
+                "responses": {"200": body(ref(Health), "the API is up")},
+            }
+        },
+        "/v1/pending": {
+            "get": {
+                "operationId": "pending", "summary": "transactions waiting for a decision, oldest first",
+                "responses": {"200": body(records, "pending (and open, write-holding) transactions"), **errors()},
+            }
+        },
+        "/v1/transactions": {
+            "get": {
+                "operationId": "log", "summary": "the journal, newest first",
+                "parameters": [
+                    {"name": "outcome", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": list(_OUTCOMES)}},
+                    {"name": "agent", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+                    {"name": "before", "in": "query", "required": False, "description": "only ids below this",
+                     "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {"200": body(records, "journal entries"), **errors(400)},
+            }
+        },
+        "/v1/transactions/{id}": {
+            "get": {
+                "operationId": "show", "summary": "statements, row-level diff and blocked sessions",
+                "parameters": [id_param],
+                "responses": {"200": body(ref(TransactionDetail), "one transaction"), **errors(400, 404)},
+            }
+        },
+        "/v1/transactions/{id}/commit": decision("commit", "Commit"),
+        "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi", "summary": "this document",
+                "responses": {"200": {"description": "OpenAPI 3.1 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **errors()},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dbproxy review API",
+            "version": __version__,
+            "description": "Review what AI agents wrote through dbproxy: list held transactions, "
+            "inspect their statements and row changes, commit or roll them back.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "the admin token (DATA_DIR/admin-token)"}},
+        },
+    }

@@ -1,0 +1,502 @@
+"""The reviewer's commands: `dbproxy pending|show|commit|rollback|log`, clients of the admin API.
+
+    dbproxy pending                      held transactions waiting for a decision
+    dbproxy show ID                      statements by agent transaction, row changes, blocked sessions
+    dbproxy commit ID [--reviewer NAME]  commit it upstream (default reviewer: $USER)
+    dbproxy rollback ID [--reviewer NAME]
+    dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
+
+Common options: `--admin HOST:PORT` (the `admin` setting, env `DBPROXY_ADMIN`, default
+127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the `admin_token` setting, else
+`DATA_DIR/admin-token`, which `dbproxy serve` creates), `--data-dir`, `--config`, and `--json` to
+print the API's JSON instead of tables.
+
+They talk to a running `dbproxy serve` over HTTP (`dbproxy.admin`) with the standard library's
+urllib, never through an HTTP proxy from the environment (the token must not leave for one).
+Exit codes: 0 done; 1 the API refused (unknown id, wrong state, upstream failure: the message and
+SQLSTATE are printed); 2 the API cannot be reached, the token is missing or refused, or a setting
+is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import http.client
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO, get_args
+
+from pydantic import TypeAdapter, ValidationError
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from dbproxy import __version__
+from dbproxy.admin import TOKEN_FILE, read_token_file
+from dbproxy.review_models import (
+    FINAL_OUTCOMES,
+    BlockedSession,
+    Decision,
+    Outcome,
+    RowChange,
+    StatementRecord,
+    TableDiff,
+    TransactionDetail,
+    TransactionRecord,
+)
+from dbproxy.settings import SettingsError, load_settings
+
+COMMANDS = ("pending", "show", "commit", "rollback", "log")
+TOKEN_ENV = "DBPROXY_ADMIN_TOKEN"
+TIMEOUT = 60.0
+_RECORDS = TypeAdapter(list[TransactionRecord])
+_OUTCOMES: tuple[str, ...] = get_args(Outcome)
+
+
+class _Fail(Exception):
+    """Stop with this message on stderr and this exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def _tx_id(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"transaction id must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _limit(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise argparse.ArgumentTypeError(f"limit must be an integer from 1 to 1000, got {value!r}")
+    return int(value)
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the review subcommands to `dbproxy`'s subparsers; `common` adds --config and --data-dir."""
+
+    def review(name: str, help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        common(sp)
+        sp.add_argument("--admin", metavar="HOST:PORT",
+                        help="address of the review API (env DBPROXY_ADMIN; default 127.0.0.1:6433)")
+        sp.add_argument("--admin-token", dest="admin_token", metavar="TOKEN",
+                        help=f"bearer token (env {TOKEN_ENV}; default: read DATA_DIR/{TOKEN_FILE})")
+        sp.add_argument("--json", dest="as_json", action="store_true", help="print the API's JSON")
+        return sp
+
+    review("pending", "list transactions waiting for a decision")
+    show = review("show", "show one transaction: statements, row changes, blocked sessions")
+    show.add_argument("id", type=_tx_id, metavar="ID")
+    for name, verb in (("commit", "commit"), ("rollback", "roll back")):
+        sp = review(name, f"{verb} a pending transaction")
+        sp.add_argument("id", type=_tx_id, metavar="ID")
+        sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+    lg = review("log", "the journal of transactions, newest first")
+    lg.add_argument("--outcome", choices=_OUTCOMES)
+    lg.add_argument("--agent", dest="agent_filter", metavar="AGENT", help="only this agent's transactions")
+    lg.add_argument("--limit", type=_limit, default=None, metavar="N", help="at most N (default 100, max 1000)")
+    lg.add_argument("--before", type=_tx_id, default=None, metavar="ID", help="only ids below this one")
+
+
+# --- the HTTP client ---------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+class ApiClient:
+    """A small JSON client for the admin API (blocking, stdlib only)."""
+
+    def __init__(self, host: str, port: int, token: str, *, timeout: float = TIMEOUT) -> None:
+        self.display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.base = f"http://{self.display}"
+        self.token = token
+        self.timeout = timeout
+        # No ProxyHandler entries: http_proxy and friends from the environment are ignored.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        return self._request("GET", path, None)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._request("POST", path, json.dumps(body).encode())
+
+    def _request(self, method: str, path: str, data: bytes | None) -> Any:
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/json",
+            "User-Agent": f"dbproxy-cli/{__version__}",
+        }
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        unreachable = f"cannot reach the review API at {self.display} (is `dbproxy serve` running?)"
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise self._api_error(e) from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError):
+                raise _Fail(f"the review API at {self.display} did not answer within {self.timeout:g} s", 2) from None
+            raise _Fail(unreachable, 2) from None
+        except TimeoutError:
+            raise _Fail(f"the review API at {self.display} did not answer within {self.timeout:g} s", 2) from None
+        except (OSError, http.client.HTTPException):
+            raise _Fail(unreachable, 2) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _Fail(f"the review API at {self.display} sent an answer that is not JSON", 2) from None
+
+    @staticmethod
+    def _api_error(e: urllib.error.HTTPError) -> ApiError:
+        try:
+            body = json.loads(e.read() or b"null")
+        except (ValueError, OSError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            sqlstate = body.get("sqlstate")
+            return ApiError(e.code, body["error"], sqlstate if isinstance(sqlstate, str) else None)
+        return ApiError(e.code, f"HTTP {e.code} {e.reason}")
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one review command parsed by `dbproxy.cli`. Returns the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        client = _client(args)
+        return _dispatch(args, client, out)
+    except _Fail as e:
+        print(f"dbproxy: {e}", file=err)
+        return e.code
+    except ApiError as e:
+        if e.status == 401:
+            print(f"dbproxy: the admin token was refused; pass --admin-token, set {TOKEN_ENV}, "
+                  f"or use the DATA_DIR/{TOKEN_FILE} of the running proxy", file=err)
+            return 2
+        sqlstate = f" (SQLSTATE {e.sqlstate})" if e.sqlstate else ""
+        print(f"dbproxy: {e.message}{sqlstate}", file=err)
+        return 1
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    try:
+        settings = load_settings(args.config, {"admin": args.admin, "data_dir": args.data_dir})
+    except SettingsError as e:
+        raise _Fail(str(e), 2) from None
+    host, port = settings.admin_address
+    # A server bound to every interface is reached on the loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return ApiClient(host, port, _token(args, settings))
+
+
+def _token(args: argparse.Namespace, settings: Any) -> str:
+    token = args.admin_token or os.environ.get(TOKEN_ENV)
+    if not token:
+        configured = getattr(settings, "admin_token", None)
+        if configured is not None:
+            token = configured.get_secret_value() if hasattr(configured, "get_secret_value") else str(configured)
+    if not token:
+        path = Path(settings.data_dir) / TOKEN_FILE
+        try:
+            token = read_token_file(path)
+        except ValueError as e:
+            raise _Fail(str(e), 2) from None
+        if token is None:
+            raise _Fail(f"no admin token: pass --admin-token, set {TOKEN_ENV}, or run where `dbproxy serve` "
+                        f"keeps its data directory ({path} does not exist)", 2)
+    token = token.strip()
+    if not token.isascii() or not token.isprintable():
+        raise _Fail("the admin token must be printable ASCII", 2)
+    return token
+
+
+def _default_reviewer() -> str:
+    name = os.environ.get("USER") or os.environ.get("USERNAME")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError, ImportError):
+            name = "reviewer"
+    return name
+
+
+def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
+    cmd = args.command
+    if cmd == "pending":
+        data = client.get("/v1/pending")
+    elif cmd == "log":
+        data = client.get("/v1/transactions", {"outcome": args.outcome, "agent": args.agent_filter,
+                                               "limit": args.limit, "before": args.before})
+    elif cmd == "show":
+        data = client.get(f"/v1/transactions/{args.id}")
+    else:
+        data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reviewer": args.reviewer or _default_reviewer()})
+
+    if args.as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
+        if cmd in ("commit", "rollback") and isinstance(data, dict) and data.get("error"):
+            return 1
+        return 0
+
+    console = make_console(out)
+    try:
+        if cmd in ("pending", "log"):
+            records = _RECORDS.validate_python(data)
+            if not records:
+                console.print("no pending transactions" if cmd == "pending" else "no transactions")
+            else:
+                console.print(records_table(records, with_decider=cmd == "log"))
+        elif cmd == "show":
+            render_detail(console, TransactionDetail.model_validate(data))
+        else:
+            decision = Decision.model_validate(data)
+            if decision.error:
+                sqlstate = f" (SQLSTATE {decision.sqlstate})" if decision.sqlstate else ""
+                raise _Fail(f"#{decision.id} {decision.outcome}: {decision.error}{sqlstate}", 1)
+            console.print(Text(f"#{decision.id} {decision.outcome} by {decision.decided_by}"))
+    except ValidationError as e:
+        raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
+                    f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
+    return 0
+
+
+# --- human output ------------------------------------------------------------------------------
+
+
+def make_console(file: TextIO) -> Console:
+    """Colours only on a terminal (and not with NO_COLOR); 120 columns when not a terminal."""
+    try:
+        tty = file.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    width = None
+    if not tty:
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 20 else 120
+    return Console(file=file, width=width, no_color=not tty or "NO_COLOR" in os.environ,
+                   highlight=False, emoji=False, soft_wrap=False)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def fmt_time(t: datetime | None) -> str:
+    return "-" if t is None else _aware(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _held_for(r: TransactionRecord, now: datetime) -> float | None:
+    if r.held_at is None:
+        return None
+    end = _aware(r.ended_at) if r.ended_at is not None else now
+    return (end - _aware(r.held_at)).total_seconds()
+
+
+_OUTCOME_STYLE = {
+    "open": "cyan", "pending": "bold yellow", "committing": "yellow", "committed": "green",
+    "rolled back": "magenta", "expired": "red", "failed": "bold red",
+}
+
+
+def records_table(records: list[TransactionRecord], *, with_decider: bool = False) -> Table:
+    """ID, agent, database, mode, outcome, statements, agent transactions, started (local time),
+    held (how long it has been, or was, waiting for a decision), age (since it started)."""
+    now = _now()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in ("ID", "AGENT", "DATABASE", "MODE", "OUTCOME", "STMTS", "AGENT TXS", "STARTED", "HELD", "AGE"):
+        numeric = name in ("ID", "STMTS", "AGENT TXS", "HELD", "AGE")
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    if with_decider:
+        table.add_column("DECIDED BY", overflow="fold")
+    for r in records:
+        row = [
+            Text(str(r.id)), Text(r.agent), Text(r.database), Text(r.mode),
+            Text(r.outcome, style=_OUTCOME_STYLE.get(r.outcome, "")),
+            Text(str(r.statements)), Text(str(r.agent_transactions)), Text(fmt_time(r.started_at)),
+            Text(fmt_duration(_held_for(r, now))), Text(fmt_duration((now - _aware(r.started_at)).total_seconds())),
+        ]
+        if with_decider:
+            row.append(Text(r.decided_by or "-"))
+        table.add_row(*row)
+    return table
+
+
+def fmt_value(v: Any, limit: int = 80) -> str:
+    """A column value as SQL-ish text: NULL, numbers, 'strings', JSON for the rest."""
+    if v is None:
+        s = "NULL"
+    elif isinstance(v, bool):
+        s = "true" if v else "false"
+    elif isinstance(v, int | float):
+        s = str(v)
+    elif isinstance(v, str):
+        s = "'" + v.replace("'", "''") + "'"
+    else:
+        s = json.dumps(v, ensure_ascii=False, default=str)
+    s = s.replace("\n", "\\n")
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def fmt_row(values: dict[str, Any] | None) -> str:
+    if not values:
+        return "(no values)"
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+
+
+def _line(*parts: tuple[str, str] | str) -> Text:
+    return Text.assemble(*parts)
+
+
+def render_detail(console: Console, d: TransactionDetail) -> None:
+    now = _now()
+    t = d.transaction
+    console.print(_line(("#" + str(t.id), "bold"), "  ", (t.outcome, _OUTCOME_STYLE.get(t.outcome, "")),
+                        f"  {t.mode} mode  agent {t.agent}  database {t.database}"))
+    facts = [f"session {t.session}"]
+    if t.backend_pid is not None:
+        facts.append(f"backend pid {t.backend_pid}")
+    if t.xid is not None:
+        facts.append(f"xid {t.xid}")
+    facts.append(f"{t.statements} statement{'s' if t.statements != 1 else ''} in {t.agent_transactions} "
+                 f"agent transaction{'s' if t.agent_transactions != 1 else ''}")
+    console.print(Text("  " + " · ".join(facts)))
+    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - _aware(t.started_at)).total_seconds())} ago)"]
+    if t.held_at is not None:
+        times.append(f"held {fmt_time(t.held_at)} (for {fmt_duration(_held_for(t, now))})")
+    if t.ended_at is not None:
+        times.append(f"ended {fmt_time(t.ended_at)}")
+    console.print(Text("  " + " · ".join(times)))
+    if t.decided_by or t.reason:
+        who = f"decided by {t.decided_by}" if t.decided_by else "decided"
+        console.print(Text(f"  {who}" + (f": {t.reason}" if t.reason else "")))
+    if t.outcome not in FINAL_OUTCOMES:
+        state = "agent connected" if d.agent_connected else "agent disconnected"
+        if d.agent_connected:
+            state += ", inside a transaction" if d.agent_in_transaction else ", idle"
+        if d.expires_at is not None:
+            left = (_aware(d.expires_at) - now).total_seconds()
+            state += f" · expires {fmt_time(d.expires_at)} (in {fmt_duration(left)})"
+        console.print(Text("  " + state))
+
+    console.print()
+    _render_statements(console, d.statements)
+    console.print()
+    _render_diff(console, d.diff, d.diff_note)
+    if d.blocking:
+        console.print()
+        _render_blocking(console, d.blocking)
+
+
+def _render_statements(console: Console, statements: list[StatementRecord]) -> None:
+    console.print(Text("Statements", style="bold"))
+    if not statements:
+        console.print(Text("  (none)"))
+        return
+    by_tx: dict[int, list[StatementRecord]] = {}
+    for s in sorted(statements, key=lambda s: (s.tx_no, s.seq)):
+        by_tx.setdefault(s.tx_no, []).append(s)
+    for tx_no, stmts in by_tx.items():
+        console.print(Text(f"  agent transaction {tx_no}", style="bold"))
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+        table.add_column("seq", justify="right", no_wrap=True)
+        table.add_column("result", no_wrap=True)
+        table.add_column("sql", overflow="fold")
+        for s in stmts:
+            if s.sqlstate or s.error:
+                result = Text(f"ERROR {s.sqlstate or ''}".rstrip(), style="bold red")
+            else:
+                result = Text(s.tag or "-")
+                if s.rows is not None and (s.tag is None or not s.tag.endswith(f" {s.rows}")):
+                    result.append(f" ({s.rows} rows)")
+            sql = Text(s.sql.strip())
+            if s.error:
+                sql.append("\n" + s.error, style="red")
+            table.add_row(Text(str(s.seq)), result, sql)
+        console.print(Padding(table, (0, 0, 0, 4), expand=False))
+
+
+def _render_diff(console: Console, diff: list[TableDiff] | None, note: str | None) -> None:
+    console.print(Text("Changes", style="bold"))
+    if diff is None:
+        console.print(Text("  no row-level diff" + (f": {note}" if note else "")))
+        return
+    if note:
+        console.print(Text(f"  note: {note}"))
+    if not diff:
+        console.print(Text("  no rows changed"))
+        return
+    for td in diff:
+        console.print(_line("  ", (td.table, "bold"),
+                            f"  {td.inserted} inserted, {td.updated} updated, {td.deleted} deleted"))
+        for rc in td.rows:
+            console.print(_row_change(rc))
+        if td.truncated:
+            more = td.inserted + td.updated + td.deleted - len(td.rows)
+            console.print(Text(f"    … and {more} more" if more > 0 else "    … and more"))
+
+
+def _row_change(rc: RowChange) -> Text:
+    if rc.kind == "insert":
+        return _line("    ", ("+ insert ", "green"), fmt_row(rc.after))
+    if rc.kind == "delete":
+        return _line("    ", ("- delete ", "red"), fmt_row(rc.before))
+    before, after = rc.before or {}, rc.after or {}
+    # before=None: the old version could not be read (e.g. the table is locked by a rewrite).
+    old = (lambda c: fmt_value(before.get(c))) if rc.before is not None else (lambda c: "(unknown)")
+    changes = [f"{c}: {old(c)} → {fmt_value(after.get(c))}" for c in dict.fromkeys([*before, *after])]
+    key = fmt_row(rc.key) if rc.key else "(no key)"
+    return _line("    ", ("~ update ", "yellow"), key, "  ", "; ".join(changes) or "(no changed columns)")
+
+
+def _render_blocking(console: Console, blocking: list[BlockedSession]) -> None:
+    for b in blocking:
+        who = ", ".join(x for x in (b.user, b.application_name, b.state) if x)
+        waiting = f"waiting {b.waiting_seconds:.0f} s" if b.waiting_seconds is not None else "waiting"
+        console.print(_line(("blocking: ", "bold red"),
+                            f"pid {b.pid}" + (f" ({who})" if who else "") + f" ({waiting}): "
+                            + " ".join((b.query or "?").split())))
