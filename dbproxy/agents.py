@@ -75,6 +75,7 @@ class Agent:
     name: str
     verifier: Verifier
     databases: tuple[str, ...] = ()
+    mode: str | None = None  # None: the proxy's default mode
 
     def may_open(self, database: str, default_database: str) -> bool:
         allowed = self.databases or (default_database,)
@@ -108,7 +109,9 @@ class AgentRegistry:
                 verifier = reg.agents[name].verifier
             else:
                 raise ValueError(f"agent {name!r} has neither a password nor a verifier")
-            reg.agents[name] = Agent(name, verifier, tuple(cfg.databases))
+            if cfg.mode == "undo":
+                raise ValueError(f"agent {name!r}: undo mode is not available yet; use hold, passthrough or read-only")
+            reg.agents[name] = Agent(name, verifier, tuple(cfg.databases), cfg.mode)
         return reg
 
 

@@ -15,16 +15,20 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import secrets
 import signal
 import ssl
 import sys
 from pathlib import Path
 
 from dbproxy import log
+from dbproxy.admin import AdminServer, load_or_create_token
 from dbproxy.agents import AgentRegistry, add_to_store, load_store
 from dbproxy.embedded import EmbeddedPostgres
 from dbproxy.endpoint import Endpoint
 from dbproxy.handshake import HandshakeConfig
+from dbproxy.journal import Journal, JournalError
+from dbproxy.pending import PendingRegistry
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
 from dbproxy.scram import certificate_binding
@@ -37,6 +41,10 @@ from sandbox.pgcluster import ClusterError
 class ProxyServer:
     def __init__(self, settings: Settings, target: UpstreamTarget, registry: AgentRegistry) -> None:
         self.settings = settings
+        self.pending: PendingRegistry | None = None
+        self.journal: Journal | None = None
+        self.admin: AdminServer | None = None
+        self.admin_address: tuple[str, int] | None = None
         self.target = target
         self.registry = registry
         self.sessions: set[Session] = set()
@@ -59,6 +67,7 @@ class ProxyServer:
     # -- listening ------------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:
+        await self._start_review()
         host, port = self.settings.listen_address
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._new_endpoint, host, port, reuse_address=True)
@@ -66,6 +75,42 @@ class ProxyServer:
         log.event("proxy.listening", address=f"{sock[0]}:{sock[1]}", upstream=self.target.display,
                   tls=self.handshake_config.tls_context is not None)
         return sock[0], sock[1]
+
+    async def _start_review(self) -> None:
+        """The journal, the review queue (recovering what a previous run left) and the admin API."""
+        settings = self.settings
+        state = settings.state_database.get_secret_value() if settings.state_database else self.target.url()
+        instance = secrets.token_hex(8)
+        modes = {settings.mode} | {a.mode or settings.mode for a in self.registry.agents.values()}
+        try:
+            self.journal = await Journal.open(state, instance=instance)
+        except JournalError as e:
+            if modes != {"passthrough"}:
+                raise  # holding without a journal would lose track of what is held
+            log.event("journal.unavailable", reason=str(e), level=logging.WARNING)
+            return
+        self.pending = PendingRegistry(self.journal, target_for=self.target_for,
+                                       dsn_for=lambda db: self.target_for(db).url(),
+                                       hold_timeout=settings.hold_timeout)
+
+        async def xact_status(xid: int) -> str | None:
+            assert self.pending is not None
+            return await self.pending.xact_status(self.target.database, xid)
+
+        marker = settings.data_dir / "instance"
+        with contextlib.suppress(FileNotFoundError):
+            previous = marker.read_text().strip()
+            if previous and previous != instance:
+                await self.journal.recover_instance(previous, xact_status)
+        await self.journal.recover(xact_status)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        marker.write_text(instance + "\n")
+        self.pending.start()
+        token = load_or_create_token(settings.data_dir,
+                                     settings.admin_token.get_secret_value() if settings.admin_token else None)
+        ahost, aport = settings.admin_address
+        self.admin = AdminServer(self.pending, token, host=ahost, port=aport)
+        self.admin_address = await self.admin.start()
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint("client")
@@ -138,7 +183,17 @@ class ProxyServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.pending is not None:
+            await self.pending.stop()
+        if self.journal is not None:
+            await self.journal.close()
         log.event("proxy.stopped")
+
+
+def _addr(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "-"
 
 
 def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
@@ -184,7 +239,7 @@ async def serve(settings: Settings) -> int:
         registry = build_registry(settings, database=target.database)
         proxy = ProxyServer(settings, target, registry)
         host, port = await proxy.start()
-    except (OSError, ValueError, ClusterError) as e:  # ssl.SSLError is an OSError
+    except (OSError, ValueError, ClusterError, JournalError) as e:  # ssl.SSLError is an OSError
         what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         print(f"dbproxy: cannot start on {settings.listen}: {what}", file=sys.stderr)
         if embedded is not None:
@@ -193,7 +248,9 @@ async def serve(settings: Settings) -> int:
     names = ", ".join(sorted(registry.agents))
     print(f"dbproxy is listening on {host}:{port} for agents: {names}\n"
           f"  agent URL: postgresql://{next(iter(sorted(registry.agents)))}@{host}:{port}/{target.database}\n"
-          f"  upstream: {'embedded PostgreSQL in ' + str(settings.data_dir) if embedded else target.display}",
+          f"  upstream: {'embedded PostgreSQL in ' + str(settings.data_dir) if embedded else target.display}\n"
+          f"  default mode: {settings.mode}; review API: http://{_addr(proxy.admin_address)} "
+          f"(token in {settings.data_dir / 'admin-token'} unless configured)",
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,10 @@ What the session tracks, and why:
   is closed (closing alone leaves a long query running until it next talks to the socket).
   Closing then rolls back any open transaction.
 - `status`: the last ReadyForQuery status, so it stays truthful and later policy can use it.
+
+Agents in `hold` and `read-only` mode do not use this relay: after the greeting their session is
+run by `dbproxy.hold.HoldSession`, and the upstream connection may outlive the session while a
+transaction on it waits for review (`keep_upstream`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 from dbproxy import log
 from dbproxy.endpoint import ConnectionClosed, Endpoint
 from dbproxy.handshake import ClientLogin, ClientRejected, client_handshake
+from dbproxy.hold import HeldConnection, HoldSession, notice
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, PG_MAX_MESSAGE, Frame, FrameScanner, scan_whole
 from dbproxy.protocol.messages import (
@@ -78,6 +83,9 @@ class Session:
         self._end_reason = "client closed"
         self._log_statements = server.settings.log_statements
         self._max_message = server.settings.max_message_bytes
+        self.mode = "passthrough"
+        self.keep_upstream = False
+        self._hold: HoldSession | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -130,11 +138,28 @@ class Session:
         self.upstream = up.endpoint
         self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
         self.server.register(self)
+        self.mode = login.agent.mode or self.server.settings.mode
+        if self.mode != "passthrough" and self.server.pending is None:
+            raise ClientRejected.fatal(SQLState.CANNOT_CONNECT_NOW,
+                                       f"the review journal is unavailable, so {self.mode} mode cannot run")
+        notices = await self._restart_notices(login) if self.mode != "passthrough" else []
         self._greet(up)
         log.event("session.start", session=self.id, peer=self.peer, agent=login.agent.name,
-                  database=login.database, tls=login.tls, backend_pid=self.backend_pid,
+                  database=login.database, tls=login.tls, backend_pid=self.backend_pid, mode=self.mode,
                   application_name=login.forward_params.get("application_name", ""))
-        self._start_relay(up, login)
+        if self.mode == "passthrough":
+            self._start_relay(up, login)
+        else:
+            self._start_hold(up, login, notices)
+
+    async def _restart_notices(self, login: ClientLogin) -> list[bytes]:
+        registry = self.server.pending
+        if registry is None:
+            return []
+        return [notice(f"dbproxy: held transaction #{r.id} was rolled back because the proxy restarted",
+                       detail=f"It held {r.statements} statements from {r.started_at:%Y-%m-%d %H:%M:%S %Z}; "
+                       "nothing of it was committed.")
+                for r in await registry.restart_notices(login.agent.name)]
 
     def _greet(self, up: UpstreamConnection) -> None:
         """AuthenticationOk, the upstream's ParameterStatus, our own cancel key, ReadyForQuery."""
@@ -143,6 +168,34 @@ class Session:
                b"Z\x00\x00\x00\x05" + up.ready_status.encode()]
         self.status = up.ready_status
         self.client.write(b"".join(out))
+
+    def _start_hold(self, up: UpstreamConnection, login: ClientLogin, notices: list[bytes]) -> None:
+        assert self.upstream is not None and self.server.pending is not None
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        held = HeldConnection(self.server.pending, self.upstream, up.reader.scanner, agent=login.agent.name,
+                              session_id=self.id, database=login.database, mode=self.mode,
+                              backend_pid=self.backend_pid, upstream_secret=self.upstream_secret)
+        leftover = up.reader.leftover()
+        if leftover:
+            self.client.write(b"".join(f.raw for f in leftover))
+        held.attach()
+        self._hold = HoldSession(self, held)
+        # Told with the first answer rather than during login, when most drivers have no notice
+        # handler installed yet.
+        self._hold.first_notices = b"".join(notices)
+        pending = login.reader.leftover()
+        if pending:
+            self._hold.inbox.extend(pending)
+        asyncio.get_running_loop().create_task(self._run_hold(self._hold))
+
+    async def _run_hold(self, hold: HoldSession) -> None:
+        try:
+            reason = await hold.run()
+            self.keep_upstream = await hold.detach()
+        except Exception:
+            log.event("session.hold_crashed", session=self.id, level=logging.ERROR, exc_info=True)
+            reason = "internal error"
+        self._finish(reason, hold_done=True)
 
     def _start_relay(self, up: UpstreamConnection, login: ClientLogin) -> None:
         assert self.upstream is not None
@@ -176,7 +229,7 @@ class Session:
         try:
             items = scanner.feed(data)
         except ProtocolViolation as e:
-            self._protocol_violation(str(e))
+            self.protocol_violation(str(e))
             return
         self._from_client_items(items)
 
@@ -265,7 +318,7 @@ class Session:
                     severity="FATAL"))
             self._finish("upstream disconnected")
 
-    def _protocol_violation(self, reason: str) -> None:
+    def protocol_violation(self, reason: str) -> None:
         log.event("session.protocol_violation", session=self.id, reason=reason, level=logging.WARNING)
         self._send_error(ErrorResponse.make(SQLState.PROTOCOL_VIOLATION, reason, severity="FATAL"))
         self._finish("protocol violation")
@@ -280,7 +333,14 @@ class Session:
         if self._server_scanner is None or self._server_scanner.at_boundary:
             self.client.write(error.encode())
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, *, hold_done: bool = False) -> None:
+        if self._hold is not None and not hold_done:
+            # Hold mode ends through its own loop (which decides whether the upstream stays open
+            # for review); closing the client makes that loop finish.
+            self._end_reason = reason
+            self.client.close()
+            self._hold.client_lost()
+            return
         if not self._done.done():
             self._end_reason = reason
             self._done.set_result(None)
@@ -288,7 +348,9 @@ class Session:
     async def _cleanup(self) -> None:
         self.server.unregister(self)
         up = self.upstream
-        if up is not None and not up.is_closing():
+        if up is not None and not up.is_closing() and not self.keep_upstream and self._hold is not None:
+            self._hold.held.close()
+        elif up is not None and not up.is_closing() and not self.keep_upstream:
             if (self.outstanding or self.unanswered) and self.login is not None:
                 # The client left mid-request: stop the query before dropping the connection.
                 try:

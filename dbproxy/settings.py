@@ -24,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 ENV_PREFIX = "DBPROXY_"
 
+#: hold: writes wait for a reviewer; undo: commit with a verified inverse (not available yet);
+#: passthrough: trusted, nothing intercepted; read-only: every write refused (25006).
+Mode = Literal["hold", "undo", "passthrough", "read-only"]
+
 
 class SettingsError(ValueError):
     """A setting is missing, malformed or unsafe; the message says which and how to fix it."""
@@ -56,6 +60,7 @@ class AgentSettings(BaseModel):
         description="databases this agent may open; empty means the upstream URL's database; "
         '["*"] means any',
     )
+    mode: Mode | None = Field(default=None, description="this agent's mode; default: the `mode` setting")
 
     @field_validator("verifier")
     @classmethod
@@ -75,6 +80,14 @@ class Settings(BaseModel):
     )
     listen: str = "127.0.0.1:6432"
     admin: str = "127.0.0.1:6433"
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token of the review API; default: generated into DATA_DIR/admin-token")
+    mode: Mode = "hold"
+    hold_timeout: float = Field(default=3600.0, gt=0, description="seconds a held transaction waits before "
+                                "it is rolled back as expired")
+    state_database: SecretStr | None = Field(
+        default=None, description="postgresql:// URL of the database holding the journal (`dbproxy` schema); "
+        "default: the upstream database")
     data_dir: Path = Field(default_factory=_default_data_dir)
     agents: dict[str, AgentSettings] = Field(default_factory=dict)
     agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
@@ -96,14 +109,22 @@ class Settings(BaseModel):
         parse_host_port(v, what="address")
         return v
 
-    @field_validator("upstream")
+    @field_validator("upstream", "state_database")
     @classmethod
     def _check_upstream(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or not v.get_secret_value():
             return None
         parts = urlsplit(v.get_secret_value())
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError("upstream must be a postgresql:// URL")
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _check_mode(cls, v: str) -> str:
+        if v == "undo":
+            raise ValueError("undo mode is not available yet (it needs the capture and inverse work); "
+                             "use hold, passthrough or read-only")
         return v
 
     @property
@@ -181,6 +202,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _holds_secrets(data: dict[str, Any]) -> bool:
     upstream = data.get("upstream")
     if isinstance(upstream, str) and urlsplit(upstream).password:
+        return True
+    state = data.get("state_database")
+    if isinstance(state, str) and urlsplit(state).password:
+        return True
+    if data.get("admin_token"):
         return True
     agents = data.get("agents")
     return isinstance(agents, dict) and any(

@@ -17,7 +17,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from scramp import ScramClient, ScramException
 
@@ -83,6 +83,20 @@ class UpstreamTarget:
             raise ValueError(f"unknown sslmode {sslmode!r}; expected one of {', '.join(SSLMODES)}")
         return cls(host, port, user, password, database, sslmode,
                    q.get("sslrootcert"), q.get("sslcert"), q.get("sslkey"))
+
+    def url(self) -> str:
+        """This target as a libpq URL (with the password), for libraries such as asyncpg."""
+        q = {"sslmode": self.sslmode, "sslrootcert": self.sslrootcert, "sslcert": self.sslcert,
+             "sslkey": self.sslkey}
+        auth = quote(self.user, safe="") + (":" + quote(self.password, safe="") if self.password else "")
+        if self.is_unix:
+            q = {"host": self.host, "port": str(self.port)}
+            netloc = auth + "@"
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            netloc = f"{auth}@{host}:{self.port}"
+        query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in q.items() if v)
+        return f"postgresql://{netloc}/{quote(self.database, safe='')}" + (f"?{query}" if query else "")
 
     @property
     def is_unix(self) -> bool:

@@ -45,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 AGENT_PASSWORD = "agent-pw"
+ADMIN_TOKEN = "test-admin-token"
 
 
 @dataclass
@@ -109,6 +110,12 @@ class RunningProxy:
         self.host = host
         self.port = port
 
+    @property
+    def admin_url(self) -> str:
+        assert self.server.admin_address is not None
+        host, port = self.server.admin_address
+        return f"http://{host}:{port}"
+
     def url(self, database: str = "postgres", user: str = AGENT, password: str | None = AGENT_PASSWORD,
             **query: str) -> str:
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
@@ -140,6 +147,10 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
         "data_dir": str(data_dir),
         "agent": [f"{AGENT}={AGENT_PASSWORD}"],
         "log_level": "warning",
+        "admin": "127.0.0.1:0",
+        "admin_token": ADMIN_TOKEN,
+        # Existing suites test the transparent relay; hold-mode tests ask for mode="hold".
+        "mode": "passthrough",
     }
     cli.update(overrides)
     if "agents" in overrides:
@@ -186,6 +197,14 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
 @pytest.fixture(scope="session")
 def proxy(pg: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     p = start_proxy(pg.url, tmp_path_factory.mktemp("proxy-state"))
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def hold_proxy(pg: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    """A proxy whose agent is in hold mode (the product's default)."""
+    p = start_proxy(pg.url, tmp_path_factory.mktemp("hold-state"), mode="hold")
     yield p
     p.stop()
 

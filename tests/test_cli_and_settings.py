@@ -27,9 +27,10 @@ DBPROXY = [sys.executable, "-m", "dbproxy"]
 class Served:
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.admin = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
             [*DBPROXY, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}",
-             "--admin", f"127.0.0.1:{free_port()}", "--log-format", "text", *extra],
+             "--admin", self.admin, "--log-format", "text", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
         )
         self.lines: list[str] = []
@@ -62,10 +63,20 @@ def test_serve_embedded_default_survives_restart(tmp_path: Path):
         assert match, first.output
         password = match.group(1)
         url = f"postgresql://agent:{password}@127.0.0.1:{first.port}/postgres"
+        notices: list[str] = []
         with psycopg.connect(url, autocommit=True) as conn:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
             conn.execute("create table kept (v text)")
             conn.execute("insert into kept values ('still here')")
             assert conn.execute("select version()").fetchone()[0].startswith("PostgreSQL 16")
+        # Hold is the default mode: both statements wait in one pending transaction until a
+        # reviewer commits it with the CLI (which finds the admin token in the data directory).
+        held = {n.split("#")[1].split()[0] for n in notices if "held for review as #" in n}
+        assert len(held) == 1, notices
+        review = subprocess.run([*DBPROXY, "commit", held.pop(), "--data-dir", str(data), "--admin", first.admin],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert review.returncode == 0, review.stderr
+        assert "committed" in review.stdout
     finally:
         code, err = first.stop()
     assert code == 0, err
@@ -163,7 +174,7 @@ def test_agents_from_file_and_cli(tmp_path: Path):
         ({"listen": "localhost"}, {}, "listen: address must look like HOST:PORT"),
         ({"listen": "1.2.3.4:99999"}, {}, "port 99999 is out of range"),
         ({}, {"DBPROXY_MAX_SESSIONS": "zero"}, "max_sessions: Input should be a valid integer"),
-        ({"upstream": "mysql://x@y/z"}, {}, "upstream: upstream must be a postgresql:// URL"),
+        ({"upstream": "mysql://x@y/z"}, {}, "upstream: must be a postgresql:// URL"),
         ({"agent": ["justaname"]}, {}, "--agent expects NAME=PASSWORD"),
         ({}, {"DBPROXY_AGENT": "=pw"}, "DBPROXY_AGENT expects NAME=PASSWORD"),
         ({"log_level": "loud"}, {}, "log_level: Input should be"),

@@ -1,0 +1,443 @@
+"""Hold mode, the waiting part: a session's client loop and the upstream connection that may
+outlive it while its transaction is held.
+
+`HeldConnection` owns one upstream connection, its `HoldState` and the chain being built on it
+(statements, journal id). It outlives the agent's session when the chain is pending, so a
+reviewer can still commit or roll it back. One cycle at a time runs on it (`lock`): the agent's
+cycles and the reviewer's actions take turns, never interleave.
+
+`HoldSession` is the agent side: it reads client messages into an inbox, cuts them into cycles,
+asks `hold_protocol` for a plan, runs it on the `HeldConnection`, and finishes each cycle with
+the journal, the "held for review" notice and a ReadyForQuery computed from the agent's own
+transaction state. All protocol decisions are in `hold_protocol`; this module only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from dbproxy import log
+from dbproxy.endpoint import ConnectionClosed, Endpoint
+from dbproxy.hold_protocol import (
+    AgentTx,
+    HoldState,
+    Plan,
+    PreparedStatements,
+    Router,
+    StatementResult,
+    injected_script,
+    plan_extended,
+    plan_query,
+    synthetic_ready,
+)
+from dbproxy.protocol.errors import ProtocolViolation, SQLState
+from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, Frame, FrameScanner
+from dbproxy.protocol.messages import ErrorResponse, NoticeResponse, Query, decode_frontend
+from dbproxy.review_models import StatementRecord
+
+if TYPE_CHECKING:
+    from dbproxy.pending import PendingRegistry
+    from dbproxy.session import Session
+
+_CYCLE_END = frozenset(b"SHQFX")
+_COPY_FROM_CLIENT = frozenset(b"cf")
+#: Upstream frames decoded in hold mode; DataRow and CopyData stream through as bytes.
+_UPSTREAM_DECODE = frozenset(BACKEND_TYPES - {ord("D"), ord("d")})
+_UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
+_ROWS_TAGS = ("INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "COPY", "FETCH", "MOVE")
+
+
+def tag_rows(tag: str | None) -> int | None:
+    if not tag:
+        return None
+    parts = tag.split()
+    if parts[0] in _ROWS_TAGS and parts[-1].isdigit():
+        return int(parts[-1])
+    return None
+
+
+def notice(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+    fields = {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": message}
+    if detail:
+        fields["D"] = detail
+    if hint:
+        fields["H"] = hint
+    return NoticeResponse(fields).encode()
+
+
+class HeldConnection:
+    """An upstream connection in hold mode and the chain on it (see module docstring)."""
+
+    def __init__(self, registry: PendingRegistry, endpoint: Endpoint, scanner: FrameScanner, *, agent: str,
+                 session_id: int, database: str, mode: str, backend_pid: int, upstream_secret: bytes) -> None:
+        self.registry = registry
+        self.endpoint = endpoint
+        self.scanner = scanner
+        self.agent = agent
+        self.session_id = session_id
+        self.database = database
+        self.mode = mode
+        self.backend_pid = backend_pid
+        self.upstream_secret = upstream_secret
+        self.state = HoldState(read_only_agent=mode == "read-only")
+        self.lock = asyncio.Lock()
+        self.sink: Callable[[bytes], None] | None = None  # the agent's client, while attached
+        self.session: HoldSession | None = None
+        self.router: Router | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.lost = False
+        # The chain: journal id once held, statements so far, timestamps.
+        self.id: int | None = None
+        self.xid: int | None = None
+        self.statements: list[StatementRecord] = []
+        self.started_at: datetime | None = None
+        self.held_at: datetime | None = None
+        self.held_monotonic = 0.0
+        self.busy_since: float | None = None
+
+    # -- upstream I/O -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        self.scanner.set_decode(_UPSTREAM_DECODE)
+        self.scanner.set_valid(None)
+        self.endpoint.relay_to(self._from_upstream, self._upstream_lost)
+
+    def _from_upstream(self, data: bytes) -> None:
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolViolation as e:
+            log.event("hold.upstream_protocol_violation", session=self.session_id, reason=str(e), level=logging.ERROR)
+            self.endpoint.abort()
+            return
+        router = self.router
+        if router is None:
+            # Between cycles: notifications, ParameterStatus, notices go straight to the agent.
+            if self.sink is not None:
+                out = b"".join(i.raw if isinstance(i, Frame) else i for i in items)
+                if out:
+                    self.sink(out)
+            return
+        out = router.feed(items)
+        if out and self.sink is not None:
+            self.sink(out)
+        if router.done and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _upstream_lost(self, ep: Endpoint) -> None:
+        self.lost = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionClosed("the upstream server closed the connection"))
+        self.registry.upstream_lost(self)
+
+    async def run(self, plan: Plan, *, to_client: bool = True) -> Router:
+        """Send a plan and wait for its last answer. The caller holds `lock`."""
+        if self.lost:
+            raise ConnectionClosed("the upstream connection is gone")
+        router = Router(plan, self.state)
+        wants_rows = any(s.action.name == "CAPTURE" for s in plan.steps)
+        self.scanner.set_decode(_UPSTREAM_DECODE_ROWS if wants_rows else _UPSTREAM_DECODE)
+        sink = self.sink if to_client else None
+        saved_sink = self.sink
+        self.sink = sink
+        self.router = router
+        self.busy_since = time.monotonic()
+        try:
+            first = router.start()
+            if first and sink is not None:
+                sink(first)
+            if plan.upstream:
+                self._waiter = asyncio.get_running_loop().create_future()
+                self.endpoint.write(plan.upstream)
+                if not router.done:
+                    await self._waiter
+            else:
+                router.done = True
+        finally:
+            self.router = None
+            self._waiter = None
+            self.busy_since = None
+            self.sink = saved_sink
+        return router
+
+    async def inject(self, *sqls: str | tuple[str, list[str | None]]) -> Router:
+        """Run the proxy's own statements (between cycles; the caller holds `lock`)."""
+        return await self.run(injected_script(list(sqls)), to_client=False)
+
+    async def cancel(self) -> None:
+        from dbproxy.upstream import send_cancel
+
+        await send_cancel(self.registry.target_for(self.database), self.backend_pid, self.upstream_secret)
+
+    def close(self) -> None:
+        if not self.endpoint.is_closing():
+            self.endpoint.write(b"X\x00\x00\x00\x04")
+            self.endpoint.close()
+
+    # -- the chain ----------------------------------------------------------------------------
+
+    def record(self, results: list[StatementResult]) -> None:
+        now = datetime.now(UTC)
+        if self.started_at is None:
+            self.started_at = now
+        for r in results:
+            rec = StatementRecord(
+                seq=len(self.statements) + 1, tx_no=r.tx_no, sql=r.sql, tag=r.tag, rows=tag_rows(r.tag),
+                sqlstate=r.error.sqlstate if r.error else None, error=r.error.message if r.error else None, at=now)
+            self.statements.append(rec)
+            if self.id is not None:
+                self.registry.journal_statement(self.id, rec)
+
+    def reset_chain(self) -> None:
+        """The chain ended (committed, rolled back, expired): the connection is clean again."""
+        st = self.state
+        st.chain, st.held, st.agent_tx, st.failed, st.wrote, st.tx_no = False, 0, AgentTx.NONE, False, False, 0
+        st.error_pending = False
+        self.id, self.xid, self.statements = None, None, []
+        self.started_at = self.held_at = None
+
+    @property
+    def pending(self) -> bool:
+        return self.id is not None
+
+    async def rollback_agent_tx(self) -> None:
+        """Undo the agent's unfinished transaction, keeping what the chain already holds."""
+        st = self.state
+        if not st.chain:
+            st.agent_tx, st.failed, st.wrote = AgentTx.NONE, False, False
+            return
+        if st.held == 0:
+            await self.inject("ROLLBACK")
+            self.reset_chain()
+            return
+        if st.agent_tx is not AgentTx.NONE:
+            r = await self.inject("ROLLBACK TO SAVEPOINT dbproxy_tx", "RELEASE SAVEPOINT dbproxy_tx")
+            if r.error is not None:
+                raise ConnectionClosed(f"could not roll back the agent's transaction: {r.error.message}")
+        st.agent_tx, st.failed, st.wrote = AgentTx.NONE, False, False
+
+
+class HoldSession:
+    """The agent side of a hold-mode session (see module docstring)."""
+
+    def __init__(self, session: Session, held: HeldConnection) -> None:
+        self.session = session
+        self.held = held
+        self.client = session.client
+        self.scanner = FrameScanner(FRONTEND_TYPES - {ord("d")}, valid=FRONTEND_TYPES,
+                                    max_decoded=session.server.settings.max_message_bytes)
+        self.inbox: list[bytes | Frame] = []
+        self.prepared = PreparedStatements()
+        self._wake: asyncio.Future[None] | None = None
+        self._gone = False
+        self._copy_forwarding = False
+        self.first_notices = b""
+
+    # -- client input -------------------------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> None:
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolViolation as e:
+            self.session.protocol_violation(str(e))
+            self._gone = True
+            self._poke()
+            return
+        router = self.held.router
+        if router is not None and router.copy_in:
+            # COPY FROM STDIN: the client's data goes upstream at once, mid-cycle.
+            self._copy_forwarding = True
+        for item in items:
+            if self._copy_forwarding:
+                if type(item) is bytes:
+                    self.held.endpoint.write(item)
+                    continue
+                assert isinstance(item, Frame)
+                if item.type in _COPY_FROM_CLIENT:
+                    self.held.endpoint.write(item.raw)
+                    self._copy_forwarding = False
+                    continue
+                self._copy_forwarding = False
+            self.inbox.append(item)
+        self._poke()
+
+    def client_lost(self) -> None:
+        self._gone = True
+        self._poke()
+        if self.held.router is not None:
+            # The agent left mid-statement: stop it, the way PostgreSQL does for a lost client.
+            asyncio.get_running_loop().create_task(self._cancel_quietly())
+
+    async def _cancel_quietly(self) -> None:
+        try:
+            await self.held.cancel()
+        except Exception as e:  # best effort; the cycle ends either way
+            log.event("hold.cancel_failed", session=self.session.id, reason=str(e), level=logging.DEBUG)
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _next_cycle(self) -> list[bytes | Frame] | None:
+        while True:
+            if self._gone:
+                return None
+            for i, item in enumerate(self.inbox):
+                if isinstance(item, Frame) and item.type in _CYCLE_END:
+                    if item.type == ord("Q") and i > 0:
+                        i -= 1  # extended messages before a Query: run them as their own cycle first
+                        cycle, self.inbox = self.inbox[: i + 1], self.inbox[i + 1:]
+                        return cycle
+                    cycle, self.inbox = self.inbox[: i + 1], self.inbox[i + 1:]
+                    return cycle
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+            self._wake = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Serve the agent until it leaves; returns why the session ended."""
+        held = self.held
+        held.sink = self.client.write
+        held.session = self
+        self.client.relay_to(self.feed_client, lambda ep: self.client_lost())
+        reason = "client disconnected"
+        try:
+            while True:
+                cycle = await self._next_cycle()
+                if cycle is None:
+                    break
+                last = cycle[-1]
+                if isinstance(last, Frame) and last.type == ord("X"):
+                    if len(cycle) > 1:
+                        async with held.lock:
+                            await self._cycle(cycle[:-1])
+                    reason = "client terminated"
+                    break
+                async with held.lock:
+                    await self._cycle(cycle)
+        except ConnectionClosed:
+            reason = "upstream disconnected"
+            if not self._gone:
+                self.client.write(ErrorResponse.make(
+                    SQLState.CONNECTION_FAILURE, "the upstream server closed the connection unexpectedly",
+                    severity="FATAL").encode())
+        except ProtocolViolation as e:
+            self.session.protocol_violation(str(e))
+            reason = "protocol violation"
+        finally:
+            held.sink = None
+            held.session = None
+        return reason
+
+    async def _cycle(self, cycle: list[bytes | Frame]) -> None:
+        held = self.held
+        state = held.state
+        last = cycle[-1]
+        assert isinstance(last, Frame)
+        if last.type == ord("F"):
+            self.client.write(ErrorResponse.make(
+                SQLState.FEATURE_NOT_SUPPORTED,
+                "the fast-path function call interface is not available in hold mode").encode()
+                + synthetic_ready(state.agent_status))
+            return
+        frames = [i for i in cycle if isinstance(i, Frame)]
+        if last.type == ord("Q"):
+            msg = decode_frontend(last)
+            assert isinstance(msg, Query)
+            plan = plan_query(state, msg.sql)
+        else:
+            if any(type(i) is bytes for i in cycle):  # stray CopyData outside COPY: forward as is
+                frames = [i if isinstance(i, Frame) else Frame(ord("d"), i) for i in cycle]
+            plan = plan_extended(state, self.prepared, frames)
+        if self.first_notices:
+            self.client.write(self.first_notices)
+            self.first_notices = b""
+        chain_before = state.chain
+        router = await held.run(plan)
+        if plan.passthrough:
+            if router.ready_status is not None:
+                self.client.write(synthetic_ready(router.ready_status))
+            return
+        if chain_before or state.chain or (router.results and any(r.error is None for r in router.results)):
+            held.record(router.results)
+        if not plan.ends_with_sync:
+            if router.error is not None:
+                state.error_pending = True
+            return
+        failed = router.error is not None or state.error_pending
+        state.error_pending = False
+        extra = b""
+        if failed:
+            if state.agent_tx is AgentTx.IMPLICIT:
+                await held.rollback_agent_tx()
+            elif state.agent_tx is AgentTx.EXPLICIT:
+                state.failed = True
+            elif state.chain and router.ready_status == "E":
+                # Cannot happen by construction (every cycle in a chain runs in a savepoint);
+                # if it does, the chain is lost: say so rather than pretend.
+                await held.registry.chain_broken(held, "an error aborted the held transaction")
+        elif router.committed_any:
+            extra = await self._after_commit(router)
+        elif state.chain and not state.held and state.agent_tx is AgentTx.NONE:
+            await held.inject("COMMIT")  # a chain with nothing in it (e.g. a SET outside BEGIN)
+            held.reset_chain()
+        self.client.write(extra + synthetic_ready(state.agent_status))
+
+    async def _after_commit(self, router: Router) -> bytes:
+        """An agent transaction ended with COMMIT: hold it, or really commit when it wrote nothing."""
+        held = self.held
+        state = held.state
+        if not state.chain:
+            return b""
+        if state.held == 0:
+            xid = router.captured[-1] if router.captured else None
+            if xid is None:
+                if state.agent_tx is AgentTx.NONE:
+                    r = await held.inject("COMMIT")  # nothing was written: nothing to hold
+                    held.reset_chain()
+                    if r.error is not None:
+                        return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
+                return b""
+            held.xid = int(xid)
+            try:
+                tx_id = await held.registry.hold(held)
+            except Exception as e:
+                log.event("hold.journal_failed", session=self.session.id, reason=str(e), level=logging.ERROR)
+                await held.inject("ROLLBACK")
+                held.reset_chain()
+                return ErrorResponse.make(
+                    "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
+                    detail=str(e)).encode()
+            state.held = max(1, router.committed_writes)
+            return notice(f"dbproxy: transaction held for review as #{tx_id}",
+                          detail="Nothing is committed until a reviewer decides; later transactions of this "
+                          "session join it and see its changes.",
+                          hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
+        if router.committed_writes:
+            state.held += router.committed_writes
+            held.registry.chain_grew(held)
+            return notice(f"dbproxy: transaction held for review as #{held.id} "
+                          f"({state.held} agent transactions held together)")
+        return b""
+
+    async def detach(self) -> bool:
+        """The agent left. Returns True when the upstream connection stays open for review."""
+        held = self.held
+        if held.lost:
+            return False
+        async with held.lock:
+            try:
+                if held.state.agent_tx is not AgentTx.NONE or (held.state.chain and not held.state.held):
+                    await held.rollback_agent_tx()
+            except ConnectionClosed:
+                return False
+            if held.pending:
+                held.registry.agent_left(held)
+                return True
+        return False

@@ -1,0 +1,749 @@
+"""Hold mode as a sans-IO state machine: what to send upstream for one client request cycle, and
+how to turn the upstream's answers back into what the agent must see.
+
+Everything that affects the hold state lives in this file (the h11 rule); `dbproxy.hold` only
+does the waiting. The model:
+
+- The **chain** is one upstream transaction, opened by the proxy (`BEGIN`) at the agent's first
+  write and kept open until a reviewer decides. Every agent transaction inside it is a savepoint
+  (`SAVEPOINT dbproxy_tx`): agent `BEGIN` becomes `SAVEPOINT`, `COMMIT` becomes `RELEASE` (the
+  work stays in the chain, held), `ROLLBACK` becomes `ROLLBACK TO` + `RELEASE` (or a real
+  `ROLLBACK` while nothing in the chain is held yet). Statements the agent sends outside an
+  explicit transaction are an *implicit* agent transaction, wrapped the same way, so that an
+  error can never abort the chain itself.
+- A **cycle** is what a client sends up to and including a Sync, a simple Query, or a Flush. The
+  proxy runs one cycle at a time, so the statements it adds never interleave with the client's.
+- A **plan** is the bytes to send upstream plus one `Step` per expected answer: the client's own
+  messages (forwarded, or re-tagged: the upstream says `RELEASE`, the agent sees `COMMIT`), the
+  proxy's statements (swallowed), refusals (the upstream runs a `DO` block that raises, so the
+  server's own state follows PostgreSQL's error rules, and the agent sees the proxy's message),
+  and synthetic answers with no upstream message at all (`WARNING: there is no transaction in
+  progress`). `Router` walks the steps as the answers arrive.
+
+The agent sees ReadyForQuery statuses computed from its own transaction state, never the chain's.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dbproxy.protocol.framing import Frame, frame
+from dbproxy.protocol.messages import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    ErrorResponse,
+    Execute,
+    NoticeResponse,
+    Parse,
+    Query,
+    Sync,
+    decode_backend,
+    decode_frontend,
+)
+from inverse.classify import Classification, Kind, classify, split_statements
+
+SAVEPOINT = "dbproxy_tx"
+_STMT = "dbproxy_stmt"
+_PORTAL = "dbproxy_portal"
+_XID_SQL = "SELECT pg_catalog.txid_current_if_assigned()::text"
+
+T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
+T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
+T_ROWDESC, T_NODATA, T_ERROR, T_NOTICE, T_READY = ord("T"), ord("n"), ord("E"), ord("N"), ord("Z")
+T_DATAROW, T_COPY_IN = ord("D"), ord("G")
+
+_AFTER_EXECUTE = frozenset({T_COMMAND, T_EMPTY, T_SUSPENDED})
+_AFTER_STATEMENT = frozenset({T_COMMAND, T_EMPTY})
+_AFTER_DESCRIBE = frozenset({T_ROWDESC, T_NODATA})
+
+
+class SQLSTATE:
+    ACTIVE_SQL_TRANSACTION = "25001"
+    NO_ACTIVE_SQL_TRANSACTION = "25P01"
+    READ_ONLY_SQL_TRANSACTION = "25006"
+    INSUFFICIENT_PRIVILEGE = "42501"
+    RESERVED_NAME = "42939"
+    FEATURE_NOT_SUPPORTED = "0A000"
+
+
+@functools.lru_cache(maxsize=8192)
+def classify_cached(sql: str) -> Classification:
+    """Classification is pure and costs ~0.3 ms; agents repeat their statements."""
+    return classify(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def split_cached(sql: str) -> tuple[str, ...]:
+    return tuple(split_statements(sql))
+
+
+# --------------------------------------------------------------------------------------------
+# Policy: which statements are refused, and why
+# --------------------------------------------------------------------------------------------
+
+_CALL_ESCAPE = "CALL runs a procedure"
+
+
+def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None:
+    """The error the agent gets instead of running `c`, or None when it may run."""
+    if c.tx is not None and c.tx.action in ("savepoint", "release", "rollback_to") and c.tx.name \
+            and c.tx.name.lower().startswith("dbproxy_"):
+        return ErrorResponse.make(SQLSTATE.RESERVED_NAME,
+                                  f'savepoint name "{c.tx.name}" is reserved: names starting with dbproxy_ '
+                                  "belong to the proxy")
+    if any(t.lower().lstrip('"').startswith("dbproxy.") for t in c.tables):
+        return ErrorResponse.make(SQLSTATE.INSUFFICIENT_PRIVILEGE,
+                                  "the dbproxy schema holds the proxy's journal; agents may not write to it")
+    if c.escape and not c.escape.startswith(_CALL_ESCAPE):
+        # A CALL is let through: hold mode runs it inside a transaction block, where PostgreSQL
+        # itself refuses a procedure's COMMIT/ROLLBACK (2D000), so it cannot end the chain.
+        return ErrorResponse.make(SQLSTATE.INSUFFICIENT_PRIVILEGE,
+                                  f"dbproxy refused this statement: {c.escape}",
+                                  hint="Writes are held for review; statements that could bypass the "
+                                  "hold are not allowed for agents.")
+    if c.non_transactional:
+        return ErrorResponse.make(SQLSTATE.ACTIVE_SQL_TRANSACTION,
+                                  f"dbproxy refused this statement: {c.non_transactional}, so it "
+                                  "could not be held for review",
+                                  hint="Ask a person to run it directly on the database.")
+    if read_only_agent and not c.read_only and c.tx is None and c.kind is not Kind.SESSION:
+        return ErrorResponse.make(SQLSTATE.READ_ONLY_SQL_TRANSACTION,
+                                  "this agent is read-only: dbproxy refused a statement that may write")
+    if read_only_agent and c.kind is Kind.SESSION and not c.read_only:
+        return ErrorResponse.make(SQLSTATE.READ_ONLY_SQL_TRANSACTION,
+                                  "this agent is read-only: dbproxy refused a statement that may write")
+    return None
+
+
+_ISOLATION = re.compile(r"isolation\s+level\s+(serializable|repeatable\s+read|read\s+committed|read\s+uncommitted)",
+                        re.IGNORECASE)
+
+
+def _chain_begin(agent_begin: str) -> str:
+    """The chain keeps the isolation level of the agent's first BEGIN. READ ONLY and DEFERRABLE
+    are not carried over: the chain outlives this agent transaction."""
+    m = _ISOLATION.search(agent_begin)
+    return "BEGIN ISOLATION LEVEL " + " ".join(m.group(1).upper().split()) if m else "BEGIN"
+
+
+def _raise_sql(sqlstate: str) -> str:
+    """A statement that fails with `sqlstate` (its message is replaced by the proxy's)."""
+    return (f"DO $dbproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', "
+            "MESSAGE = 'refused by dbproxy'; END$dbproxy$")
+
+
+# --------------------------------------------------------------------------------------------
+# State and plans
+# --------------------------------------------------------------------------------------------
+
+
+class AgentTx(enum.Enum):
+    NONE = 0
+    IMPLICIT = 1  # statements outside BEGIN, until Sync / end of the simple query
+    EXPLICIT = 2
+
+
+@dataclass
+class HoldState:
+    """What the proxy knows about the agent's transaction and the chain it runs in."""
+
+    chain: bool = False  # the proxy's upstream transaction is open
+    held: int = 0  # agent transactions of this chain already held (0: nothing held yet)
+    agent_tx: AgentTx = AgentTx.NONE
+    failed: bool = False  # the agent's explicit transaction hit an error ('E')
+    wrote: bool = False  # the current agent transaction ran a statement that may write
+    tx_no: int = 0  # agent transactions begun in this chain
+    error_pending: bool = False  # an error in a Flush-ended cycle: upstream skips to the next Sync
+    read_only_agent: bool = False
+
+    @property
+    def agent_status(self) -> str:
+        if self.agent_tx is AgentTx.EXPLICIT:
+            return "E" if self.failed else "T"
+        return "I"
+
+
+class Action(enum.Enum):
+    FORWARD = 1  # the client's message: answers go to the client
+    RETAG = 2  # forwarded, with CommandComplete replaced by `tag`
+    SWALLOW = 3  # the proxy's own message: answers dropped
+    CAPTURE = 4  # the proxy's xid probe: the first value is kept, answers dropped
+    REFUSE = 5  # the proxy's raise: the client sees `error` instead of the upstream's
+
+
+class Effect(enum.Enum):
+    CHAIN_OPEN = 1
+    CHAIN_CLOSED = 2
+    TX_BEGIN_IMPLICIT = 3
+    TX_BEGIN_EXPLICIT = 4
+    TX_COMMIT = 5  # the agent's transaction ended with COMMIT (released into the chain)
+    TX_ROLLBACK = 6
+    TX_CONTINUE = 7  # AND CHAIN: a new agent transaction right after
+    WROTE = 8
+
+
+@dataclass(slots=True)
+class Step:
+    """One expected answer (or a synthetic one). `terminal` answers finish it."""
+
+    terminal: frozenset[int]
+    action: Action = Action.FORWARD
+    tag: str | None = None
+    error: ErrorResponse | None = None
+    synthetic: bytes = b""  # sent to the client when the step is reached; no upstream answer
+    effects: tuple[Effect, ...] = ()
+    sql: str | None = None  # a client statement, for the journal
+    final: bool = False  # the ReadyForQuery step
+    skipped: bool = False  # upstream will not answer (it is skipping to Sync after an error)
+
+
+@dataclass
+class Plan:
+    upstream: bytes
+    steps: list[Step]
+    passthrough: bool = False  # forward every answer unchanged until ReadyForQuery
+    ends_with_sync: bool = True  # False: Flush-ended, done when every step is answered
+    refused: bool = False
+
+
+def _cc(tag: str) -> bytes:
+    return CommandComplete(tag).encode()
+
+
+def _warning(sqlstate: str, message: str) -> bytes:
+    return NoticeResponse({"S": "WARNING", "V": "WARNING", "C": sqlstate, "M": message}).encode()
+
+
+def _injected(sql: str, action: Action = Action.SWALLOW, *, tag: str | None = None,
+              error: ErrorResponse | None = None, effects: tuple[Effect, ...] = (),
+              sql_record: str | None = None, params: Sequence[str | None] = ()) -> tuple[bytes, list[Step]]:
+    """A proxy statement over the extended protocol with its own named statement and portal,
+    closed again, so the client's unnamed statement and portal are never touched."""
+    bind = Bind(_PORTAL, _STMT, (), tuple(None if p is None else p.encode() for p in params))
+    out = b"".join((Parse(_STMT, sql).encode(), bind.encode(), Execute(_PORTAL).encode(),
+                    Close("P", _PORTAL).encode(), Close("S", _STMT).encode()))
+    steps = [Step(frozenset({T_PARSE_COMPLETE}), Action.SWALLOW),
+             Step(frozenset({T_BIND_COMPLETE}), Action.SWALLOW),
+             Step(_AFTER_EXECUTE, action, tag=tag, error=error, effects=effects, sql=sql_record),
+             Step(frozenset({T_CLOSE_COMPLETE}), Action.SWALLOW),
+             Step(frozenset({T_CLOSE_COMPLETE}), Action.SWALLOW)]
+    return out, steps
+
+
+def injected_script(sqls: Sequence[str | tuple[str, Sequence[str | None]]]) -> Plan:
+    """Proxy statements run between client cycles (commit, rollback, probes), ending in Sync.
+    Each is SQL text or (SQL, text parameters); their rows are collected (`Router.rows`)."""
+    out: list[bytes] = []
+    steps: list[Step] = []
+    for item in sqls:
+        sql, params = (item, ()) if isinstance(item, str) else item
+        b, s = _injected(sql, Action.CAPTURE, params=params)
+        out.append(b)
+        steps += s
+    out.append(Sync().encode())
+    steps.append(Step(frozenset({T_READY}), Action.SWALLOW, final=True))
+    return Plan(b"".join(out), steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning one cycle
+# --------------------------------------------------------------------------------------------
+
+
+Emit = Callable[[Action, str | None, tuple[Effect, ...]], None]
+
+
+class _Builder:
+    """Accumulates upstream statements (as simple-query text or extended messages) and steps,
+    simulating the hold state as it goes (the real state follows the steps' effects)."""
+
+    def __init__(self, state: HoldState, simple: bool) -> None:
+        self.sim = HoldState(**vars(state))
+        self.simple = simple
+        self.sql: list[str] = []
+        self.out: list[bytes] = []
+        self.steps: list[Step] = []
+        self.committed = False
+        self.refused = False
+
+    # -- emitting -----------------------------------------------------------------------------
+
+    def stmt(self, sql: str, action: Action = Action.SWALLOW, *, tag: str | None = None,
+             error: ErrorResponse | None = None, effects: tuple[Effect, ...] = (),
+             record: str | None = None) -> None:
+        if self.simple:
+            self.sql.append(sql)
+            self.steps.append(Step(_AFTER_STATEMENT, action, tag=tag, error=error, effects=effects, sql=record))
+        else:
+            b, s = _injected(sql, action, tag=tag, error=error, effects=effects, sql_record=record)
+            self.out.append(b)
+            self.steps += s
+
+    def synthetic(self, data: bytes, effects: tuple[Effect, ...] = ()) -> None:
+        self.steps.append(Step(frozenset(), Action.FORWARD, synthetic=data, effects=effects))
+
+    # -- hold bookkeeping ---------------------------------------------------------------------
+
+    def ensure_chain(self) -> None:
+        if not self.sim.chain:
+            self.stmt("BEGIN", effects=(Effect.CHAIN_OPEN,))
+            self.sim.chain, self.sim.held, self.sim.tx_no = True, 0, 0
+
+    def ensure_agent_tx(self) -> None:
+        """Any statement run while the chain is open must be inside an agent savepoint."""
+        if self.sim.chain and self.sim.agent_tx is AgentTx.NONE:
+            self.stmt(f"SAVEPOINT {SAVEPOINT}", effects=(Effect.TX_BEGIN_IMPLICIT,))
+            self.sim.agent_tx, self.sim.wrote = AgentTx.IMPLICIT, False
+            self.sim.tx_no += 1
+
+    def refuse(self, error: ErrorResponse, record: str) -> None:
+        self.ensure_agent_tx()
+        self.stmt(_raise_sql(error.sqlstate), Action.REFUSE, error=error, record=record)
+        self.refused = True
+
+    def _end_agent_tx(self, *, commit: bool, tag: str, chain_after: bool) -> None:
+        """COMMIT/ROLLBACK of the agent's transaction (explicit or implicit)."""
+        sim = self.sim
+        if commit and not sim.failed:
+            effects = (Effect.TX_COMMIT,) + ((Effect.TX_CONTINUE,) if chain_after else ())
+            self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag=tag, effects=effects, record=tag)
+            self.committed = True
+            sim.agent_tx = AgentTx.NONE
+        elif sim.held == 0:
+            # Nothing held yet: end the whole upstream transaction, releasing its locks.
+            self.stmt("ROLLBACK", Action.RETAG, tag="ROLLBACK",
+                      effects=(Effect.TX_ROLLBACK, Effect.CHAIN_CLOSED), record=tag)
+            sim.chain, sim.agent_tx = False, AgentTx.NONE
+        else:
+            self.stmt(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag="ROLLBACK",
+                      effects=(Effect.TX_ROLLBACK,), record=tag)
+            sim.agent_tx = AgentTx.NONE
+        sim.failed = sim.wrote = False
+        if chain_after:
+            self.ensure_chain()
+            self.stmt(f"SAVEPOINT {SAVEPOINT}", effects=(Effect.TX_BEGIN_EXPLICIT,))
+            sim.agent_tx = AgentTx.EXPLICIT
+            sim.tx_no += 1
+
+    def client_statement(self, c: Classification, emit: Emit) -> None:
+        """Plan one client statement. `emit` sends the client's own statement with an action."""
+        sim = self.sim
+        error = refusal(c, read_only_agent=sim.read_only_agent)
+        if error is not None:
+            self.refuse(error, c.sql)
+            return
+        tx = c.tx
+        if tx is None:
+            if c.read_only and not sim.chain:
+                emit(Action.FORWARD, None, ())
+                return
+            if not c.read_only:
+                self.ensure_chain()
+            self.ensure_agent_tx()
+            wrote = not c.read_only
+            sim.wrote = sim.wrote or wrote
+            emit(Action.FORWARD, None, (Effect.WROTE,) if wrote else ())
+            return
+        action = tx.action
+        if action == "begin":
+            if sim.agent_tx is AgentTx.EXPLICIT:
+                self.synthetic(_warning(SQLSTATE.ACTIVE_SQL_TRANSACTION, "there is already a transaction in progress")
+                               + _cc("BEGIN"))
+            elif sim.agent_tx is AgentTx.IMPLICIT:
+                # PostgreSQL turns the implicit block into an explicit one.
+                sim.agent_tx = AgentTx.EXPLICIT
+                self.synthetic(_cc("BEGIN"), effects=(Effect.TX_BEGIN_EXPLICIT,))
+            else:
+                if not sim.chain:
+                    # The agent's own BEGIN (with its isolation level) opens the chain.
+                    self.stmt(_chain_begin(c.sql), Action.SWALLOW, effects=(Effect.CHAIN_OPEN,))
+                    sim.chain, sim.held, sim.tx_no = True, 0, 0
+                self.stmt(f"SAVEPOINT {SAVEPOINT}", Action.RETAG, tag="BEGIN",
+                          effects=(Effect.TX_BEGIN_EXPLICIT,), record="BEGIN")
+                sim.agent_tx, sim.wrote, sim.failed = AgentTx.EXPLICIT, False, False
+                sim.tx_no += 1
+        elif action in ("commit", "rollback"):
+            tag = "COMMIT" if action == "commit" else "ROLLBACK"
+            if sim.agent_tx is AgentTx.NONE:
+                if tx.chain:
+                    self.refuse(ErrorResponse.make(SQLSTATE.NO_ACTIVE_SQL_TRANSACTION,
+                                                   f"{tag} AND CHAIN can only be used in transaction blocks"), c.sql)
+                else:
+                    self.synthetic(_warning(SQLSTATE.NO_ACTIVE_SQL_TRANSACTION, "there is no transaction in progress")
+                                   + _cc(tag))
+            else:
+                if sim.failed and action == "commit":
+                    tag = "ROLLBACK"  # PostgreSQL: COMMIT of a failed transaction rolls back
+                self._end_agent_tx(commit=action == "commit", tag=tag, chain_after=tx.chain)
+        elif action in ("savepoint", "release", "rollback_to"):
+            if sim.agent_tx is not AgentTx.EXPLICIT:
+                what = {"savepoint": "SAVEPOINT", "release": "RELEASE SAVEPOINT",
+                        "rollback_to": "ROLLBACK TO SAVEPOINT"}[action]
+                self.refuse(ErrorResponse.make(SQLSTATE.NO_ACTIVE_SQL_TRANSACTION,
+                                               f"{what} can only be used in transaction blocks"), c.sql)
+            else:
+                emit(Action.FORWARD, None, ())
+        else:  # prepare / commit_prepared / rollback_prepared: refusal() has caught them
+            self.refuse(ErrorResponse.make(SQLSTATE.FEATURE_NOT_SUPPORTED,
+                                           "two-phase commit is not available to agents"), c.sql)
+
+    def finish_implicit(self, capture: bool) -> None:
+        """End of a simple query or Sync: an implicit agent transaction commits (into the chain)."""
+        if self.sim.agent_tx is AgentTx.IMPLICIT:
+            self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", effects=(Effect.TX_COMMIT,))
+            self.sim.agent_tx = AgentTx.NONE
+            self.committed = True
+        if capture and self.committed and self.sim.chain and self.sim.held == 0:
+            self.stmt(_XID_SQL, Action.CAPTURE)
+
+
+def plan_query(state: HoldState, sql: str) -> Plan:
+    """A simple Query: statements split and planned one by one, sent as one query string."""
+    statements = split_cached(sql)
+    classes = [classify_cached(s) for s in statements]
+    if not state.chain and state.agent_tx is AgentTx.NONE and all(
+        c.read_only and c.tx is None and refusal(c, read_only_agent=state.read_only_agent) is None for c in classes
+    ):
+        return Plan(Query(sql).encode(), [], passthrough=True)
+    b = _Builder(state, simple=True)
+    prefix = b""
+    if b.sim.chain and b.sim.agent_tx is AgentTx.NONE:
+        # The savepoint goes first, in a query string of its own: PostgreSQL parses a whole string
+        # before running any of it, so a syntax error in the client's SQL would otherwise hit the
+        # chain itself.
+        prefix = Query(f"SAVEPOINT {SAVEPOINT}").encode()
+        b.steps += [Step(_AFTER_STATEMENT, Action.SWALLOW, effects=(Effect.TX_BEGIN_IMPLICIT,)),
+                    Step(frozenset({T_READY}), Action.SWALLOW)]
+        b.sim.agent_tx, b.sim.wrote = AgentTx.IMPLICIT, False
+        b.sim.tx_no += 1
+    for c in classes:
+        def emit(action: Action, tag: str | None, effects: tuple[Effect, ...], c: Classification = c) -> None:
+            b.stmt(c.sql, action, tag=tag, effects=effects, record=c.sql)
+        b.client_statement(c, emit)
+    b.finish_implicit(capture=True)
+    if prefix and not b.sql:
+        b.stmt("")  # an empty query: its ReadyForQuery ends the cycle after the synthetic answers
+    steps = b.steps
+    steps.append(Step(frozenset({T_READY}), Action.SWALLOW, final=True))
+    upstream = prefix + (Query("\n;\n".join(b.sql)).encode() if b.sql else b"")
+    return Plan(upstream, steps, refused=b.refused)
+
+
+@dataclass
+class PreparedStatements:
+    """Client statement and portal names -> their classification (None: refused at Parse)."""
+
+    statements: dict[str, Classification | None] = field(default_factory=dict)
+    portals: dict[str, Classification | None] = field(default_factory=dict)
+
+
+_UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
+
+
+def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[Frame]) -> Plan:
+    """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
+    msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
+    if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
+            and _all_read_only(state, prepared, msgs):
+        _track(prepared, msgs)
+        return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
+    b = _Builder(state, simple=False)
+    if b.sim.chain and not state.error_pending:
+        b.ensure_agent_tx()
+    skipping = state.error_pending
+    ends_with_sync = False
+    for f, m in zip(frames, msgs, strict=True):
+        start = len(b.steps)
+        if isinstance(m, Parse):
+            c = classify_cached(m.sql)
+            error = refusal(c, read_only_agent=b.sim.read_only_agent)
+            if error is not None:
+                prepared.statements[m.name] = None
+                b.refuse(error, m.sql)
+            else:
+                prepared.statements[m.name] = c
+                b.out.append(f.raw)
+                b.steps.append(Step(frozenset({T_PARSE_COMPLETE})))
+        elif isinstance(m, Bind):
+            prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+            b.out.append(f.raw)
+            b.steps.append(Step(frozenset({T_BIND_COMPLETE})))
+        elif isinstance(m, Describe):
+            b.out.append(f.raw)
+            b.steps.append(Step(_AFTER_DESCRIBE))
+        elif isinstance(m, Close):
+            (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
+            b.out.append(f.raw)
+            b.steps.append(Step(frozenset({T_CLOSE_COMPLETE})))
+        elif isinstance(m, Execute):
+            c = prepared.portals.get(m.portal, _UNKNOWN_PORTAL)
+            if c is None:  # its statement was refused at Parse: the upstream has no such portal
+                b.out.append(f.raw)
+                b.steps.append(Step(_AFTER_EXECUTE))
+            else:
+                def emit(action: Action, tag: str | None, effects: tuple[Effect, ...],
+                         raw: bytes = f.raw, sql: str = c.sql) -> None:
+                    b.out.append(raw)
+                    b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql))
+                b.client_statement(c, emit)
+        elif isinstance(m, Sync):
+            b.finish_implicit(capture=True)
+            b.out.append(f.raw)
+            b.steps.append(Step(frozenset({T_READY}), Action.SWALLOW, final=True))
+            ends_with_sync = True
+            skipping = False
+        else:  # Flush, stray CopyData/CopyDone/CopyFail: no answer
+            b.out.append(f.raw)
+        if skipping:
+            for s in b.steps[start:]:
+                s.skipped = not s.final
+    return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused)
+
+
+def _all_read_only(state: HoldState, prepared: PreparedStatements, msgs: list[object]) -> bool:
+    names = dict(prepared.statements)
+    portals = dict(prepared.portals)
+    for m in msgs:
+        if isinstance(m, Parse):
+            c = classify_cached(m.sql)
+            if not c.read_only or c.tx is not None or refusal(c, read_only_agent=state.read_only_agent):
+                return False
+            names[m.name] = c
+        elif isinstance(m, Bind):
+            portals[m.portal] = names.get(m.statement, _UNKNOWN_PORTAL)
+        elif isinstance(m, Execute):
+            c = portals.get(m.portal, _UNKNOWN_PORTAL)
+            if c is None or not c.read_only or c.tx is not None:
+                return False
+    return True
+
+
+def _track(prepared: PreparedStatements, msgs: list[object]) -> None:
+    for m in msgs:
+        if isinstance(m, Parse):
+            prepared.statements[m.name] = classify_cached(m.sql)
+        elif isinstance(m, Bind):
+            prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+        elif isinstance(m, Close):
+            (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Routing the answers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StatementResult:
+    sql: str
+    tx_no: int
+    tag: str | None = None
+    error: ErrorResponse | None = None
+
+
+class Router:
+    """Walks a plan's steps as upstream answers arrive; returns what the client must get.
+
+    `on_effect` applies each finished step's effects to the real state, so that after an error
+    the state is exactly what the upstream did before it."""
+
+    def __init__(self, plan: Plan, state: HoldState) -> None:
+        self.plan = plan
+        self.state = state
+        self.i = 0
+        self.error: ErrorResponse | None = None
+        self.captured: list[str | None] = []  # first value of each CAPTURE step (None: no row / NULL)
+        self.rows: list[list[tuple[str | None, ...]]] = []  # all rows of each CAPTURE step
+        self.tags: list[str] = []  # command tags of CAPTURE steps
+        self.results: list[StatementResult] = []
+        self.ready_status: str | None = None
+        self.copy_in = False
+        self.done = False
+        self.committed_any = False  # an agent transaction ended with COMMIT in this cycle
+        self.committed_writes = 0  # ... of which this many had statements that may write
+        self._rows: list[bytes] = []
+
+    def start(self) -> bytes:
+        """Synthetic answers due before any upstream answer (a plan may have no upstream part)."""
+        out: list[bytes] = []
+        self._advance(out, finished=False)
+        return b"".join(out)
+
+    @property
+    def step(self) -> Step | None:
+        return self.plan.steps[self.i] if self.i < len(self.plan.steps) else None
+
+    def feed(self, items: list[bytes | Frame]) -> bytes:
+        out: list[bytes] = []
+        for item in items:
+            if self.plan.passthrough:
+                self._passthrough(item, out)
+                continue
+            step = self.step
+            if type(item) is bytes:  # DataRows / CopyData streaming through
+                if step is not None and step.action in (Action.FORWARD, Action.RETAG):
+                    out.append(item)
+                continue
+            assert isinstance(item, Frame)
+            self._frame(item, step, out)
+        return b"".join(out)
+
+    def _passthrough(self, item: bytes | Frame, out: list[bytes]) -> None:
+        if type(item) is bytes:
+            out.append(item)
+            return
+        assert isinstance(item, Frame)
+        t = item.type
+        if t == T_READY:
+            self.ready_status = chr(item.raw[5])
+            self.done = True
+            return  # the relay sends its own ReadyForQuery
+        if t == T_COPY_IN:
+            self.copy_in = True
+        elif t in (T_COMMAND, T_ERROR):
+            self.copy_in = False
+        out.append(item.raw)
+
+    def _frame(self, f: Frame, step: Step | None, out: list[bytes]) -> None:
+        t = f.type
+        if step is None:
+            out.append(f.raw)  # nothing expected: pass it on rather than lose it
+            return
+        if t == T_READY and not step.final and t in step.terminal:
+            self.i += 1  # the end of a query string the proxy sent ahead of the client's
+            self._advance(out, finished=False)
+            return
+        if t == T_READY:
+            self.ready_status = chr(f.raw[5])
+            # Skip anything left (after an error the server skips to Sync); finish.
+            while self.i < len(self.plan.steps) and not self.plan.steps[self.i].final:
+                self.i += 1
+            self.i += 1
+            self.done = True
+            return
+        if t == T_ERROR:
+            err = decode_backend(f)
+            assert isinstance(err, ErrorResponse)
+            self.copy_in = False
+            shown = step.error if step.action is Action.REFUSE and step.error is not None else err
+            if self.error is None:
+                self.error = shown
+            out.append(shown.encode())
+            if step.sql is not None:
+                self.results.append(StatementResult(step.sql, self.state.tx_no, error=shown))
+            # The server skips the rest until Sync (extended) or the end of the query (simple).
+            self.i += 1
+            steps = self.plan.steps
+            while self.i < len(steps) and not steps[self.i].final and T_READY not in steps[self.i].terminal:
+                steps[self.i].skipped = True
+                self.i += 1
+            self._advance(out, finished=True)
+            return
+        if t == T_NOTICE:
+            if step.action is not Action.SWALLOW and step.action is not Action.CAPTURE:
+                out.append(f.raw)
+            return
+        if t in (ord("S"), ord("A")):  # ParameterStatus, NotificationResponse: always the client's
+            out.append(f.raw)
+            return
+        if t == T_COPY_IN:
+            self.copy_in = True
+        if t == T_DATAROW:
+            if step.action is Action.CAPTURE:
+                self._rows.append(f.raw)
+            elif step.action in (Action.FORWARD, Action.RETAG):
+                out.append(f.raw)
+            return
+        if t in step.terminal:
+            tag: str | None = None
+            if t == T_COMMAND:
+                self.copy_in = False
+                cc = decode_backend(f)
+                assert isinstance(cc, CommandComplete)
+                tag = step.tag if step.action is Action.RETAG and step.tag else cc.tag
+            if step.action is Action.FORWARD:
+                out.append(f.raw)
+            elif step.action is Action.RETAG:
+                out.append(_cc(tag) if t == T_COMMAND and tag else f.raw)
+            elif step.action is Action.CAPTURE:
+                rows = [_values(r) for r in self._rows]
+                self.rows.append(rows)
+                self.captured.append(rows[0][0] if rows and rows[0] else None)
+                self.tags.append(tag or "")
+                self._rows.clear()
+            if step.sql is not None and t != T_SUSPENDED:
+                self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag))
+            self._apply(step)
+            self.i += 1
+            self._advance(out, finished=False)
+            return
+        # Non-terminal answers of the current step (RowDescription, ParameterDescription, CopyIn...).
+        if step.action in (Action.FORWARD, Action.RETAG):
+            out.append(f.raw)
+
+    def _advance(self, out: list[bytes], *, finished: bool) -> None:
+        """Emit synthetic steps now due, and skip steps the upstream will not answer."""
+        steps = self.plan.steps
+        while self.i < len(steps):
+            s = steps[self.i]
+            if s.skipped:
+                pass
+            elif s.synthetic:
+                out.append(s.synthetic)
+                self._apply(s)
+            else:
+                break
+            self.i += 1
+        if not self.plan.ends_with_sync and self.i >= len(steps) and not self.plan.passthrough:
+            self.done = True
+
+    def _apply(self, step: Step) -> None:
+        st = self.state
+        for e in step.effects:
+            if e is Effect.CHAIN_OPEN:
+                st.chain, st.held, st.tx_no = True, 0, 0
+            elif e is Effect.CHAIN_CLOSED:
+                st.chain, st.held = False, 0
+                st.agent_tx, st.failed, st.wrote = AgentTx.NONE, False, False
+            elif e is Effect.TX_BEGIN_IMPLICIT:
+                st.agent_tx, st.wrote, st.failed = AgentTx.IMPLICIT, False, False
+                st.tx_no += 1
+            elif e is Effect.TX_BEGIN_EXPLICIT:
+                if st.agent_tx is not AgentTx.IMPLICIT:
+                    st.tx_no += 1
+                    st.wrote = False
+                st.agent_tx, st.failed = AgentTx.EXPLICIT, False
+            elif e is Effect.TX_COMMIT:
+                self.committed_writes += 1 if st.wrote else 0
+                self.committed_any = True
+                st.agent_tx, st.wrote, st.failed = AgentTx.NONE, False, False
+            elif e is Effect.TX_ROLLBACK:
+                st.agent_tx, st.wrote, st.failed = AgentTx.NONE, False, False
+            elif e is Effect.WROTE:
+                st.wrote = True
+
+
+def _values(raw: bytes) -> tuple[str | None, ...]:
+    """A text-format DataRow's values."""
+    count = int.from_bytes(raw[5:7], "big")
+    pos, out = 7, []
+    for _ in range(count):
+        n = int.from_bytes(raw[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if n < 0:
+            out.append(None)
+        else:
+            out.append(raw[pos:pos + n].decode())
+            pos += n
+    return tuple(out)
+
+
+def synthetic_ready(status: str) -> bytes:
+    return frame(b"Z", status.encode())

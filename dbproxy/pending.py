@@ -1,0 +1,383 @@
+"""The review queue: held transactions that are waiting for a person, and the decisions on them.
+
+`PendingRegistry` implements `dbproxy.review.ReviewService` for the running proxy. It knows the
+live `HeldConnection`s by journal id, writes every step to the journal, expires transactions
+that waited too long, and carries out commits and rollbacks on the held upstream connection
+itself (the only connection that can commit that transaction). Finished transactions are read
+back from the journal.
+
+Commit protocol (so that a crash never loses track of a commit): the journal says `committing`
+before the upstream COMMIT is sent and `committed` or `failed` after; a `committing` row found at
+start-up is resolved from the upstream's own record of the transaction id (`txid_status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from dbproxy import diff, log
+from dbproxy.endpoint import ConnectionClosed
+from dbproxy.hold_protocol import AgentTx
+from dbproxy.journal import Journal
+from dbproxy.protocol.errors import SQLState
+from dbproxy.review import ReviewError
+from dbproxy.review_models import (
+    Decision,
+    StatementRecord,
+    TableDiff,
+    TransactionDetail,
+    TransactionRecord,
+)
+
+if TYPE_CHECKING:
+    from dbproxy.hold import HeldConnection
+    from dbproxy.upstream import UpstreamTarget
+
+#: How long a reviewer's request waits for the agent's current statement to finish.
+LOCK_WAIT = 10.0
+DIFF_LOCK_WAIT = 2.0
+JOURNAL_WAIT = 10.0
+
+
+class PendingRegistry:
+    def __init__(self, journal: Journal, *, target_for: Callable[[str], UpstreamTarget],
+                 dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = 50) -> None:
+        self.journal = journal
+        self.target_for = target_for
+        self.dsn_for = dsn_for
+        self.hold_timeout = hold_timeout
+        self.diff_rows = diff_rows
+        self.live: dict[int, HeldConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def stop(self) -> None:
+        """Shutdown: held transactions are rolled back by the upstream when their connections
+        close; the journal says so."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        for tx_id, held in list(self.live.items()):
+            with contextlib.suppress(Exception):
+                await self.journal.update(tx_id, outcome="rolled back", decided_by="restart",
+                                          reason="the proxy shut down; the upstream rolled the transaction back")
+            held.close()
+        self.live.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+    def _background(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- called by hold sessions ----------------------------------------------------------------
+
+    async def hold(self, held: HeldConnection) -> int:
+        """A chain's first agent transaction was committed by the agent: it becomes pending."""
+        tx_id = await self.journal.start(agent=held.agent, session=held.session_id, database=held.database,
+                                         mode=held.mode, backend_pid=held.backend_pid)
+        held.id = tx_id
+        held.held_at = datetime.now(UTC)
+        held.held_monotonic = time.monotonic()
+        for rec in held.statements:
+            self.journal_statement(tx_id, rec)
+        await self.journal.update(tx_id, outcome="pending", xid=held.xid, held=True, agent_transactions=1)
+        self.live[tx_id] = held
+        log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
+        return tx_id
+
+    def journal_statement(self, tx_id: int, rec: StatementRecord) -> None:
+        self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=rec.sql, tag=rec.tag, rows=rec.rows,
+                                      sqlstate=rec.sqlstate, error=rec.error)
+
+    def chain_grew(self, held: HeldConnection) -> None:
+        if held.id is not None:
+            self._background(self._quiet_update(held.id, agent_transactions=held.state.held))
+
+    def agent_left(self, held: HeldConnection) -> None:
+        log.event("hold.agent_left", id=held.id, agent=held.agent)
+
+    def upstream_lost(self, held: HeldConnection) -> None:
+        if held.id is not None and self.live.pop(held.id, None) is not None:
+            tx_id = held.id
+            log.event("hold.upstream_lost", id=tx_id, level=logging.WARNING)
+            self._background(self._quiet_update(
+                tx_id, outcome="failed", decided_by="upstream",
+                reason="the upstream connection was lost; PostgreSQL rolled the transaction back"))
+            held.reset_chain()
+
+    async def chain_broken(self, held: HeldConnection, reason: str) -> None:
+        tx_id = held.id
+        with contextlib.suppress(ConnectionClosed):
+            await held.inject("ROLLBACK")
+        if tx_id is not None:
+            self.live.pop(tx_id, None)
+            await self._quiet_update(tx_id, outcome="failed", decided_by="proxy", reason=reason)
+        held.reset_chain()
+
+    async def _quiet_update(self, tx_id: int, **fields: object) -> None:
+        try:
+            await self.journal.update(tx_id, **fields)  # type: ignore[arg-type]
+        except Exception as e:
+            log.event("journal.update_failed", id=tx_id, reason=str(e), level=logging.ERROR)
+
+    async def restart_notices(self, agent: str) -> list[TransactionRecord]:
+        try:
+            return await self.journal.restart_notices(agent)
+        except Exception as e:
+            log.event("journal.notices_failed", agent=agent, reason=str(e), level=logging.WARNING)
+            return []
+
+    # -- ReviewService ----------------------------------------------------------------------------
+
+    async def pending(self) -> list[TransactionRecord]:
+        return [self._record(h) for _, h in sorted(self.live.items())]
+
+    async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
+                  before_id: int | None = None) -> list[TransactionRecord]:
+        try:
+            records = await self.journal.list(outcome=outcome, agent=agent, limit=limit, before_id=before_id)
+        except Exception as e:
+            raise ReviewError(503, f"the journal is unavailable: {e}") from None
+        # Live facts (statement counts) are fresher in memory than in the journal.
+        return [self._record(self.live[r.id]) if r.id in self.live else r for r in records]
+
+    async def show(self, tx_id: int) -> TransactionDetail:
+        held = self.live.get(tx_id)
+        if held is None:
+            found = await self._journal_get(tx_id)
+            record, statements = found
+            return TransactionDetail(transaction=record, statements=statements,
+                                     diff_note="the transaction has ended; row-level diffs exist only while it is held")
+        detail = TransactionDetail(
+            transaction=self._record(held), statements=list(held.statements),
+            agent_connected=held.session is not None,
+            agent_in_transaction=held.state.agent_tx is not AgentTx.NONE,
+            expires_at=held.held_at + timedelta(seconds=self.hold_timeout) if held.held_at else None,
+        )
+        try:
+            conn = await asyncpg.connect(self.dsn_for(held.database), timeout=10)
+        except Exception as e:
+            detail.diff_note = f"could not connect to compute the diff: {e}"
+            return detail
+        try:
+            detail.blocking = await diff.blocked_by(conn, held.backend_pid)
+            detail.diff, detail.diff_note = await self._diff(held, conn)
+        finally:
+            await conn.close()
+        return detail
+
+    async def _diff(self, held: HeldConnection, conn: asyncpg.Connection) -> tuple[list[TableDiff] | None, str | None]:
+        try:
+            await asyncio.wait_for(held.lock.acquire(), DIFF_LOCK_WAIT)
+        except TimeoutError:
+            return None, "the agent is running a statement right now; ask again in a moment"
+        try:
+            if held.id not in self.live:
+                return None, "the transaction ended while the diff was being computed"
+            if held.state.agent_tx is not AgentTx.NONE:
+                return None, ("the agent is inside a transaction; the diff is computed between its "
+                              "transactions")
+            r = await held.inject("SAVEPOINT dbproxy_review")
+            if r.error is not None:
+                return None, f"could not compute the diff: {r.error.message}"
+            notes: list[str] = []
+            try:
+                tables = await diff.compute_diff(_HeldQuery(held), conn, held.backend_pid, limit=self.diff_rows,
+                                                 notes=notes)
+                return tables, " ".join(notes) or None
+            except Exception as e:
+                return None, f"could not compute the diff: {e}"
+            finally:
+                await held.inject("ROLLBACK TO SAVEPOINT dbproxy_review", "RELEASE SAVEPOINT dbproxy_review")
+        finally:
+            held.lock.release()
+
+    async def commit(self, tx_id: int, reviewer: str) -> Decision:
+        held = await self._live_or_explain(tx_id, "commit")
+        await self._acquire(held, tx_id)
+        try:
+            if self.live.get(tx_id) is not held:
+                raise ReviewError(409, f"#{tx_id} was decided while this request waited")
+            if held.state.agent_tx is not AgentTx.NONE:
+                raise ReviewError(409, f"the agent is inside a transaction on #{tx_id}; commit when it ends "
+                                  "(or roll back now)")
+            try:
+                # The journal must hold the statements and say "committing" before the COMMIT.
+                await asyncio.wait_for(self.journal.flush(), JOURNAL_WAIT)
+                await self.journal.update(tx_id, outcome="committing", decided_by=reviewer)
+            except Exception as e:
+                raise ReviewError(503, f"the journal is unavailable, so #{tx_id} was not committed: {e}") from None
+            try:
+                r = await held.inject("COMMIT")
+            except ConnectionClosed:
+                outcome = await self._resolve_lost(held)
+                self.live.pop(tx_id, None)
+                held.reset_chain()
+                if outcome == "committed":
+                    await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer,
+                                             reason="the upstream connection closed right after COMMIT; "
+                                             "the server reports the transaction committed")
+                    return Decision(id=tx_id, outcome="committed", decided_by=reviewer)
+                reason = ("the upstream connection was lost during COMMIT; the server reports the transaction "
+                          f"{outcome or 'unknown'}")
+                await self._quiet_update(tx_id, outcome="failed", decided_by=reviewer, reason=reason)
+                raise ReviewError(502, f"#{tx_id} was not committed: {reason}",
+                                  sqlstate=SQLState.CONNECTION_FAILURE) from None
+            tag = r.tags[0] if r.tags else ""
+            self.live.pop(tx_id, None)
+            held.reset_chain()
+            if r.error is not None or tag != "COMMIT":
+                why = r.error.message if r.error is not None else f"the server answered {tag or 'nothing'}"
+                sqlstate = r.error.sqlstate if r.error is not None else None
+                reason = f"COMMIT failed: {why}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+                await self._quiet_update(tx_id, outcome="failed", decided_by=reviewer, reason=reason)
+                self._tell_agent(held, f"dbproxy: held transaction #{tx_id} could not be committed: {why}")
+                self._release_if_detached(held)
+                raise ReviewError(502, f"#{tx_id} was not committed: {why}", sqlstate=sqlstate)
+            await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer)
+            log.event("hold.committed", id=tx_id, reviewer=reviewer)
+            self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}")
+            self._release_if_detached(held)
+            return Decision(id=tx_id, outcome="committed", decided_by=reviewer)
+        finally:
+            held.lock.release()
+
+    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
+        held = await self._live_or_explain(tx_id, "roll back")
+        await self._end(held, tx_id, outcome="rolled back", decided_by=reviewer,
+                        message=f"held transaction #{tx_id} was rolled back by {reviewer}")
+        return Decision(id=tx_id, outcome="rolled back", decided_by=reviewer)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    async def _end(self, held: HeldConnection, tx_id: int, *, outcome: str, decided_by: str, message: str,
+                   reason: str | None = None) -> None:
+        """Roll a held transaction back, even while the agent is busy or inside a transaction."""
+        if held.router is not None:
+            with contextlib.suppress(Exception):
+                await held.cancel()
+        await self._acquire(held, tx_id)
+        try:
+            if self.live.get(tx_id) is not held:
+                raise ReviewError(409, f"#{tx_id} was decided while this request waited")
+            mid_tx = held.state.agent_tx is not AgentTx.NONE
+            try:
+                await held.inject("ROLLBACK")
+            except ConnectionClosed:
+                pass  # the server rolls back a transaction whose connection is gone
+            self.live.pop(tx_id, None)
+            held.reset_chain()
+            await self._quiet_update(tx_id, outcome=outcome, decided_by=decided_by, reason=reason)
+            log.event("hold.ended", id=tx_id, outcome=outcome, decided_by=decided_by)
+            if mid_tx and held.session is not None:
+                # The agent's open transaction is gone: end its session rather than let it
+                # believe it is still inside it.
+                held.session.session.terminate(SQLState.ADMIN_SHUTDOWN, f"terminating connection: {message}")
+            else:
+                self._tell_agent(held, f"dbproxy: {message}")
+            self._release_if_detached(held)
+        finally:
+            held.lock.release()
+
+    async def _acquire(self, held: HeldConnection, tx_id: int) -> None:
+        try:
+            await asyncio.wait_for(held.lock.acquire(), LOCK_WAIT)
+        except TimeoutError:
+            raise ReviewError(409, f"the agent has been running a statement on #{tx_id} for over "
+                              f"{LOCK_WAIT:.0f} s; try again") from None
+
+    async def _live_or_explain(self, tx_id: int, what: str) -> HeldConnection:
+        held = self.live.get(tx_id)
+        if held is not None:
+            return held
+        record, _ = await self._journal_get(tx_id)
+        raise ReviewError(409, f"cannot {what} #{tx_id}: it is {record.outcome}"
+                          + (f" ({record.decided_by})" if record.decided_by else ""))
+
+    async def _journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
+        try:
+            found = await self.journal.get(tx_id)
+        except Exception as e:
+            raise ReviewError(503, f"the journal is unavailable: {e}") from None
+        if found is None:
+            raise ReviewError(404, f"no transaction #{tx_id}")
+        return found
+
+    async def _resolve_lost(self, held: HeldConnection) -> str | None:
+        if held.xid is None:
+            return None
+        try:
+            return await self.xact_status(held.database, held.xid)
+        except Exception:
+            return None
+
+    async def xact_status(self, database: str, xid: int) -> str | None:
+        conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
+        try:
+            return await conn.fetchval("SELECT txid_status($1)", xid)
+        finally:
+            await conn.close()
+
+    def _tell_agent(self, held: HeldConnection, message: str) -> None:
+        from dbproxy.hold import notice
+
+        if held.sink is not None and held.session is not None:
+            held.sink(notice(message))
+
+    def _release_if_detached(self, held: HeldConnection) -> None:
+        if held.session is None:
+            held.close()
+
+    def _record(self, held: HeldConnection) -> TransactionRecord:
+        assert held.id is not None
+        now = datetime.now(UTC)
+        return TransactionRecord(
+            id=held.id, agent=held.agent, session=held.session_id, database=held.database,
+            mode=held.mode,  # type: ignore[arg-type]
+            backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
+            outcome="pending", statements=len(held.statements), agent_transactions=held.state.held)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.hold_timeout / 4))
+            now = time.monotonic()
+            for tx_id, held in list(self.live.items()):
+                if now - held.held_monotonic >= self.hold_timeout:
+                    try:
+                        await self._end(held, tx_id, outcome="expired", decided_by="expiry",
+                                        message=f"held transaction #{tx_id} expired after {self.hold_timeout:g} s "
+                                        "without a decision and was rolled back",
+                                        reason=f"no decision within {self.hold_timeout:g} s")
+                    except ReviewError:
+                        pass
+                    except Exception:
+                        log.event("hold.expiry_failed", id=tx_id, level=logging.ERROR, exc_info=True)
+
+
+class _HeldQuery:
+    """`diff.HeldQuery` over a held connection (the caller holds its lock)."""
+
+    def __init__(self, held: HeldConnection) -> None:
+        self.held = held
+
+    async def query(self, sql: str, params: object = ()) -> list[tuple[str | None, ...]]:
+        r = await self.held.inject((sql, list(params)))  # type: ignore[call-overload]
+        if r.error is not None:
+            raise RuntimeError(r.error.message)
+        return r.rows[0] if r.rows else []
