@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", dest="log_format", choices=["json", "text"])
     s.add_argument("--log-statements", dest="log_statements", action="store_true", default=None)
+    s.add_argument("--mode", choices=["hold", "passthrough", "read-only", "undo"],
+                   help="default agent mode (default hold: writes wait for a reviewer)")
+    s.add_argument("--hold-timeout", dest="hold_timeout", type=float,
+                   help="seconds before a pending transaction expires (default 3600)")
 
     a = sub.add_parser("agent", help="manage agent identities stored in the data directory")
     asub = a.add_subparsers(dest="agent_command", required=True)
