@@ -101,6 +101,23 @@ class PendingRegistry:
         log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
         return tx_id
 
+    def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
+                            records: list[StatementRecord], outcome: str) -> None:
+        """A pass-through agent transaction that wrote has ended: record it (after the fact)."""
+        self._background(self._write_passthrough(agent, session, database, backend_pid, records, outcome))
+
+    async def _write_passthrough(self, agent: str, session: int, database: str, backend_pid: int,
+                                 records: list[StatementRecord], outcome: str) -> None:
+        try:
+            tx_id = await self.journal.start(agent=agent, session=session, database=database, mode="passthrough",
+                                             backend_pid=backend_pid)
+            for rec in records:
+                self.journal_statement(tx_id, rec)
+            await self.journal.update(tx_id, outcome=outcome, decided_by="agent",
+                                      agent_transactions=max(r.tx_no for r in records))
+        except Exception as e:
+            log.event("journal.passthrough_failed", agent=agent, session=session, reason=str(e), level=logging.ERROR)
+
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None:
         self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=rec.sql, tag=rec.tag, rows=rec.rows,
                                       sqlstate=rec.sqlstate, error=rec.error)

@@ -33,6 +33,7 @@ from dbproxy import log
 from dbproxy.endpoint import ConnectionClosed, Endpoint
 from dbproxy.handshake import ClientLogin, ClientRejected, client_handshake
 from dbproxy.hold import HeldConnection, HoldSession, notice
+from dbproxy.passlog import CLIENT_TYPES, SERVER_TYPES, PassthroughLog
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, PG_MAX_MESSAGE, Frame, FrameScanner, scan_whole
 from dbproxy.protocol.messages import (
@@ -43,6 +44,7 @@ from dbproxy.protocol.messages import (
     Query,
     decode_frontend,
 )
+from dbproxy.review_models import StatementRecord
 from dbproxy.upstream import UpstreamConnection, UpstreamError, connect, send_cancel
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class Session:
         self._log_statements = server.settings.log_statements
         self._max_message = server.settings.max_message_bytes
         self.mode = "passthrough"
+        self._passlog: PassthroughLog | None = None
         self.keep_upstream = False
         self._hold: HoldSession | None = None
 
@@ -148,6 +151,8 @@ class Session:
                   database=login.database, tls=login.tls, backend_pid=self.backend_pid, mode=self.mode,
                   application_name=login.forward_params.get("application_name", ""))
         if self.mode == "passthrough":
+            if self.server.pending is not None:
+                self._passlog = PassthroughLog(self._journal_passthrough)
             self._start_relay(up, login)
         else:
             self._start_hold(up, login, notices)
@@ -203,7 +208,7 @@ class Session:
         self._client_scanner = FrameScanner(_CLIENT_DECODE, valid=FRONTEND_TYPES,
                                             max_decoded=self.server.settings.max_message_bytes)
         self._server_scanner = up.reader.scanner
-        self._server_scanner.set_decode(b"Z")
+        self._server_scanner.set_decode(SERVER_TYPES if self._passlog is not None else b"Z")
         self._server_scanner.set_valid(None)
         # Frames already read past ReadyForQuery on either side go first, in order.
         for f in up.reader.leftover():
@@ -219,7 +224,7 @@ class Session:
     def _from_client(self, data: bytes) -> None:
         scanner = self._client_scanner
         assert scanner is not None and self.upstream is not None
-        if scanner.at_boundary and not self._log_statements:
+        if scanner.at_boundary and not self._log_statements and self._passlog is None:
             whole = scan_whole(data, _CLIENT_FAST, _REQUESTS, self._max_message)
             if whole is not None:
                 self.outstanding += whole[0]
@@ -252,10 +257,18 @@ class Session:
                 return
             if self._log_statements and t in b"QP":
                 self._log_statement(item)
+            if self._passlog is not None and t in CLIENT_TYPES:
+                self._passlog.client(item)
             out.append(item.raw)
         if out:
             self.unanswered = True
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _journal_passthrough(self, records: list[StatementRecord], outcome: str) -> None:
+        assert self.server.pending is not None and self.login is not None
+        self.server.pending.journal_passthrough(agent=self.login.agent.name, session=self.id,
+                                                database=self.login.database, backend_pid=self.backend_pid,
+                                                records=records, outcome=outcome)
 
     def _log_statement(self, f: Frame) -> None:
         try:
@@ -271,7 +284,7 @@ class Session:
     def _from_server(self, data: bytes) -> None:
         scanner = self._server_scanner
         assert scanner is not None
-        if scanner.at_boundary:
+        if scanner.at_boundary and self._passlog is None:
             whole = scan_whole(data, BACKEND_TYPES, _READY_SET, PG_MAX_MESSAGE)
             if whole is not None:
                 count, last = whole
@@ -294,6 +307,8 @@ class Session:
                 out.append(item)
                 continue
             assert isinstance(item, Frame)
+            if self._passlog is not None:
+                self._passlog.server(item)
             if item.type == _READY:
                 self._ready(item.raw[5], 1)
             out.append(item.raw)

@@ -424,3 +424,30 @@ def test_reviewer_cli(hold_proxy: RunningProxy, table: str, direct: psycopg.Conn
         assert any(t["id"] == tx_id and t["outcome"] == "committed" for t in json.loads(capsys.readouterr().out))
     finally:
         a.close()
+
+
+def test_passthrough_agents_are_journaled(proxy: RunningProxy, table: str, direct: psycopg.Connection[Any]) -> None:
+    """Pass-through (the default `proxy` fixture) relays unchanged but still records what was written."""
+    with psycopg.connect(proxy.url(), autocommit=True, application_name=table) as c:
+        c.execute(f"insert into {table} values (80, 'passes')")
+        c.execute(f"select * from {table}")  # read-only: not journaled
+        with pytest.raises(psycopg.errors.UniqueViolation), c.transaction():
+            c.execute(f"update {table} set v = 'x' where id = 1")
+            c.execute(f"insert into {table} values (80, 'dup')")
+        c.execute(f"insert into {table} values (81, 'a'); insert into {table} values (82, 'b')")
+        pid = c.info.backend_pid
+    assert [r[0] for r in rows(direct, table)] == [1, 2, 80, 81, 82]  # nothing held
+    deadline = time.monotonic() + 10
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(mine) < 3:
+        time.sleep(0.1)
+        mine = [t for t in api(proxy, "/v1/transactions?limit=1000")[1] if t["backend_pid"] == pid]
+    assert [(t["mode"], t["outcome"]) for t in reversed(mine)] == [
+        ("passthrough", "committed"), ("passthrough", "rolled back"), ("passthrough", "committed")]
+    _, detail = api(proxy, f"/v1/transactions/{mine[-1]['id']}")
+    assert [(s["sql"], s["tag"], s["rows"]) for s in detail["statements"]] == [
+        (f"insert into {table} values (80, 'passes')", "INSERT 0 1", 1)]
+    _, failed = api(proxy, f"/v1/transactions/{mine[1]['id']}")
+    assert [s["sqlstate"] for s in failed["statements"]] == [None, None, "23505", None]
+    assert failed["statements"][-1]["tag"] == "ROLLBACK"
+    assert api(proxy, "/v1/pending")[1] == []

@@ -1,0 +1,101 @@
+"""The journal of pass-through sessions: trusted agents are not intercepted, but what they write
+is still recorded.
+
+`PassthroughLog` is sans-IO: the relay shows it the client's Query/Parse/Bind/Execute/Sync and
+the server's CommandComplete/EmptyQuery/Error/ReadyForQuery frames, and it calls `on_done` with
+the statements of every agent transaction that wrote, when the server reports the transaction
+over, with its outcome. Statements are matched to their answers in protocol order: a simple
+query's statements (split like PostgreSQL does) one answer each, an Execute one answer.
+
+Pass-through journaling is written after the fact: a proxy crash between the upstream COMMIT and
+the journal write loses that entry (hold mode journals before anything commits).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from dbproxy.hold import tag_rows
+from dbproxy.hold_protocol import classify_cached, split_cached
+from dbproxy.protocol.framing import Frame
+from dbproxy.protocol.messages import Bind, Close, ErrorResponse, Execute, Parse, Query, decode_backend, decode_frontend
+from dbproxy.review_models import StatementRecord
+
+Done = Callable[[list[StatementRecord], str], None]
+
+_T_COMMAND, _T_EMPTY, _T_ERROR, _T_READY = ord("C"), ord("I"), ord("E"), ord("Z")
+CLIENT_TYPES = frozenset(b"QPBECS")
+SERVER_TYPES = frozenset(b"CIEZ")
+
+
+class PassthroughLog:
+    def __init__(self, on_done: Done) -> None:
+        self.on_done = on_done
+        self._statements: dict[str, str] = {}
+        self._portals: dict[str, str] = {}
+        self._open: list[str] = []  # Executes since the last Sync
+        self._cycles: deque[list[str]] = deque()  # statements still to be answered, per cycle
+        self._records: list[StatementRecord] = []
+        self._wrote = False
+        self._failed = False
+        self._tx_no = 1
+
+    def client(self, f: Frame) -> None:
+        t = f.type
+        if t == ord("S"):
+            self._cycles.append(self._open)
+            self._open = []
+            return
+        m = decode_frontend(f)
+        if isinstance(m, Query):
+            self._cycles.append(list(split_cached(m.sql)) or [""])
+        elif isinstance(m, Parse):
+            self._statements[m.name] = m.sql
+        elif isinstance(m, Bind):
+            self._portals[m.portal] = self._statements.get(m.statement, "")
+        elif isinstance(m, Execute):
+            self._open.append(self._portals.get(m.portal, ""))
+        elif isinstance(m, Close):
+            (self._statements if m.kind == "S" else self._portals).pop(m.name, None)
+
+    def server(self, f: Frame) -> None:
+        t = f.type
+        if t == _T_READY:
+            if self._cycles:
+                self._cycles.popleft()
+            if f.raw[5] == ord("I"):
+                self._end()
+            return
+        cycle = self._cycles[0] if self._cycles else self._open
+        sql = cycle.pop(0) if cycle else ""
+        if t == _T_EMPTY:
+            return
+        if t == _T_ERROR:
+            err = decode_backend(f)
+            assert isinstance(err, ErrorResponse)
+            self._add(sql, None, err)
+            self._failed = True
+            cycle.clear()  # the server skips the rest of the query string / until Sync
+            return
+        cc = decode_backend(f)
+        tag = getattr(cc, "tag", "")
+        if sql and not classify_cached(sql).read_only and classify_cached(sql).tx is None:
+            self._wrote = True
+        self._add(sql, tag, None)
+        if tag in ("COMMIT", "ROLLBACK"):
+            self._tx_no += 1
+
+    def _add(self, sql: str, tag: str | None, err: ErrorResponse | None) -> None:
+        self._records.append(StatementRecord(
+            seq=len(self._records) + 1, tx_no=self._tx_no, sql=sql, tag=tag, rows=tag_rows(tag),
+            sqlstate=err.sqlstate if err else None, error=err.message if err else None, at=datetime.now(UTC)))
+
+    def _end(self) -> None:
+        """The server says no transaction is open: the last one committed or rolled back."""
+        if self._wrote and self._records:
+            last_tag = next((r.tag for r in reversed(self._records) if r.tag), None)
+            outcome = "rolled back" if self._failed or last_tag == "ROLLBACK" else "committed"
+            self.on_done(self._records, outcome)
+        self._records, self._wrote, self._failed, self._tx_no = [], False, False, 1
