@@ -451,3 +451,46 @@ def test_passthrough_agents_are_journaled(proxy: RunningProxy, table: str, direc
     assert [s["sqlstate"] for s in failed["statements"]] == [None, None, "23505", None]
     assert failed["statements"][-1]["tag"] == "ROLLBACK"
     assert api(proxy, "/v1/pending")[1] == []
+
+
+def test_cancel_inside_a_pending_chain(hold_proxy: RunningProxy, table: str, direct: psycopg.Connection[Any],
+                                       cleanup: list[int]) -> None:
+    a = Agent(hold_proxy)
+    try:
+        a.conn.execute(f"insert into {table} values (90, 'kept')")
+        [tx_id] = a.held_ids()
+        cleanup.append(tx_id)
+        timer = threading.Timer(0.5, a.conn.cancel_safe)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            a.conn.execute(f"update {table} set v = 'slow' where id = 1 and pg_sleep(30) is not null")
+        timer.join()
+        assert rows(a.conn, table)[0] == (1, "one") and rows(a.conn, table)[-1] == (90, "kept")
+        assert decide(hold_proxy, tx_id, "commit")[0] == 200
+        assert [r[0] for r in rows(direct, table)] == [1, 2, 90]
+    finally:
+        a.close()
+
+
+def test_journal_outage_rolls_back_instead_of_holding_unrecorded(make_proxy: Any, pg: Postgres, table: str,
+                                                                 direct: psycopg.Connection[Any],
+                                                                 unique_name: str) -> None:
+    state_db = f"{unique_name}_state"[:60]
+    direct.execute(f"create database {state_db}")
+    proxy = None
+    try:
+        proxy = make_proxy(mode="hold", state_database=pg.dsn(state_db))
+        a = Agent(proxy)
+        direct.execute(f"alter database {state_db} allow_connections false")
+        direct.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (state_db,))
+        with pytest.raises(psycopg.errors.SystemError, match="could not record this transaction"):
+            a.conn.execute(f"insert into {table} values (95, 'unrecorded')")
+        assert rows(a.conn, table) == [(1, "one"), (2, "two")]  # rolled back, not held
+        assert rows(direct, table) == [(1, "one"), (2, "two")]
+        assert api(proxy, "/v1/pending")[1] == []
+        a.close()
+    finally:
+        direct.execute(f"alter database {state_db} allow_connections true")
+        if proxy is not None:
+            proxy.stop()
+        direct.execute(f"drop database {state_db} with (force)")
