@@ -451,7 +451,8 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
     msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
     if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
-            and _all_read_only(state, prepared, msgs):
+            and isinstance(msgs[-1], Sync) and _all_read_only(state, prepared, msgs):
+        # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
         _track(prepared, msgs)
         return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
     b = _Builder(state, simple=False)
