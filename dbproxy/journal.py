@@ -151,6 +151,18 @@ SELECT (SELECT count(*) FROM ins) AS inserted
 """
 
 
+class FinishedTransaction(NamedTuple):
+    agent: str
+    session: int
+    database: str
+    mode: str
+    backend_pid: int | None
+    started_at: datetime
+    ended_at: datetime
+    outcome: str
+    agent_transactions: int
+
+
 class JournalError(Exception):
     """The journal database could not be reached or refused an operation. Messages name the
     database's host and port, never its credentials."""
@@ -415,6 +427,26 @@ class Journal:
                 "VALUES ($1, $2, $3, $4, $5, $6, 'open') RETURNING id",
                 self.instance, agent, session, database, mode, backend_pid),
             idempotent=False)
+
+    async def insert_finished(self, txs: list[FinishedTransaction]) -> list[int]:
+        """Several transactions that already ended (pass-through agents), in one round trip;
+        returns their ids in the same order. Their statements go through `record_statement`."""
+        if not txs:
+            return []
+        for t in txs:
+            if t.mode not in _MODES or t.outcome not in FINAL_OUTCOMES:
+                raise ValueError(f"bad finished transaction {t!r}")
+        cols = list(zip(*((t.agent, t.session, t.database, t.mode, t.backend_pid, t.started_at, t.ended_at,
+                           t.outcome, t.agent_transactions) for t in txs), strict=True))
+        ids = await self._call("insert_finished", lambda con: con.fetch(
+            "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, started_at, "
+            "ended_at, outcome, decided_by, agent_transactions) "
+            "SELECT $1, a, s, d, m, p, st, en, o, 'agent', n FROM unnest($2::text[], $3::bigint[], $4::text[], "
+            "$5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[]) "
+            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, ord) ORDER BY ord RETURNING id",
+            self.instance, *(list(c) for c in cols)), idempotent=False)
+        # Ids come from one sequence in row order, so sorted ids line up with `txs`.
+        return sorted(r["id"] for r in ids)
 
     async def update(self, tx_id: int, *, outcome: str | None = None, xid: int | None = None, held: bool = False,
                      decided_by: str | None = None, reason: str | None = None,

@@ -26,7 +26,7 @@ import asyncpg
 from dbproxy import diff, log
 from dbproxy.endpoint import ConnectionClosed
 from dbproxy.hold_protocol import AgentTx
-from dbproxy.journal import Journal
+from dbproxy.journal import FinishedTransaction, Journal
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import ReviewError
 from dbproxy.review_models import (
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 LOCK_WAIT = 10.0
 DIFF_LOCK_WAIT = 2.0
 JOURNAL_WAIT = 10.0
+#: Finished pass-through transactions waiting for the journal beyond this are dropped (and logged).
+MAX_FINISHED_BACKLOG = 100_000
 
 
 class PendingRegistry:
@@ -58,6 +60,9 @@ class PendingRegistry:
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
+        self._finished: list[tuple[FinishedTransaction, list[StatementRecord]]] = []
+        self._finished_task: asyncio.Task[None] | None = None
+        self._finished_dropped = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -77,6 +82,8 @@ class PendingRegistry:
                                           reason="the proxy shut down; the upstream rolled the transaction back")
             held.close()
         self.live.clear()
+        if self._finished_task is not None:
+            await asyncio.wait({self._finished_task}, timeout=5)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
 
@@ -103,20 +110,31 @@ class PendingRegistry:
 
     def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
                             records: list[StatementRecord], outcome: str) -> None:
-        """A pass-through agent transaction that wrote has ended: record it (after the fact)."""
-        self._background(self._write_passthrough(agent, session, database, backend_pid, records, outcome))
+        """A pass-through agent transaction that wrote has ended: record it (after the fact, in
+        batches, so that a busy trusted agent costs the journal one round trip per batch)."""
+        if len(self._finished) >= MAX_FINISHED_BACKLOG:
+            self._finished_dropped += 1
+            return
+        tx = FinishedTransaction(agent, session, database, "passthrough", backend_pid, records[0].at, records[-1].at,
+                                 outcome, max(r.tx_no for r in records))
+        self._finished.append((tx, records))
+        if self._finished_task is None or self._finished_task.done():
+            self._finished_task = asyncio.get_running_loop().create_task(self._write_finished())
 
-    async def _write_passthrough(self, agent: str, session: int, database: str, backend_pid: int,
-                                 records: list[StatementRecord], outcome: str) -> None:
-        try:
-            tx_id = await self.journal.start(agent=agent, session=session, database=database, mode="passthrough",
-                                             backend_pid=backend_pid)
-            for rec in records:
-                self.journal_statement(tx_id, rec)
-            await self.journal.update(tx_id, outcome=outcome, decided_by="agent",
-                                      agent_transactions=max(r.tx_no for r in records))
-        except Exception as e:
-            log.event("journal.passthrough_failed", agent=agent, session=session, reason=str(e), level=logging.ERROR)
+    async def _write_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished[:1000], self._finished[1000:]
+            try:
+                ids = await self.journal.insert_finished([tx for tx, _ in batch])
+            except Exception as e:
+                log.event("journal.passthrough_failed", transactions=len(batch), reason=str(e), level=logging.ERROR)
+                continue
+            for tx_id, (_, records) in zip(ids, batch, strict=True):
+                for rec in records:
+                    self.journal_statement(tx_id, rec)
+        if self._finished_dropped:
+            log.event("journal.passthrough_dropped", transactions=self._finished_dropped, level=logging.ERROR)
+            self._finished_dropped = 0
 
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None:
         self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=rec.sql, tag=rec.tag, rows=rec.rows,
@@ -257,6 +275,7 @@ class PendingRegistry:
                 raise ReviewError(502, f"#{tx_id} was not committed: {reason}",
                                   sqlstate=SQLState.CONNECTION_FAILURE) from None
             tag = r.tags[0] if r.tags else ""
+            held_count = held.state.held
             self.live.pop(tx_id, None)
             held.reset_chain()
             if r.error is not None or tag != "COMMIT":
@@ -267,7 +286,7 @@ class PendingRegistry:
                 self._tell_agent(held, f"dbproxy: held transaction #{tx_id} could not be committed: {why}")
                 self._release_if_detached(held)
                 raise ReviewError(502, f"#{tx_id} was not committed: {why}", sqlstate=sqlstate)
-            await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer)
+            await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer, agent_transactions=held_count)
             log.event("hold.committed", id=tx_id, reviewer=reviewer)
             self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}")
             self._release_if_detached(held)

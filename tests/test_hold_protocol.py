@@ -136,3 +136,22 @@ def test_extended_write_gets_injected_savepoint_messages_around_it() -> None:
     names = {decode_frontend(f).name for f in FrameScanner().feed(plan.upstream)  # type: ignore[union-attr]
              if isinstance(f, Frame) and f.type == ord("P")}
     assert names == {"", "dbproxy_stmt"}
+
+
+def test_classification_cache_by_shape_agrees_with_the_classifier() -> None:
+    from dbproxy.hold_protocol import classify_cached
+    from inverse.classify import classify
+
+    samples = [
+        "UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};",
+        "select * from t where id = {} for update",
+        "insert into dbproxy.journal values ({}, {})",
+        "select nextval('s') + {} , {}",
+        "SET standard_conforming_strings = {}",  # not DML: never keyed by shape (0 and 1 differ)
+        "select set_config('standard_conforming_strings', '{}', false) where {} = 1",
+        "with x as (delete from t where id = {} returning *) select {} from x",
+    ]
+    for template in samples:
+        for a, b in ((0, 1), (1, 0), (17, 3.5)):
+            sql = template.format(a, b)
+            assert classify_cached(sql) == classify(sql), sql
