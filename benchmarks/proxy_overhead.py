@@ -2,18 +2,43 @@
 
 Run:  python -m benchmarks.proxy_overhead [--duration SECONDS] [--scale N] [--clients 1,8]
           [--modes simple,prepared] [--workloads select-only,tpcb] [--rounds N] [--out DIR]
-          [--upstream URL] [--pgbouncer/--no-pgbouncer]
+          [--targets direct,proxy,hold,null-relay,pgbouncer] [--upstream URL]
+          [--pgbouncer/--no-pgbouncer] [--null-relay/--no-null-relay] [--reviewer-poll-ms MS]
 
 What it does: starts a throw-away PostgreSQL 16 (the pgserver wheel's binaries, TCP on 127.0.0.1)
 unless `--upstream URL` names one, fills it with `pgbench -i -s SCALE`, starts `dbproxy serve` as
-a separate process in front of it (pass-through, the only mode today) and, when `pgbouncer` is
-installed, a PgBouncer in session pool mode in front of the same server. Then, for every
-combination of workload, protocol and client count, it runs pgbench for `--duration` seconds
-against each target:
+a separate process in front of it in pass-through mode, a second one in hold mode, and, when
+`pgbouncer` is installed, a PgBouncer in session pool mode in front of the same server. Then, for
+every combination of workload, protocol and client count, it runs pgbench for `--duration`
+seconds against each target:
 
-- direct:    pgbench -> PostgreSQL
-- proxy:     pgbench -> dbproxy -> PostgreSQL
-- pgbouncer: pgbench -> PgBouncer -> PostgreSQL (a reference point: what a mature C proxy costs)
+- direct:     pgbench -> PostgreSQL
+- proxy:      pgbench -> dbproxy (mode = "passthrough") -> PostgreSQL
+- hold:       pgbench -> dbproxy (mode = "hold") -> PostgreSQL, with a scripted reviewer
+              (`benchmarks.reviewer`) committing every held transaction through the review API
+              as soon as the proxy lets it
+- null-relay: pgbench -> a no-logic uvloop TCP relay -> PostgreSQL (the floor for a Python hop)
+- pgbouncer:  pgbench -> PgBouncer -> PostgreSQL (a reference point: what a mature C proxy costs)
+
+Hold mode: every agent transaction that wrote is held (its upstream transaction stays open) until
+a reviewer commits it, and the session's next transactions join the same pending chain until
+then. The reviewer polls `GET /v1/pending` and POSTs `/v1/transactions/{id}/commit` for every id;
+a commit is only possible between two agent transactions of that session (409 otherwise, and the
+reviewer asks again). So one reviewer commit carries a chain of agent transactions, and with more
+than one client the held chains' row locks (TPC-B updates one of only `--scale` pgbench_branches
+rows per transaction) make the clients wait for each other until the reviewer commits; since a
+chain's own agent is usually waiting too, these waits become deadlocks that PostgreSQL breaks
+after `deadlock_timeout`. The hold rows' extra table has the reviewer's commits, agent
+transactions per commit (pgbench transactions / commits, and the same read back from the
+journal), 409 answers and pgbench's failed (deadlocked) transactions, which hold runs tolerate
+(pgbench runs with `--failures-detailed` there) and report instead of stopping the benchmark.
+
+pgbench always runs with `-n`: before every run the benchmark itself does what pgbench would
+(VACUUM pgbench_branches and pgbench_tellers, TRUNCATE pgbench_history) over a direct
+connection, so every target starts from the same state. (Through the hold proxy pgbench could
+not do it: VACUUM is refused in hold mode and the TRUNCATE would be held with an ACCESS EXCLUSIVE
+lock.) After a hold run, the benchmark waits until the reviewer has committed every chain the
+disconnected clients left pending, so no held lock outlives the run.
 
 Workloads: `select-only` is `pgbench -S`, one primary-key SELECT per transaction, so almost all
 of its time is round trips and the proxy's per-message cost dominates: the worst case for a proxy.
@@ -29,7 +54,8 @@ CPU frequency, noisy neighbours) hits all targets alike.
 How to read the table: `TPS` is pgbench's "tps ... (without initial connection time)", `±` half
 the range of the rounds' TPS around their median (if it is large, use more `--rounds` or a longer
 `--duration`), `latency ms` pgbench's "latency average", `vs direct` the row's TPS divided by the
-direct TPS of the same workload/mode/clients. Proxy rows are checked against goals, whatever the
+direct TPS of the same workload/mode/clients, `vs proxy` (hold rows) divided by the pass-through
+proxy's TPS of the same case. Proxy rows are checked against goals, whatever the
 workload: >= 80% of direct with one client (latency-bound: every round trip pays the extra hop)
 and >= 60% with more clients (the proxy then also competes with PostgreSQL and pgbench for CPU),
 marked PASS or MISS. The PgBouncer rows calibrate those goals: what any extra hop costs on this
@@ -37,8 +63,9 @@ machine. Numbers are only comparable on the same machine; the ratios are what ma
 is printed and written to `--out` (default `benchmarks/results/`) as `results.md`, with the raw
 per-round numbers and machine details in `results.json`.
 
-Secrets (the superuser password, the benchmark agent's password) reach the proxy through its
-environment (`DBPROXY_UPSTREAM`, `DBPROXY_AGENT`) rather than its command line, so they do not
+Secrets (the superuser password, the benchmark agent's password, the hold proxy's admin token)
+reach the proxy through its environment (`DBPROXY_UPSTREAM`, `DBPROXY_AGENT`,
+`DBPROXY_ADMIN_TOKEN`) rather than its command line, so they do not
 show in `ps`. With `--upstream`, note that `pgbench -i` drops and recreates the pgbench_* tables
 in that database. Every process the benchmark starts is stopped on exit, Ctrl-C included.
 """
@@ -62,18 +89,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from benchmarks.reviewer import Reviewer
 from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, free_port
 
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
+WORKLOAD_ALIASES = {"tpcb-like": "tpcb"}  # pgbench's own name for its default script
 MODES = ("simple", "extended", "prepared")
-TARGETS = ("direct", "proxy", "null-relay", "pgbouncer")
+TARGETS = ("direct", "proxy", "hold", "null-relay", "pgbouncer")
+#: What pgbench does before a run unless -n; the benchmark does it itself, directly (see docstring).
+RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history")
+DRAIN_TIMEOUT = 60.0  # after a hold run: how long the reviewer may take to commit what is left
+HOLD_STALL_TIMEOUT = 120.0  # a hold run's pgbench still running this long after --duration is stuck
 PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DBPROXY = Path(sys.executable).with_name("dbproxy")
@@ -120,17 +153,48 @@ class Case:
         return f"{self.workload} {self.mode} c={self.clients}"
 
     def pgbench_args(self, duration: int) -> list[str]:
-        return [*WORKLOADS[self.workload], "-M", self.mode, "-c", str(self.clients),
+        return [*WORKLOADS[self.workload], "-n", "-M", self.mode, "-c", str(self.clients),
                 "-j", str(min(self.clients, 2)), "-T", str(duration)]
 
 
 @dataclass(frozen=True)
 class Run:
-    """One pgbench run's summary."""
+    """One pgbench run's summary (hold runs add the reviewer's side)."""
 
     tps: float
     latency_ms: float
     transactions: int
+    failed: int = 0  # pgbench's failed (deadlock/serialization) transactions; only hold runs allow any
+    deadlocks: int | None = None  # of those, deadlock failures (hold runs use --failures-detailed)
+    reviewer: dict[str, Any] | None = None  # ReviewerStats.as_json() plus the journal's count
+
+    @property
+    def commits(self) -> int | None:
+        return self.reviewer["commits"] if self.reviewer else None
+
+    @property
+    def tx_per_commit(self) -> float | None:
+        """pgbench's (successful) transactions per reviewer commit."""
+        return self.transactions / self.commits if self.commits else None
+
+    @property
+    def journal_tx_per_commit(self) -> float | None:
+        """The same from the journal: agent transactions recorded in the committed chains."""
+        held = self.reviewer.get("journal_agent_transactions") if self.reviewer else None
+        return held / self.commits if held is not None and self.commits else None
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tps": self.tps, "latency_ms": self.latency_ms, "transactions": self.transactions,
+                             "failed": self.failed, "deadlocks": self.deadlocks}
+        if self.reviewer is not None:
+            d["reviewer"] = self.reviewer
+            d["tx_per_commit"] = round(self.tx_per_commit, 2) if self.tx_per_commit else None
+        return d
+
+
+def _median(values: Iterable[float | int | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 @dataclass
@@ -140,8 +204,9 @@ class Row:
     case: Case
     target: str
     runs: list[Run] = field(default_factory=list)
-    status: str = "measured"  # or "not installed" / "disabled" for a target that did not run
+    status: str = "measured"  # or "not installed" for PgBouncer when it is not installed
     ratio: float | None = None
+    ratio_proxy: float | None = None  # hold rows: TPS relative to the pass-through proxy
 
     @property
     def tps(self) -> float | None:
@@ -160,6 +225,30 @@ class Row:
         return (max(values) - min(values)) / 2 / self.tps
 
     @property
+    def commits(self) -> float | None:
+        return _median(r.commits for r in self.runs)
+
+    @property
+    def tx_per_commit(self) -> float | None:
+        return _median(r.tx_per_commit for r in self.runs)
+
+    @property
+    def journal_tx_per_commit(self) -> float | None:
+        return _median(r.journal_tx_per_commit for r in self.runs)
+
+    def reviewer_median(self, key: str) -> float | None:
+        return _median(r.reviewer.get(key) if r.reviewer else None for r in self.runs)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed for r in self.runs)
+
+    @property
+    def deadlocks(self) -> int | None:
+        counts = [r.deadlocks for r in self.runs if r.deadlocks is not None]
+        return sum(counts) if counts else None
+
+    @property
     def goal(self) -> float | None:
         if self.target != "proxy":
             return None
@@ -174,8 +263,9 @@ class Row:
     def as_json(self) -> dict[str, Any]:
         return {"workload": self.case.workload, "mode": self.case.mode, "clients": self.case.clients,
                 "target": self.target, "status": self.status, "tps": self.tps, "tps_spread": self.spread,
-                "latency_ms": self.latency_ms, "ratio_vs_direct": self.ratio, "goal": self.goal,
-                "verdict": self.verdict or None, "runs": [vars(r) for r in self.runs]}
+                "latency_ms": self.latency_ms, "ratio_vs_direct": self.ratio,
+                "ratio_vs_passthrough": self.ratio_proxy, "goal": self.goal,
+                "verdict": self.verdict or None, "runs": [r.as_json() for r in self.runs]}
 
 
 # -- child processes ----------------------------------------------------------------------
@@ -296,19 +386,32 @@ def start_postgres(root: Path, stack: contextlib.ExitStack) -> tuple[str, Target
     return url, target_from_url("direct", url, default_sslmode="disable")
 
 
-def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
-    """`dbproxy serve` as its own process, with one agent allowed into the upstream's database."""
-    port = free_port()
-    password = secrets.token_urlsafe(18)
+@dataclass(frozen=True)
+class Proxy:
+    """A running `dbproxy serve`, its agent target and its review API."""
+
+    service: Service
+    target: Target
+    admin_url: str
+    admin_token: str = field(repr=False)
+
+
+def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextlib.ExitStack, *,
+                mode: str = "passthrough", name: str = "proxy") -> Proxy:
+    """`dbproxy serve` as its own process in `mode` (passthrough or hold), with one agent allowed
+    into the upstream's database and an explicit admin token for the review API."""
+    port, admin_port = free_port(), free_port()
+    password, token = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBPROXY_") or k == "DBPROXY_PG_BIN"}
-    env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2")
-    cmd = [str(DBPROXY), "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}",
-           "--data-dir", str(root / "proxy"), "--log-level", "warning"]
-    service = Service("dbproxy", cmd, root, env=env)
-    stack.callback(_quietly, "stop dbproxy", service.stop)
-    target = Target("proxy", "127.0.0.1", port, BENCH_AGENT, password, upstream.database)
+    env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2",
+               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token)
+    cmd = [str(DBPROXY), "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}",
+           "--data-dir", str(root / f"dbproxy-{name}"), "--log-level", "warning"]
+    service = Service(f"dbproxy-{name}", cmd, root, env=env)
+    stack.callback(_quietly, f"stop dbproxy ({mode})", service.stop)
+    target = Target(name, "127.0.0.1", port, BENCH_AGENT, password, upstream.database)
     wait_until_serving(service, target)
-    return service, target
+    return Proxy(service, target, f"http://127.0.0.1:{admin_port}", token)
 
 
 def start_null_relay(upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
@@ -399,6 +502,7 @@ _TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MUL
 _LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+_DEADLOCKS = re.compile(r"^number of deadlock failures: (\d+)", re.MULTILINE)
 
 
 def pgbench_init(target: Target, scale: int) -> None:
@@ -406,27 +510,84 @@ def pgbench_init(target: Target, scale: int) -> None:
     run_tool([tool("pgbench"), "-i", "-q", "-s", str(scale)], target.env(), timeout=3600)
 
 
-def run_pgbench(target: Target, case: Case, duration: int) -> Run:
-    cmd = [tool("pgbench"), *case.pgbench_args(duration)]
+def reset_tables(direct: Target) -> None:
+    """What pgbench does before a run without -n, done over a direct connection."""
+    cmd = [tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    for sql in RESET_SQL:
+        cmd += ["-c", sql]
+    run_tool(cmd, direct.env(), 300)
+
+
+def run_pgbench(target: Target, case: Case, duration: int, *, allow_failed: bool = False,
+                timeout: float = 300) -> Run:
+    cmd = [tool("pgbench"), *case.pgbench_args(duration), *(["--failures-detailed"] if allow_failed else [])]
     try:
-        out = run_tool(cmd, target.env(), timeout=duration + 300)
+        out = run_tool(cmd, target.env(), timeout=duration + timeout)
     except BenchmarkError as e:
         raise BenchmarkError(f"pgbench {case.label} against {target.name} failed: {e}") from None
-    return parse_pgbench(out, f"{case.label} against {target.name}")
+    return parse_pgbench(out, f"{case.label} against {target.name}", allow_failed=allow_failed)
 
 
-def parse_pgbench(out: str, where: str) -> Run:
+def parse_pgbench(out: str, where: str, *, allow_failed: bool = False) -> Run:
     failed = _FAILED.search(out)
-    if failed and int(failed.group(1)):
-        raise BenchmarkError(f"pgbench {where} reported {failed.group(1)} failed transactions:\n{_tail(out)}")
+    n_failed = int(failed.group(1)) if failed else 0
+    if n_failed and not allow_failed:
+        raise BenchmarkError(f"pgbench {where} reported {n_failed} failed transactions:\n{_tail(out)}")
     tps, latency, processed = _TPS.search(out), _LATENCY.search(out), _PROCESSED.search(out)
     if not (tps and latency and processed) or not int(processed.group(1)):
         raise BenchmarkError(f"cannot read tps/latency from pgbench {where} output:\n{_tail(out)}")
-    return Run(float(tps.group(1)), float(latency.group(1)), int(processed.group(1)))
+    deadlocks = _DEADLOCKS.search(out)
+    return Run(float(tps.group(1)), float(latency.group(1)), int(processed.group(1)), failed=n_failed,
+               deadlocks=int(deadlocks.group(1)) if deadlocks else None)
+
+
+def run_hold(proxy: Proxy, direct: Target, case: Case, duration: int, poll_interval: float) -> Run:
+    """pgbench through the hold proxy while a scripted reviewer commits every held chain; then
+    wait until the chains the disconnected clients left are committed too."""
+    reviewer = Reviewer(proxy.admin_url, proxy.admin_token, poll_interval=poll_interval)
+    reviewer.start()
+    try:
+        try:
+            run = run_pgbench(proxy.target, case, duration, allow_failed=True, timeout=HOLD_STALL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise BenchmarkError(
+                f"pgbench {case.label} against hold was still running {HOLD_STALL_TIMEOUT:.0f} s after its "
+                f"{duration} s; reviewer: {reviewer.stats.as_json()}; pending: {reviewer.pending_ids()}; "
+                f"sessions:\n{_activity(direct)}") from None
+        drained = reviewer.drain(DRAIN_TIMEOUT)
+    finally:
+        stats = reviewer.stop()
+    if not drained:
+        left = ", ".join(f"#{i}" for i in reviewer.pending_ids()) or "(unknown)"
+        raise BenchmarkError(f"hold {case.label}: transactions still pending {DRAIN_TIMEOUT:.0f} s after pgbench "
+                             f"ended: {left}; reviewer: {stats.as_json()}; sessions:\n{_activity(direct)}")
+    journal = reviewer.journal_agent_transactions(stats.committed_ids)
+    return replace(run, reviewer={**stats.as_json(), "journal_agent_transactions": journal})
+
+
+def _activity(direct: Target) -> str:
+    """What the upstream's client sessions are doing, for a stuck hold run's error message."""
+    sql = ("SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS xact_age, "
+           "left(regexp_replace(query, '\\s+', ' ', 'g'), 80) FROM pg_stat_activity "
+           "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY pid")
+    try:
+        return psql_value(direct, sql)
+    except (BenchmarkError, subprocess.TimeoutExpired) as e:
+        return f"(could not read pg_stat_activity: {e})"
+
+
+def _reviewer_note(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return ""
+    note = f" | {stats['commits']} commits, {stats['conflicts']} 409s"
+    if stats["errors"]:
+        note += f", {stats['errors']} errors (last: {stats['last_error']})"
+    return note
 
 
 def run_matrix(targets: list[Target], cases: list[Case], duration: int, rounds: int,
-               services: list[Service]) -> dict[tuple[Case, str], list[Run]]:
+               services: list[Service], direct: Target, hold: Proxy | None = None,
+               poll_interval: float = 0.002) -> dict[tuple[Case, str], list[Run]]:
     """Every case against every target, targets interleaved, order reversed every other round."""
     runs: dict[tuple[Case, str], list[Run]] = {}
     total, done = len(cases) * rounds * len(targets), 0
@@ -434,28 +595,39 @@ def run_matrix(targets: list[Target], cases: list[Case], duration: int, rounds: 
         for rnd in range(rounds):
             for target in targets if rnd % 2 == 0 else targets[::-1]:
                 try:
-                    run = run_pgbench(target, case, duration)
+                    reset_tables(direct)
+                    if hold is not None and target is hold.target:
+                        run = run_hold(hold, direct, case, duration, poll_interval)
+                    else:
+                        run = run_pgbench(target, case, duration)
                 except BenchmarkError as e:
                     notes = [n for n in (s.death_note() for s in services) if n]
                     raise BenchmarkError("\n".join([str(e), *notes])) from None
                 runs.setdefault((case, target.name), []).append(run)
                 done += 1
-                print(f"[{done:>3}/{total}] {case.label:<26} {target.name:<9} {run.tps:>10.1f} tps "
-                      f"{run.latency_ms:>8.3f} ms", file=sys.stderr, flush=True)
+                failed = f" ({run.failed} failed)" if run.failed else ""
+                print(f"[{done:>3}/{total}] {case.label:<26} {target.name:<10} {run.tps:>10.1f} tps "
+                      f"{run.latency_ms:>8.3f} ms{failed}{_reviewer_note(run.reviewer)}", file=sys.stderr, flush=True)
     return runs
 
 
-def build_rows(cases: list[Case], runs: dict[tuple[Case, str], list[Run]], absent: dict[str, str]) -> list[Row]:
+def build_rows(cases: list[Case], runs: dict[tuple[Case, str], list[Run]], absent: dict[str, str],
+               selected: Iterable[str] = TARGETS) -> list[Row]:
     rows: list[Row] = []
     for case in cases:
         direct = Row(case, "direct", runs[(case, "direct")])
+        passthrough = Row(case, "proxy", runs.get((case, "proxy"), []))
         for name in TARGETS:
+            if name not in selected:
+                continue
             if name in absent:
                 rows.append(Row(case, name, status=absent[name]))
                 continue
             row = Row(case, name, runs[(case, name)])
             if row.tps is not None and direct.tps:
                 row.ratio = row.tps / direct.tps
+            if name == "hold" and row.tps is not None and passthrough.tps:
+                row.ratio_proxy = row.tps / passthrough.tps
             rows.append(row)
     return rows
 
@@ -477,6 +649,8 @@ def machine_info(direct: Target, pgbouncer: str | None, args: argparse.Namespace
         "duration_s": args.duration,
         "rounds": args.rounds,
         "scale": args.scale,
+        "targets": args.targets,
+        "reviewer_poll_ms": args.reviewer_poll_ms if "hold" in args.targets else None,
         "upstream": "--upstream" if args.upstream else "local cluster, " + ", ".join(f"{k}={v}" for k, v in
                                                                               PG_SETTINGS.items()),
     }
@@ -504,14 +678,36 @@ def render_markdown(rows: list[Row], info: dict[str, Any]) -> str:
         f">= {MULTI_CLIENT_GOAL:.0%} with more clients. "
         "`±`: half the range of the rounds' TPS around their median (run-to-run noise).",
         "",
-        "| workload | mode | clients | target | TPS | ± | latency ms | vs direct | goal |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| workload | mode | clients | target | TPS | ± | latency ms | vs direct | vs proxy | goal |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         goal = f">= {r.goal:.0%}: {r.verdict}" if r.goal is not None and r.verdict else ""
         tps = _num(r.tps, ".0f") if r.status == "measured" else r.status
         lines.append(f"| {r.case.workload} | {r.case.mode} | {r.case.clients} | {r.target} | {tps} | "
-                     f"{_num(r.spread, '.0%')} | {_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | {goal} |")
+                     f"{_num(r.spread, '.0%')} | {_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | "
+                     f"{_num(r.ratio_proxy, '.0%')} | {goal} |")
+    hold = [r for r in rows if r.target == "hold" and r.runs]
+    if hold:
+        lines += [
+            "",
+            "Hold mode (`proxy` = the same dbproxy in pass-through mode): a scripted reviewer commits every "
+            "held chain through the review API as soon as the proxy lets it (medians over the rounds; "
+            "`failed tx` is the total over the rounds, with the deadlock failures among them in parentheses).",
+            "",
+            "| workload | mode | clients | TPS | vs direct | vs proxy | pgbench tx | reviewer commits | "
+            "agent tx per commit | journal tx per commit | 409s | commit wait ms | reviewer errors | failed tx |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in hold:
+            lines.append(
+                f"| {r.case.workload} | {r.case.mode} | {r.case.clients} | {_num(r.tps, '.0f')} | "
+                f"{_num(r.ratio, '.0%')} | {_num(r.ratio_proxy, '.0%')} | "
+                f"{_num(_median(x.transactions for x in r.runs), '.0f')} | {_num(r.commits, '.0f')} | "
+                f"{_num(r.tx_per_commit, '.1f')} | {_num(r.journal_tx_per_commit, '.1f')} | "
+                f"{_num(r.reviewer_median('conflicts'), '.0f')} | {_num(r.reviewer_median('mean_wait_ms'), '.1f')} | "
+                f"{_num(r.reviewer_median('errors'), '.0f')} | {r.failed}"
+                f"{f' ({r.deadlocks})' if r.deadlocks is not None and r.failed else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -526,7 +722,8 @@ def write_outputs(out: Path, markdown: str, rows: list[Row], info: dict[str, Any
 # -- main ---------------------------------------------------------------------------------
 
 
-def _csv(choices: Iterable[str] | None = None, cast: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
+def _csv(choices: Iterable[str] | None = None, cast: Callable[[str], Any] = str,
+         alias: dict[str, str] | None = None) -> Callable[[str], list[Any]]:
     allowed = list(choices) if choices is not None else None
 
     def parse(value: str) -> list[Any]:
@@ -536,7 +733,7 @@ def _csv(choices: Iterable[str] | None = None, cast: Callable[[str], Any] = str)
         if allowed is not None and (bad := [v for v in items if v not in allowed]):
             raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
         try:
-            return [cast(v) for v in items]
+            return [cast((alias or {}).get(v, v)) for v in items]
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -558,8 +755,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=_positive_ints, default=[1, 8], help="client counts (default 1,8)")
     p.add_argument("--modes", type=_csv(MODES), default=["simple", "prepared"],
                    help="pgbench -M protocols (default simple,prepared)")
-    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                   help="select-only and/or tpcb (default both)")
+    p.add_argument("--workloads", type=_csv([*WORKLOADS, *WORKLOAD_ALIASES], alias=WORKLOAD_ALIASES),
+                   default=list(WORKLOADS), help="select-only and/or tpcb (alias tpcb-like) (default both)")
+    p.add_argument("--targets", type=_csv(TARGETS), default=list(TARGETS),
+                   help="what to measure (default all: direct,proxy,hold,null-relay,pgbouncer); direct is always "
+                   "measured, as the reference")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions per target (default 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.md/json go (default %(default)s)")
     p.add_argument("--upstream", help="benchmark this server (superuser URL) instead of starting one; "
@@ -568,18 +768,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure PgBouncer when it is installed (default on)")
     p.add_argument("--null-relay", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure a no-logic uvloop relay, the floor for a Python proxy (default on)")
+    p.add_argument("--reviewer-poll-ms", type=float, default=2.0,
+                   help="hold target: the scripted reviewer asks for pending transactions every N ms (default 2)")
     args = p.parse_args(argv)
     if args.duration < 1 or args.scale < 1 or args.rounds < 1:
         p.error("--duration, --scale and --rounds must be >= 1")
+    if args.reviewer_poll_ms <= 0:
+        p.error("--reviewer-poll-ms must be > 0")
+    args.workloads = list(dict.fromkeys(args.workloads))
+    args.targets = [t for t in TARGETS if t in {"direct", *args.targets}]  # table order, direct always
+    if not args.pgbouncer and "pgbouncer" in args.targets:
+        args.targets.remove("pgbouncer")
+    if not args.null_relay and "null-relay" in args.targets:
+        args.targets.remove("null-relay")
     return args
 
 
 def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     cases = [Case(w, m, c) for w in args.workloads for m in args.modes for c in args.clients]
-    pgbouncer = find_pgbouncer() if args.pgbouncer else None
-    absent = {} if pgbouncer else {"pgbouncer": "not installed" if args.pgbouncer else "disabled"}
-    if not args.null_relay:
-        absent["null-relay"] = "disabled"
+    wanted = set(args.targets)
+    pgbouncer = find_pgbouncer() if "pgbouncer" in wanted else None
+    absent = {"pgbouncer": "not installed"} if "pgbouncer" in wanted and not pgbouncer else {}
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="dbproxy-bench-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)
@@ -589,9 +798,17 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             print("starting PostgreSQL ...", file=sys.stderr, flush=True)
             upstream_url, direct = start_postgres(root, stack)
         pgbench_init(direct, args.scale)
-        proxy_service, proxy = start_proxy(upstream_url, direct, root, stack)
-        services, targets = [proxy_service], [direct, proxy]
-        if args.null_relay:
+        services: list[Service] = []
+        targets, proxies, hold = [direct], [], None
+        if "proxy" in wanted:
+            proxies.append(start_proxy(upstream_url, direct, root, stack, mode="passthrough", name="proxy"))
+        if "hold" in wanted:
+            hold = start_proxy(upstream_url, direct, root, stack, mode="hold", name="hold")
+            proxies.append(hold)
+        for proxy in proxies:
+            services.append(proxy.service)
+            targets.append(proxy.target)
+        if "null-relay" in wanted:
             relay_service, relay = start_null_relay(direct, root, stack)
             services.append(relay_service)
             targets.append(relay)
@@ -601,18 +818,20 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             targets.append(bouncer)
         info = machine_info(direct, pgbouncer, args)
         runs_total = len(cases) * args.rounds * len(targets)
-        print(f"{runs_total} pgbench runs of {args.duration} s (about {runs_total * (args.duration + 1) // 60 + 1} "
+        print(f"{runs_total} pgbench runs of {args.duration} s (about {runs_total * (args.duration + 2) // 60 + 1} "
               "min) ...", file=sys.stderr, flush=True)
-        runs = run_matrix(targets, cases, args.duration, args.rounds, services)
-        _report_proxy_log(proxy_service)
-    return build_rows(cases, runs, absent), info
+        runs = run_matrix(targets, cases, args.duration, args.rounds, services, direct, hold,
+                          args.reviewer_poll_ms / 1000)
+        for proxy in proxies:
+            _report_proxy_log(proxy.service)
+    return build_rows(cases, runs, absent, args.targets), info
 
 
 def _report_proxy_log(service: Service) -> None:
     """At --log-level warning the proxy's log should be empty after a clean benchmark."""
     tail = service.log_tail(10)
     if tail != "(log is empty)":
-        print(f"note: the proxy logged warnings or errors; last lines:\n{tail}", file=sys.stderr)
+        print(f"note: {service.name} logged warnings or errors; last lines:\n{tail}", file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
