@@ -84,7 +84,7 @@ class HeldConnection:
         self.mode = mode
         self.backend_pid = backend_pid
         self.upstream_secret = upstream_secret
-        self.state = HoldState(read_only_agent=mode == "read-only")
+        self.state = HoldState(read_only_agent=mode == "read-only", login_role=registry.target_for(database).user)
         self.lock = asyncio.Lock()
         self.sink: Callable[[bytes], None] | None = None  # the agent's client, while attached
         self.session: HoldSession | None = None

@@ -52,7 +52,22 @@ from inverse.lexer import lex
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
 _PORTAL = "dbproxy_portal"
-_XID_SQL = "SELECT pg_catalog.txid_current_if_assigned()::text"
+#: Run before each agent COMMIT into the chain: fails if the transaction changed the session's
+#: identity or replication role (possible from inside a function or DO block, where the
+#: classifier cannot see), else returns the chain's transaction id. The division is not constant,
+#: so PostgreSQL cannot fold it into an error at plan time.
+_GUARD_SQL = ("SELECT CASE WHEN pg_catalog.current_setting('session_replication_role') <> 'origin' "
+              "OR current_user <> session_user{login} THEN (0 / (pg_catalog.pg_backend_pid() * 0))::text "
+              "ELSE pg_catalog.txid_current_if_assigned()::text END")
+_GUARD_ERROR = ErrorResponse.make(
+    "42501", "dbproxy refused to keep this transaction: it changed the session's role or "
+    "session_replication_role, which would bypass the checks of held transactions",
+    detail="Such changes can hide in functions and DO blocks. The transaction was not committed.")
+
+
+def guard_sql(login_role: str) -> str:
+    login = f" OR session_user <> '{login_role.replace(chr(39), chr(39) * 2)}'" if login_role else ""
+    return _GUARD_SQL.format(login=login)
 
 T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
@@ -181,6 +196,7 @@ class HoldState:
     tx_no: int = 0  # agent transactions begun in this chain
     error_pending: bool = False  # an error in a Flush-ended cycle: upstream skips to the next Sync
     read_only_agent: bool = False
+    login_role: str = ""  # the proxy's upstream role, which the session must keep
 
     @property
     def agent_status(self) -> str:
@@ -331,6 +347,7 @@ class _Builder:
         """COMMIT/ROLLBACK of the agent's transaction (explicit or implicit)."""
         sim = self.sim
         if commit and not sim.failed:
+            self.guard()
             effects = (Effect.TX_COMMIT,) + ((Effect.TX_CONTINUE,) if chain_after else ())
             self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag=tag, effects=effects, record=tag)
             self.committed = True
@@ -414,14 +431,17 @@ class _Builder:
             self.refuse(ErrorResponse.make(SQLSTATE.FEATURE_NOT_SUPPORTED,
                                            "two-phase commit is not available to agents"), c.sql)
 
-    def finish_implicit(self, capture: bool) -> None:
+    def guard(self) -> None:
+        """Check the agent's transaction before it joins the chain; captures the xid (see _GUARD_SQL)."""
+        self.stmt(guard_sql(self.sim.login_role), Action.CAPTURE, error=_GUARD_ERROR)
+
+    def finish_implicit(self) -> None:
         """End of a simple query or Sync: an implicit agent transaction commits (into the chain)."""
         if self.sim.agent_tx is AgentTx.IMPLICIT:
+            self.guard()
             self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", effects=(Effect.TX_COMMIT,))
             self.sim.agent_tx = AgentTx.NONE
             self.committed = True
-        if capture and self.committed and self.sim.chain and self.sim.held == 0:
-            self.stmt(_XID_SQL, Action.CAPTURE)
 
 
 def plan_query(state: HoldState, sql: str) -> Plan:
@@ -447,7 +467,7 @@ def plan_query(state: HoldState, sql: str) -> Plan:
         def emit(action: Action, tag: str | None, effects: tuple[Effect, ...], c: Classification = c) -> None:
             b.stmt(c.sql, action, tag=tag, effects=effects, record=c.sql)
         b.client_statement(c, emit)
-    b.finish_implicit(capture=True)
+    b.finish_implicit()
     if prefix and not b.sql:
         b.stmt("")  # an empty query: its ReadyForQuery ends the cycle after the synthetic answers
     steps = b.steps
@@ -515,7 +535,7 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                     b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql))
                 b.client_statement(c, emit)
         elif isinstance(m, Sync):
-            b.finish_implicit(capture=True)
+            b.finish_implicit()
             b.out.append(f.raw)
             b.steps.append(Step(frozenset({T_READY}), Action.SWALLOW, final=True))
             ends_with_sync = True
@@ -653,7 +673,7 @@ class Router:
             err = decode_backend(f)
             assert isinstance(err, ErrorResponse)
             self.copy_in = False
-            shown = step.error if step.action is Action.REFUSE and step.error is not None else err
+            shown = step.error if step.error is not None else err
             if self.error is None:
                 self.error = shown
             out.append(shown.encode())

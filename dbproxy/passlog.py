@@ -14,6 +14,7 @@ the journal write loses that entry (hold mode journals before anything commits).
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -58,7 +59,7 @@ class PassthroughLog:
         self._portals: dict[str, str] = {}
         self._open: list[str] = []  # Executes since the last Sync
         self._cycles: deque[list[str]] = deque()  # statements still to be answered, per cycle
-        self._records: list[StatementRecord] = []
+        self._records: list[tuple[int, str, str | None, ErrorResponse | None, float]] = []
         self._wrote = False
         self._failed = False
         self._tx_no = 1
@@ -71,7 +72,10 @@ class PassthroughLog:
             return
         m = decode_frontend(f)
         if isinstance(m, Query):
-            self._cycles.append(list(split_cached(m.sql)) or [""])
+            sql = m.sql
+            # Splitting costs a lexer pass; a string without a second ';' is one statement.
+            single = ";" not in sql.rstrip().rstrip(";")
+            self._cycles.append([sql] if single else list(split_cached(sql)) or [""])
         elif isinstance(m, Parse):
             self._statements[m.name] = m.sql
         elif isinstance(m, Bind):
@@ -109,14 +113,20 @@ class PassthroughLog:
             self._tx_no += 1
 
     def _add(self, sql: str, tag: str | None, err: ErrorResponse | None) -> None:
-        self._records.append(StatementRecord(
-            seq=len(self._records) + 1, tx_no=self._tx_no, sql=sql, tag=tag, rows=tag_rows(tag),
-            sqlstate=err.sqlstate if err else None, error=err.message if err else None, at=datetime.now(UTC)))
+        # Plain tuples on the hot path; records are built only for transactions that wrote.
+        self._records.append((self._tx_no, sql, tag, err, time.time()))
 
     def _end(self) -> None:
         """The server says no transaction is open: the last one committed or rolled back."""
         if self._wrote and self._records:
-            last_tag = next((r.tag for r in reversed(self._records) if r.tag), None)
+            last_tag = next((r[2] for r in reversed(self._records) if r[2]), None)
             outcome = "rolled back" if self._failed or last_tag == "ROLLBACK" else "committed"
-            self.on_done(self._records, outcome)
-        self._records, self._wrote, self._failed, self._tx_no = [], False, False, 1
+            self.on_done([
+                StatementRecord(seq=i, tx_no=tx_no, sql=sql, tag=tag, rows=tag_rows(tag),
+                                sqlstate=err.sqlstate if err else None, error=err.message if err else None,
+                                at=datetime.fromtimestamp(at, UTC))
+                for i, (tx_no, sql, tag, err, at) in enumerate(self._records, 1)], outcome)
+        if self._records:
+            self._records = []
+        self._wrote = self._failed = False
+        self._tx_no = 1

@@ -29,6 +29,7 @@ from dbproxy.endpoint import Endpoint
 from dbproxy.handshake import HandshakeConfig
 from dbproxy.journal import Journal, JournalError
 from dbproxy.pending import PendingRegistry
+from dbproxy.privileges import risky_privileges
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
 from dbproxy.scram import certificate_binding
@@ -45,6 +46,7 @@ class ProxyServer:
         self.journal: Journal | None = None
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.privilege_warnings: list[str] = []
         self.target = target
         self.registry = registry
         self.sessions: set[Session] = set()
@@ -106,6 +108,13 @@ class ProxyServer:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         marker.write_text(instance + "\n")
         self.pending.start()
+        if modes != {"passthrough"}:
+            try:
+                self.privilege_warnings = await risky_privileges(self.target.url())
+            except Exception as e:  # the first agent session will report an unreachable upstream
+                log.event("upstream.privileges_unknown", reason=str(e), level=logging.WARNING)
+            for why in self.privilege_warnings:
+                log.event("upstream.risky_privilege", role=self.target.user, why=why, level=logging.WARNING)
         token = load_or_create_token(settings.data_dir,
                                      settings.admin_token.get_secret_value() if settings.admin_token else None)
         ahost, aport = settings.admin_address
@@ -252,6 +261,9 @@ async def serve(settings: Settings) -> int:
           f"  default mode: {settings.mode}; review API: http://{_addr(proxy.admin_address)} "
           f"(token in {settings.data_dir / 'admin-token'} unless configured)",
           flush=True)
+    for why in proxy.privilege_warnings:
+        print(f"dbproxy: WARNING: the upstream role {target.user!r} can escape hold mode: {why}. "
+              "Give the proxy a role without it (see README, 'The upstream role').", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

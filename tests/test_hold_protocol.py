@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dbproxy.hold_protocol import (
     AgentTx,
+    guard_sql,
     HoldState,
     PreparedStatements,
     Router,
@@ -24,6 +25,9 @@ from dbproxy.protocol.messages import (
     decode_backend,
     decode_frontend,
 )
+
+
+GUARD = guard_sql("")
 
 
 def upstream_sql(data: bytes) -> list[str]:
@@ -64,13 +68,12 @@ def test_reads_outside_a_chain_pass_through_untouched() -> None:
 def test_a_write_opens_the_chain_in_a_savepoint_and_probes_the_xid() -> None:
     plan = plan_query(HoldState(), "insert into t values (1)")
     assert upstream_sql(plan.upstream) == [
-        "BEGIN", "SAVEPOINT dbproxy_tx", "insert into t values (1)", "RELEASE SAVEPOINT dbproxy_tx",
-        "SELECT pg_catalog.txid_current_if_assigned()::text"]
+        "BEGIN", "SAVEPOINT dbproxy_tx", "insert into t values (1)", GUARD, "RELEASE SAVEPOINT dbproxy_tx"]
     state = HoldState()
     router = Router(plan, state)
-    seen = answer(router, cc("BEGIN"), cc("SAVEPOINT"), cc("INSERT 0 1"), cc("RELEASE"),
+    seen = answer(router, cc("BEGIN"), cc("SAVEPOINT"), cc("INSERT 0 1"),
                   frame(b"T", b"\x00\x01x\x00" + bytes(18)), frame(b"D", b"\x00\x01\x00\x00\x00\x03742"),
-                  cc("SELECT 1"), z("T"))
+                  cc("SELECT 1"), cc("RELEASE"), z("T"))
     assert seen == [CommandComplete("INSERT 0 1")]  # the proxy's own statements are invisible
     assert router.done and router.captured == ["742"] and router.committed_writes == 1
     assert state.chain and state.agent_tx is AgentTx.NONE
@@ -80,9 +83,11 @@ def test_commit_then_delete_in_one_string_stays_in_the_chain() -> None:
     state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1)
     plan = plan_query(state, "COMMIT; DELETE FROM t")
     assert upstream_sql(plan.upstream) == [
-        "RELEASE SAVEPOINT dbproxy_tx", "SAVEPOINT dbproxy_tx", "DELETE FROM t", "RELEASE SAVEPOINT dbproxy_tx"]
+        GUARD, "RELEASE SAVEPOINT dbproxy_tx", "SAVEPOINT dbproxy_tx", "DELETE FROM t", GUARD,
+        "RELEASE SAVEPOINT dbproxy_tx"]
     router = Router(plan, state)
-    seen = answer(router, cc("RELEASE"), cc("SAVEPOINT"), cc("DELETE 3"), cc("RELEASE"), z("T"))
+    seen = answer(router, cc("SELECT 1"), cc("RELEASE"), cc("SAVEPOINT"), cc("DELETE 3"), cc("SELECT 1"),
+                  cc("RELEASE"), z("T"))
     assert seen == [CommandComplete("COMMIT"), CommandComplete("DELETE 3")]
     assert state.chain and state.agent_tx is AgentTx.NONE and router.committed_writes == 1
 
@@ -130,12 +135,21 @@ def test_extended_write_gets_injected_savepoint_messages_around_it() -> None:
     plan = plan_extended(HoldState(), PreparedStatements(), frames)
     # The chain opens right before the first Execute that may write (Parse and Bind write nothing).
     assert upstream_sql(plan.upstream) == [
-        "update t set v = $1", "BEGIN", "SAVEPOINT dbproxy_tx", "RELEASE SAVEPOINT dbproxy_tx",
-        "SELECT pg_catalog.txid_current_if_assigned()::text"]
+        "update t set v = $1", "BEGIN", "SAVEPOINT dbproxy_tx", GUARD, "RELEASE SAVEPOINT dbproxy_tx"]
     # The client's own unnamed statement and portal are untouched: the proxy's use their own names.
     names = {decode_frontend(f).name for f in FrameScanner().feed(plan.upstream)  # type: ignore[union-attr]
              if isinstance(f, Frame) and f.type == ord("P")}
     assert names == {"", "dbproxy_stmt"}
+
+
+def test_guard_failure_shows_the_proxys_error_and_keeps_the_agent_tx_out_of_the_chain() -> None:
+    state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1, login_role="o'brien")
+    plan = plan_query(state, "commit")
+    assert "session_user <> 'o''brien'" in upstream_sql(plan.upstream)[0]
+    router = Router(plan, state)
+    seen = answer(router, ErrorResponse.make("22012", "division by zero").encode(), z("E"))
+    assert isinstance(seen[0], ErrorResponse) and seen[0].sqlstate == "42501" and "role" in seen[0].message
+    assert not router.committed_any and state.agent_tx is AgentTx.EXPLICIT
 
 
 def test_classification_cache_by_shape_agrees_with_the_classifier() -> None:
