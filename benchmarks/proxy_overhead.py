@@ -13,7 +13,9 @@ every combination of workload, protocol and client count, it runs pgbench for `-
 seconds against each target:
 
 - direct:     pgbench -> PostgreSQL
-- proxy:      pgbench -> dbproxy (mode = "passthrough") -> PostgreSQL
+- proxy:      pgbench -> dbproxy (mode = "passthrough") -> PostgreSQL; writing transactions are
+              journaled (the default)
+- proxy-unjournaled: the same with `journal_passthrough = false` (the relay's own cost)
 - hold:       pgbench -> dbproxy (mode = "hold") -> PostgreSQL, with a scripted reviewer
               (`benchmarks.reviewer`) committing every held transaction through the review API
               as soon as the proxy lets it
@@ -102,7 +104,7 @@ from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, 
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
 WORKLOAD_ALIASES = {"tpcb-like": "tpcb"}  # pgbench's own name for its default script
 MODES = ("simple", "extended", "prepared")
-TARGETS = ("direct", "proxy", "hold", "null-relay", "pgbouncer")
+TARGETS = ("direct", "proxy", "proxy-unjournaled", "hold", "null-relay", "pgbouncer")
 #: What pgbench does before a run unless -n; the benchmark does it itself, directly (see docstring).
 RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history")
 DRAIN_TIMEOUT = 60.0  # after a hold run: how long the reviewer may take to commit what is left
@@ -397,14 +399,14 @@ class Proxy:
 
 
 def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextlib.ExitStack, *,
-                mode: str = "passthrough", name: str = "proxy") -> Proxy:
+                mode: str = "passthrough", name: str = "proxy", journal: bool = True) -> Proxy:
     """`dbproxy serve` as its own process in `mode` (passthrough or hold), with one agent allowed
     into the upstream's database and an explicit admin token for the review API."""
     port, admin_port = free_port(), free_port()
     password, token = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBPROXY_") or k == "DBPROXY_PG_BIN"}
     env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2",
-               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token)
+               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token, DBPROXY_JOURNAL_PASSTHROUGH=str(journal).lower())
     cmd = [str(DBPROXY), "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}",
            "--data-dir", str(root / f"dbproxy-{name}"), "--log-level", "warning"]
     service = Service(f"dbproxy-{name}", cmd, root, env=env)
@@ -802,6 +804,9 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         targets, proxies, hold = [direct], [], None
         if "proxy" in wanted:
             proxies.append(start_proxy(upstream_url, direct, root, stack, mode="passthrough", name="proxy"))
+        if "proxy-unjournaled" in wanted:
+            proxies.append(start_proxy(upstream_url, direct, root, stack, mode="passthrough",
+                                       name="proxy-unjournaled", journal=False))
         if "hold" in wanted:
             hold = start_proxy(upstream_url, direct, root, stack, mode="hold", name="hold")
             proxies.append(hold)

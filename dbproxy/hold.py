@@ -39,6 +39,7 @@ from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, Frame, FrameScanner
 from dbproxy.protocol.messages import ErrorResponse, NoticeResponse, Query, decode_frontend
 from dbproxy.review_models import StatementRecord
+from dbproxy.tags import tag_rows, wrote_by_tag
 
 if TYPE_CHECKING:
     from dbproxy.pending import PendingRegistry
@@ -49,18 +50,7 @@ _COPY_FROM_CLIENT = frozenset(b"cf")
 #: Upstream frames decoded in hold mode; DataRow and CopyData stream through as bytes.
 _UPSTREAM_DECODE = frozenset(BACKEND_TYPES - {ord("D"), ord("d")})
 _UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
-_ROWS_TAGS = ("INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "COPY", "FETCH", "MOVE")
-
-
-def tag_rows(tag: str | None) -> int | None:
-    if not tag:
-        return None
-    parts = tag.split()
-    if parts[0] in _ROWS_TAGS and parts[-1].isdigit():
-        return int(parts[-1])
-    return None
-
-
+_TX_TAGS = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
 def notice(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
     fields = {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": message}
     if detail:
@@ -192,6 +182,13 @@ class HeldConnection:
             if self.id is not None:
                 self.registry.journal_statement(self.id, rec)
 
+    def end_unheld(self, outcome: str) -> None:
+        """A chain ended before anything in it was held: journal it if it tried to write, then
+        start afresh. (Read-only chains are not journaled.)"""
+        if any(wrote_by_tag(r.tag or "", r.sql) or r.error for r in self.statements if r.tag not in _TX_TAGS):
+            self.registry.journal_finished(self, list(self.statements), outcome)
+        self.reset_chain()
+
     def reset_chain(self) -> None:
         """The chain ended (committed, rolled back, expired): the connection is clean again."""
         st = self.state
@@ -212,7 +209,7 @@ class HeldConnection:
             return
         if st.held == 0:
             await self.inject("ROLLBACK")
-            self.reset_chain()
+            self.end_unheld("rolled back")
             return
         if st.agent_tx is not AgentTx.NONE:
             r = await self.inject("ROLLBACK TO SAVEPOINT dbproxy_tx", "RELEASE SAVEPOINT dbproxy_tx")
@@ -364,8 +361,10 @@ class HoldSession:
             if router.ready_status is not None:
                 self.client.write(synthetic_ready(router.ready_status))
             return
-        if chain_before or state.chain or (router.results and any(r.error is None for r in router.results)):
+        if chain_before or state.chain:
             held.record(router.results)
+        if chain_before and not state.chain and held.id is None:
+            held.end_unheld("rolled back")  # the agent rolled back a chain with nothing held yet
         if not plan.ends_with_sync:
             if router.error is not None:
                 state.error_pending = True

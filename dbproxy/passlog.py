@@ -13,43 +13,22 @@ the journal write loses that entry (hold mode journals before anything commits).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from dbproxy.hold import tag_rows
 from dbproxy.hold_protocol import split_cached
 from dbproxy.protocol.framing import Frame
 from dbproxy.protocol.messages import Bind, Close, ErrorResponse, Execute, Parse, Query, decode_backend, decode_frontend
 from dbproxy.review_models import StatementRecord
+from dbproxy.tags import tag_rows, wrote_by_tag
 
 Done = Callable[[list[StatementRecord], str], None]
 
 _T_COMMAND, _T_EMPTY, _T_ERROR, _T_READY = ord("C"), ord("I"), ord("E"), ord("Z")
 CLIENT_TYPES = frozenset(b"QPBECS")
 SERVER_TYPES = frozenset(b"CIEZ")
-
-
-#: Command tags of statements that do not write. Deciding by tag keeps pass-through cheap (no
-#: parsing); the price: a SELECT that calls a writing function is not journaled.
-_READ_TAGS = frozenset({"SELECT", "SHOW", "FETCH", "MOVE", "BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT",
-                        "RELEASE", "SET", "RESET", "DECLARE", "CLOSE", "PREPARE", "DEALLOCATE", "DISCARD",
-                        "LISTEN", "UNLISTEN", "EXPLAIN"})
-_COPY_IN = re.compile(r"\bfrom\s+(stdin|program|')", re.IGNORECASE)
-
-
-def _wrote(tag: str, sql: str) -> bool:
-    word = tag.split(" ", 1)[0]
-    if word == "COPY":
-        return bool(_COPY_IN.search(sql))
-    if word == "SELECT":
-        return bool(_SELECT_INTO.match(sql))
-    return word not in _READ_TAGS
-
-
-_SELECT_INTO = re.compile(r"\s*select\b[^;]*\binto\s+(?!strict\b)", re.IGNORECASE | re.DOTALL)
 
 
 class PassthroughLog:
@@ -106,7 +85,7 @@ class PassthroughLog:
             return
         cc = decode_backend(f)
         tag = getattr(cc, "tag", "")
-        if _wrote(tag, sql):
+        if wrote_by_tag(tag, sql):
             self._wrote = True
         self._add(sql, tag, None)
         if tag in ("COMMIT", "ROLLBACK"):

@@ -108,14 +108,21 @@ class PendingRegistry:
         log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
         return tx_id
 
+    def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str) -> None:
+        """A hold-mode chain that was never held (the agent rolled it back) is journaled too."""
+        self.journal_passthrough(agent=held.agent, session=held.session_id, database=held.database,
+                                 backend_pid=held.backend_pid, records=records, outcome=outcome, mode=held.mode)
+
     def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
-                            records: list[StatementRecord], outcome: str) -> None:
-        """A pass-through agent transaction that wrote has ended: record it (after the fact, in
-        batches, so that a busy trusted agent costs the journal one round trip per batch)."""
+                            records: list[StatementRecord], outcome: str, mode: str = "passthrough") -> None:
+        """An agent transaction that wrote has ended: record it (after the fact, in batches, so
+        that a busy trusted agent costs the journal one round trip per batch)."""
+        if not records:
+            return
         if len(self._finished) >= MAX_FINISHED_BACKLOG:
             self._finished_dropped += 1
             return
-        tx = FinishedTransaction(agent, session, database, "passthrough", backend_pid, records[0].at, records[-1].at,
+        tx = FinishedTransaction(agent, session, database, mode, backend_pid, records[0].at, records[-1].at,
                                  outcome, max(r.tx_no for r in records))
         self._finished.append((tx, records))
         if self._finished_task is None or self._finished_task.done():

@@ -151,7 +151,7 @@ class Session:
                   database=login.database, tls=login.tls, backend_pid=self.backend_pid, mode=self.mode,
                   application_name=login.forward_params.get("application_name", ""))
         if self.mode == "passthrough":
-            if self.server.pending is not None:
+            if self.server.pending is not None and self.server.settings.journal_passthrough:
                 self._passlog = PassthroughLog(self._journal_passthrough)
             self._start_relay(up, login)
         else:

@@ -83,6 +83,8 @@ class Settings(BaseModel):
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token of the review API; default: generated into DATA_DIR/admin-token")
     mode: Mode = "hold"
+    journal_passthrough: bool = Field(default=True, description="journal what pass-through agents write "
+                                      "(costs a journal insert per writing transaction)")
     hold_timeout: float = Field(default=3600.0, gt=0, description="seconds a held transaction waits before "
                                 "it is rolled back as expired")
     state_database: SecretStr | None = Field(

@@ -494,3 +494,28 @@ def test_journal_outage_rolls_back_instead_of_holding_unrecorded(make_proxy: Any
         if proxy is not None:
             proxy.stop()
         direct.execute(f"drop database {state_db} with (force)")
+
+
+def test_agent_rollback_of_an_unheld_chain_is_journaled(hold_proxy: RunningProxy, table: str,
+                                                        direct: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(hold_proxy.url(), autocommit=True) as c:
+        pid = c.info.backend_pid
+        c.execute("begin")
+        c.execute(f"delete from {table} where id = 1")
+        c.execute("rollback")
+        c.execute(f"insert into {table} values (96, 'then held')")
+        [tx_id] = [t["id"] for t in api(hold_proxy, "/v1/pending")[1] if t["backend_pid"] == pid]
+        # The held chain starts afresh: the rolled-back delete is not part of it.
+        _, detail = api(hold_proxy, f"/v1/transactions/{tx_id}")
+        assert [s["sql"] for s in detail["statements"]] == [f"insert into {table} values (96, 'then held')"]
+        assert decide(hold_proxy, tx_id, "rollback")[0] == 200
+    deadline = time.monotonic() + 10
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not mine:
+        time.sleep(0.1)
+        mine = [t for t in api(hold_proxy, "/v1/transactions?outcome=rolled%20back&limit=1000")[1]
+                if t["backend_pid"] == pid and t["decided_by"] == "agent"]
+    assert [(t["mode"], t["outcome"]) for t in mine] == [("hold", "rolled back")]
+    _, detail = api(hold_proxy, f"/v1/transactions/{mine[0]['id']}")
+    assert [s["tag"] for s in detail["statements"]] == ["BEGIN", "DELETE 1", "ROLLBACK"]
+    assert rows(direct, table) == [(1, "one"), (2, "two")]

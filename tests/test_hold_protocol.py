@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dbproxy.hold_protocol import (
     AgentTx,
-    guard_sql,
     HoldState,
     PreparedStatements,
     Router,
+    guard_sql,
     plan_extended,
     plan_query,
 )
@@ -25,7 +25,6 @@ from dbproxy.protocol.messages import (
     decode_backend,
     decode_frontend,
 )
-
 
 GUARD = guard_sql("")
 
