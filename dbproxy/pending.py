@@ -26,7 +26,7 @@ import asyncpg
 from dbproxy import diff, log
 from dbproxy.endpoint import ConnectionClosed
 from dbproxy.hold_protocol import AgentTx
-from dbproxy.journal import FinishedTransaction, Journal
+from dbproxy.journal import LINGER, FinishedTransaction, Journal
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import ReviewError
 from dbproxy.review_models import (
@@ -129,6 +129,7 @@ class PendingRegistry:
             self._finished_task = asyncio.get_running_loop().create_task(self._write_finished())
 
     async def _write_finished(self) -> None:
+        await asyncio.sleep(LINGER)  # gather a batch
         while self._finished:
             batch, self._finished = self._finished[:1000], self._finished[1000:]
             try:
