@@ -112,9 +112,12 @@ class HeldConnection:
                 if out:
                     self.sink(out)
             return
+        was_copying = router.copy_in
         out = router.feed(items)
         if out and self.sink is not None:
             self.sink(out)
+        if router.copy_in and not was_copying and self.session is not None:
+            self.session.copy_in_started()
         if router.done and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -231,7 +234,7 @@ class HoldSession:
         self.prepared = PreparedStatements()
         self._wake: asyncio.Future[None] | None = None
         self._gone = False
-        self._copy_forwarding = False
+        self._copy_forwarding = False  # COPY FROM STDIN under way: client data goes upstream at once
         self.first_notices = b""
 
     # -- client input -------------------------------------------------------------------------
@@ -244,10 +247,6 @@ class HoldSession:
             self._gone = True
             self._poke()
             return
-        router = self.held.router
-        if router is not None and router.copy_in:
-            # COPY FROM STDIN: the client's data goes upstream at once, mid-cycle.
-            self._copy_forwarding = True
         for item in items:
             if self._copy_forwarding:
                 if type(item) is bytes:
@@ -261,6 +260,22 @@ class HoldSession:
                 self._copy_forwarding = False
             self.inbox.append(item)
         self._poke()
+
+    def copy_in_started(self) -> None:
+        """The server asked for COPY data. Clients may have sent it already, with the COPY
+        itself (asyncpg does): what waits at the head of the inbox goes upstream now."""
+        while self.inbox:
+            item = self.inbox[0]
+            if type(item) is bytes:
+                self.held.endpoint.write(item)
+            elif isinstance(item, Frame) and item.type in _COPY_FROM_CLIENT:
+                self.held.endpoint.write(item.raw)
+                self.inbox.pop(0)
+                return  # CopyDone/CopyFail: the rest belongs to later cycles
+            else:
+                return
+            self.inbox.pop(0)
+        self._copy_forwarding = True  # the rest of the data is still to come
 
     def client_lost(self) -> None:
         self._gone = True
@@ -371,12 +386,16 @@ class HoldSession:
             return
         failed = router.error is not None or state.error_pending
         state.error_pending = False
+        if state.agent_tx is AgentTx.EXPLICIT and router.ready_status is not None:
+            # The server knows best whether the agent's transaction is failed: an error marks it,
+            # and the agent's own ROLLBACK TO SAVEPOINT recovers it.
+            state.failed = router.ready_status == "E"
         extra = b""
         if failed:
             if state.agent_tx is AgentTx.IMPLICIT:
                 await held.rollback_agent_tx()
             elif state.agent_tx is AgentTx.EXPLICIT:
-                state.failed = True
+                pass
             elif state.chain and router.ready_status == "E":
                 # Cannot happen by construction (every cycle in a chain runs in a savepoint);
                 # if it does, the chain is lost: say so rather than pretend.
@@ -396,14 +415,14 @@ class HoldSession:
             return b""
         if state.held == 0:
             xid = router.captured[-1] if router.captured else None
-            if xid is None:
+            if xid is None and not router.notified:
                 if state.agent_tx is AgentTx.NONE:
                     r = await held.inject("COMMIT")  # nothing was written: nothing to hold
                     held.reset_chain()
                     if r.error is not None:
                         return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
                 return b""
-            held.xid = int(xid)
+            held.xid = int(xid) if xid is not None else None
             try:
                 tx_id = await held.registry.hold(held)
             except Exception as e:

@@ -123,6 +123,9 @@ def split_cached(sql: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 _CALL_ESCAPE = "CALL runs a procedure"
+#: NOTIFY and pg_notify() take no transaction id, yet their effect happens at COMMIT: such a
+#: transaction is held like one that wrote. (Text match: a mention in a literal just holds.)
+_NOTIFY = re.compile(r"\bnotify\b|\bpg_notify\b", re.IGNORECASE)
 
 
 def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None:
@@ -222,6 +225,7 @@ class Effect(enum.Enum):
     TX_ROLLBACK = 6
     TX_CONTINUE = 7  # AND CHAIN: a new agent transaction right after
     WROTE = 8
+    NOTIFY = 9  # a notification is queued: delivered at COMMIT, though no transaction id is taken
 
 
 @dataclass(slots=True)
@@ -386,7 +390,10 @@ class _Builder:
             self.ensure_agent_tx()
             wrote = not c.read_only
             sim.wrote = sim.wrote or wrote
-            emit(Action.FORWARD, None, (Effect.WROTE,) if wrote else ())
+            effects = (Effect.WROTE,) if wrote else ()
+            if wrote and _NOTIFY.search(c.sql):
+                effects += (Effect.NOTIFY,)
+            emit(Action.FORWARD, None, effects)
             return
         action = tx.action
         if action == "begin":
@@ -609,6 +616,7 @@ class Router:
         self.done = False
         self.committed_any = False  # an agent transaction ended with COMMIT in this cycle
         self.committed_writes = 0  # ... of which this many had statements that may write
+        self.notified = False  # NOTIFY / pg_notify ran: worth holding even without a transaction id
         self._rows: list[bytes] = []
 
     def start(self) -> bytes:
@@ -769,6 +777,9 @@ class Router:
                 st.agent_tx, st.wrote, st.failed = AgentTx.NONE, False, False
             elif e is Effect.WROTE:
                 st.wrote = True
+            elif e is Effect.NOTIFY:
+                st.wrote = True
+                self.notified = True
 
 
 def _values(raw: bytes) -> tuple[str | None, ...]:
