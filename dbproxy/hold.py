@@ -51,6 +51,8 @@ _COPY_FROM_CLIENT = frozenset(b"cf")
 _UPSTREAM_DECODE = frozenset(BACKEND_TYPES - {ord("D"), ord("d")})
 _UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
 _TX_TAGS = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+
+
 def notice(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
     fields = {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": message}
     if detail:
