@@ -37,7 +37,7 @@ from dbproxy.hold_protocol import (
 )
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, Frame, FrameScanner
-from dbproxy.protocol.messages import ErrorResponse, NoticeResponse, Query, decode_frontend
+from dbproxy.protocol.messages import CopyFail, ErrorResponse, NoticeResponse, Query, decode_frontend
 from dbproxy.review_models import StatementRecord
 from dbproxy.tags import tag_rows, wrote_by_tag
 
@@ -282,7 +282,12 @@ class HoldSession:
     def client_lost(self) -> None:
         self._gone = True
         self._poke()
-        if self.held.router is not None:
+        router = self.held.router
+        if router is not None and router.copy_in:
+            # A backend waiting for COPY data ignores a cancel: end the COPY instead.
+            self.held.endpoint.write(CopyFail("the client disconnected during COPY").encode())
+            self._copy_forwarding = False
+        elif router is not None:
             # The agent left mid-statement: stop it, the way PostgreSQL does for a lost client.
             asyncio.get_running_loop().create_task(self._cancel_quietly())
 
@@ -352,22 +357,23 @@ class HoldSession:
     async def _cycle(self, cycle: list[bytes | Frame]) -> None:
         held = self.held
         state = held.state
-        last = cycle[-1]
-        assert isinstance(last, Frame)
+        # CopyData/CopyDone/CopyFail outside COPY (left over from a COPY that failed before the
+        # server asked for data): PostgreSQL ignores them, and so does the proxy.
+        frames = [i for i in cycle if isinstance(i, Frame) and i.type not in _COPY_FROM_CLIENT]
+        if not frames:
+            return
+        last = frames[-1]
         if last.type == ord("F"):
             self.client.write(ErrorResponse.make(
                 SQLState.FEATURE_NOT_SUPPORTED,
                 "the fast-path function call interface is not available in hold mode").encode()
                 + synthetic_ready(state.agent_status))
             return
-        frames = [i for i in cycle if isinstance(i, Frame)]
         if last.type == ord("Q"):
             msg = decode_frontend(last)
             assert isinstance(msg, Query)
             plan = plan_query(state, msg.sql)
         else:
-            if any(type(i) is bytes for i in cycle):  # stray CopyData outside COPY: forward as is
-                frames = [i if isinstance(i, Frame) else Frame(ord("d"), i) for i in cycle]
             plan = plan_extended(state, self.prepared, frames)
         if self.first_notices:
             self.client.write(self.first_notices)

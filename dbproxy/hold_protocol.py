@@ -39,6 +39,7 @@ from dbproxy.protocol.messages import (
     Describe,
     ErrorResponse,
     Execute,
+    Flush,
     NoticeResponse,
     Parse,
     Query,
@@ -266,13 +267,16 @@ def _injected(sql: str, action: Action = Action.SWALLOW, *, tag: str | None = No
     """A proxy statement over the extended protocol with its own named statement and portal,
     closed again, so the client's unnamed statement and portal are never touched."""
     bind = Bind(_PORTAL, _STMT, (), tuple(None if p is None else p.encode() for p in params))
-    out = b"".join((Parse(_STMT, sql).encode(), bind.encode(), Execute(_PORTAL).encode(),
-                    Close("P", _PORTAL).encode(), Close("S", _STMT).encode()))
-    steps = [Step(frozenset({T_PARSE_COMPLETE}), Action.SWALLOW),
-             Step(frozenset({T_BIND_COMPLETE}), Action.SWALLOW),
-             Step(_AFTER_EXECUTE, action, tag=tag, error=error, effects=effects, sql=sql_record),
+    # Closed first, not after: when the statement fails, the server skips everything up to Sync,
+    # a trailing Close included, and the next Parse of the same name would fail. Closing a name
+    # that does not exist is not an error.
+    out = b"".join((Close("P", _PORTAL).encode(), Close("S", _STMT).encode(), Parse(_STMT, sql).encode(),
+                    bind.encode(), Execute(_PORTAL).encode()))
+    steps = [Step(frozenset({T_CLOSE_COMPLETE}), Action.SWALLOW),
              Step(frozenset({T_CLOSE_COMPLETE}), Action.SWALLOW),
-             Step(frozenset({T_CLOSE_COMPLETE}), Action.SWALLOW)]
+             Step(frozenset({T_PARSE_COMPLETE}), Action.SWALLOW),
+             Step(frozenset({T_BIND_COMPLETE}), Action.SWALLOW),
+             Step(_AFTER_EXECUTE, action, tag=tag, error=error, effects=effects, sql=sql_record)]
     return out, steps
 
 
@@ -552,6 +556,9 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
         if skipping:
             for s in b.steps[start:]:
                 s.skipped = not s.final
+    if not isinstance(msgs[-1], Sync | Flush):
+        # Cut short by a Query that follows: the server sends nothing without a Sync or Flush.
+        b.out.append(Flush().encode())
     return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused)
 
 

@@ -318,6 +318,7 @@ class Journal:
         self._progress = asyncio.Condition()
         self._overflow_logged = 0.0
         self._writer: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -564,6 +565,8 @@ class Journal:
         if self._closed:
             raise JournalError("the journal is closed")
         target, drop_mark = self._recorded, self._drops
+        if not self._durable(target, drop_mark):
+            self._hurry.set()  # someone is waiting: no lingering
         async with self._progress:
             await self._progress.wait_for(lambda: self._durable(target, drop_mark))
 
@@ -587,8 +590,11 @@ class Journal:
                     if not self._buf and not self._lost:
                         self._wake.clear()
                         await self._wake.wait()
-                        # Let a burst gather: one batch instead of a round trip per statement.
-                        await asyncio.sleep(LINGER)
+                        # Let a burst gather: one batch instead of a round trip per statement
+                        # (unless `flush` is waiting).
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._hurry.wait(), LINGER)
+                        self._hurry.clear()
                         continue
                     self._batch = self._take_batch()
                 await self._write_batch(self._batch)
