@@ -6,6 +6,7 @@ and prints its password once, data survives a restart, SIGTERM stops everything 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -212,3 +213,47 @@ def test_serve_on_a_busy_port_exits_2(pg, tmp_path: Path):
     assert proc.returncode == 2
     assert f"cannot start on 127.0.0.1:{port}" in proc.stderr
     assert pg.password not in proc.stderr + proc.stdout
+
+
+def test_killed_proxy_loses_nothing_held_and_says_so(pg, tmp_path: Path):
+    """kill -9 with a transaction held: the upstream rolls it back (its connection is gone), the
+    next start journals it as rolled back by restart, and the agent's next session is told."""
+    data = tmp_path / "state"
+    env = {**os.environ, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret", "DBPROXY_MODE": "hold",
+           "DBPROXY_ADMIN_TOKEN": "t0ken"}
+    table = f"killed_{os.getpid()}"
+    with psycopg.connect(pg.url, autocommit=True) as direct:
+        direct.execute(f"create table {table} (v text)")
+        first = Served(data, env=env)
+        notices: list[str] = []
+        with psycopg.connect(f"postgresql://bot:bot-secret@127.0.0.1:{first.port}/postgres", autocommit=True) as c:
+            c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            c.execute(f"insert into {table} values ('held when killed')")
+            held = re.search(r"held for review as #(\d+)", " ".join(notices))
+            assert held, notices
+            first.proc.kill()
+            first.proc.communicate(timeout=30)
+        tx_id = held.group(1)
+        # The held transaction's backend sees its client gone and rolls back, releasing its locks.
+        locks = "select count(*) from pg_locks where relation = %s::regclass"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and direct.execute(locks, (table,)).fetchone()[0]:
+            time.sleep(0.1)
+        assert direct.execute(locks, (table,)).fetchone() == (0,)
+        assert direct.execute(f"select count(*) from {table}").fetchone() == (0,)
+        second = Served(data, env=env)
+        try:
+            shown = subprocess.run([*DBPROXY, "show", tx_id, "--json", "--data-dir", str(data), "--admin",
+                                    second.admin, "--admin-token", "t0ken"],
+                                   capture_output=True, text=True, timeout=60, check=False)
+            assert shown.returncode == 0, shown.stderr
+            record = json.loads(shown.stdout)["transaction"]
+            assert (record["outcome"], record["decided_by"]) == ("rolled back", "restart")
+            told: list[str] = []
+            with psycopg.connect(f"postgresql://bot:bot-secret@127.0.0.1:{second.port}/postgres") as c:
+                c.add_notice_handler(lambda d: told.append(d.message_primary or ""))
+                c.execute("select 1")
+            assert any(f"#{tx_id} was rolled back because the proxy restarted" in n for n in told), told
+        finally:
+            second.stop()
+            direct.execute(f"drop table {table}")

@@ -519,3 +519,26 @@ def test_agent_rollback_of_an_unheld_chain_is_journaled(hold_proxy: RunningProxy
     _, detail = api(hold_proxy, f"/v1/transactions/{mine[0]['id']}")
     assert [s["tag"] for s in detail["statements"]] == ["BEGIN", "DELETE 1", "ROLLBACK"]
     assert rows(direct, table) == [(1, "one"), (2, "two")]
+
+
+def test_lost_upstream_connection_fails_the_pending_transaction(hold_proxy: RunningProxy, table: str,
+                                                                direct: psycopg.Connection[Any]) -> None:
+    a = Agent(hold_proxy)
+    try:
+        a.conn.execute(f"insert into {table} values (97, 'lost')")
+        [tx_id] = a.held_ids()
+        pid = a.conn.info.backend_pid
+        direct.execute("select pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and tx_id in pending_ids(hold_proxy):
+            time.sleep(0.1)
+        assert tx_id not in pending_ids(hold_proxy)
+        status, body = decide(hold_proxy, tx_id, "commit")
+        assert status == 409 and "failed" in body["error"]
+        _, detail = api(hold_proxy, f"/v1/transactions/{tx_id}")
+        assert "connection was lost" in detail["transaction"]["reason"]
+        assert rows(direct, table) == [(1, "one"), (2, "two")]
+        with pytest.raises(psycopg.OperationalError):
+            a.conn.execute("select 1")  # the agent is told its session is gone
+    finally:
+        a.close()
