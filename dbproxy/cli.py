@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", help="postgresql://USER:PASS@HOST:PORT/DB (env DBPROXY_UPSTREAM)")
     s.add_argument("--listen", help="HOST:PORT for agents (default 127.0.0.1:6432)")
     s.add_argument("--admin", help="HOST:PORT for the review API (default 127.0.0.1:6433)")
+    s.add_argument("--admin-token", dest="admin_token",
+                   help="bearer token for the review API (default: generated into DATA_DIR/admin-token)")
     s.add_argument("--agent", action="append", metavar="NAME=PASSWORD", help="agent identity (repeatable)")
     s.add_argument("--agent-auth", dest="agent_auth", choices=["scram-sha-256", "password"])
     s.add_argument("--tls-cert", dest="tls_cert", type=Path, help="PEM certificate for client TLS")
