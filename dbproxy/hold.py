@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, Frame, Frame
 from dbproxy.protocol.messages import CopyFail, ErrorResponse, NoticeResponse, Query, decode_frontend
 from dbproxy.review_models import StatementRecord
 from dbproxy.tags import tag_rows, wrote_by_tag
+from dbproxy.upstream import send_cancel
 
 if TYPE_CHECKING:
     from dbproxy.pending import PendingRegistry
@@ -90,7 +90,6 @@ class HeldConnection:
         self.started_at: datetime | None = None
         self.held_at: datetime | None = None
         self.held_monotonic = 0.0
-        self.busy_since: float | None = None
 
     # -- upstream I/O -----------------------------------------------------------------------
 
@@ -140,7 +139,6 @@ class HeldConnection:
         saved_sink = self.sink
         self.sink = sink
         self.router = router
-        self.busy_since = time.monotonic()
         try:
             first = router.start()
             if first and sink is not None:
@@ -155,7 +153,6 @@ class HeldConnection:
         finally:
             self.router = None
             self._waiter = None
-            self.busy_since = None
             self.sink = saved_sink
         return router
 
@@ -164,8 +161,6 @@ class HeldConnection:
         return await self.run(injected_script(list(sqls)), to_client=False)
 
     async def cancel(self) -> None:
-        from dbproxy.upstream import send_cancel
-
         await send_cancel(self.registry.target_for(self.database), self.backend_pid, self.upstream_secret)
 
     def close(self) -> None:

@@ -151,10 +151,7 @@ def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None
                                   f"dbproxy refused this statement: {c.non_transactional}, so it "
                                   "could not be held for review",
                                   hint="Ask a person to run it directly on the database.")
-    if read_only_agent and not c.read_only and c.tx is None and c.kind is not Kind.SESSION:
-        return ErrorResponse.make(SQLSTATE.READ_ONLY_SQL_TRANSACTION,
-                                  "this agent is read-only: dbproxy refused a statement that may write")
-    if read_only_agent and c.kind is Kind.SESSION and not c.read_only:
+    if read_only_agent and not c.read_only and c.tx is None:
         return ErrorResponse.make(SQLSTATE.READ_ONLY_SQL_TRANSACTION,
                                   "this agent is read-only: dbproxy refused a statement that may write")
     return None
@@ -224,9 +221,8 @@ class Effect(enum.Enum):
     TX_BEGIN_EXPLICIT = 4
     TX_COMMIT = 5  # the agent's transaction ended with COMMIT (released into the chain)
     TX_ROLLBACK = 6
-    TX_CONTINUE = 7  # AND CHAIN: a new agent transaction right after
-    WROTE = 8
-    NOTIFY = 9  # a notification is queued: delivered at COMMIT, though no transaction id is taken
+    WROTE = 7
+    NOTIFY = 8  # a notification is queued: delivered at COMMIT, though no transaction id is taken
 
 
 @dataclass(slots=True)
@@ -356,8 +352,8 @@ class _Builder:
         sim = self.sim
         if commit and not sim.failed:
             self.guard()
-            effects = (Effect.TX_COMMIT,) + ((Effect.TX_CONTINUE,) if chain_after else ())
-            self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag=tag, effects=effects, record=tag)
+            self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag=tag, effects=(Effect.TX_COMMIT,),
+                      record=tag)
             self.committed = True
             sim.agent_tx = AgentTx.NONE
         elif sim.held == 0:
@@ -502,9 +498,9 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
     msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
     if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
-            and isinstance(msgs[-1], Sync) and _all_read_only(state, prepared, msgs):
+            and isinstance(msgs[-1], Sync) and (after := _read_only_cycle(state, prepared, msgs)) is not None:
         # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
-        _track(prepared, msgs)
+        prepared.statements, prepared.portals = after.statements, after.portals
         return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
     b = _Builder(state, simple=False)
     if b.sim.chain and not state.error_pending:
@@ -562,32 +558,33 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused)
 
 
-def _all_read_only(state: HoldState, prepared: PreparedStatements, msgs: list[object]) -> bool:
-    names = dict(prepared.statements)
-    portals = dict(prepared.portals)
+def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
+                     msgs: list[object]) -> PreparedStatements | None:
+    """The statement and portal names after `msgs` when every statement they parse or run is
+    read-only and allowed (the cycle may pass through untouched), else None."""
+    trial = PreparedStatements(dict(prepared.statements), dict(prepared.portals))
     for m in msgs:
+        _track(trial, m)
         if isinstance(m, Parse):
-            c = classify_cached(m.sql)
-            if not c.read_only or c.tx is not None or refusal(c, read_only_agent=state.read_only_agent):
-                return False
-            names[m.name] = c
-        elif isinstance(m, Bind):
-            portals[m.portal] = names.get(m.statement, _UNKNOWN_PORTAL)
+            c = trial.statements[m.name]
+            if c is not None and refusal(c, read_only_agent=state.read_only_agent) is not None:
+                return None
         elif isinstance(m, Execute):
-            c = portals.get(m.portal, _UNKNOWN_PORTAL)
-            if c is None or not c.read_only or c.tx is not None:
-                return False
-    return True
+            c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
+        else:
+            continue
+        if c is None or not c.read_only or c.tx is not None:
+            return None
+    return trial
 
 
-def _track(prepared: PreparedStatements, msgs: list[object]) -> None:
-    for m in msgs:
-        if isinstance(m, Parse):
-            prepared.statements[m.name] = classify_cached(m.sql)
-        elif isinstance(m, Bind):
-            prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
-        elif isinstance(m, Close):
-            (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
+def _track(prepared: PreparedStatements, m: object) -> None:
+    if isinstance(m, Parse):
+        prepared.statements[m.name] = classify_cached(m.sql)
+    elif isinstance(m, Bind):
+        prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+    elif isinstance(m, Close):
+        (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,7 +626,7 @@ class Router:
     def start(self) -> bytes:
         """Synthetic answers due before any upstream answer (a plan may have no upstream part)."""
         out: list[bytes] = []
-        self._advance(out, finished=False)
+        self._advance(out)
         return b"".join(out)
 
     @property
@@ -674,7 +671,7 @@ class Router:
             return
         if t == T_READY and not step.final and t in step.terminal:
             self.i += 1  # the end of a query string the proxy sent ahead of the client's
-            self._advance(out, finished=False)
+            self._advance(out)
             return
         if t == T_READY:
             self.ready_status = chr(f.raw[5])
@@ -700,7 +697,7 @@ class Router:
             while self.i < len(steps) and not steps[self.i].final and T_READY not in steps[self.i].terminal:
                 steps[self.i].skipped = True
                 self.i += 1
-            self._advance(out, finished=True)
+            self._advance(out)
             return
         if t == T_NOTICE:
             if step.action is not Action.SWALLOW and step.action is not Action.CAPTURE:
@@ -738,13 +735,13 @@ class Router:
                 self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag))
             self._apply(step)
             self.i += 1
-            self._advance(out, finished=False)
+            self._advance(out)
             return
         # Non-terminal answers of the current step (RowDescription, ParameterDescription, CopyIn...).
         if step.action in (Action.FORWARD, Action.RETAG):
             out.append(f.raw)
 
-    def _advance(self, out: list[bytes], *, finished: bool) -> None:
+    def _advance(self, out: list[bytes]) -> None:
         """Emit synthetic steps now due, and skip steps the upstream will not answer."""
         steps = self.plan.steps
         while self.i < len(steps):

@@ -425,16 +425,21 @@ class Journal:
 
     # -- transactions -------------------------------------------------------------------------
 
-    async def start(self, *, agent: str, session: int, database: str, mode: str, backend_pid: int | None) -> int:
-        """Record a new transaction (outcome 'open'); returns its id. One round trip."""
+    async def start(self, *, agent: str, session: int, database: str, mode: str, backend_pid: int | None,
+                    pending_xid: int | None = None, pending: bool = False) -> int:
+        """Record a new transaction; returns its id. One round trip. Its outcome is 'open', or with
+        `pending` 'pending' at once (held_at now, `pending_xid`, one agent transaction): a hold
+        needs no second round trip."""
         if mode not in _MODES:
             raise ValueError(f"unknown mode {mode!r}")
         return await self._call(
             "start",
             lambda con: con.fetchval(
-                "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, outcome) "
-                "VALUES ($1, $2, $3, $4, $5, $6, 'open') RETURNING id",
-                self.instance, agent, session, database, mode, backend_pid),
+                "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, outcome, "
+                "xid, held_at, agent_transactions) VALUES ($1, $2, $3, $4, $5, $6, "
+                "CASE WHEN $7 THEN 'pending' ELSE 'open' END, $8, CASE WHEN $7 THEN now() END, "
+                "CASE WHEN $7 THEN 1 ELSE 0 END) RETURNING id",
+                self.instance, agent, session, database, mode, backend_pid, pending, pending_xid),
             idempotent=False)
 
     async def insert_finished(self, txs: list[FinishedTransaction]) -> list[int]:

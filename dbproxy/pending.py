@@ -25,6 +25,7 @@ import asyncpg
 
 from dbproxy import diff, log
 from dbproxy.endpoint import ConnectionClosed
+from dbproxy.hold import notice
 from dbproxy.hold_protocol import AgentTx
 from dbproxy.journal import LINGER, FinishedTransaction, Journal
 from dbproxy.protocol.errors import SQLState
@@ -97,13 +98,13 @@ class PendingRegistry:
     async def hold(self, held: HeldConnection) -> int:
         """A chain's first agent transaction was committed by the agent: it becomes pending."""
         tx_id = await self.journal.start(agent=held.agent, session=held.session_id, database=held.database,
-                                         mode=held.mode, backend_pid=held.backend_pid)
+                                         mode=held.mode, backend_pid=held.backend_pid, pending=True,
+                                         pending_xid=held.xid)
         held.id = tx_id
         held.held_at = datetime.now(UTC)
         held.held_monotonic = time.monotonic()
         for rec in held.statements:
             self.journal_statement(tx_id, rec)
-        await self.journal.update(tx_id, outcome="pending", xid=held.xid, held=True, agent_transactions=1)
         self.live[tx_id] = held
         log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
         return tx_id
@@ -379,8 +380,6 @@ class PendingRegistry:
             await conn.close()
 
     def _tell_agent(self, held: HeldConnection, message: str) -> None:
-        from dbproxy.hold import notice
-
         if held.sink is not None and held.session is not None:
             held.sink(notice(message))
 
