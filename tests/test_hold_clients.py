@@ -4,7 +4,11 @@ Every write test runs twice (`decision`): before the reviewer decides, a second 
 connection sees nothing while the agent sees its own writes; after a commit through the review
 API the direct connection sees everything, after a rollback nothing. Read-only work is never
 held, and NOTIFY is delivered only when the reviewer commits.
+
+The `review` and `table` fixtures are the escape tests' own, imported (hence F811: pytest passes
+fixtures as arguments of the same name).
 """
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import io
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,30 +34,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from tests.conftest import Postgres, RunningProxy, run_tool
 from tests.test_hold_escapes import INITIAL, Review, agent, agent_ids, direct
 
+# isort: split
+from tests.test_hold_escapes import review, table  # noqa: F401
+
 ROWS = [(1, "a"), (2, "b"), (3, "c")]
 DECISIONS = pytest.mark.parametrize("decision", ["commit", "rollback"])
-
-
-@pytest.fixture
-def review(hold_proxy: RunningProxy) -> Iterator[Review]:
-    r = Review(hold_proxy)
-    try:
-        yield r
-    finally:
-        r.release_all()
-
-
-@pytest.fixture
-def table(pg: Postgres, unique_name: str, review: Review) -> Iterator[str]:
-    """A fresh table (id int primary key, v text) with rows 1, 2, 3, created directly."""
-    direct(pg, f"DROP TABLE IF EXISTS {unique_name}")
-    direct(pg, f"CREATE TABLE {unique_name} (id int PRIMARY KEY, v text)")
-    direct(pg, f"INSERT INTO {unique_name} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
-    try:
-        yield unique_name
-    finally:
-        review.release_all()  # before the DROP: a held transaction would block it
-        direct(pg, f"DROP TABLE IF EXISTS {unique_name}")
 
 
 def rows(pg: Postgres, table: str) -> list[tuple[int, str | None]]:
