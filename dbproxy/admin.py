@@ -12,6 +12,8 @@ rollback|log` commands (`dbproxy.review_cli`) and any other tool a reviewer like
     GET  /v1/transactions/{id}              TransactionDetail     statements, row diff, blocked sessions
     POST /v1/transactions/{id}/commit       Decision              body {"reviewer": NAME}, optional
     POST /v1/transactions/{id}/rollback     Decision
+    POST /v1/transactions/{id}/undo         UndoOutcome           body {"reviewer", "force", "dry_run", "since"}
+    POST /v1/transactions/{id}/redo         UndoOutcome           body {"reviewer", "force", "dry_run"}
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
 
 Bodies are the pydantic models of `dbproxy.review_models` as `model_dump(mode="json")`. Every
@@ -44,7 +46,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from dbproxy import log
 from dbproxy.review import ReviewError, ReviewService
-from dbproxy.review_models import Decision, Outcome, TransactionDetail, TransactionRecord
+from dbproxy.review_models import Decision, Outcome, TransactionDetail, TransactionRecord, UndoOutcome, UndoRequest
 
 TOKEN_FILE = "admin-token"
 REVIEWER_HEADER = "X-Dbproxy-Reviewer"
@@ -227,6 +229,8 @@ class AdminServer:
         app.router.add_get("/v1/transactions/{id}", self._show)
         app.router.add_post("/v1/transactions/{id}/commit", self._commit)
         app.router.add_post("/v1/transactions/{id}/rollback", self._rollback)
+        app.router.add_post("/v1/transactions/{id}/undo", self._undo)
+        app.router.add_post("/v1/transactions/{id}/redo", self._redo)
         app.router.add_get("/openapi.json", self._openapi)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
@@ -336,6 +340,36 @@ class AdminServer:
                   remote=request.remote, sqlstate=decision.sqlstate)
         return _json(decision.model_dump(mode="json"))
 
+    async def _undo(self, request: web.Request) -> web.Response:
+        return await self._undo_redo(request, "undo")
+
+    async def _redo(self, request: web.Request) -> web.Response:
+        return await self._undo_redo(request, "redo")
+
+    async def _undo_redo(self, request: web.Request, action: str) -> web.Response:
+        tx_id = _parse_id(request)
+        raw = await request.read()
+        try:
+            body = UndoRequest.model_validate_json(raw) if raw.strip() else UndoRequest()
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+                                 for err in e.errors())
+            raise _BadRequest(f"bad {action} request ({problems})") from None
+        if body.since and action == "redo":
+            raise _BadRequest("redo takes one transaction at a time (no since)")
+        header = request.headers.get(REVIEWER_HEADER)
+        reviewer = (_clean_reviewer(body.reviewer, source="reviewer") if body.reviewer is not None
+                    else _clean_reviewer(header, source=f"the {REVIEWER_HEADER} header") if header is not None
+                    else DEFAULT_REVIEWER)
+        if action == "undo":
+            call = self._service.undo(tx_id, reviewer, force=body.force, dry_run=body.dry_run, since=body.since)
+        else:
+            call = self._service.redo(tx_id, reviewer, force=body.force, dry_run=body.dry_run)
+        outcome = await asyncio.shield(call)
+        log.event("admin.undo", id=tx_id, action=action, reviewer=reviewer, applied=outcome.applied,
+                  dry_run=body.dry_run, force=body.force, conflicts=len(outcome.conflicts), remote=request.remote)
+        return _json(outcome.model_dump(mode="json"))
+
     async def _reviewer(self, request: web.Request) -> str:
         raw = await request.read()
         body = DecisionRequest()
@@ -415,6 +449,17 @@ def openapi_document() -> dict[str, Any]:
             }
         }
 
+    def undo_redo(action: str, summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": action, "summary": summary, "parameters": [id_param],
+                "requestBody": {"required": False,
+                                "content": {"application/json": {"schema": ref(UndoRequest, "validation")}}},
+                "responses": {"200": body(ref(UndoOutcome), "what was applied, or the conflicts (nothing applied)"),
+                              **errors(400, 404, 409, 502)},
+            }
+        }
+
     paths: dict[str, Any] = {
         "/v1/health": {
             "get": {
@@ -452,6 +497,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/transactions/{id}/commit": decision("commit", "Commit"),
         "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
+        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed in undo mode (or a range)"),
+        "/v1/transactions/{id}/redo": undo_redo("redo", "Apply an undone transaction again"),
         "/openapi.json": {
             "get": {
                 "operationId": "openapi", "summary": "this document",

@@ -109,8 +109,6 @@ class AgentRegistry:
                 verifier = reg.agents[name].verifier
             else:
                 raise ValueError(f"agent {name!r} has neither a password nor a verifier")
-            if cfg.mode == "undo":
-                raise ValueError(f"agent {name!r}: undo mode is not available yet; use hold, passthrough or read-only")
             reg.agents[name] = Agent(name, verifier, tuple(cfg.databases), cfg.mode)
         return reg
 

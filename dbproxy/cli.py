@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (add, lst, rm):
         common(sp)
 
+    for name, what in (("install", "prepare the upstream database for undo mode (capture triggers, event triggers)"),
+                       ("uninstall", "remove everything `install` put into the upstream database")):
+        ip = sub.add_parser(name, help=what, description=what)
+        ip.add_argument("--upstream", help="postgresql:// URL of a role that owns the tables (env DBPROXY_UPSTREAM)")
+        common(ip)
+
     review_cli.add_parsers(sub, common)
 
     sub.add_parser("version", help="print the version")
@@ -90,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "agent":
         return _agent(args, settings)
+    if args.command in ("install", "uninstall"):
+        return asyncio.run(_install(args.command, settings))
     log.setup(settings.log_level, settings.log_format)
     from dbproxy.server import serve
 
@@ -99,6 +107,31 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(serve(settings))
     except ImportError:
         return asyncio.run(serve(settings))
+
+
+async def _install(command: str, settings: Settings) -> int:
+    import asyncpg
+
+    from dbproxy.install import install, uninstall
+
+    if settings.upstream is None:
+        print("dbproxy: give --upstream (or DBPROXY_UPSTREAM); on the embedded default, "
+              "`dbproxy serve --mode undo` installs capture itself", file=sys.stderr)
+        return 2
+    try:
+        con = await asyncpg.connect(settings.upstream.get_secret_value(), timeout=30)
+    except (OSError, asyncpg.PostgresError) as e:
+        print(f"dbproxy: cannot connect to the upstream: {e}", file=sys.stderr)
+        return 2
+    try:
+        lines = (await install(con)).lines() if command == "install" else await uninstall(con)
+    except asyncpg.PostgresError as e:
+        print(f"dbproxy: {command} failed ({e.sqlstate}): {e}", file=sys.stderr)
+        return 1
+    finally:
+        await con.close()
+    print("\n".join(lines))
+    return 0
 
 
 def _agent(args: argparse.Namespace, settings: Settings) -> int:

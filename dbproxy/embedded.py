@@ -42,6 +42,10 @@ class EmbeddedPostgres:
         return (f"postgresql://{AGENT_ROLE}:{pw}@/postgres?host={quote(str(self.cluster.socket_dir))}"
                 f"&port={self.cluster.port}")
 
+    def superuser_url(self) -> str:
+        """For setting the cluster up (the agents' role, `dbproxy install`), never for agents."""
+        return self.cluster.url()
+
     def _ensure_role(self) -> None:
         if not self.role_password_file.exists():
             fd = os.open(self.role_password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

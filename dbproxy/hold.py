@@ -15,14 +15,16 @@ transaction state. All protocol decisions are in `hold_protocol`; this module on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from dbproxy import log
+from dbproxy import log, undo_commit
 from dbproxy.endpoint import ConnectionClosed, Endpoint
 from dbproxy.hold_protocol import (
+    CAPTURE_LIMIT,
     AgentTx,
     HoldState,
     Plan,
@@ -87,6 +89,7 @@ class HeldConnection:
         self.id: int | None = None
         self.xid: int | None = None
         self.statements: list[StatementRecord] = []
+        self.undo: dict[str, object] | None = None  # undo mode: the inverse and why it was not enough
         self.started_at: datetime | None = None
         self.held_at: datetime | None = None
         self.held_monotonic = 0.0
@@ -194,7 +197,7 @@ class HeldConnection:
         st = self.state
         st.chain, st.held, st.agent_tx, st.failed, st.wrote, st.tx_no = False, 0, AgentTx.NONE, False, False, 0
         st.error_pending = False
-        self.id, self.xid, self.statements = None, None, []
+        self.id, self.xid, self.statements, self.undo = None, None, [], None
         self.started_at = self.held_at = None
 
     @property
@@ -417,6 +420,8 @@ class HoldSession:
         if not state.chain:
             return b""
         if state.held == 0:
+            if held.mode == "undo":
+                return await self._commit_with_undo(router)
             xid = router.captured[-1] if router.captured else None
             if xid is None and not router.notified:
                 if state.agent_tx is AgentTx.NONE:
@@ -426,25 +431,78 @@ class HoldSession:
                         return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
                 return b""
             held.xid = int(xid) if xid is not None else None
-            try:
-                tx_id = await held.registry.hold(held)
-            except Exception as e:
-                log.event("hold.journal_failed", session=self.session.id, reason=str(e), level=logging.ERROR)
-                await held.inject("ROLLBACK")
-                held.reset_chain()
-                return ErrorResponse.make(
-                    "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
-                    detail=str(e)).encode()
-            state.held = max(1, router.committed_writes)
-            return notice(f"dbproxy: transaction held for review as #{tx_id}",
-                          detail="Nothing is committed until a reviewer decides; later transactions of this "
-                          "session join it and see its changes.",
-                          hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
+            return await self._hold(router)
         if router.committed_writes:
             state.held += router.committed_writes
             held.registry.chain_grew(held)
             return notice(f"dbproxy: transaction held for review as #{held.id} "
                           f"({state.held} agent transactions held together)")
+        return b""
+
+    async def _hold(self, router: Router, *, why: list[str] | None = None, undo: str | None = None) -> bytes:
+        """The chain's first agent transaction becomes pending, for a reviewer (`why`: the
+        reasons undo mode could not commit it)."""
+        held = self.held
+        try:
+            tx_id = await held.registry.hold(held, undo=undo)
+        except Exception as e:
+            log.event("hold.journal_failed", session=self.session.id, reason=str(e), level=logging.ERROR)
+            await held.inject("ROLLBACK")
+            held.reset_chain()
+            return ErrorResponse.make(
+                "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
+                detail=str(e)).encode()
+        held.state.held = max(1, router.committed_writes)
+        if why:
+            return notice(f"dbproxy: transaction held for review as #{tx_id} because it cannot be undone exactly",
+                          detail="; ".join(why) + ". Nothing is committed until a reviewer decides; later "
+                          "transactions of this session join it and see its changes.",
+                          hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
+        return notice(f"dbproxy: transaction held for review as #{tx_id}",
+                      detail="Nothing is committed until a reviewer decides; later transactions of this "
+                      "session join it and see its changes.",
+                      hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
+
+    async def _commit_with_undo(self, router: Router) -> bytes:
+        """Undo mode: commit the agent's transaction with its inverse, or hold it (`undo_commit`)."""
+        held = self.held
+        state = held.state
+        xid_text = (router.captured[-2] if len(router.captured) >= 2 else None) if state.capture \
+            else (router.captured[-1] if router.captured else None)
+        if xid_text is None and not router.notified:
+            if state.agent_tx is AgentTx.NONE:
+                r = await held.inject("COMMIT")  # nothing was written: nothing to undo
+                held.reset_chain()
+                if r.error is not None:
+                    return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
+            return b""
+        held.xid = int(xid_text) if xid_text is not None else None
+        if held.xid is None:
+            return await self._hold(router, why=["NOTIFY cannot be taken back once delivered"])
+        if not state.capture:
+            return await self._hold(router, why=[f"capture is not installed in database {held.database} "
+                                                 "(run `dbproxy install`)"])
+        if state.agent_tx is not AgentTx.NONE:
+            # COMMIT AND CHAIN: the next agent transaction already runs in this upstream one.
+            return await self._hold(router, why=["COMMIT AND CHAIN keeps the transaction open"])
+        registry = held.registry
+        decision = await undo_commit.decide(held, held.xid, router.rows[-1] if router.rows else [],
+                                            registry.tables, CAPTURE_LIMIT)
+        if not decision.reversible:
+            log.event("undo.irreversible", session=self.session.id, reasons=decision.plan.irreversible)
+            return await self._hold(router, why=decision.plan.irreversible, undo=decision.journal_json())
+        r = await held.inject((undo_commit.MARK_SQL, [str(held.xid), held.agent, str(held.session_id),
+                                                     str(decision.plan.changes)]), "COMMIT")
+        if r.error is not None:
+            if state.chain:
+                with contextlib.suppress(ConnectionClosed):
+                    await held.inject("ROLLBACK")
+            held.reset_chain()
+            return ErrorResponse.make(r.error.sqlstate, r.error.message,
+                                      detail="dbproxy: the transaction was not committed").encode()
+        registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
+                                  undo=decision.journal_json())
+        held.reset_chain()
         return b""
 
     async def detach(self) -> bool:

@@ -48,6 +48,7 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.classify import Classification, Kind, classify, split_statements
+from inverse.images import CAPTURE_COLUMNS
 from inverse.lexer import lex
 
 SAVEPOINT = "dbproxy_tx"
@@ -58,17 +59,24 @@ _PORTAL = "dbproxy_portal"
 #: classifier cannot see), else returns the chain's transaction id. The division is not constant,
 #: so PostgreSQL cannot fold it into an error at plan time.
 _GUARD_SQL = ("SELECT CASE WHEN pg_catalog.current_setting('session_replication_role') <> 'origin' "
-              "OR current_user <> session_user{login} THEN (0 / (pg_catalog.pg_backend_pid() * 0))::text "
+              "OR current_user <> session_user{login}{capture} THEN (0 / (pg_catalog.pg_backend_pid() * 0))::text "
               "ELSE pg_catalog.txid_current_if_assigned()::text END")
+#: Undo mode: capture must still be on (a function could have turned it off and left it off).
+_CAPTURE_ON = " OR pg_catalog.current_setting('dbproxy.capture', true) IS DISTINCT FROM 'on'"
 _GUARD_ERROR = ErrorResponse.make(
-    "42501", "dbproxy refused to keep this transaction: it changed the session's role or "
-    "session_replication_role, which would bypass the checks of held transactions",
+    "42501", "dbproxy refused to keep this transaction: it changed the session's role, "
+    "session_replication_role or dbproxy.capture, which would bypass the checks of held transactions",
     detail="Such changes can hide in functions and DO blocks. The transaction was not committed.")
+#: Undo mode, after the guard: the transaction's captured changes (a bounded number; more means
+#: the inverse is built from the log when needed, see `dbproxy.hold`).
+CAPTURE_LIMIT = 1000
+CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
+                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
 
 
-def guard_sql(login_role: str) -> str:
+def guard_sql(login_role: str, *, capture: bool = False) -> str:
     login = f" OR session_user <> '{login_role.replace(chr(39), chr(39) * 2)}'" if login_role else ""
-    return _GUARD_SQL.format(login=login)
+    return _GUARD_SQL.format(login=login, capture=_CAPTURE_ON if capture else "")
 
 T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
@@ -198,6 +206,7 @@ class HoldState:
     error_pending: bool = False  # an error in a Flush-ended cycle: upstream skips to the next Sync
     read_only_agent: bool = False
     login_role: str = ""  # the proxy's upstream role, which the session must keep
+    capture: bool = False  # undo mode with capture installed: fetch the changes at each COMMIT
 
     @property
     def agent_status(self) -> str:
@@ -439,8 +448,11 @@ class _Builder:
                                            "two-phase commit is not available to agents"), c.sql)
 
     def guard(self) -> None:
-        """Check the agent's transaction before it joins the chain; captures the xid (see _GUARD_SQL)."""
-        self.stmt(guard_sql(self.sim.login_role), Action.CAPTURE, error=_GUARD_ERROR)
+        """Check the agent's transaction before it joins the chain; captures the xid (see _GUARD_SQL)
+        and, in undo mode while nothing is held, the transaction's captured changes."""
+        self.stmt(guard_sql(self.sim.login_role, capture=self.sim.capture), Action.CAPTURE, error=_GUARD_ERROR)
+        if self.sim.capture and self.sim.held == 0:
+            self.stmt(CAPTURE_FETCH_SQL, Action.CAPTURE)
 
     def finish_implicit(self) -> None:
         """End of a simple query or Sync: an implicit agent transaction commits (into the chain)."""

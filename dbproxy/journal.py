@@ -39,7 +39,7 @@ import asyncpg
 from dbproxy.log import event
 from dbproxy.review_models import FINAL_OUTCOMES, Mode, Outcome, StatementRecord, TransactionRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COMPONENT = "journal"
 #: Key of the advisory lock held while creating or migrating the schema.
 _SCHEMA_LOCK = 0x6462_7078_6A6E_6C31  # "dbpxjnl1"
@@ -123,8 +123,10 @@ CREATE TABLE IF NOT EXISTS dbproxy.statements (
 
 _TX_COLUMNS = (
     "id, agent, session, database, mode, backend_pid, xid, started_at, held_at, ended_at, outcome, "
-    "decided_by, reason, statements, statements_lost, agent_transactions"
+    "decided_by, reason, statements, statements_lost, agent_transactions, undo::text AS undo"
 )
+#: Version 2 (undo mode): the inverse, its verification and undo/redo history, as JSON.
+_DDL_V2 = "ALTER TABLE dbproxy.transactions ADD COLUMN IF NOT EXISTS undo jsonb;"
 
 # One round trip per batch: insert the statements (a retried batch skips rows already there) and
 # bump the per-transaction statement and lost counters.
@@ -166,6 +168,8 @@ class FinishedTransaction(NamedTuple):
     ended_at: datetime
     outcome: str
     agent_transactions: int
+    xid: int | None = None
+    undo: str | None = None  # JSON text (undo mode: the inverse)
 
 
 class JournalError(Exception):
@@ -388,10 +392,15 @@ class Journal:
                     f"only up to {SCHEMA_VERSION} (upgrade dbproxy)")
             if version is None:
                 await con.execute(_DDL_V1)
+                await con.execute(_DDL_V2)
                 await con.execute("INSERT INTO dbproxy.schema_version (component, version) VALUES ($1, $2)",
                                   COMPONENT, SCHEMA_VERSION)
                 event("journal_schema_created", database=self.display, version=SCHEMA_VERSION)
-            # Later versions: `if version < 2: migrate...; UPDATE dbproxy.schema_version ...`.
+            elif version < 2:
+                await con.execute(_DDL_V2)
+                await con.execute("UPDATE dbproxy.schema_version SET version = $2, updated_at = now() "
+                                  "WHERE component = $1", COMPONENT, SCHEMA_VERSION)
+                event("journal_schema_migrated", database=self.display, version=SCHEMA_VERSION)
 
     async def close(self, grace: float = 5.0) -> None:
         """Write what is buffered (waiting at most `grace` seconds), mark this instance stopped
@@ -451,20 +460,21 @@ class Journal:
             if t.mode not in _MODES or t.outcome not in FINAL_OUTCOMES:
                 raise ValueError(f"bad finished transaction {t!r}")
         cols = list(zip(*((t.agent, t.session, t.database, t.mode, t.backend_pid, t.started_at, t.ended_at,
-                           t.outcome, t.agent_transactions) for t in txs), strict=True))
+                           t.outcome, t.agent_transactions, t.xid, t.undo) for t in txs), strict=True))
         ids = await self._call("insert_finished", lambda con: con.fetch(
             "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, started_at, "
-            "ended_at, outcome, decided_by, agent_transactions) "
-            "SELECT $1, a, s, d, m, p, st, en, o, 'agent', n FROM unnest($2::text[], $3::bigint[], $4::text[], "
-            "$5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[]) "
-            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, ord) ORDER BY ord RETURNING id",
+            "ended_at, outcome, decided_by, agent_transactions, xid, undo) "
+            "SELECT $1, a, s, d, m, p, st, en, o, 'agent', n, x, j::jsonb FROM unnest($2::text[], $3::bigint[], "
+            "$4::text[], $5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
+            "$11::bigint[], $12::text[]) "
+            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, ord) ORDER BY ord RETURNING id",
             self.instance, *(list(c) for c in cols)), idempotent=False)
         # Ids come from one sequence in row order, so sorted ids line up with `txs`.
         return sorted(r["id"] for r in ids)
 
     async def update(self, tx_id: int, *, outcome: str | None = None, xid: int | None = None, held: bool = False,
                      decided_by: str | None = None, reason: str | None = None,
-                     agent_transactions: int | None = None) -> bool:
+                     agent_transactions: int | None = None, undo: str | None = None) -> bool:
         """Change a transaction. Fields left None are kept. `held` sets held_at (once); a final
         outcome sets ended_at. Returns False, changing nothing, when an outcome is given but the
         transaction already has a final one. Raises JournalError for an unknown id."""
@@ -491,6 +501,9 @@ class Journal:
             put("reason", reason)
         if agent_transactions is not None:
             put("agent_transactions", agent_transactions)
+        if undo is not None:
+            args.append(undo)
+            sets.append(f"undo = ${len(args)}::jsonb")
         guard = ""
         if outcome is not None:
             guard = " AND outcome NOT IN (" + ", ".join(f"'{o}'" for o in sorted(FINAL_OUTCOMES)) + ")"
@@ -829,6 +842,14 @@ class Journal:
                + (" WHERE " + " AND ".join(where) if where else "")
                + f" ORDER BY id DESC LIMIT ${len(args)}")
         rows = await self._call("list", lambda con: con.fetch(sql, *args))
+        return [TransactionRecord(**dict(r)) for r in rows]
+
+    async def undoable_since(self, tx_id: int) -> list[TransactionRecord]:
+        """Transactions committed with an undo from `tx_id` on, newest first (whether they were
+        undone already is known upstream, in `dbproxy.undo_records`)."""
+        rows = await self._call("undoable_since", lambda con: con.fetch(
+            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 AND mode = 'undo' "
+            "AND outcome = 'committed' AND xid IS NOT NULL AND undo ? 'direction' ORDER BY id DESC", tx_id))
         return [TransactionRecord(**dict(r)) for r in rows]
 
     # -- plumbing -----------------------------------------------------------------------------

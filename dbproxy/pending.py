@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from dbproxy import diff, log
+from dbproxy import diff, log, undo_service
 from dbproxy.endpoint import ConnectionClosed
 from dbproxy.hold import notice
 from dbproxy.hold_protocol import AgentTx
+from dbproxy.install import installed_version
 from dbproxy.journal import LINGER, FinishedTransaction, Journal
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import ReviewError
@@ -36,7 +38,9 @@ from dbproxy.review_models import (
     TableDiff,
     TransactionDetail,
     TransactionRecord,
+    UndoOutcome,
 )
+from dbproxy.undo_commit import TableCache
 
 if TYPE_CHECKING:
     from dbproxy.hold import HeldConnection
@@ -58,6 +62,8 @@ class PendingRegistry:
         self.dsn_for = dsn_for
         self.hold_timeout = hold_timeout
         self.diff_rows = diff_rows
+        self.tables = TableCache()  # undo mode: catalog facts per database
+        self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
@@ -95,11 +101,15 @@ class PendingRegistry:
 
     # -- called by hold sessions ----------------------------------------------------------------
 
-    async def hold(self, held: HeldConnection) -> int:
-        """A chain's first agent transaction was committed by the agent: it becomes pending."""
+    async def hold(self, held: HeldConnection, *, undo: str | None = None) -> int:
+        """A chain's first agent transaction was committed by the agent: it becomes pending.
+        `undo`: in undo mode, the inverse and why it was not enough (JSON), for the reviewer."""
         tx_id = await self.journal.start(agent=held.agent, session=held.session_id, database=held.database,
                                          mode=held.mode, backend_pid=held.backend_pid, pending=True,
                                          pending_xid=held.xid)
+        if undo is not None:
+            held.undo = json.loads(undo)
+            await self._quiet_update(tx_id, undo=undo)
         held.id = tx_id
         held.held_at = datetime.now(UTC)
         held.held_monotonic = time.monotonic()
@@ -109,13 +119,33 @@ class PendingRegistry:
         log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
         return tx_id
 
-    def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str) -> None:
-        """A hold-mode chain that was never held (the agent rolled it back) is journaled too."""
+    async def capture_ready(self, database: str) -> bool:
+        """Is `dbproxy install` done in `database`? (Asked once per database until it is.)"""
+        if self._capture.get(database):
+            return True
+        try:
+            conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
+            try:
+                ready = await installed_version(conn) is not None
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError) as e:
+            log.event("undo.capture_check_failed", database=database, reason=str(e), level=logging.WARNING)
+            ready = False
+        self._capture[database] = ready
+        return ready
+
+    def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str, *,
+                         xid: int | None = None, undo: str | None = None) -> None:
+        """A chain that was never held (the agent rolled it back, or undo mode committed it with
+        its inverse) is journaled too."""
         self.journal_passthrough(agent=held.agent, session=held.session_id, database=held.database,
-                                 backend_pid=held.backend_pid, records=records, outcome=outcome, mode=held.mode)
+                                 backend_pid=held.backend_pid, records=records, outcome=outcome, mode=held.mode,
+                                 xid=xid, undo=undo)
 
     def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
-                            records: list[StatementRecord], outcome: str, mode: str = "passthrough") -> None:
+                            records: list[StatementRecord], outcome: str, mode: str = "passthrough",
+                            xid: int | None = None, undo: str | None = None) -> None:
         """An agent transaction that wrote has ended: record it (after the fact, in batches, so
         that a busy trusted agent costs the journal one round trip per batch)."""
         if not records:
@@ -124,7 +154,7 @@ class PendingRegistry:
             self._finished_dropped += 1
             return
         tx = FinishedTransaction(agent, session, database, mode, backend_pid, records[0].at, records[-1].at,
-                                 outcome, max(r.tx_no for r in records))
+                                 outcome, max(r.tx_no for r in records), xid, undo)
         self._finished.append((tx, records))
         if self._finished_task is None or self._finished_task.done():
             self._finished_task = asyncio.get_running_loop().create_task(self._write_finished())
@@ -355,6 +385,14 @@ class PendingRegistry:
         raise ReviewError(409, f"cannot {what} #{tx_id}: it is {record.outcome}"
                           + (f" ({record.decided_by})" if record.decided_by else ""))
 
+    async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
+                   since: bool = False) -> UndoOutcome:
+        return await undo_service.run(self, tx_id, reviewer, direction="undo", force=force, dry_run=dry_run,
+                                      since=since)
+
+    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
+        return await undo_service.run(self, tx_id, reviewer, direction="redo", force=force, dry_run=dry_run)
+
     async def _journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
         try:
             found = await self.journal.get(tx_id)
@@ -394,7 +432,8 @@ class PendingRegistry:
             id=held.id, agent=held.agent, session=held.session_id, database=held.database,
             mode=held.mode,  # type: ignore[arg-type]
             backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
-            outcome="pending", statements=len(held.statements), agent_transactions=held.state.held)
+            outcome="pending", statements=len(held.statements), agent_transactions=held.state.held,
+            undo=held.undo)
 
     async def _expire_loop(self) -> None:
         while True:

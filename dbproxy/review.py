@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord
+from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord, UndoOutcome
 
 
 class ReviewError(Exception):
@@ -39,6 +39,16 @@ class ReviewService(Protocol):
 
     async def rollback(self, tx_id: int, reviewer: str) -> Decision:
         """Roll back a pending (or open) transaction upstream."""
+        ...
+
+    async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
+                   since: bool = False) -> UndoOutcome:
+        """Undo a transaction committed in undo mode (or, `since`, it and every later one, newest
+        first) in one upstream transaction. Conflicts: nothing applied, listed in the outcome."""
+        ...
+
+    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
+        """Apply an undone transaction's changes again."""
         ...
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,

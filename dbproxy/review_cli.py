@@ -5,6 +5,8 @@
     dbproxy commit ID [--reviewer NAME]  commit it upstream (default reviewer: $USER)
     dbproxy rollback ID [--reviewer NAME]
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
+    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
+    dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
 
 Common options: `--admin HOST:PORT` (the `admin` setting, env `DBPROXY_ADMIN`, default
 127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the `admin_token` setting, else
@@ -53,10 +55,12 @@ from dbproxy.review_models import (
     TableDiff,
     TransactionDetail,
     TransactionRecord,
+    UndoOutcome,
 )
 from dbproxy.settings import SettingsError, load_settings
+from inverse.undo_plan import Step
 
-COMMANDS = ("pending", "show", "commit", "rollback", "log")
+COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo")
 TOKEN_ENV = "DBPROXY_ADMIN_TOKEN"
 TIMEOUT = 60.0
 _RECORDS = TypeAdapter(list[TransactionRecord])
@@ -106,6 +110,17 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         sp = review(name, f"{verb} a pending transaction")
         sp.add_argument("id", type=_tx_id, metavar="ID")
         sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+    for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
+                       ("redo", "apply an undone transaction again")):
+        sp = review(name, what)
+        sp.add_argument("id", type=_tx_id, metavar="ID")
+        sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+        sp.add_argument("--force", action="store_true", help="apply even over rows changed since")
+        sp.add_argument("--dry-run", dest="dry_run", action="store_true",
+                        help="show the SQL and the conflicts; change nothing")
+        if name == "undo":
+            sp.add_argument("--since", action="store_true",
+                            help="undo ID and every later undo-mode transaction, newest first, as one")
     lg = review("log", "the journal of transactions, newest first")
     lg.add_argument("--outcome", choices=_OUTCOMES)
     lg.add_argument("--agent", dest="agent_filter", metavar="AGENT", help="only this agent's transactions")
@@ -257,12 +272,19 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                                                "limit": args.limit, "before": args.before})
     elif cmd == "show":
         data = client.get(f"/v1/transactions/{args.id}")
+    elif cmd in ("undo", "redo"):
+        body = {"reviewer": args.reviewer or _default_reviewer(), "force": args.force, "dry_run": args.dry_run}
+        if cmd == "undo":
+            body["since"] = args.since
+        data = client.post(f"/v1/transactions/{args.id}/{cmd}", body)
     else:
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reviewer": args.reviewer or _default_reviewer()})
 
     if args.as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
         if cmd in ("commit", "rollback") and isinstance(data, dict) and data.get("error"):
+            return 1
+        if cmd in ("undo", "redo") and isinstance(data, dict) and data.get("conflicts"):
             return 1
         return 0
 
@@ -276,6 +298,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                 console.print(records_table(records, with_decider=cmd == "log"))
         elif cmd == "show":
             render_detail(console, TransactionDetail.model_validate(data))
+        elif cmd in ("undo", "redo"):
+            return render_undo(console, UndoOutcome.model_validate(data))
         else:
             decision = Decision.model_validate(data)
             if decision.error:
@@ -427,6 +451,9 @@ def render_detail(console: Console, d: TransactionDetail) -> None:
     _render_statements(console, d.statements)
     console.print()
     _render_diff(console, d.diff, d.diff_note)
+    if t.undo is not None:
+        console.print()
+        _render_inverse(console, t.undo)
     if d.blocking:
         console.print()
         _render_blocking(console, d.blocking)
@@ -491,6 +518,63 @@ def _row_change(rc: RowChange) -> Text:
     changes = [f"{c}: {old(c)} → {fmt_value(after.get(c))}" for c in dict.fromkeys([*before, *after])]
     key = fmt_row(rc.key) if rc.key else "(no key)"
     return _line("    ", ("~ update ", "yellow"), key, "  ", "; ".join(changes) or "(no changed columns)")
+
+
+def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
+    """The undo document of an undo-mode transaction: why it was held, or its inverse SQL."""
+    if doc.get("action"):  # the journal entry of an undo/redo itself
+        console.print(Text(f"{str(doc['action']).capitalize()} of #" + ", #".join(map(str, doc.get("of", []))),
+                           style="bold"))
+        return
+    console.print(Text("Inverse (undo)", style="bold"))
+    irreversible = doc.get("irreversible") or []
+    if irreversible:
+        console.print(Text("  held because it cannot be undone exactly:", style="bold red"))
+        for r in irreversible:
+            console.print(Text(f"    - {r}"))
+    console.print(Text(f"  verification: {doc.get('verification', 'not done')}"))
+    for h in doc.get("history", []):
+        console.print(Text(f"  {h.get('action')} by {h.get('by')} at {h.get('at')}"))
+    for n in doc.get("notes") or []:
+        console.print(Text(f"  note: {n}"))
+    steps = doc.get("steps") or []
+    if not steps and not irreversible:
+        console.print(Text("  (more changes than the journal keeps: `dbproxy undo ID --dry-run` shows the SQL)"))
+    shown = steps[:SHOWN_STEPS]
+    for s in shown:
+        console.print(Padding(Text(Step(**{**s, "params": tuple(s["params"])}).readable() + ";"), (0, 0, 0, 4)))
+    if len(steps) > len(shown):
+        console.print(Text(f"    … and {len(steps) - len(shown)} more steps"))
+
+
+SHOWN_STEPS = 50
+
+
+def render_undo(console: Console, o: UndoOutcome) -> int:
+    ids = "#" + ", #".join(map(str, o.ids))
+    if o.dry_run:
+        console.print(Text(f"dry run: {o.direction} of {ids} ({o.steps} steps); nothing was changed", style="bold"))
+        for sql in o.sql:
+            console.print(Text(sql + ";"))
+    for c in o.conflicts:
+        console.print(Text(f"conflict in {c.table or '?'} ({c.step}): {c.message}", style="bold red"))
+        if c.expected:
+            console.print(Text(f"    expected: {c.expected}"))
+        for cur in c.current:
+            console.print(Text(f"    now:      {cur}"))
+    for c in o.overridden:
+        console.print(Text(f"overridden in {c.table or '?'}: {c.message}", style="yellow"))
+    for n in o.notes:
+        console.print(Text(f"note: {n}"))
+    if o.applied:
+        console.print(Text(f"{ids} {o.direction} done: {o.done} changes, {o.skipped} already in place, "
+                           f"{o.forced} forced; journaled as #{o.journal_id}", style="green"))
+        return 0
+    if o.conflicts:
+        console.print(Text(f"{o.direction} refused: {len(o.conflicts)} conflict(s); nothing was changed "
+                           "(--force applies anyway where rows have a primary key)", style="bold red"))
+        return 1
+    return 0
 
 
 def _render_blocking(console: Console, blocking: list[BlockedSession]) -> None:

@@ -9,10 +9,11 @@ in, so the chain can be read back transaction by transaction.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 #: open: the agent is still working on it; pending: held, waiting for a reviewer; committing: a
 #: reviewer's COMMIT was sent and its result is not known yet (a crash here is resolved from the
@@ -52,6 +53,14 @@ class TransactionRecord(BaseModel):
     statements_lost: int = Field(default=0, description="statements recorded but lost before the journal could "
                                  "store them (the statement list has gaps)")
     agent_transactions: int = 0
+    undo: dict[str, Any] | None = Field(
+        default=None, description="undo mode: the inverse (steps, irreversible reasons, notes), its verification, "
+        "and undo/redo history")
+
+    @field_validator("undo", mode="before")
+    @classmethod
+    def _json_text(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
 
 
 class RowChange(BaseModel):
@@ -99,3 +108,40 @@ class Decision(BaseModel):
     decided_by: str
     error: str | None = None
     sqlstate: str | None = None
+
+
+class UndoRequest(BaseModel):
+    """Body of POST /v1/transactions/{id}/undo and /redo."""
+
+    reviewer: str | None = None
+    force: bool = Field(default=False, description="apply even over rows changed since (rows with a primary key)")
+    dry_run: bool = Field(default=False, description="show the SQL and the conflicts; change nothing")
+    since: bool = Field(default=False, description="undo: this transaction and every later undoable one, newest first")
+
+
+class UndoConflict(BaseModel):
+    transaction: int | None = Field(default=None, description="journal id of the transaction the row belongs to")
+    table: str | None = None
+    step: str = Field(description="remove, restore, revert or ddl")
+    expected: str | None = Field(default=None, description="the row image the undo expected (JSON text)")
+    current: list[str] = Field(default_factory=list, description="what the row with that key holds now (JSON text)")
+    message: str
+
+
+class UndoOutcome(BaseModel):
+    """What an undo or redo did (or, dry run / conflicts, would do)."""
+
+    direction: Literal["undo", "redo"]
+    ids: list[int] = Field(description="journal ids covered, in the order applied")
+    applied: bool = Field(description="committed upstream")
+    dry_run: bool = False
+    steps: int = 0
+    done: int = 0
+    skipped: int = Field(default=0, description="rows already in the target state (e.g. restored by a cascade)")
+    forced: int = 0
+    conflicts: list[UndoConflict] = Field(default_factory=list)
+    overridden: list[UndoConflict] = Field(default_factory=list)
+    triggers: str = Field(default="", description="how user triggers were kept from firing")
+    sql: list[str] = Field(default_factory=list, description="the plan as readable SQL (dry runs)")
+    notes: list[str] = Field(default_factory=list)
+    journal_id: int | None = Field(default=None, description="the journal entry recording this undo/redo")

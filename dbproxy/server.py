@@ -233,6 +233,25 @@ def build_registry(settings: Settings, *, announce: bool = True, database: str =
     return AgentRegistry.build(settings.agents, settings.data_dir)
 
 
+async def _install_embedded(embedded: EmbeddedPostgres) -> None:
+    """Undo mode on the embedded default: `dbproxy install` as the cluster's superuser."""
+    import asyncpg
+
+    from dbproxy.embedded import AGENT_ROLE
+    from dbproxy.install import install
+
+    try:
+        con = await asyncpg.connect(embedded.superuser_url())
+        try:
+            report = await install(con, grant_to=AGENT_ROLE)
+        finally:
+            await con.close()
+    except asyncpg.PostgresError as e:
+        raise ClusterError(f"could not install undo capture in the embedded database: {e}") from e
+    for line in report.lines():
+        log.event("install", line=line.strip())
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -246,6 +265,9 @@ async def serve(settings: Settings) -> int:
         else:
             target = UpstreamTarget.parse(settings.upstream.get_secret_value())
         registry = build_registry(settings, database=target.database)
+        if embedded is not None and "undo" in {settings.mode} | {a.mode or settings.mode
+                                                                for a in registry.agents.values()}:
+            await _install_embedded(embedded)
         proxy = ProxyServer(settings, target, registry)
         host, port = await proxy.start()
     except (OSError, ValueError, ClusterError, JournalError) as e:  # ssl.SSLError is an OSError

@@ -46,6 +46,7 @@ from dbproxy.protocol.messages import (
 )
 from dbproxy.review_models import StatementRecord
 from dbproxy.upstream import UpstreamConnection, UpstreamError, connect, send_cancel
+from inverse.capture_schema import CAPTURE_SETTING
 
 if TYPE_CHECKING:
     from dbproxy.server import ProxyServer
@@ -89,6 +90,7 @@ class Session:
         self._passlog: PassthroughLog | None = None
         self.keep_upstream = False
         self._hold: HoldSession | None = None
+        self.capture = False  # undo mode with `dbproxy install` done in the database
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -137,14 +139,20 @@ class Session:
             raise ClientRejected.fatal(SQLState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
         params = dict(login.forward_params)
         params["database"] = login.database
-        up = await connect(self.server.target_for(login.database), params, within=self.server.settings.connect_timeout)
-        self.upstream = up.endpoint
-        self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
-        self.server.register(self)
         self.mode = login.agent.mode or self.server.settings.mode
         if self.mode != "passthrough" and self.server.pending is None:
             raise ClientRejected.fatal(SQLState.CANNOT_CONNECT_NOW,
                                        f"the review journal is unavailable, so {self.mode} mode cannot run")
+        self.capture = False
+        if self.mode == "undo":
+            assert self.server.pending is not None
+            # In the startup packet, so RESET ALL and DISCARD ALL return to it.
+            params[CAPTURE_SETTING] = "on"
+            self.capture = await self.server.pending.capture_ready(login.database)
+        up = await connect(self.server.target_for(login.database), params, within=self.server.settings.connect_timeout)
+        self.upstream = up.endpoint
+        self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
+        self.server.register(self)
         notices = await self._restart_notices(login) if self.mode != "passthrough" else []
         self._greet(up)
         log.event("session.start", session=self.id, peer=self.peer, agent=login.agent.name,
@@ -180,6 +188,7 @@ class Session:
         held = HeldConnection(self.server.pending, self.upstream, up.reader.scanner, agent=login.agent.name,
                               session_id=self.id, database=login.database, mode=self.mode,
                               backend_pid=self.backend_pid, upstream_secret=self.upstream_secret)
+        held.state.capture = self.capture
         leftover = up.reader.leftover()
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 ENV_PREFIX = "DBPROXY_"
 
-#: hold: writes wait for a reviewer; undo: commit with a verified inverse (not available yet);
+#: hold: writes wait for a reviewer; undo: commit with an exact inverse (or hold what has none);
 #: passthrough: trusted, nothing intercepted; read-only: every write refused (25006).
 Mode = Literal["hold", "undo", "passthrough", "read-only"]
 
@@ -119,14 +119,6 @@ class Settings(BaseModel):
         parts = urlsplit(v.get_secret_value())
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
-        return v
-
-    @field_validator("mode")
-    @classmethod
-    def _check_mode(cls, v: str) -> str:
-        if v == "undo":
-            raise ValueError("undo mode is not available yet (it needs the capture and inverse work); "
-                             "use hold, passthrough or read-only")
         return v
 
     @property

@@ -262,6 +262,8 @@ def _guc_escape(name: str, values: Sequence[str] | None, *, resetting: bool = Fa
         return f"changes the session's identity ({name}), so the agent would act with other privileges"
     if name == "session_replication_role":
         return "session_replication_role can disable triggers, including the proxy's capture triggers"
+    if name.startswith("dbproxy."):
+        return f"{name} belongs to the proxy (it switches the capture that makes agent writes undoable)"
     if resetting:
         return None  # back to the session default: the other settings below are then harmless
     if name == "standard_conforming_strings":

@@ -254,3 +254,45 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A table name unique to this test (tests share one server)."""
     base = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
     return f"t_{base}_{os.getpid()}"
+
+
+def _admin_run(url: str, *sql: str) -> None:
+    async def go() -> None:
+        import asyncpg
+
+        con = await asyncpg.connect(url)
+        try:
+            for s in sql:
+                await con.execute(s)
+        finally:
+            await con.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def capture_db(pg: Postgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database with `dbproxy install` done (capture triggers, DDL event triggers), so
+    that event triggers never touch the databases other tests use. Yields its superuser URL;
+    sessions that connect with `server_settings={"dbproxy.capture": "on"}` are captured."""
+    import asyncpg
+
+    from dbproxy.install import install
+
+    name = "undo_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:40] \
+        + "_" + os.urandom(3).hex()
+    _admin_run(pg.url, f'CREATE DATABASE "{name}"')
+    url = pg.dsn(name)
+
+    async def do_install() -> None:
+        con = await asyncpg.connect(url)
+        try:
+            await install(con)
+        finally:
+            await con.close()
+
+    asyncio.run(do_install())
+    try:
+        yield url
+    finally:
+        _admin_run(pg.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

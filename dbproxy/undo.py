@@ -1,0 +1,263 @@
+"""Undo and redo of committed agent transactions, on the real database, in one transaction.
+
+Given transaction ids whose changes `dbproxy.capture_log` holds, `run` builds the plan
+(`inverse.undo_plan`) from the images and the catalog as it is *now*, then applies it in a single
+upstream transaction:
+
+1. Output settings fixed to the capture's (`IMAGE_SETTINGS`), so row images compare exactly.
+2. User triggers suppressed: `session_replication_role = replica` when the role may set it (this
+   also suspends foreign-key checks, which the newest-first order makes consistent again);
+   otherwise each affected table's enabled user triggers are disabled for the transaction
+   (`ALTER TABLE ... DISABLE TRIGGER`, needs ownership; re-enabled before commit). If neither is
+   possible the undo is refused: triggers firing during an undo would write new changes.
+3. Each step in a savepoint. A step that finds its row in the expected image applies; one that
+   finds the row already in the target state (e.g. a cascade during this undo did it) is skipped;
+   anything else is a **conflict**: the row was changed since, by someone. Without a replica role,
+   a step failing on a foreign key (a child restored before its parent) is retried after the
+   others.
+4. Conflicts roll everything back and are reported with the row as it is now, unless `force`
+   (then rows with a primary key are set to the target image anyway and listed as overridden;
+   rows without one cannot be forced, and still roll everything back). `dry_run` always rolls
+   back and reports the SQL and the conflicts.
+5. `dbproxy.undo_records` notes the undo/redo in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+
+from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
+from inverse.row_sql import RowTemplates, templates
+from inverse.undo_plan import Plan, Step, build
+
+Direction = Literal["undo", "redo"]
+_FK_VIOLATION = "23503"
+
+
+class UndoError(Exception):
+    """The undo could not be attempted (nothing was changed)."""
+
+
+@dataclass
+class Conflict:
+    seq: int
+    table: str | None
+    step: str
+    expected: str | None  # image the row should have had (None: the row should not exist)
+    current: list[str] = field(default_factory=list)  # what the row(s) with that key hold now
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "table": self.table, "step": self.step, "expected": self.expected,
+                "current": self.current, "message": self.message}
+
+
+@dataclass
+class Result:
+    direction: Direction
+    xids: list[int]
+    applied: bool = False  # committed
+    dry_run: bool = False
+    steps: int = 0
+    done: int = 0  # steps that changed a row or object
+    skipped: int = 0  # steps whose row was already in the target state
+    forced: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)  # unresolved: nothing was applied
+    overridden: list[Conflict] = field(default_factory=list)  # conflicts `force` wrote over
+    triggers: str = ""  # how user triggers were kept quiet
+    sql: list[str] = field(default_factory=list)  # the plan, readable (dry runs)
+    irreversible: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"direction": self.direction, "xids": self.xids, "applied": self.applied, "dry_run": self.dry_run,
+                "steps": self.steps, "done": self.done, "skipped": self.skipped, "forced": self.forced,
+                "conflicts": [c.to_json() for c in self.conflicts],
+                "overridden": [c.to_json() for c in self.overridden], "triggers": self.triggers, "sql": self.sql,
+                "irreversible": self.irreversible, "notes": self.notes}
+
+
+async def load_changes(con: asyncpg.Connection, xid: int) -> list[Change]:
+    rows = await con.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log WHERE xid = $1 ORDER BY seq", xid)
+    return [change_from_row(r) for r in rows]
+
+
+async def load_tables(con: asyncpg.Connection, oids: set[int]) -> dict[int, TableInfo]:
+    if not oids:
+        return {}
+    rows = await con.fetch(TABLE_INFO_SQL, sorted(oids))
+    return {int(r[0]): table_info_from_row(r) for r in rows}
+
+
+async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Direction) -> Plan:
+    """One plan covering `xids` (given newest first for undo): their steps in order."""
+    per_tx = {x: await load_changes(con, x) for x in xids}
+    tables = await load_tables(con, {c.rel for cs in per_tx.values() for c in cs if c.rel is not None})
+    merged = Plan(direction)
+    order = xids if direction == "undo" else list(reversed(xids))
+    for x in order:
+        p = build(per_tx[x], tables, direction=direction)
+        merged.steps += p.steps
+        merged.irreversible += [f"xid {x}: {r}" for r in p.irreversible]
+        merged.notes += [n for n in p.notes if n not in merged.notes]
+        merged.changes += p.changes
+    return merged
+
+
+_COUNT = re.compile(r"(\d+)$")
+
+
+def _count(status: str) -> int:
+    m = _COUNT.search(status)
+    return int(m.group(1)) if m else 0
+
+
+async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[str]]:
+    """Suppress user triggers for this transaction; returns (how, statements to re-enable)."""
+    try:
+        async with con.transaction():
+            await con.execute("SET LOCAL session_replication_role = replica")
+        return "session_replication_role = replica", []
+    except asyncpg.PostgresError:
+        pass
+    if not tables:
+        return "no tables with triggers", []
+    rows = await con.fetch(
+        "SELECT t.tgrelid::regclass::text, t.tgname FROM pg_catalog.pg_trigger t "
+        "WHERE t.tgrelid = ANY($1::regclass[]) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') "
+        "AND t.tgname NOT LIKE 'dbproxy\\_capture%'", sorted(tables))
+    enable: list[str] = []
+    for rel, name in rows:
+        ident = '"' + name.replace('"', '""') + '"'
+        try:
+            async with con.transaction():
+                await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {ident}")
+        except asyncpg.PostgresError as e:
+            raise UndoError(f"cannot keep trigger {name} on {rel} from firing during the undo: {e}. "
+                            "Run undo as the table owner or a role that may set session_replication_role.") from e
+        enable.append(f"ALTER TABLE {rel} ENABLE TRIGGER {ident}")
+    return (f"disabled {len(rows)} user trigger(s) for the transaction" if rows else "no user triggers"), enable
+
+
+async def _probe(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
+    """Is the row already in the step's target state?"""
+    if step.kind == "remove":
+        return bool(t.probe_absent and await con.fetchval(t.probe_absent, step.params[0]))
+    assert step.target is not None
+    return bool(await con.fetchval(t.probe_equal, step.target))
+
+
+async def _current(con: asyncpg.Connection, step: Step, t: RowTemplates) -> list[str]:
+    img = step.expect or step.target
+    if t.current is None or img is None:
+        return []
+    return [r[0] for r in await con.fetch(t.current, img)]
+
+
+async def _force(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
+    if t.force_remove is None or t.force_revert is None:
+        return False
+    if step.kind == "remove":
+        return _count(await con.execute(t.force_remove, step.params[0])) > 0
+    if step.kind == "revert":
+        return _count(await con.execute(t.force_revert, *step.params)) > 0
+    await con.execute(t.force_remove, step.params[0])
+    return _count(await con.execute(t.restore, step.params[0])) > 0
+
+
+async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction = "undo", force: bool = False,
+              dry_run: bool = False, by: str = "") -> Result:
+    """Undo (newest first) or redo `xids` in one transaction on `con`."""
+    result = Result(direction, list(xids), dry_run=dry_run)
+    tx = con.transaction()
+    await tx.start()
+    try:
+        for k, v in IMAGE_SETTINGS.items():
+            await con.execute(f"SELECT pg_catalog.set_config('{k}', $1, true)", v)
+        await con.execute("SELECT pg_catalog.set_config('dbproxy.capture', 'off', true)")
+        marks = await con.fetch("SELECT xid, undone_at IS NOT NULL AS undone FROM dbproxy.undo_records "
+                                "WHERE xid = ANY($1::bigint[]) FOR UPDATE", xids)
+        state = {int(r[0]): bool(r[1]) for r in marks}
+        for x in xids:
+            if x not in state:
+                raise UndoError(f"transaction xid {x} was not committed with an undo record")
+            if state[x] != (direction == "redo"):
+                raise UndoError(f"transaction xid {x} is {'already undone' if state[x] else 'not undone'}; "
+                                f"nothing to {direction}")
+        plan = await plan_for(con, xids, direction)
+        result.irreversible, result.notes, result.steps = plan.irreversible, plan.notes, len(plan.steps)
+        if plan.irreversible:
+            raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
+        tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None})
+        if dry_run:
+            result.sql = [s.readable() for s in plan.steps]
+        result.triggers, enable = await _quiet_triggers(con, {t.name for t in tables.values()})
+        await _apply(con, plan.steps, tables, result, force=force)
+        for sql in enable:
+            await con.execute(sql)
+        if result.conflicts or dry_run:
+            await tx.rollback()
+            return result
+        if direction == "undo":
+            await con.execute("UPDATE dbproxy.undo_records SET undone_at = now(), undone_by = $2 "
+                              "WHERE xid = ANY($1::bigint[])", xids, by or None)
+        else:
+            await con.execute("UPDATE dbproxy.undo_records SET undone_at = NULL, undone_by = NULL, redone_at = now() "
+                              "WHERE xid = ANY($1::bigint[])", xids)
+        await tx.commit()
+        result.applied = True
+        return result
+    except BaseException:
+        if not con.is_closed() and con.is_in_transaction():
+            await tx.rollback()
+        raise
+
+
+async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo], result: Result, *,
+                 force: bool) -> None:
+    queue = list(steps)
+    while queue:
+        deferred: list[tuple[Step, str]] = []
+        for step in queue:
+            try:
+                async with con.transaction():
+                    n = _count(await con.execute(step.sql, *step.params))
+                    if step.kind == "ddl" or n > 0:
+                        result.done += 1
+                        continue
+                    t = templates(tables[step.rel]) if step.rel is not None and step.rel in tables else None
+                    if t is not None and await _probe(con, step, t):
+                        result.skipped += 1
+                        continue
+                    current = await _current(con, step, t) if t is not None else []
+                    if force and t is not None and await _force(con, step, t):
+                        result.forced += 1
+                        result.overridden.append(Conflict(step.seq, step.table, step.kind, step.expect, current,
+                                                          "overridden (--force): " + _conflict_message(step, current)))
+                        continue
+                    result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, current,
+                                                     _conflict_message(step, current)))
+            except asyncpg.PostgresError as e:
+                if getattr(e, "sqlstate", "") == _FK_VIOLATION:
+                    deferred.append((step, str(e)))
+                    continue
+                result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [],
+                                                 f"{type(e).__name__}: {e}"))
+        if len(deferred) == len(queue):
+            for step, msg in deferred:
+                result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [], msg))
+            return
+        queue = [s for s, _ in deferred]
+
+
+def _conflict_message(step: Step, current: list[str]) -> str:
+    if step.kind == "restore":
+        return "a row with this key exists again, with other values" if current else "could not restore the row"
+    if not current:
+        return "the row no longer exists (deleted since)" if step.rel else "not found"
+    return "the row was changed since"

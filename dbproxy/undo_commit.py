@@ -1,0 +1,99 @@
+"""Undo mode at the agent's COMMIT: commit with an exact inverse, or hold for a person.
+
+The agent's transaction has run on the upstream with capture on; its COMMIT plan (see
+`hold_protocol.CAPTURE_FETCH_SQL`) brought back the captured changes in the same round trip as
+the guard. Here, still inside the upstream transaction:
+
+1. the tables touched are looked up in the catalog (cached per database; DDL clears the cache);
+2. `inverse.undo_plan.build` synthesizes the inverse and classifies what has none;
+3. reversible: the undo marker (`dbproxy.undo_records`) is written and COMMIT sent in one round
+   trip, so the row images, the marker and the agent's writes commit atomically; the journal
+   entry with the inverse follows in the background (batched);
+4. irreversible: the transaction is held for review as in hold mode, with the reasons.
+
+Sandbox verification is not done yet: every inverse is journaled with `verification: not done`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, TableInfo, change_from_row, quote_ident
+from inverse.undo_plan import Plan, build
+
+if TYPE_CHECKING:
+    from dbproxy.hold import HeldConnection
+
+_TABLE_INFO_JSON_SQL = f"SELECT pg_catalog.to_json(x)::text FROM ({TABLE_INFO_SQL}) x"
+_DDL_EVENTS_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
+                   "WHERE xid = pg_catalog.txid_current_if_assigned() AND op = 'X' ORDER BY seq")
+MARK_SQL = "INSERT INTO dbproxy.undo_records (xid, agent, session, changes) VALUES ($1, $2, $3, $4)"
+NOT_VERIFIED = "not done (sandbox verification is not available yet)"
+
+
+def _table_from_json(text: str) -> TableInfo:
+    d = json.loads(text)
+    return TableInfo(int(d["oid"]), f"{quote_ident(d['nspname'])}.{quote_ident(d['relname'])}", d["nspname"],
+                     d["relname"], tuple(d["columns"]), tuple(d["writable"]), tuple(d["identity_always"]),
+                     tuple(d["key"]), tuple(d["sequences"]), d["relkind"])
+
+
+@dataclass
+class TableCache:
+    """Catalog facts per database and table oid, shared by all sessions."""
+
+    by_db: dict[str, dict[int, TableInfo]] = field(default_factory=dict)
+
+    def of(self, database: str) -> dict[int, TableInfo]:
+        return self.by_db.setdefault(database, {})
+
+    def forget(self, database: str) -> None:
+        self.by_db.pop(database, None)
+
+
+@dataclass
+class Decision:
+    xid: int
+    plan: Plan
+    complete: bool  # every change was fetched (else the inverse is rendered from the log on demand)
+    synth_ms: float
+
+    @property
+    def reversible(self) -> bool:
+        return self.plan.reversible
+
+    def journal_json(self) -> str:
+        d: dict[str, Any] = {"verification": NOT_VERIFIED, "synthesis_ms": round(self.synth_ms, 3),
+                             "complete": self.complete, **self.plan.to_json()}
+        if not self.complete:
+            d["steps"] = []
+        return json.dumps(d)
+
+
+async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ...]], cache: TableCache,
+                 limit: int) -> Decision:
+    """Build the inverse of the transaction whose captured rows (up to `limit` + 1) are `rows`."""
+    changes = [change_from_row(r) for r in rows]
+    complete = len(changes) <= limit
+    if not complete:
+        # Too many to carry: decide on the DDL events only (every row change has an exact inverse
+        # in the log); the steps are built from the log when someone asks for them.
+        r = await held.inject(_DDL_EVENTS_SQL)
+        changes = sorted([c for c in changes if c.op != "X"][:limit] + [change_from_row(x) for x in r.rows[0]],
+                         key=lambda c: c.seq)
+    tables = cache.of(held.database)
+    if any(c.op == "X" for c in changes):
+        tables.clear()  # the transaction changed the catalog
+    missing = {c.rel for c in changes if c.rel is not None and c.rel not in tables}
+    if missing:
+        r = await held.inject((_TABLE_INFO_JSON_SQL, ["{" + ",".join(str(o) for o in sorted(missing)) + "}"]))
+        for (text,) in r.rows[0] if r.rows else []:
+            if text is not None:
+                info = _table_from_json(text)
+                tables[info.oid] = info
+    start = time.perf_counter()
+    plan = build(changes, tables)
+    return Decision(xid, plan, complete, (time.perf_counter() - start) * 1000)

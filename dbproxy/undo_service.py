@@ -1,0 +1,123 @@
+"""The reviewer's undo and redo, as the running proxy serves them (`ReviewService.undo/redo`).
+
+Finds the journal entries, runs `dbproxy.undo.run` on a fresh upstream connection with the
+proxy's own credentials, and journals the result: each undone transaction's `undo` document gets
+a history entry, and the undo itself becomes a journal entry (mode `undo`, agent
+`reviewer:NAME`, its statements the SQL that ran), so it can be found, shown and redone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from dbproxy import undo
+from dbproxy.journal import FinishedTransaction
+from dbproxy.review import ReviewError
+from dbproxy.review_models import StatementRecord, TransactionRecord, UndoConflict, UndoOutcome
+
+if TYPE_CHECKING:
+    from dbproxy.pending import PendingRegistry
+
+async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool) -> list[TransactionRecord]:
+    try:
+        if since:
+            records = await registry.journal.undoable_since(tx_id)
+        else:
+            found = await registry.journal.get(tx_id)
+            records = [found[0]] if found is not None else []
+    except Exception as e:
+        raise ReviewError(503, f"the journal is unavailable: {e}") from None
+    if not records or records[-1].id != tx_id:
+        if not records and not since:
+            raise ReviewError(404, f"no transaction #{tx_id}")
+        if since and not records:
+            raise ReviewError(409, f"no transaction committed with an undo from #{tx_id} on")
+    for r in records:
+        if r.mode != "undo" or r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
+            raise ReviewError(409, f"transaction #{r.id} was not committed with an undo (mode {r.mode}, "
+                              f"outcome {r.outcome}); only undo-mode transactions can be undone")
+    databases = {r.database for r in records}
+    if len(databases) > 1:
+        raise ReviewError(409, f"the range spans several databases ({', '.join(sorted(databases))}); "
+                          "undo each database's transactions separately")
+    return records
+
+
+async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction: undo.Direction,
+              force: bool, dry_run: bool, since: bool = False) -> UndoOutcome:
+    records = await _targets(registry, tx_id, since=since)
+    if since:
+        # Only those not undone yet (undo_records knows); newest first.
+        records = await _still_committed(registry, records)
+        if not records:
+            raise ReviewError(409, f"every transaction from #{tx_id} on is undone already")
+    by_xid = {r.xid: r.id for r in records if r.xid is not None}
+    xids = list(by_xid)
+    try:
+        con = await asyncpg.connect(registry.dsn_for(records[0].database), timeout=10)
+    except (OSError, asyncpg.PostgresError) as e:
+        raise ReviewError(502, f"cannot connect to the upstream database: {e}") from None
+    try:
+        result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer)
+    except undo.UndoError as e:
+        raise ReviewError(409, str(e)) from None
+    except asyncpg.PostgresError as e:
+        raise ReviewError(502, f"the upstream refused the {direction}: {e}",
+                          sqlstate=getattr(e, "sqlstate", None)) from None
+    finally:
+        await con.close()
+    outcome = UndoOutcome(
+        direction=direction, ids=[by_xid[x] for x in xids], applied=result.applied, dry_run=dry_run,
+        steps=result.steps, done=result.done, skipped=result.skipped, forced=result.forced,
+        conflicts=[_conflict(c, records) for c in result.conflicts],
+        overridden=[_conflict(c, records) for c in result.overridden],
+        triggers=result.triggers, sql=result.sql, notes=result.notes)
+    if result.applied:
+        outcome.journal_id = await _journal(registry, records, reviewer, direction, result)
+    return outcome
+
+
+async def _still_committed(registry: PendingRegistry, records: list[TransactionRecord]) -> list[TransactionRecord]:
+    try:
+        con = await asyncpg.connect(registry.dsn_for(records[0].database), timeout=10)
+    except (OSError, asyncpg.PostgresError) as e:
+        raise ReviewError(502, f"cannot connect to the upstream database: {e}") from None
+    try:
+        undone = {int(r[0]) for r in await con.fetch(
+            "SELECT xid FROM dbproxy.undo_records WHERE xid = ANY($1::bigint[]) AND undone_at IS NOT NULL",
+            [r.xid for r in records])}
+    finally:
+        await con.close()
+    return [r for r in records if r.xid not in undone]
+
+
+def _conflict(c: undo.Conflict, records: list[TransactionRecord]) -> UndoConflict:
+    return UndoConflict(transaction=records[0].id if len(records) == 1 else None, table=c.table, step=c.step,
+                        expected=c.expected, current=c.current, message=c.message)
+
+
+async def _journal(registry: PendingRegistry, records: list[TransactionRecord], reviewer: str,
+                   direction: undo.Direction, result: undo.Result) -> int | None:
+    now = datetime.now(UTC)
+    ids = [r.id for r in records]
+    for r in records:
+        doc = dict(r.undo or {})
+        doc["history"] = [*doc.get("history", []), {"action": direction, "by": reviewer, "at": now.isoformat()}]
+        doc["undone"] = direction == "undo"
+        await registry.journal.update(r.id, undo=json.dumps(doc))
+    summary = (f"-- {direction} of #{', #'.join(map(str, ids))} by {reviewer}: {result.done} changes applied, "
+               f"{result.skipped} already in place, {result.forced} forced; triggers: {result.triggers}")
+    records_out = [StatementRecord(seq=1, tx_no=1, sql=summary, at=now)]
+    tx = FinishedTransaction(f"reviewer:{reviewer}", 0, records[0].database, "undo", None, now, now, "committed", 1,
+                             None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}))
+    try:
+        (entry,) = await registry.journal.insert_finished([tx])
+    except Exception:
+        return None
+    for rec in records_out:
+        registry.journal_statement(entry, rec)
+    return int(entry)

@@ -1,0 +1,212 @@
+"""The SQL that `dbproxy install` runs in a target database so agent writes can be undone exactly.
+
+DESIGN.md decision 5. Objects (all in the `dbproxy` schema, all removed by `uninstall_sql`):
+
+- `dbproxy.capture_log`: one row per row change made by an agent session (op I/U/D, the old and
+  new row images as `json`), per table emptied by TRUNCATE (op T, one row per removed row) and per
+  DDL command (op X, `ddl` describes it). Rows commit or roll back with the agent's own writes, so
+  no committed agent transaction is ever without its row images.
+- `dbproxy.undo_records`: one row per agent transaction committed in undo mode, written inside
+  that transaction (the durable "this was committed with an undo" marker), and the outcome of
+  later undo/redo runs.
+- `dbproxy.capture_row()` and a `dbproxy_capture` AFTER ROW trigger on every user table, with a
+  `WHEN` clause on the session setting `dbproxy.capture`: other sessions pay one setting lookup
+  per row and run no code. The proxy sets `dbproxy.capture = on` in the startup packet of agent
+  sessions in undo mode, so `RESET ALL` / `DISCARD ALL` keep it on.
+- `dbproxy.capture_truncate()` and a `dbproxy_capture_truncate` BEFORE TRUNCATE trigger, which
+  copies the rows about to be removed.
+- Event triggers (superuser only): `dbproxy_ddl` logs every DDL command an agent session runs
+  (including DDL hidden in functions, which the proxy never sees as text) and puts the capture
+  triggers on tables created by anyone; `dbproxy_drop` logs dropped objects.
+
+Row images are `to_json(row)` under fixed output settings (set on the functions themselves, so a
+session's `extra_float_digits`, `bytea_output`, `IntervalStyle` or `TimeZone` cannot make an image
+lossy or incomparable): `json_populate_record` turns an image back into a row exactly.
+"""
+
+from __future__ import annotations
+
+CAPTURE_SETTING = "dbproxy.capture"
+ROW_TRIGGER = "dbproxy_capture"
+TRUNCATE_TRIGGER = "dbproxy_capture_truncate"
+#: Output settings under which row images are written and compared.
+IMAGE_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "IntervalStyle": "postgres",
+    "DateStyle": "ISO, YMD",
+}
+CAPTURE_VERSION = 1
+
+_FUNCTION_SETTINGS = " ".join(f"SET \"{k}\" = '{v}'" for k, v in IMAGE_SETTINGS.items())
+
+#: Runs as one transaction. Creating the functions needs CREATE on the database (for the schema);
+#: adding triggers needs ownership of each table (handled table by table in `attach_sql`).
+INSTALL_SQL = f"""
+CREATE SCHEMA IF NOT EXISTS dbproxy;
+CREATE TABLE IF NOT EXISTS dbproxy.capture_log (
+    seq bigserial NOT NULL,
+    xid bigint NOT NULL DEFAULT pg_catalog.txid_current(),
+    rel oid,
+    op "char" NOT NULL,
+    old json,
+    new json,
+    ddl jsonb
+);
+CREATE INDEX IF NOT EXISTS capture_log_xid ON dbproxy.capture_log (xid, seq);
+CREATE TABLE IF NOT EXISTS dbproxy.undo_records (
+    xid bigint PRIMARY KEY,
+    agent text NOT NULL,
+    session bigint,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    changes integer NOT NULL,
+    verification text NOT NULL DEFAULT 'not done',
+    undone_at timestamptz,
+    undone_by text,
+    redone_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS dbproxy.capture_version (version integer NOT NULL);
+DELETE FROM dbproxy.capture_version;
+INSERT INTO dbproxy.capture_version VALUES ({CAPTURE_VERSION});
+REVOKE ALL ON dbproxy.capture_log, dbproxy.undo_records FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dbproxy.capture_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {_FUNCTION_SETTINGS} AS $fn$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO dbproxy.capture_log (rel, op, old, new) VALUES (TG_RELID, 'U', to_json(OLD), to_json(NEW));
+    ELSIF TG_OP = 'INSERT' THEN
+        INSERT INTO dbproxy.capture_log (rel, op, new) VALUES (TG_RELID, 'I', to_json(NEW));
+    ELSE
+        INSERT INTO dbproxy.capture_log (rel, op, old) VALUES (TG_RELID, 'D', to_json(OLD));
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION dbproxy.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {_FUNCTION_SETTINGS} AS $fn$
+BEGIN
+    EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(t) FROM %s AS t',
+                   TG_RELID, TG_RELID::regclass);
+    RETURN NULL;
+END
+$fn$;
+
+-- Puts the capture triggers on one table (idempotent). Used by install and by the DDL event
+-- trigger for tables created later.
+CREATE OR REPLACE FUNCTION dbproxy.attach(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = target AND tgname = '{ROW_TRIGGER}') THEN
+        EXECUTE format('CREATE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+                       'WHEN (pg_catalog.current_setting(''{CAPTURE_SETTING}'', true) = ''on'') '
+                       'EXECUTE FUNCTION dbproxy.capture_row()', target);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = target AND tgname = '{TRUNCATE_TRIGGER}') THEN
+        EXECUTE format('CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON %s FOR EACH STATEMENT '
+                       'WHEN (pg_catalog.current_setting(''{CAPTURE_SETTING}'', true) = ''on'') '
+                       'EXECUTE FUNCTION dbproxy.capture_truncate()', target);
+    END IF;
+END
+$fn$;
+"""
+
+#: Tables that get capture triggers: ordinary and partitioned tables outside system schemas, the
+#: dbproxy schema and temporary schemas. (Partitions inherit the partitioned table's trigger.)
+CAPTURABLE_TABLES_SQL = """
+SELECT c.oid::regclass::text AS name, c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'dbproxy_capture')
+           AS attached
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dbproxy', 'pg_toast')
+  AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+ORDER BY 1
+"""
+
+#: Event triggers need a superuser; without them DDL run inside functions goes unseen, and new
+#: tables need `dbproxy install` again to be captured.
+EVENT_TRIGGERS_SQL = f"""
+CREATE OR REPLACE FUNCTION dbproxy.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cmd record;
+    agent boolean := current_setting('{CAPTURE_SETTING}', true) = 'on';
+    grp bigint;
+BEGIN
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        IF cmd.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+           AND cmd.object_type = 'table' AND cmd.schema_name IS NOT NULL
+           AND cmd.schema_name NOT IN ('dbproxy', 'pg_catalog', 'information_schema')
+           AND cmd.schema_name NOT LIKE 'pg_temp%' THEN
+            IF EXISTS (SELECT 1 FROM pg_class WHERE oid = cmd.objid AND relkind IN ('r', 'p')
+                       AND NOT relispartition) THEN
+                PERFORM dbproxy.attach(cmd.objid::regclass);
+            END IF;
+        END IF;
+        IF agent AND (cmd.schema_name IS NULL OR cmd.schema_name NOT LIKE 'pg_temp%') THEN
+            grp := coalesce(grp, pg_catalog.nextval('dbproxy.capture_log_seq_seq'));
+            INSERT INTO dbproxy.capture_log (rel, op, ddl) VALUES (
+                CASE WHEN cmd.classid = 'pg_class'::regclass THEN cmd.objid END, 'X',
+                jsonb_build_object('event', 'end', 'group', grp, 'tag', cmd.command_tag,
+                                   'object_type', cmd.object_type, 'identity', cmd.object_identity,
+                                   'schema', cmd.schema_name, 'in_extension', cmd.in_extension,
+                                   'query', current_query()));
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION dbproxy.capture_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    obj record;
+    grp bigint;
+BEGIN
+    IF current_setting('{CAPTURE_SETTING}', true) IS DISTINCT FROM 'on' THEN
+        RETURN;
+    END IF;
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF NOT obj.is_temporary THEN
+            grp := coalesce(grp, pg_catalog.nextval('dbproxy.capture_log_seq_seq'));
+            INSERT INTO dbproxy.capture_log (op, ddl) VALUES ('X',
+                jsonb_build_object('event', 'drop', 'group', grp, 'tag', tg_tag,
+                                   'object_type', obj.object_type, 'identity', obj.object_identity,
+                                   'schema', obj.schema_name, 'original', obj.original,
+                                   'query', current_query()));
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+DROP EVENT TRIGGER IF EXISTS dbproxy_ddl;
+CREATE EVENT TRIGGER dbproxy_ddl ON ddl_command_end EXECUTE FUNCTION dbproxy.capture_ddl();
+DROP EVENT TRIGGER IF EXISTS dbproxy_drop;
+CREATE EVENT TRIGGER dbproxy_drop ON sql_drop EXECUTE FUNCTION dbproxy.capture_drop();
+"""
+
+#: Removes every capture object; the journal tables (if the journal lives here) stay unless asked.
+UNINSTALL_SQL = """
+DROP EVENT TRIGGER IF EXISTS dbproxy_ddl;
+DROP EVENT TRIGGER IF EXISTS dbproxy_drop;
+DO $do$
+DECLARE t record;
+BEGIN
+    FOR t IN SELECT tgrelid::regclass AS rel, tgname FROM pg_catalog.pg_trigger
+             WHERE tgname IN ('dbproxy_capture', 'dbproxy_capture_truncate') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+    END LOOP;
+END
+$do$;
+DROP FUNCTION IF EXISTS dbproxy.capture_row(), dbproxy.capture_truncate(), dbproxy.attach(regclass),
+    dbproxy.capture_ddl(), dbproxy.capture_drop();
+DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version;
+"""
+
+#: Is capture installed, and which version: NULL when not installed.
+INSTALLED_VERSION_SQL = """
+SELECT CASE WHEN pg_catalog.to_regclass('dbproxy.capture_version') IS NULL THEN NULL
+            ELSE (SELECT max(version) FROM dbproxy.capture_version) END
+"""

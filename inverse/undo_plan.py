@@ -1,0 +1,119 @@
+"""From captured changes to an undo (or redo) plan: ordered steps of SQL with bind parameters.
+
+Undo reverses the transaction's changes newest first, each step moving one row from its captured
+after-image back to its before-image (`inverse.row_sql`), or reversing one DDL command
+(`inverse.ddl_rules`). Redo replays them oldest first, before-image to after-image. Each step
+carries what the executor needs to detect a conflict (the image the row must still equal).
+
+A plan is *irreversible* when any change has no exact inverse; `irreversible` then says why, for
+the reviewer, and no step list is trusted. `notes` are true facts that do not block the undo
+(sequences keep their advanced values: PostgreSQL never rolls back `nextval`).
+Plans serialize to JSON for the journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from inverse.ddl_rules import invert_ddl
+from inverse.images import Change, TableInfo
+from inverse.row_sql import render, templates
+
+StepKind = Literal["remove", "restore", "revert", "ddl"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    seq: int  # capture sequence number of the change this step reverses (or replays)
+    kind: StepKind
+    sql: str
+    params: tuple[str, ...] = ()
+    rel: int | None = None
+    table: str | None = None
+
+    @property
+    def expect(self) -> str | None:
+        """The image the row must equal before the step (None: the row must not exist / DDL)."""
+        return self.params[0] if self.kind in ("remove", "revert") else None
+
+    @property
+    def target(self) -> str | None:
+        """The image the row has after the step (None: the row is gone / DDL)."""
+        if self.kind == "restore":
+            return self.params[0]
+        return self.params[1] if self.kind == "revert" else None
+
+    def readable(self) -> str:
+        return render(self.sql, self.params) if self.params else self.sql
+
+
+@dataclass
+class Plan:
+    direction: Literal["undo", "redo"]
+    steps: list[Step] = field(default_factory=list)
+    irreversible: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    changes: int = 0  # row changes and DDL commands covered
+
+    @property
+    def reversible(self) -> bool:
+        return not self.irreversible
+
+    def to_json(self) -> dict[str, Any]:
+        return {"direction": self.direction, "steps": [asdict(s) for s in self.steps],
+                "irreversible": self.irreversible, "notes": self.notes, "changes": self.changes}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Plan:
+        return cls(d["direction"], [Step(**{**s, "params": tuple(s["params"])}) for s in d.get("steps", [])],
+                   list(d.get("irreversible", [])), list(d.get("notes", [])), int(d.get("changes", 0)))
+
+
+def _row_step(c: Change, info: TableInfo, *, undo: bool) -> Step:
+    """Undo moves a row from its after-image (now) back to its before-image; redo the other way."""
+    t = templates(info)
+    now, target = (c.new, c.old) if undo else (c.old, c.new)
+    if now is None:
+        assert target is not None
+        return Step(c.seq, "restore", t.restore, (target,), c.rel, info.name)
+    if target is None:
+        return Step(c.seq, "remove", t.remove, (now,), c.rel, info.name)
+    return Step(c.seq, "revert", t.revert, (now, target), c.rel, info.name)
+
+
+def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Literal["undo", "redo"] = "undo") -> Plan:
+    """The plan for one transaction's changes (in capture order). `tables` must describe every
+    table the row changes touch, as the catalog is now."""
+    undo = direction == "undo"
+    plan = Plan(direction, changes=len(changes))
+    ddl = invert_ddl([c for c in changes if c.op == "X"])
+    created = {d.created for d in ddl if d.created is not None}
+    steps: list[Step] = []
+    for d in ddl:
+        if d.reason:
+            plan.irreversible.append(d.reason)
+        elif d.sql:
+            if not undo:
+                plan.irreversible.append("redo of DDL is not supported: undo it, then run the DDL again")
+            steps.append(Step(d.seq, "ddl", d.sql))
+    missing: set[int] = set()
+    advanced: set[str] = set()
+    for c in changes:
+        if c.op == "X" or c.rel in created:
+            continue  # rows of a table the transaction created go with the table
+        info = tables.get(c.rel) if c.rel is not None else None
+        if info is None:
+            missing.add(c.rel or 0)
+            continue
+        if c.op == "I" and info.sequences:
+            advanced.update(info.sequences)
+        steps.append(_row_step(c, info, undo=undo))
+    for oid in sorted(missing):
+        plan.irreversible.append(f"rows of table oid {oid} were captured, but the table no longer exists")
+    if advanced:
+        plan.notes.append(f"sequences not rewound: {', '.join(sorted(advanced))} (PostgreSQL never rolls back "
+                          "nextval; undo restores rows, not sequence positions)")
+    steps.sort(key=lambda s: s.seq, reverse=undo)
+    plan.steps = steps
+    return plan
