@@ -19,6 +19,10 @@ seconds against each target:
 - hold:       pgbench -> dbproxy (mode = "hold") -> PostgreSQL, with a scripted reviewer
               (`benchmarks.reviewer`) committing every held transaction through the review API
               as soon as the proxy lets it
+- undo:       pgbench -> dbproxy (mode = "undo") -> PostgreSQL after `dbproxy install`: every
+              transaction commits with its captured row images and inverse (no sandbox
+              verification yet); goal >= 70% of the pass-through proxy. Once capture is
+              installed, the other targets' sessions run with its (inactive) triggers too
 - null-relay: pgbench -> a no-logic uvloop TCP relay -> PostgreSQL (the floor for a Python hop)
 - pgbouncer:  pgbench -> PgBouncer -> PostgreSQL (a reference point: what a mature C proxy costs)
 
@@ -104,9 +108,14 @@ from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, 
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
 WORKLOAD_ALIASES = {"tpcb-like": "tpcb"}  # pgbench's own name for its default script
 MODES = ("simple", "extended", "prepared")
-TARGETS = ("direct", "proxy", "proxy-unjournaled", "hold", "null-relay", "pgbouncer")
+TARGETS = ("direct", "proxy", "proxy-unjournaled", "hold", "undo", "null-relay", "pgbouncer")
+#: Undo mode: >= 70% of the pass-through proxy's TPS (trigger-based capture tools report about -47%).
+UNDO_GOAL = 0.70
 #: What pgbench does before a run unless -n; the benchmark does it itself, directly (see docstring).
-RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history")
+RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history",
+             # Undo runs: start every run with an empty capture log (when capture is installed).
+             "DO $$BEGIN IF to_regclass('dbproxy.capture_log') IS NOT NULL THEN "
+             "TRUNCATE dbproxy.capture_log, dbproxy.undo_records; END IF; END$$")
 DRAIN_TIMEOUT = 60.0  # after a hold run: how long the reviewer may take to commit what is left
 HOLD_STALL_TIMEOUT = 120.0  # a hold run's pgbench still running this long after --duration is stuck
 PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
@@ -252,15 +261,18 @@ class Row:
 
     @property
     def goal(self) -> float | None:
+        if self.target == "undo":
+            return UNDO_GOAL  # of the pass-through proxy
         if self.target != "proxy":
             return None
         return SINGLE_CLIENT_GOAL if self.case.clients == 1 else MULTI_CLIENT_GOAL
 
     @property
     def verdict(self) -> str:
-        if self.goal is None or self.ratio is None:
+        ratio = self.ratio_proxy if self.target == "undo" else self.ratio
+        if self.goal is None or ratio is None:
             return ""
-        return "PASS" if self.ratio >= self.goal else "MISS"
+        return "PASS" if ratio >= self.goal else "MISS"
 
     def as_json(self) -> dict[str, Any]:
         return {"workload": self.case.workload, "mode": self.case.mode, "clients": self.case.clients,
@@ -628,7 +640,7 @@ def build_rows(cases: list[Case], runs: dict[tuple[Case, str], list[Run]], absen
             row = Row(case, name, runs[(case, name)])
             if row.tps is not None and direct.tps:
                 row.ratio = row.tps / direct.tps
-            if name == "hold" and row.tps is not None and passthrough.tps:
+            if name in ("hold", "undo") and row.tps is not None and passthrough.tps:
                 row.ratio_proxy = row.tps / passthrough.tps
             rows.append(row)
     return rows
@@ -810,6 +822,10 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         if "hold" in wanted:
             hold = start_proxy(upstream_url, direct, root, stack, mode="hold", name="hold")
             proxies.append(hold)
+        if "undo" in wanted:
+            print("dbproxy install ...", file=sys.stderr, flush=True)
+            run_tool([str(DBPROXY), "install"], {**os.environ, "DBPROXY_UPSTREAM": upstream_url}, timeout=300)
+            proxies.append(start_proxy(upstream_url, direct, root, stack, mode="undo", name="undo"))
         for proxy in proxies:
             services.append(proxy.service)
             targets.append(proxy.target)

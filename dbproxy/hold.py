@@ -83,6 +83,8 @@ class HeldConnection:
         self.sink: Callable[[bytes], None] | None = None  # the agent's client, while attached
         self.session: HoldSession | None = None
         self.router: Router | None = None
+        self.tail = b""  # the client's last answer of a cycle, not sent yet (see `run`)
+        self._hold_tail = False
         self._waiter: asyncio.Future[None] | None = None
         self.lost = False
         # The chain: journal id once held, statements so far, timestamps.
@@ -119,7 +121,10 @@ class HeldConnection:
         was_copying = router.copy_in
         out = router.feed(items)
         if out and self.sink is not None:
-            self.sink(out)
+            if router.done and self._hold_tail:
+                self.tail += out  # sent with what the session adds (ReadyForQuery): one write
+            else:
+                self.sink(out)
         if router.copy_in and not was_copying and self.session is not None:
             self.session.copy_in_started()
         if router.done and self._waiter is not None and not self._waiter.done():
@@ -131,11 +136,14 @@ class HeldConnection:
             self._waiter.set_exception(ConnectionClosed("the upstream server closed the connection"))
         self.registry.upstream_lost(self)
 
-    async def run(self, plan: Plan, *, to_client: bool = True) -> Router:
-        """Send a plan and wait for its last answer. The caller holds `lock`."""
+    async def run(self, plan: Plan, *, to_client: bool = True, hold_tail: bool = False) -> Router:
+        """Send a plan and wait for its last answer. The caller holds `lock`. `hold_tail`: keep the
+        client's last answer bytes in `tail` for the caller to send together with its own (each
+        write is a system call, and they cost more than the rest of a cycle)."""
         if self.lost:
             raise ConnectionClosed("the upstream connection is gone")
         router = Router(plan, self.state)
+        self._hold_tail = hold_tail
         wants_rows = any(s.action.name == "CAPTURE" for s in plan.steps)
         self.scanner.set_decode(_UPSTREAM_DECODE_ROWS if wants_rows else _UPSTREAM_DECODE)
         sink = self.sink if to_client else None
@@ -153,11 +161,20 @@ class HeldConnection:
                     await self._waiter
             else:
                 router.done = True
+        except BaseException:
+            if self.tail and sink is not None:
+                sink(self.take_tail())
+            raise
         finally:
             self.router = None
             self._waiter = None
             self.sink = saved_sink
+            self._hold_tail = False
         return router
+
+    def take_tail(self) -> bytes:
+        tail, self.tail = self.tail, b""
+        return tail
 
     async def inject(self, *sqls: str | tuple[str, list[str | None]]) -> Router:
         """Run the proxy's own statements (between cycles; the caller holds `lock`)."""
@@ -377,10 +394,13 @@ class HoldSession:
             self.client.write(self.first_notices)
             self.first_notices = b""
         chain_before = state.chain
-        router = await held.run(plan)
+        router = await held.run(plan, hold_tail=True)
         if plan.passthrough:
+            tail = held.take_tail()
             if router.ready_status is not None:
-                self.client.write(synthetic_ready(router.ready_status))
+                tail += synthetic_ready(router.ready_status)
+            if tail:
+                self.client.write(tail)
             return
         if chain_before or state.chain:
             held.record(router.results)
@@ -389,6 +409,8 @@ class HoldSession:
         if not plan.ends_with_sync:
             if router.error is not None:
                 state.error_pending = True
+            if held.tail:
+                self.client.write(held.take_tail())
             return
         failed = router.error is not None or state.error_pending
         state.error_pending = False
@@ -411,7 +433,7 @@ class HoldSession:
         elif state.chain and not state.held and state.agent_tx is AgentTx.NONE:
             await held.inject("COMMIT")  # a chain with nothing in it (e.g. a SET outside BEGIN)
             held.reset_chain()
-        self.client.write(extra + synthetic_ready(state.agent_status))
+        self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
 
     async def _after_commit(self, router: Router) -> bytes:
         """An agent transaction ended with COMMIT: hold it, or really commit when it wrote nothing."""

@@ -49,7 +49,7 @@ from dbproxy.protocol.messages import (
 )
 from inverse.classify import Classification, Kind, classify, split_statements
 from inverse.images import CAPTURE_COLUMNS
-from inverse.lexer import lex
+from inverse.lexer import WHITESPACE, lex
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
@@ -122,8 +122,19 @@ _SHAPE_FIRST = frozenset({"select", "insert", "update", "delete", "with", "value
 _by_shape: dict[str, Classification] = {}
 
 
-@functools.lru_cache(maxsize=2048)
 def split_cached(sql: str) -> tuple[str, ...]:
+    """A query with no `;` (but a trailing one) and no comment is one statement, whatever its
+    quotes hold: most agent queries, which need no lexing then (agents rarely repeat a text
+    exactly, so a cache of split results misses)."""
+    text = sql.strip(WHITESPACE)
+    body = text[:-1].rstrip(WHITESPACE) if text.endswith(";") else text
+    if body and ";" not in body and "--" not in body and "/*" not in body and "\x00" not in body:
+        return (body,)
+    return _split_lexed(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _split_lexed(sql: str) -> tuple[str, ...]:
     return tuple(split_statements(sql))
 
 

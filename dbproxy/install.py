@@ -67,7 +67,7 @@ async def install(con: asyncpg.Connection, *, grant_to: str | None = None) -> In
         await con.execute(INSTALL_SQL)
         if grant_to:
             role = '"' + grant_to.replace('"', '""') + '"'
-            await con.execute(f"GRANT USAGE ON SCHEMA dbproxy TO {role}; "
+            await con.execute(f"GRANT USAGE, CREATE ON SCHEMA dbproxy TO {role}; "
                               f"GRANT SELECT ON dbproxy.capture_log, dbproxy.capture_version TO {role}; "
                               f"GRANT SELECT, INSERT, UPDATE ON dbproxy.undo_records TO {role}")
         if rep.superuser:

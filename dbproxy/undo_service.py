@@ -22,20 +22,25 @@ from dbproxy.review_models import StatementRecord, TransactionRecord, UndoConfli
 if TYPE_CHECKING:
     from dbproxy.pending import PendingRegistry
 
-async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool) -> list[TransactionRecord]:
+async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool,
+                   direction: undo.Direction) -> list[TransactionRecord]:
     try:
         if since:
             records = await registry.journal.undoable_since(tx_id)
         else:
             found = await registry.journal.get(tx_id)
             records = [found[0]] if found is not None else []
+            doc = (records[0].undo or {}) if records else {}
+            if direction == "redo" and doc.get("action") == "undo":
+                # The journal entry of an undo: redo what it undid.
+                got = [await registry.journal.get(int(i)) for i in doc.get("of", [])]
+                records = sorted((g[0] for g in got if g is not None), key=lambda r: r.id, reverse=True)
     except Exception as e:
         raise ReviewError(503, f"the journal is unavailable: {e}") from None
-    if not records or records[-1].id != tx_id:
-        if not records and not since:
-            raise ReviewError(404, f"no transaction #{tx_id}")
-        if since and not records:
+    if not records:
+        if since:
             raise ReviewError(409, f"no transaction committed with an undo from #{tx_id} on")
+        raise ReviewError(404, f"no transaction #{tx_id}")
     for r in records:
         if r.mode != "undo" or r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
             raise ReviewError(409, f"transaction #{r.id} was not committed with an undo (mode {r.mode}, "
@@ -49,7 +54,7 @@ async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool) -> lis
 
 async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction: undo.Direction,
               force: bool, dry_run: bool, since: bool = False) -> UndoOutcome:
-    records = await _targets(registry, tx_id, since=since)
+    records = await _targets(registry, tx_id, since=since, direction=direction)
     if since:
         # Only those not undone yet (undo_records knows); newest first.
         records = await _still_committed(registry, records)

@@ -96,8 +96,12 @@ def test_commit_with_undo_then_undo(capture_db: str, undo_proxy: RunningProxy) -
 
     status, again = api(undo_proxy, f"/v1/transactions/{entry['id']}/undo", "POST", {})
     assert status == 409 and "already undone" in again["error"]
+    status, undo_entry = api(undo_proxy, f"/v1/transactions/{done['journal_id']}")
+    assert status == 200 and undo_entry["transaction"]["agent"] == "reviewer:carol"
+    assert undo_entry["transaction"]["undo"]["of"] == [entry["id"]]
 
-    status, redone = api(undo_proxy, f"/v1/transactions/{entry['id']}/redo", "POST", {})
+    # Redo, named by the undo's own journal entry.
+    status, redone = api(undo_proxy, f"/v1/transactions/{done['journal_id']}/redo", "POST", {})
     assert status == 200 and redone["applied"], redone
     assert digest(capture_db, "acct") == after
     status, shown = api(undo_proxy, f"/v1/transactions/{entry['id']}")
