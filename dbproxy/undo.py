@@ -7,14 +7,17 @@ upstream transaction:
 1. Output settings fixed to the capture's (`IMAGE_SETTINGS`), so row images compare exactly.
 2. User triggers suppressed: `session_replication_role = replica` when the role may set it (this
    also suspends foreign-key checks, which the newest-first order makes consistent again);
-   otherwise each affected table's enabled user triggers are disabled for the transaction
-   (`ALTER TABLE ... DISABLE TRIGGER`, needs ownership; re-enabled before commit). If neither is
-   possible the undo is refused: triggers firing during an undo would write new changes.
+   user triggers set ENABLE ALWAYS / ENABLE REPLICA still fire under it, so those are disabled
+   for the transaction as well. Otherwise each affected table's enabled user triggers are
+   disabled for the transaction (`ALTER TABLE ... DISABLE TRIGGER`, needs ownership; re-enabled
+   before commit). If neither is possible the undo is refused: triggers firing during an undo
+   would write new changes.
 3. Each step in a savepoint. A step that finds its row in the expected image applies; one that
    finds the row already in the target state (e.g. a cascade during this undo did it) is skipped;
    anything else is a **conflict**: the row was changed since, by someone. Without a replica role,
    a step failing on a foreign key (a child restored before its parent) is retried after the
-   others.
+   others. After a DDL step (an undone RENAME or ADD COLUMN) the remaining row steps are rebuilt
+   from the catalog as it is then.
 4. Conflicts roll everything back and are reported with the row as it is now, unless `force`
    (then rows with a primary key are set to the target image anyway and listed as overridden;
    rows without one cannot be forced, and still roll everything back). `dry_run` always rolls
@@ -25,12 +28,12 @@ upstream transaction:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
 
-from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.row_sql import RowTemplates, templates
 from inverse.undo_plan import Plan, Step, build
@@ -117,22 +120,27 @@ def _count(status: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[str]]:
-    """Suppress user triggers for this transaction; returns (how, statements to re-enable)."""
+async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[tuple[int, str, str]]]:
+    """Suppress user triggers for this transaction; returns (how, (table oid, trigger, tgenabled)
+    to re-enable)."""
+    replica = False
     try:
         async with con.transaction():
             await con.execute("SET LOCAL session_replication_role = replica")
-        return "session_replication_role = replica", []
+        replica = True
     except asyncpg.PostgresError:
         pass
     if not tables:
-        return "no tables with triggers", []
+        return ("session_replication_role = replica" if replica else "no tables with triggers"), []
+    # Under replica, triggers set ENABLE ALWAYS ('A') or ENABLE REPLICA ('R') still fire: those
+    # must be disabled too. Without it, the ordinary ('O') and ALWAYS ones fire.
+    states = ["A", "R"] if replica else ["O", "A"]
     rows = await con.fetch(
-        "SELECT t.tgrelid::regclass::text, t.tgname FROM pg_catalog.pg_trigger t "
-        "WHERE t.tgrelid = ANY($1::regclass[]) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') "
-        "AND t.tgname NOT LIKE 'dbproxy\\_capture%'", sorted(tables))
-    enable: list[str] = []
-    for rel, name in rows:
+        "SELECT t.tgrelid::regclass::text, t.tgname, t.tgrelid, t.tgenabled::text FROM pg_catalog.pg_trigger t "
+        "WHERE t.tgrelid = ANY($1::regclass[]) AND NOT t.tgisinternal AND t.tgenabled::text = ANY($2::text[]) "
+        "AND t.tgname <> ALL($3::text[])", sorted(tables), states, [ROW_TRIGGER, TRUNCATE_TRIGGER])
+    enable: list[tuple[int, str, str]] = []
+    for rel, name, oid, mode in rows:
         ident = '"' + name.replace('"', '""') + '"'
         try:
             async with con.transaction():
@@ -140,8 +148,24 @@ async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[st
         except asyncpg.PostgresError as e:
             raise UndoError(f"cannot keep trigger {name} on {rel} from firing during the undo: {e}. "
                             "Run undo as the table owner or a role that may set session_replication_role.") from e
-        enable.append(f"ALTER TABLE {rel} ENABLE TRIGGER {ident}")
+        enable.append((int(oid), name, mode))
+    if replica:
+        return "session_replication_role = replica" + (
+            f", and disabled {len(rows)} ALWAYS/REPLICA user trigger(s) for the transaction" if rows else ""), enable
     return (f"disabled {len(rows)} user trigger(s) for the transaction" if rows else "no user triggers"), enable
+
+
+_ENABLE = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}
+
+
+async def _enable_triggers(con: asyncpg.Connection, enable: list[tuple[int, str, str]]) -> None:
+    """Re-enable what `_quiet_triggers` disabled. By oid, not by the name at the time: an undone
+    RENAME may have renamed the table meanwhile. Each gets its own mode back (ALWAYS, REPLICA)."""
+    for oid, name, mode in enable:
+        rel = await con.fetchval("SELECT c.oid::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1", oid)
+        if rel is not None:
+            ident = '"' + name.replace('"', '""') + '"'
+            await con.execute(f"ALTER TABLE {rel} {_ENABLE[mode]} TRIGGER {ident}")
 
 
 async def _probe(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
@@ -165,7 +189,11 @@ async def _force(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
     if step.kind == "remove":
         return _count(await con.execute(t.force_remove, step.params[0])) > 0
     if step.kind == "revert":
-        return _count(await con.execute(t.force_revert, *step.params)) > 0
+        if _count(await con.execute(t.force_revert, *step.params)) > 0:
+            return True
+        # The row was deleted since: forcing means "make it the target image", so put it back
+        # (unless another row holds the target's key: that stays a conflict).
+        return _count(await con.execute(t.restore, step.params[1])) > 0
     await con.execute(t.force_remove, step.params[0])
     return _count(await con.execute(t.restore, step.params[0])) > 0
 
@@ -194,12 +222,9 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
         tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None})
-        if dry_run:
-            result.sql = [s.readable() for s in plan.steps]
         result.triggers, enable = await _quiet_triggers(con, {t.name for t in tables.values()})
         await _apply(con, plan.steps, tables, result, force=force)
-        for sql in enable:
-            await con.execute(sql)
+        await _enable_triggers(con, enable)
         if result.conflicts or dry_run:
             await tx.rollback()
             return result
@@ -218,16 +243,50 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         raise
 
 
+async def _refresh(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
+    """Row steps rebuilt from the catalog as it is now. Undoing DDL (RENAME, ADD COLUMN) changes
+    the shape of tables that the older steps address, and those steps' images have the old shape."""
+    fresh = await load_tables(con, {s.rel for s in steps if s.rel is not None and s.kind != "ddl"})
+    tables.update(fresh)
+    out: list[Step] = []
+    for s in steps:
+        info = fresh.get(s.rel) if s.rel is not None and s.kind != "ddl" else None
+        if info is not None:
+            t = templates(info)
+            sql = {"remove": t.remove, "restore": t.restore, "revert": t.revert}[s.kind]
+            s = replace(s, sql=sql, table=info.name)
+        out.append(s)
+    return out
+
+
 async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo], result: Result, *,
                  force: bool) -> None:
     queue = list(steps)
+    shown: set[int] = set()
+
+    def show(step: Step) -> None:
+        """Dry runs list each step's SQL once, in the order it ran, as rebuilt after DDL."""
+        if result.dry_run and step.seq not in shown:
+            shown.add(step.seq)
+            result.sql.append(step.readable())
+
     while queue:
         deferred: list[tuple[Step, str]] = []
-        for step in queue:
+        i = 0
+        while i < len(queue):
+            step = queue[i]
+            i += 1
             try:
                 async with con.transaction():
                     n = _count(await con.execute(step.sql, *step.params))
-                    if step.kind == "ddl" or n > 0:
+                    show(step)
+                    if step.kind == "ddl":
+                        result.done += 1
+                        rest = await _refresh(con, [s for s, _ in deferred] + queue[i:], tables)
+                        deferred = [(s, m) for s, (_, m) in zip(rest, deferred, strict=False)]
+                        queue[i:] = rest[len(deferred):]
+                        continue
+                    if n > 0:
                         result.done += 1
                         continue
                     t = templates(tables[step.rel]) if step.rel is not None and step.rel in tables else None
@@ -246,10 +305,12 @@ async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, T
                 if getattr(e, "sqlstate", "") == _FK_VIOLATION:
                     deferred.append((step, str(e)))
                     continue
+                show(step)
                 result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [],
                                                  f"{type(e).__name__}: {e}"))
         if len(deferred) == len(queue):
             for step, msg in deferred:
+                show(step)
                 result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [], msg))
             return
         queue = [s for s, _ in deferred]

@@ -38,7 +38,7 @@ def _table_from_json(text: str) -> TableInfo:
     d = json.loads(text)
     return TableInfo(int(d["oid"]), f"{quote_ident(d['nspname'])}.{quote_ident(d['relname'])}", d["nspname"],
                      d["relname"], tuple(d["columns"]), tuple(d["writable"]), tuple(d["identity_always"]),
-                     tuple(d["key"]), tuple(d["sequences"]), d["relkind"])
+                     tuple(d["key"]), tuple(d["sequences"]), d["relkind"], tuple(d["json_not_null"]))
 
 
 @dataclass

@@ -9,11 +9,14 @@ DESIGN.md decision 5. Objects (all in the `dbproxy` schema, all removed by `unin
 - `dbproxy.undo_records`: one row per agent transaction committed in undo mode, written inside
   that transaction (the durable "this was committed with an undo" marker), and the outcome of
   later undo/redo runs.
-- `dbproxy.capture_row()` and a `dbproxy_capture` AFTER ROW trigger on every user table, with a
+- `dbproxy.capture_row()` and a `_dbproxy_capture` AFTER ROW trigger on every user table, with a
   `WHEN` clause on the session setting `dbproxy.capture`: other sessions pay one setting lookup
   per row and run no code. The proxy sets `dbproxy.capture = on` in the startup packet of agent
-  sessions in undo mode, so `RESET ALL` / `DISCARD ALL` keep it on.
-- `dbproxy.capture_truncate()` and a `dbproxy_capture_truncate` BEFORE TRUNCATE trigger, which
+  sessions in undo mode, so `RESET ALL` / `DISCARD ALL` keep it on. Its name sorts before
+  (ordinary, lower-case) user trigger names: PostgreSQL fires a row's triggers in name order, so
+  the row change is logged before what the user's AFTER triggers then write (also to the same
+  row), and undo's newest-first order holds.
+- `dbproxy.capture_truncate()` and a `_dbproxy_capture_truncate` BEFORE TRUNCATE trigger, which
   copies the rows about to be removed.
 - Event triggers (superuser only): `dbproxy_ddl` logs every DDL command an agent session runs
   (including DDL hidden in functions, which the proxy never sees as text) and puts the capture
@@ -27,8 +30,11 @@ lossy or incomparable): `json_populate_record` turns an image back into a row ex
 from __future__ import annotations
 
 CAPTURE_SETTING = "dbproxy.capture"
-ROW_TRIGGER = "dbproxy_capture"
-TRUNCATE_TRIGGER = "dbproxy_capture_truncate"
+#: Trigger names: a leading "_" sorts them before user triggers named with lower-case letters (and
+#: after the foreign-key action triggers "RI_ConstraintTrigger_*", so a cascade is logged before
+#: the row that caused it, which newest-first undo and the FK retry both handle).
+ROW_TRIGGER = "_dbproxy_capture"
+TRUNCATE_TRIGGER = "_dbproxy_capture_truncate"
 #: Output settings under which row images are written and compared.
 IMAGE_SETTINGS: dict[str, str] = {
     "TimeZone": "UTC",
@@ -115,9 +121,9 @@ $fn$;
 
 #: Tables that get capture triggers: ordinary and partitioned tables outside system schemas, the
 #: dbproxy schema and temporary schemas. (Partitions inherit the partitioned table's trigger.)
-CAPTURABLE_TABLES_SQL = """
+CAPTURABLE_TABLES_SQL = f"""
 SELECT c.oid::regclass::text AS name, c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'dbproxy_capture')
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = '{ROW_TRIGGER}')
            AS attached
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -188,14 +194,18 @@ CREATE EVENT TRIGGER dbproxy_drop ON sql_drop EXECUTE FUNCTION dbproxy.capture_d
 """
 
 #: Removes every capture object; the journal tables (if the journal lives here) stay unless asked.
-UNINSTALL_SQL = """
+UNINSTALL_SQL = f"""
 DROP EVENT TRIGGER IF EXISTS dbproxy_ddl;
 DROP EVENT TRIGGER IF EXISTS dbproxy_drop;
 DO $do$
 DECLARE t record;
 BEGIN
+    -- By the function they call, not by name: also triggers from versions that named them otherwise.
     FOR t IN SELECT tgrelid::regclass AS rel, tgname FROM pg_catalog.pg_trigger
-             WHERE tgname IN ('dbproxy_capture', 'dbproxy_capture_truncate') LOOP
+             WHERE tgname IN ('{ROW_TRIGGER}', '{TRUNCATE_TRIGGER}')
+                OR tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n
+                              ON n.oid = p.pronamespace WHERE n.nspname = 'dbproxy'
+                              AND p.proname IN ('capture_row', 'capture_truncate')) LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
     END LOOP;
 END

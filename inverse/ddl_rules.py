@@ -19,12 +19,14 @@ instead of committed with an incomplete undo.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from inverse.capture_schema import ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.classify import split_statements
 from inverse.images import Change, quote_ident
 
@@ -34,6 +36,7 @@ _DROP_KIND = {
     "CREATE FUNCTION": "FUNCTION", "CREATE PROCEDURE": "PROCEDURE", "CREATE TYPE": "TYPE",
     "CREATE DOMAIN": "DOMAIN", "CREATE SCHEMA": "SCHEMA",
 }
+_OWN_TRIGGERS = frozenset({ROW_TRIGGER, TRUNCATE_TRIGGER})
 #: Object types that a CREATE of another kind makes as a side part (dropped with the main object).
 _PART_TAGS = frozenset({"CREATE SEQUENCE", "CREATE INDEX", "ALTER SEQUENCE", "CREATE TRIGGER"})
 
@@ -56,14 +59,22 @@ def _groups(events: list[Change]) -> list[list[Change]]:
 
 def _is_own_trigger(e: Change) -> bool:
     d = e.ddl or {}
-    return d.get("object_type") == "trigger" and str(d.get("identity", "")).startswith("dbproxy_capture")
+    # identity: "<trigger> on <table>"
+    return d.get("object_type") == "trigger" and str(d.get("identity", "")).split(" on ", 1)[0] in _OWN_TRIGGERS
 
 
 def invert_ddl(events: list[Change]) -> list[DdlInverse]:
     """One DdlInverse per top-level command (oldest first)."""
     out: list[DdlInverse] = []
     created: dict[str, int] = {}  # identity -> index in out
-    for group in _groups([e for e in events if not _is_own_trigger(e)]):
+    groups = _groups([e for e in events if not _is_own_trigger(e)])
+    # ALTER TABLE commands per query text, in the order they ran: a simple query with several
+    # ALTER TABLE statements reports the same `current_query()` for each of them.
+    alters: dict[str, list[int]] = {}
+    for k, group in enumerate(groups):
+        if all((e.ddl or {}).get("tag") == "ALTER TABLE" for e in group):
+            alters.setdefault(str((group[0].ddl or {}).get("query") or ""), []).append(k)
+    for k, group in enumerate(groups):
         first = group[0]
         d = first.ddl or {}
         if d.get("event") == "drop":
@@ -81,10 +92,15 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
         main = next((e for e in group if (e.ddl or {}).get("tag") in _DROP_KIND
                      and (e.ddl or {}).get("tag") not in _PART_TAGS), None) \
             or next((e for e in group if (e.ddl or {}).get("tag") in _DROP_KIND), None)
+        m = (main.ddl or {}) if main is not None else {}
+        ident = str(m.get("identity"))
+        # CREATE TABLE with a REFERENCES clause (or a CHECK added later in the same command) also
+        # reports an ALTER TABLE of the new table itself: part of the table, dropped with it.
         if main is not None and all((e.ddl or {}).get("tag") in _DROP_KIND or (e.ddl or {}).get("tag") in _PART_TAGS
+                                    or ((e.ddl or {}).get("tag") == "ALTER TABLE"
+                                        and str((e.ddl or {}).get("identity")) == ident
+                                        and _DROP_KIND.get(str(m.get("tag"))) == "TABLE")
                                     for e in group):
-            m = main.ddl or {}
-            ident = str(m.get("identity"))
             if m.get("in_extension"):
                 out.append(DdlInverse(main.seq, None, f"{m.get('tag')} {ident} is part of an extension"))
                 continue
@@ -93,7 +109,8 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
                                   created=main.rel if _DROP_KIND[str(m.get("tag"))] == "TABLE" else None))
             continue
         if all((e.ddl or {}).get("tag") == "ALTER TABLE" for e in group):
-            out.append(_alter_table(group))
+            same = alters[str(d.get("query") or "")]
+            out.append(_alter_table(group, same.index(k), len(same)))
             continue
         tags = sorted({str((e.ddl or {}).get("tag")) for e in group})
         out.append(DdlInverse(first.seq, None, f"no exact inverse for {', '.join(tags)} yet "
@@ -101,29 +118,83 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
     return out
 
 
-def _alter_table(group: list[Change]) -> DdlInverse:
+def _identity_parts(identity: str) -> list[str]:
+    """Split an object identity as PostgreSQL writes it (`s.t`, `"a.b".t`) at the dots outside
+    double quotes; each part keeps its quoting."""
+    parts: list[str] = []
+    cur, quoted = "", False
+    for ch in identity:
+        if ch == '"':
+            quoted = not quoted  # a doubled "" toggles twice: still inside
+        if ch == "." and not quoted:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def _unquote(part: str) -> str:
+    """One part of an object identity -> the name (identities quote exactly the names that need it)."""
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
+def _pg_name(node: exp.Expression | None) -> str | None:
+    """The name an identifier in a statement denotes: quoted as written, unquoted folded to lower
+    case (ASCII only, as PostgreSQL's downcase_identifier does for UTF-8)."""
+    ident = node if isinstance(node, exp.Identifier) else node.this if node is not None else None
+    if isinstance(ident, exp.Column | exp.Table):
+        ident = ident.this
+    if not isinstance(ident, exp.Identifier):
+        return None
+    name = str(ident.this)
+    return name if ident.quoted else name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_ALTER_TABLE = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*alter\s+table\b", re.IGNORECASE | re.DOTALL)
+
+
+def _alter_table(group: list[Change], ordinal: int = 0, total: int = 1) -> DdlInverse:
+    """The inverse of the `ordinal`-th of `total` ALTER TABLE commands that ran with this query text."""
     d = group[0].ddl or {}
     ident = str(d.get("identity"))
+    if d.get("object_type") == "table column":
+        # RENAME COLUMN reports the column (`s.t.col`), not the table the inverse must name.
+        ident = ".".join(_identity_parts(ident)[:-1])
     seq = group[0].seq
-    stmts = [s for s in split_statements(str(d.get("query") or "")) if s.lstrip()[:5].lower() == "alter"]
-    if len(stmts) != 1:
+    stmts = [s for s in split_statements(str(d.get("query") or "")) if _ALTER_TABLE.match(s)]
+    # One ALTER TABLE statement: it is this command (also when the same text ran more than once).
+    # Several: the k-th command that ran with this text is the k-th statement, but only when the
+    # counts agree (an ALTER hidden in a function, or IF EXISTS on a missing table, breaks that).
+    stmt = stmts[0] if len(stmts) == 1 else stmts[ordinal] if len(stmts) == total else None
+    if stmt is None:
         return DdlInverse(seq, None, f"ALTER TABLE {ident}: could not tell which statement ran "
                           "(run ALTER TABLE as a statement of its own, not inside a function)")
     try:
-        tree = sqlglot.parse_one(stmts[0], read="postgres")
+        tree = sqlglot.parse_one(stmt, read="postgres")
     except SqlglotError:
         tree = None
     if not isinstance(tree, exp.Alter) or not tree.args.get("actions"):
         return DdlInverse(seq, None, f"ALTER TABLE {ident}: statement not understood")
+    # The statement must name the table the command reported (for RENAME TO: its new name), or
+    # it is not the statement that ran (e.g. an ALTER hidden in a function in the same query).
+    renamed = [a for a in tree.args["actions"] if isinstance(a, exp.AlterRename)]
+    named = _pg_name(renamed[0].this if renamed else tree.this)
+    if named is None or named != _unquote(_identity_parts(ident)[-1]):
+        return DdlInverse(seq, None, f"ALTER TABLE {ident}: could not tell which statement ran "
+                          "(run ALTER TABLE as a statement of its own, not inside a function)")
     undo: list[str] = []
     for a in tree.args["actions"]:
-        if isinstance(a, exp.ColumnDef) and not a.args.get("exists"):
-            undo.append(f"DROP COLUMN {quote_ident(a.name)}")
-        elif isinstance(a, exp.RenameColumn) and not a.args.get("exists"):
-            undo.append(f"RENAME COLUMN {quote_ident(a.args['to'].name)} TO {quote_ident(a.this.name)}")
-        elif isinstance(a, exp.AlterRename):
-            old = tree.this.name
-            undo.append(f"RENAME TO {quote_ident(old)}")
+        # Names as PostgreSQL stored them: unquoted identifiers are folded to lower case.
+        if isinstance(a, exp.ColumnDef) and not a.args.get("exists") and _pg_name(a) is not None:
+            undo.append(f"DROP COLUMN {quote_ident(str(_pg_name(a)))}")
+        elif isinstance(a, exp.RenameColumn) and not a.args.get("exists") \
+                and _pg_name(a.args.get("to")) is not None and _pg_name(a) is not None:
+            undo.append(f"RENAME COLUMN {quote_ident(str(_pg_name(a.args.get('to'))))} TO "
+                        f"{quote_ident(str(_pg_name(a)))}")
+        elif isinstance(a, exp.AlterRename) and _pg_name(tree.this) is not None:
+            undo.append(f"RENAME TO {quote_ident(str(_pg_name(tree.this)))}")
         else:
             return DdlInverse(seq, None, f"ALTER TABLE {ident}: no exact inverse for "
                               f"{a.sql(dialect='postgres')[:80]!r} yet (it needs the state from before)")

@@ -56,6 +56,9 @@ class TableInfo:
     key: tuple[str, ...]  # primary-key columns; empty: rows are matched by their whole image
     sequences: tuple[str, ...] = field(default=())  # sequences feeding column defaults
     relkind: str = "r"
+    # NOT NULL json/jsonb columns: an image's `null` there can only be JSON null (`to_json` writes
+    # SQL NULL and JSON null alike, and `json_populate_record` reads both back as SQL NULL).
+    json_not_null: tuple[str, ...] = field(default=())
 
     @property
     def updatable(self) -> tuple[str, ...]:
@@ -80,7 +83,13 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
        array(SELECT DISTINCT s.oid::regclass::text FROM pg_catalog.pg_depend d
              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-               AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')) AS sequences
+               AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')) AS sequences,
+       array(SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attnotnull
+               AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)
+                   IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype)
+             ORDER BY a.attnum) AS json_not_null
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY($1::oid[])
 """
@@ -92,7 +101,7 @@ def quote_ident(name: str) -> str:
 
 
 def table_info_from_row(row: tuple[Any, ...] | Any) -> TableInfo:
-    oid, schema, table, relkind, columns, writable, identity, key, sequences = tuple(row)
+    oid, schema, table, relkind, columns, writable, identity, key, sequences, json_not_null = tuple(row)
     return TableInfo(int(oid), f"{quote_ident(schema)}.{quote_ident(table)}", schema, table,
                      tuple(columns), tuple(writable), tuple(identity), tuple(key), tuple(sequences),
-                     relkind.decode() if isinstance(relkind, bytes) else relkind)
+                     relkind.decode() if isinstance(relkind, bytes) else relkind, tuple(json_not_null))

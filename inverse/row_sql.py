@@ -47,9 +47,19 @@ def _ident(name: str) -> exp.Identifier:
     return exp.to_identifier(name, quoted=True)
 
 
-def _table(info: TableInfo, alias: str | None = None) -> exp.Table:
-    t = exp.Table(this=_ident(info.table), db=_ident(info.schema))
+def _table(info: TableInfo, alias: str | None = None, *, only: bool = False) -> exp.Table:
+    # only: row lookups say FROM ONLY. A row image belongs to this very table; through an
+    # inheritance parent a lookup also sees its children's rows (projected to the parent's
+    # columns) and could match, update or delete a child's row that happens to look the same.
+    # (remove/revert keep a plain target: the (tableoid, ctid) they match comes from an ONLY
+    # lookup, so it is this table's row.)
+    t = exp.Table(this=_ident(info.table), db=_ident(info.schema), only=only or None)
     return t.as_(alias) if alias else t  # type: ignore[return-value]
+
+
+def _rows(info: TableInfo) -> exp.Table:
+    """ONLY table AS dbproxy_row: where row lookups look."""
+    return _table(info, _ROW, only=True)
 
 
 def _col(name: str, table: str | None = None) -> exp.Column:
@@ -96,7 +106,7 @@ def _equal_rows(info: TableInfo, n: int) -> exp.Select:
     key = _key_match(info, n)
     if key is not None:
         cond = exp.and_(key, cond)
-    return exp.select(_col("tableoid", _ROW), _col("ctid", _ROW)).from_(_table(info, _ROW)).where(cond)
+    return exp.select(_col("tableoid", _ROW), _col("ctid", _ROW)).from_(_rows(info)).where(cond)
 
 
 def _one_equal_row(info: TableInfo, n: int) -> exp.Expression:
@@ -104,6 +114,16 @@ def _one_equal_row(info: TableInfo, n: int) -> exp.Expression:
     and among duplicates."""
     return exp.EQ(this=exp.Tuple(expressions=[exp.column("tableoid"), exp.column("ctid")]),
                   expression=exp.Subquery(this=_equal_rows(info, n).limit(1)))
+
+
+def _img_value(info: TableInfo, name: str) -> exp.Expression:
+    """dbproxy_img.col, the value a restore or revert writes. For NOT NULL json/jsonb columns,
+    COALESCE(..., 'null'): the image's `null` was JSON null there, which json_populate_record
+    turns into SQL NULL."""
+    col = _col(name, _IMG)
+    if name in info.json_not_null:
+        return exp.Coalesce(this=col, expressions=[exp.Literal.string("null")])
+    return col
 
 
 def _sql(e: exp.Expression) -> str:
@@ -115,9 +135,9 @@ def templates(info: TableInfo) -> RowTemplates:
     remove = exp.Delete(this=_table(info), where=exp.Where(this=_one_equal_row(info, 1)))
 
     cols = info.writable
-    source = exp.select(*[_col(c, _IMG) for c in cols]).from_(_populate(info, 1))
+    source = exp.select(*[_img_value(info, c) for c in cols]).from_(_populate(info, 1))
     if info.key:
-        exists = exp.select("1").from_(_table(info, _ROW)).where(
+        exists = exp.select("1").from_(_rows(info)).where(
             exp.EQ(this=_tuple(info.key, _ROW), expression=_tuple(info.key, _IMG)))
         source = source.where(exp.Not(this=exp.Exists(this=exists)))
     columns = exp.Schema(this=_table(info), expressions=[_ident(c) for c in cols])
@@ -127,7 +147,7 @@ def templates(info: TableInfo) -> RowTemplates:
     restore = restore.replace(") SELECT ", _OVERRIDING, 1) if info.identity_always else restore
 
     upd = info.updatable
-    target = exp.select(*[_col(c, _IMG) for c in upd]).from_(_populate(info, 2))
+    target = exp.select(*[_img_value(info, c) for c in upd]).from_(_populate(info, 2))
     lhs = _tuple(upd, None)
     revert = exp.Update(this=_table(info),
                         expressions=[exp.EQ(this=lhs if isinstance(lhs, exp.Tuple) else exp.Tuple(expressions=[lhs]),
@@ -135,15 +155,15 @@ def templates(info: TableInfo) -> RowTemplates:
                         where=exp.Where(this=_one_equal_row(info, 1)))
 
     key = _key_match(info, 1)
-    absent = (_sql(exp.select(exp.Not(this=exp.Exists(this=exp.select("1").from_(_table(info, _ROW)).where(key)))))
+    absent = (_sql(exp.select(exp.Not(this=exp.Exists(this=exp.select("1").from_(_rows(info)).where(key)))))
               if key is not None else None)
     equal = _sql(exp.select(exp.Exists(this=_equal_rows(info, 1))))
-    current = (_sql(exp.select(_image_text(_ROW)).from_(_table(info, _ROW)).where(key).limit(3))
+    current = (_sql(exp.select(_image_text(_ROW)).from_(_rows(info)).where(key).limit(3))
                if key is not None else None)
     force_remove = force_revert = None
     if key is not None:
-        force_remove = _sql(exp.Delete(this=_table(info, _ROW), where=exp.Where(this=key)))
-        force_revert = _sql(exp.Update(this=_table(info, _ROW), expressions=[e.copy() for e in revert.expressions],
+        force_remove = _sql(exp.Delete(this=_rows(info), where=exp.Where(this=key)))
+        force_revert = _sql(exp.Update(this=_rows(info), expressions=[e.copy() for e in revert.expressions],
                                        where=exp.Where(this=key.copy())))
     return RowTemplates(_sql(remove), restore, _sql(revert), absent, equal, current, force_remove, force_revert)
 

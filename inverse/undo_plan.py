@@ -13,7 +13,8 @@ Plans serialize to JSON for the journal.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from inverse.ddl_rules import invert_ddl
@@ -61,7 +62,9 @@ class Plan:
         return not self.irreversible
 
     def to_json(self) -> dict[str, Any]:
-        return {"direction": self.direction, "steps": [asdict(s) for s in self.steps],
+        return {"direction": self.direction,
+                "steps": [{"seq": s.seq, "kind": s.kind, "sql": s.sql, "params": s.params, "rel": s.rel,
+                           "table": s.table} for s in self.steps],
                 "irreversible": self.irreversible, "notes": self.notes, "changes": self.changes}
 
     @classmethod
@@ -80,6 +83,16 @@ def _row_step(c: Change, info: TableInfo, *, undo: bool) -> Step:
     if target is None:
         return Step(c.seq, "remove", t.remove, (now,), c.rel, info.name)
     return Step(c.seq, "revert", t.revert, (now, target), c.rel, info.name)
+
+
+def _identity_always_changed(c: Change, info: TableInfo) -> list[str]:
+    """Identity ALWAYS columns whose value this UPDATE changed (`SET id = DEFAULT`). The revert
+    leaves them out of its SET list (PostgreSQL refuses any value but DEFAULT there), so without
+    this check the undo would report success and leave the new value."""
+    if c.op != "U" or not info.identity_always or c.old is None or c.new is None:
+        return []
+    old, new = json.loads(c.old), json.loads(c.new)
+    return [col for col in info.identity_always if old.get(col) != new.get(col)]
 
 
 def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Literal["undo", "redo"] = "undo") -> Plan:
@@ -108,6 +121,11 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
             continue
         if c.op == "I" and info.sequences:
             advanced.update(info.sequences)
+        moved = _identity_always_changed(c, info)
+        if moved:
+            plan.irreversible.append(f"UPDATE of {info.name} changed GENERATED ALWAYS identity column(s) "
+                                     f"{', '.join(moved)}: an UPDATE cannot set them back (only to DEFAULT)")
+            continue
         steps.append(_row_step(c, info, undo=undo))
     for oid in sorted(missing):
         plan.irreversible.append(f"rows of table oid {oid} were captured, but the table no longer exists")
