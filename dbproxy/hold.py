@@ -442,17 +442,19 @@ class HoldSession:
         if not state.chain:
             return b""
         if state.held == 0:
-            if held.mode == "undo":
-                return await self._commit_with_undo(router)
-            xid = router.captured[-1] if router.captured else None
+            # With capture, the guard's xid is followed by the captured changes.
+            xid_at = -2 if state.capture else -1
+            xid = router.captured[xid_at] if len(router.captured) >= -xid_at else None
             if xid is None and not router.notified:
                 if state.agent_tx is AgentTx.NONE:
-                    r = await held.inject("COMMIT")  # nothing was written: nothing to hold
+                    r = await held.inject("COMMIT")  # nothing was written: nothing to hold or undo
                     held.reset_chain()
                     if r.error is not None:
                         return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
                 return b""
             held.xid = int(xid) if xid is not None else None
+            if held.mode == "undo":
+                return await self._commit_with_undo(router)
             return await self._hold(router)
         if router.committed_writes:
             state.held += router.committed_writes
@@ -475,30 +477,18 @@ class HoldSession:
                 "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
                 detail=str(e)).encode()
         held.state.held = max(1, router.committed_writes)
-        if why:
-            return notice(f"dbproxy: transaction held for review as #{tx_id} because it cannot be undone exactly",
-                          detail="; ".join(why) + ". Nothing is committed until a reviewer decides; later "
-                          "transactions of this session join it and see its changes.",
-                          hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
-        return notice(f"dbproxy: transaction held for review as #{tx_id}",
-                      detail="Nothing is committed until a reviewer decides; later transactions of this "
+        because = " because it cannot be undone exactly" if why else ""
+        reasons = "; ".join(why) + ". " if why else ""
+        return notice(f"dbproxy: transaction held for review as #{tx_id}{because}",
+                      detail=reasons + "Nothing is committed until a reviewer decides; later transactions of this "
                       "session join it and see its changes.",
                       hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
 
     async def _commit_with_undo(self, router: Router) -> bytes:
-        """Undo mode: commit the agent's transaction with its inverse, or hold it (`undo_commit`)."""
+        """Undo mode: commit the agent's transaction (which wrote, or notified) with its inverse, or
+        hold it (`undo_commit`)."""
         held = self.held
         state = held.state
-        xid_text = (router.captured[-2] if len(router.captured) >= 2 else None) if state.capture \
-            else (router.captured[-1] if router.captured else None)
-        if xid_text is None and not router.notified:
-            if state.agent_tx is AgentTx.NONE:
-                r = await held.inject("COMMIT")  # nothing was written: nothing to undo
-                held.reset_chain()
-                if r.error is not None:
-                    return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
-            return b""
-        held.xid = int(xid_text) if xid_text is not None else None
         if held.xid is None:
             return await self._hold(router, why=["NOTIFY cannot be taken back once delivered"])
         if not state.capture:

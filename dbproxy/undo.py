@@ -27,12 +27,12 @@ upstream transaction:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
 
+from dbproxy.tags import tag_rows
 from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.row_sql import RowTemplates, templates
@@ -112,12 +112,9 @@ async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Directio
     return merged
 
 
-_COUNT = re.compile(r"(\d+)$")
-
-
 def _count(status: str) -> int:
-    m = _COUNT.search(status)
-    return int(m.group(1)) if m else 0
+    """Rows a statement changed, from its command tag (0 for DDL)."""
+    return tag_rows(status) or 0
 
 
 async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[tuple[int, str, str]]]:

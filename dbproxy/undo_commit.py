@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, TableInfo, change_from_row, quote_ident
+from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
 
 if TYPE_CHECKING:
@@ -35,10 +35,9 @@ NOT_VERIFIED = "not done (sandbox verification is not available yet)"
 
 
 def _table_from_json(text: str) -> TableInfo:
-    d = json.loads(text)
-    return TableInfo(int(d["oid"]), f"{quote_ident(d['nspname'])}.{quote_ident(d['relname'])}", d["nspname"],
-                     d["relname"], tuple(d["columns"]), tuple(d["writable"]), tuple(d["identity_always"]),
-                     tuple(d["key"]), tuple(d["sequences"]), d["relkind"], tuple(d["json_not_null"]))
+    """A TABLE_INFO_SQL row that came as JSON text (the proxy's own statements return text): its
+    keys are the query's columns, in order."""
+    return table_info_from_row(tuple(json.loads(text).values()))
 
 
 @dataclass

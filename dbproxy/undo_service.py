@@ -55,18 +55,18 @@ async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool,
 async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction: undo.Direction,
               force: bool, dry_run: bool, since: bool = False) -> UndoOutcome:
     records = await _targets(registry, tx_id, since=since, direction=direction)
-    if since:
-        # Only those not undone yet (undo_records knows); newest first.
-        records = await _still_committed(registry, records)
-        if not records:
-            raise ReviewError(409, f"every transaction from #{tx_id} on is undone already")
-    by_xid = {r.xid: r.id for r in records if r.xid is not None}
-    xids = list(by_xid)
     try:
         con = await asyncpg.connect(registry.dsn_for(records[0].database), timeout=10)
     except (OSError, asyncpg.PostgresError) as e:
         raise ReviewError(502, f"cannot connect to the upstream database: {e}") from None
     try:
+        if since:
+            # Only those not undone yet (undo_records knows); newest first.
+            records = await _still_committed(con, records)
+            if not records:
+                raise ReviewError(409, f"every transaction from #{tx_id} on is undone already")
+        by_xid = {r.xid: r.id for r in records if r.xid is not None}
+        xids = list(by_xid)
         result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer)
     except undo.UndoError as e:
         raise ReviewError(409, str(e)) from None
@@ -86,17 +86,10 @@ async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction
     return outcome
 
 
-async def _still_committed(registry: PendingRegistry, records: list[TransactionRecord]) -> list[TransactionRecord]:
-    try:
-        con = await asyncpg.connect(registry.dsn_for(records[0].database), timeout=10)
-    except (OSError, asyncpg.PostgresError) as e:
-        raise ReviewError(502, f"cannot connect to the upstream database: {e}") from None
-    try:
-        undone = {int(r[0]) for r in await con.fetch(
-            "SELECT xid FROM dbproxy.undo_records WHERE xid = ANY($1::bigint[]) AND undone_at IS NOT NULL",
-            [r.xid for r in records])}
-    finally:
-        await con.close()
+async def _still_committed(con: asyncpg.Connection, records: list[TransactionRecord]) -> list[TransactionRecord]:
+    undone = {int(r[0]) for r in await con.fetch(
+        "SELECT xid FROM dbproxy.undo_records WHERE xid = ANY($1::bigint[]) AND undone_at IS NOT NULL",
+        [r.xid for r in records])}
     return [r for r in records if r.xid not in undone]
 
 
