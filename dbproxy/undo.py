@@ -27,7 +27,7 @@ upstream transaction:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import asyncpg
@@ -36,7 +36,7 @@ from dbproxy.tags import tag_rows
 from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.row_sql import RowTemplates, templates
-from inverse.undo_plan import Plan, Step, build
+from inverse.undo_plan import Plan, Step, build, rebuild
 
 Direction = Literal["undo", "redo"]
 _FK_VIOLATION = "23503"
@@ -241,19 +241,10 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
 
 
 async def _refresh(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
-    """Row steps rebuilt from the catalog as it is now. Undoing DDL (RENAME, ADD COLUMN) changes
-    the shape of tables that the older steps address, and those steps' images have the old shape."""
+    """Row steps rebuilt from the catalog as it is now (after a DDL step)."""
     fresh = await load_tables(con, {s.rel for s in steps if s.rel is not None and s.kind != "ddl"})
     tables.update(fresh)
-    out: list[Step] = []
-    for s in steps:
-        info = fresh.get(s.rel) if s.rel is not None and s.kind != "ddl" else None
-        if info is not None:
-            t = templates(info)
-            sql = {"remove": t.remove, "restore": t.restore, "revert": t.revert}[s.kind]
-            s = replace(s, sql=sql, table=info.name)
-        out.append(s)
-    return out
+    return rebuild(steps, fresh)
 
 
 async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo], result: Result, *,

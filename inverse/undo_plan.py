@@ -14,7 +14,7 @@ Plans serialize to JSON for the journal.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from inverse.ddl_rules import invert_ddl
@@ -135,3 +135,17 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
     steps.sort(key=lambda s: s.seq, reverse=undo)
     plan.steps = steps
     return plan
+
+
+def rebuild(steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
+    """Row steps re-made for the catalog as it is now (`tables`, by oid). Undoing DDL (a RENAME,
+    an ADD COLUMN) changes the shape of tables that older steps address; an executor calls this
+    after each DDL step so the remaining row steps name the table and columns as they now are."""
+    out: list[Step] = []
+    for s in steps:
+        info = tables.get(s.rel) if s.rel is not None and s.kind != "ddl" else None
+        if info is not None:
+            t = templates(info)
+            s = replace(s, sql={"remove": t.remove, "restore": t.restore, "revert": t.revert}[s.kind], table=info.name)
+        out.append(s)
+    return out

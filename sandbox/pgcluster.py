@@ -63,6 +63,7 @@ class LocalCluster:
     port: int = 5432
     superuser: str = "postgres"
     settings: dict[str, str] | None = None
+    bin: Path | None = None  # another PostgreSQL's bin/ (e.g. to match a server's major version)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -111,7 +112,7 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._run_as is not None:
             _allow_traversal(self.data_dir.parent)
-            _allow_traversal(bin_dir())
+            _allow_traversal(self.bin or bin_dir())
         password = secrets.token_urlsafe(24)
         self.password_file.write_text(password + "\n")
         os.chmod(self.password_file, 0o600)
@@ -196,7 +197,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             probe = subprocess.run(
-                [str(bin_dir() / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port)],
+                [str((self.bin or bin_dir()) / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port)],
                 check=False,
             )
             if probe.returncode == 0:
@@ -207,7 +208,7 @@ class LocalCluster:
     # -- helpers --------------------------------------------------------------------------
 
     def _run(self, program: str, *args: str) -> None:
-        cmd = [str(bin_dir() / program), *args]
+        cmd = [str((self.bin or bin_dir()) / program), *args]
         identity: dict[str, object] = {}
         if self._run_as is not None:
             # Drop root's groups too: a process left in group root gets a directory's group

@@ -1,0 +1,520 @@
+"""Prove an inverse on a sampled copy of the schema before anyone trusts it.
+
+`Verifier.verify(upstream, upstream_url, tx, candidate)` returns a `Verdict`:
+
+1. **Schema.** The upstream's catalog fingerprint names a sandbox database holding its schema
+   (`schema_copy`); it is built once per schema version and reused. Objects that did not load are
+   remembered, so a verification that needs one says "could not verify" and names it.
+2. **Sample.** `sampler.collect` reads the affected rows' before-images (from the capture),
+   their foreign-key neighbourhood and a random sample, in one upstream snapshot.
+3. **One sandbox transaction, always rolled back:** load the sample (triggers and foreign-key
+   checks off, as a restore would), set sequences, digest every sampled table.
+4. **Forward.** The agent's statements run on the sample with capture on, triggers and foreign
+   keys live. Their effect must match what was captured upstream: the same rows changed (same
+   before-images per table and operation, same number of inserts), else the sample is not
+   representative: it is widened once and the whole verification tried again. When the new
+   values differ only because they are not deterministic (`now()`, sequences, random), the
+   forward is rolled back and the captured after-images are applied instead, so the inverse meets
+   exactly the rows it will meet upstream. Statements that cannot be replayed (bind parameters,
+   which the journal does not keep, or COPY data) are replaced the same way, and the verdict says so.
+5. **Inverse**, run as undo runs it (triggers and foreign-key actions suppressed), then digest
+   again. Equal digests (and catalog shape, for DDL) mean verified; otherwise failed, with the
+   rows that differ.
+
+A sandbox that dies is brought back (`Backend.recover`) and the verification tried once more;
+one that hangs is stopped by the statement timeout and an overall deadline. Either way the
+verdict is "could not verify", never "verified".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
+from inverse.undo_plan import Plan, Step, build, rebuild
+from sandbox import digest, schema_copy
+from sandbox.backends import LIMITS, Backend, BackendUnavailable
+from sandbox.sampler import Sample, SampleOptions, collect
+from sandbox.verdict import Verdict
+
+_LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
+         asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+_DML_VERBS = {"insert", "update", "delete", "merge", "select", "with", "values", "table", "copy", "set", "reset",
+              "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare", "execute",
+              "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What the agent did: the captured changes, the catalog facts of the tables they touch (the
+    upstream's, by oid), and its statements when they can be replayed as text."""
+
+    changes: list[Change]
+    tables: dict[int, TableInfo]
+    statements: list[str] | None = None
+    not_replayable: str = ""  # why `statements` is None
+    read_tables: frozenset[int] = frozenset()  # upstream oids of tables the statements read
+
+    @property
+    def has_ddl(self) -> bool:
+        if any(c.op == "X" for c in self.changes):
+            return True
+        return any(_verb(s) not in _DML_VERBS for s in self.statements or [])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An inverse to prove: a rule-made plan, or plain SQL statements (an LLM's, a person's)."""
+
+    plan: Plan | None = None
+    statements: tuple[str, ...] = ()
+    source: str = "rules"
+
+
+class _Unrepresentative(Exception):
+    pass
+
+
+class _CouldNot(Exception):
+    pass
+
+
+@dataclass
+class _Schema:
+    database: str
+    problems: list[str] = field(default_factory=list)  # load errors and objects left out
+
+
+def _verb(sql: str) -> str:
+    from inverse.lexer import lex
+
+    for tok in lex(sql).tokens:
+        if tok.kind == "word":
+            return tok.value
+        if tok.kind != "punct":
+            break
+    return ""
+
+
+def upstream_identity(url: str) -> str:
+    """Which upstream database a URL names, without its credentials."""
+    p = urlsplit(url)
+    return f"{p.hostname}:{p.port}/{p.path.lstrip('/')}?{p.query}"
+
+
+class Verifier:
+    """Verifications against one backend; schema copies and connection pools are reused."""
+
+    def __init__(self, backend: Backend, *, options: SampleOptions | None = None, timeout: float = 60.0) -> None:
+        self.backend = backend
+        self.options = options or SampleOptions()
+        self.timeout = timeout
+        self._schemas: dict[str, _Schema] = {}
+        self._pools: dict[str, asyncpg.Pool] = {}
+        self._build_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for p in pools.values():
+            await p.close()
+        await self.backend.close()
+
+    async def verify(self, upstream: asyncpg.Connection, upstream_url: str, tx: Transaction,
+                     candidate: Candidate) -> Verdict:
+        start = time.perf_counter()
+        try:
+            verdict = await asyncio.wait_for(self._verify(upstream, upstream_url, tx, candidate), self.timeout)
+        except TimeoutError:
+            verdict = Verdict.could_not(f"the sandbox did not answer within {self.timeout:.0f}s")
+        except BackendUnavailable as e:
+            verdict = Verdict.could_not(str(e))
+        except schema_copy.SchemaError as e:
+            verdict = Verdict.could_not(f"the schema could not be copied: {e}")
+        verdict.backend = self.backend.name
+        verdict.source = candidate.source
+        verdict.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
+        return verdict
+
+    async def _verify(self, upstream: asyncpg.Connection, upstream_url: str, tx: Transaction,
+                      candidate: Candidate) -> Verdict:
+        timings: dict[str, float] = {}
+        if candidate.plan is not None and candidate.plan.irreversible:
+            return Verdict.could_not("the inverse is incomplete: " + "; ".join(candidate.plan.irreversible))
+        foreign = [t.name for t in tx.tables.values() if t.relkind == "f"]
+        if foreign:
+            return Verdict.could_not(f"foreign table {', '.join(foreign)} has no rows a sandbox can copy")
+        options = self.options
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            schema = await self._schema(upstream, upstream_url)
+            timings["schema"] = _ms(t0)
+            t0 = time.perf_counter()
+            sample = await collect(upstream, tx.changes, read_tables=tx.read_tables, options=options)
+            timings["sample"] = _ms(t0)
+            try:
+                verdict = await self._in_sandbox(schema, tx, candidate, sample, timings)
+            except _Unrepresentative as e:
+                if attempt == 0:
+                    options = options.widened()
+                    continue
+                return Verdict.could_not(f"sample not representative, even widened: {e}", widened=True,
+                                         sample=sample.counts(), timings_ms=timings)
+            except _CouldNot as e:
+                return Verdict.could_not(str(e), sample=sample.counts(), timings_ms=timings, widened=attempt > 0)
+            verdict.widened = attempt > 0
+            verdict.sample = sample.counts()
+            verdict.masked = sorted(s.info.name for s in sample.tables.values() if s.masked and s.context)
+            verdict.timings_ms.update(timings)
+            return verdict
+        raise AssertionError("unreachable")
+
+    # -- schema copies ------------------------------------------------------------------------
+
+    async def _schema(self, upstream: asyncpg.Connection, upstream_url: str) -> _Schema:
+        await self.backend.start()
+        fp = await schema_copy.fingerprint(upstream)
+        ident = hashlib.md5(upstream_identity(upstream_url).encode()).hexdigest()[:8]
+        name = f"dbproxy_sbx_{ident}_{fp[:16]}"
+        known = self._schemas.get(name)
+        if known is not None:
+            return known
+        async with self._build_lock:
+            if name in self._schemas:
+                return self._schemas[name]
+            admin = await asyncpg.connect(self.backend.url("postgres"), timeout=10)
+            try:
+                comment = await admin.fetchval(
+                    "SELECT pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d "
+                    "WHERE d.datname = $1", name)
+                if comment is not None:
+                    schema = _Schema(name, json.loads(comment))
+                else:
+                    schema = await self._build(admin, name, upstream_url, ident)
+            finally:
+                await admin.close()
+            self._schemas[name] = schema
+            return schema
+
+    async def _build(self, admin: asyncpg.Connection, name: str, upstream_url: str, ident: str) -> _Schema:
+        available = {r[0] for r in await admin.fetch("SELECT name FROM pg_catalog.pg_available_extensions")}
+        dump = await schema_copy.dump(upstream_url, self.backend.bin_dir, available_extensions=available)
+        building = name[:50] + "_new"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{building}" TEMPLATE template0 ENCODING \'UTF8\' LOCALE \'C\'')
+        errors = await schema_copy.load(self.backend.url(building), self.backend.bin_dir, dump)
+        problems = [f"left out: {x}" for x in dump.left_out] + errors
+        text = json.dumps(problems).replace("'", "''")
+        await admin.execute(f"COMMENT ON DATABASE \"{building}\" IS '{text}'")
+        # Older copies of this upstream's schema are stale now: drop them (and their pools).
+        for (old,) in await admin.fetch("SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE $1",
+                                        f"dbproxy_sbx_{ident}_%"):
+            if old != building:
+                pool = self._pools.pop(old, None)
+                if pool is not None:
+                    await pool.close()
+                self._schemas.pop(old, None)
+                await admin.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
+        await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+        return _Schema(name, problems)
+
+    async def _pool(self, database: str) -> asyncpg.Pool:
+        pool = self._pools.get(database)
+        if pool is None:
+            pool = await asyncpg.create_pool(self.backend.url(database), min_size=1, max_size=4,
+                                             server_settings=LIMITS, timeout=10)
+            self._pools[database] = pool
+        return pool
+
+    async def _forget_server(self) -> None:
+        pools, self._pools = self._pools, {}
+        for p in pools.values():
+            p.terminate()
+        self._schemas.clear()
+
+    # -- one verification in the sandbox ------------------------------------------------------
+
+    async def _in_sandbox(self, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
+                          timings: dict[str, float]) -> Verdict:
+        for attempt in range(2):
+            try:
+                pool = await self._pool(schema.database)
+                async with pool.acquire() as con:
+                    return await _run(con, schema, tx, candidate, sample, timings)
+            except _LOST as e:
+                # The sandbox died under us: bring it back (its databases may be gone) and retry.
+                await self._forget_server()
+                if attempt == 1:
+                    raise _CouldNot(f"the sandbox server was lost during verification: {e}") from e
+                await self.backend.recover()
+                schema.database = (await self._rebuild_after_loss(schema)).database
+        raise AssertionError("unreachable")
+
+    async def _rebuild_after_loss(self, schema: _Schema) -> _Schema:
+        admin = await asyncpg.connect(self.backend.url("postgres"), timeout=10)
+        try:
+            exists = await admin.fetchval("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", schema.database)
+        finally:
+            await admin.close()
+        if exists:
+            return schema
+        raise _CouldNot("the sandbox server was re-created and lost its schema copy; verify again")
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+async def _sandbox_oids(con: asyncpg.Connection, sample: Sample, schema: _Schema) -> dict[int, int]:
+    """Upstream oid -> sandbox oid of every sampled table (found by its name before the
+    transaction; oids then follow it through renames)."""
+    ups = list(sample.tables)
+    found = await con.fetch("SELECT u.oid, pg_catalog.to_regclass(u.name)::oid FROM "
+                            "unnest($1::bigint[], $2::text[]) AS u(oid, name)",
+                            ups, [sample.tables[o].info.name for o in ups])
+    local = {int(r[0]): r[1] for r in found}
+    lost = [sample.tables[o].info.name for o, sb in local.items() if sb is None]
+    if lost:
+        related = [p for p in schema.problems if any(_bare(n) in p for n in lost)] or schema.problems[:3]
+        raise _CouldNot(f"{', '.join(sorted(lost))} could not be reproduced in the sandbox"
+                        + (": " + "; ".join(related) if related else ""))
+    return {up: int(sb) for up, sb in local.items()}
+
+
+async def _infos(con: asyncpg.Connection, oids: dict[int, int], tx: Transaction,
+                 wanted: set[int]) -> dict[int, TableInfo]:
+    """Sandbox catalog facts as they are now, keyed by upstream oid, for `wanted` upstream oids.
+    Tables the transaction created are found by their name (and remembered in `oids`)."""
+    for up in wanted - set(oids):
+        info = tx.tables.get(up)
+        sb = await con.fetchval("SELECT pg_catalog.to_regclass($1)::oid", info.name) if info else None
+        if sb is not None:
+            oids[up] = int(sb)
+    back = {oids[up]: up for up in wanted if up in oids}
+    rows = await con.fetch(TABLE_INFO_SQL, sorted(back)) if back else []
+    return {back[int(r[0])]: table_info_from_row(r) for r in rows}
+
+
+def _bare(name: str) -> str:
+    return name.split(".")[-1].strip('"')
+
+
+async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableInfo]) -> None:
+    for oid, s in sample.tables.items():
+        if not s.rows:
+            continue
+        info = infos[oid]
+        cols = ", ".join(_qi(c) for c in info.writable)
+        override = " OVERRIDING SYSTEM VALUE" if info.identity_always else ""
+        sql = (f"INSERT INTO {info.name} ({cols}){override} SELECT {cols} FROM "
+               f"pg_catalog.json_populate_recordset(NULL::{info.name}, $1::json)")
+        try:
+            async with con.transaction():
+                await con.execute(sql, "[" + ",".join(s.rows) + "]")
+        except asyncpg.PostgresError as e:
+            if not s.masked:
+                raise _CouldNot(f"the sample of {info.name} does not load into the sandbox: {e}") from e
+            # Masked stand-in values can break CHECK constraints: keep the rows that load.
+            async with con.transaction():
+                await con.execute(sql, "[" + ",".join(s.before) + "]")
+            for img in s.context:
+                try:
+                    async with con.transaction():
+                        await con.execute(sql, "[" + img + "]")
+                except asyncpg.PostgresError:
+                    continue
+    for seq, (value, called) in sample.sequences.items():
+        await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
+    await con.execute("SELECT pg_catalog.set_config('session_replication_role', $1, true), "
+                      "pg_catalog.set_config('dbproxy.capture', $2, true)",
+                      "replica" if replica else "origin", "on" if capture else "off")
+
+
+async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
+               timings: dict[str, float]) -> Verdict:
+    t_all = time.perf_counter()
+    outer = con.transaction()
+    await outer.start()
+    try:
+        for k, v in IMAGE_SETTINGS.items():
+            await con.execute("SELECT pg_catalog.set_config($1, $2, true)", k, v)
+        await _settings(con, replica=True, capture=False)
+        oids = await _sandbox_oids(con, sample, schema)
+        infos = await _infos(con, oids, tx, set(oids))
+        t0 = time.perf_counter()
+        await _load(con, sample, infos)
+        timings["load"] = _ms(t0)
+        names = sorted({infos[oid].name for oid in sample.tables})
+        t0 = time.perf_counter()
+        before = await digest.table_digests(con, names)
+        shape_before = await digest.shape_lines(con) if tx.has_ddl else []
+        timings["digest"] = _ms(t0)
+        loaded = con.transaction()  # a savepoint: the diff goes back here to read the "before" rows
+        await loaded.start()
+
+        t0 = time.perf_counter()
+        forward = await _forward(con, tx, oids)
+        timings["forward"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        await _settings(con, replica=True, capture=False)
+        failure = await _apply_inverse(con, candidate, tx, oids)
+        timings["inverse"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        after = await digest.table_digests(con, names)
+        shape_after = await digest.shape_lines(con) if tx.has_ddl else []
+        timings["digest"] += _ms(t0)
+        if failure is not None:
+            return Verdict("failed", failure, forward=forward, timings_ms=timings)
+        changed = [n for n in names if before.get(n) != after.get(n)]
+        if not changed and shape_before == shape_after:
+            return Verdict("verified", forward=forward, timings_ms=timings)
+        after_rows = {n: await digest.rows(con, n) for n in changed}
+        await loaded.rollback()
+        lines: list[str] = []
+        for n in changed:
+            lines += digest.diff_lines(n, await digest.rows(con, n), after_rows[n])
+        lost_shape = sorted(set(shape_before) - set(shape_after))
+        new_shape = sorted(set(shape_after) - set(shape_before))
+        lines += [f"catalog: missing after the inverse: {x}" for x in lost_shape[:20]]
+        lines += [f"catalog: not there before the transaction: {x}" for x in new_shape[:20]]
+        what = ", ".join(changed) if changed else "the catalog"
+        return Verdict("failed", f"the inverse left {what} different from before the transaction", diff=lines,
+                       forward=forward, timings_ms=timings)
+    finally:
+        timings["sandbox"] = _ms(t_all)
+        if not con.is_closed():
+            await outer.rollback()
+
+
+async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> str:
+    """Bring the sample to the transaction's after-state; returns how (see the module docstring)."""
+    if tx.statements is None:
+        await _forward_images(con, tx, oids)
+        return f"images ({tx.not_replayable or 'statements not available'})"
+    fwd = con.transaction()
+    await fwd.start()
+    await _settings(con, replica=False, capture=True)
+    try:
+        for sql in tx.statements:
+            await con.execute(sql)
+    except asyncpg.PostgresError as e:
+        await fwd.rollback()
+        raise _Unrepresentative(f"the statements fail on the sample: {type(e).__name__}: {e}") from e
+    rows = await con.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
+                           "WHERE xid = pg_catalog.txid_current() ORDER BY seq")
+    sandbox_changes = [change_from_row(r) for r in rows]
+    local_names = {int(r[0]): f"{r[1]}.{r[2]}" for r in await con.fetch(
+        "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+        sorted({c.rel for c in sandbox_changes if c.rel is not None}))}
+    real = _effect(tx.changes, {oid: f"{t.schema}.{t.table}" for oid, t in tx.tables.items()})
+    seen = _effect(sandbox_changes, local_names)
+    if real[0] != seen[0]:
+        await fwd.rollback()
+        raise _Unrepresentative(_describe_mismatch(real[0], seen[0]))
+    if real[1] == seen[1]:
+        await fwd.commit()
+        return "statements"
+    await fwd.rollback()
+    if tx.has_ddl:
+        raise _CouldNot("the statements set other values on the sample than upstream (not deterministic: "
+                        "now(), sequences, random?), and a transaction with DDL can only be replayed as statements")
+    await _forward_images(con, tx, oids)
+    return "images (the statements' new values are not deterministic: the captured after-images were applied)"
+
+
+def _effect(changes: list[Change], names: dict[int, str]) -> tuple[Counter[tuple[str, str, str]], Counter[str]]:
+    """(rows removed or changed, by table, operation and before-image; rows written, by table and image)."""
+    old: Counter[tuple[str, str, str]] = Counter()
+    new: Counter[str] = Counter()
+    for c in changes:
+        if c.rel is None or c.op == "X":
+            continue
+        name = names.get(c.rel, str(c.rel))
+        if c.op == "I":
+            old[(name, "I", "")] += 1
+        elif c.old is not None:
+            old[(name, c.op, c.old)] += 1
+        if c.new is not None:
+            new[f"{name} {c.new}"] += 1
+    return old, new
+
+
+def _describe_mismatch(real: Counter[tuple[str, str, str]], seen: Counter[tuple[str, str, str]]) -> str:
+    ops = {"I": "inserted", "U": "updated", "D": "deleted", "T": "truncated"}
+
+    def per_table(c: Counter[tuple[str, str, str]]) -> Counter[tuple[str, str]]:
+        out: Counter[tuple[str, str]] = Counter()
+        for (t, op, _), n in c.items():
+            out[(t, op)] += n
+        return out
+
+    up, sb = per_table(real), per_table(seen)
+    parts = [f"{t}: {sb[(t, op)]} rows {ops.get(op, op)} on the sample, {up[(t, op)]} upstream"
+             for t, op in sorted(set(up) | set(sb)) if up[(t, op)] != sb[(t, op)]]
+    return "; ".join(parts) or "the statements changed other rows on the sample than upstream"
+
+
+async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
+    """The captured effect applied exactly (the redo plan), each step checked to find its row."""
+    plan = build(tx.changes, tx.tables, direction="redo")
+    if plan.irreversible:
+        raise _CouldNot("the forward cannot be applied from images: " + "; ".join(plan.irreversible))
+    await _settings(con, replica=True, capture=False)
+    infos = await _infos(con, oids, tx, {s.rel for s in plan.steps if s.rel is not None})
+    for step in rebuild(plan.steps, infos):
+        n = _rows(await con.execute(step.sql, *step.params))
+        if n != 1:
+            raise _Unrepresentative(f"{step.table}: the captured {step.kind} did not find its row in the sample")
+
+
+def _rows(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Transaction,
+                         oids: dict[int, int]) -> str | None:
+    """Run the candidate; returns why it failed outright (an error), else None. Plan steps are
+    re-made for the sandbox's catalog, and again after each DDL step (as undo does upstream)."""
+    try:
+        if candidate.plan is None:
+            for sql in candidate.statements:
+                await con.execute(sql)
+            return None
+        steps: list[Step] = list(candidate.plan.steps)
+        i = 0
+        while i < len(steps):
+            if i == 0 or steps[i - 1].kind == "ddl":
+                wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind != "ddl"}
+                steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
+            # A run of row steps with the same SQL goes in one pipelined round trip; the digest
+            # afterwards, not each step's row count, is what decides.
+            j = i + 1
+            while j < len(steps) and steps[i].kind != "ddl" and steps[j].sql == steps[i].sql:
+                j += 1
+            if j - i > 1:
+                await con.executemany(steps[i].sql, [s.params for s in steps[i:j]])
+            else:
+                await con.execute(steps[i].sql, *steps[i].params)
+            i = j
+        return None
+    except asyncpg.PostgresError as e:
+        return f"the inverse failed on the sample: {type(e).__name__}: {e}"
