@@ -14,6 +14,7 @@ rollback|log` commands (`dbproxy.review_cli`) and any other tool a reviewer like
     POST /v1/transactions/{id}/rollback     Decision
     POST /v1/transactions/{id}/undo         UndoOutcome           body {"reviewer", "force", "dry_run", "since"}
     POST /v1/transactions/{id}/redo         UndoOutcome           body {"reviewer", "force", "dry_run"}
+    POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
 
 Bodies are the pydantic models of `dbproxy.review_models` as `model_dump(mode="json")`. Every
@@ -46,7 +47,15 @@ from pydantic.json_schema import JsonSchemaMode
 
 from dbproxy import log
 from dbproxy.review import ReviewError, ReviewService
-from dbproxy.review_models import Decision, Outcome, TransactionDetail, TransactionRecord, UndoOutcome, UndoRequest
+from dbproxy.review_models import (
+    Decision,
+    Outcome,
+    TransactionDetail,
+    TransactionRecord,
+    UndoOutcome,
+    UndoRequest,
+    VerifyOutcome,
+)
 
 TOKEN_FILE = "admin-token"
 REVIEWER_HEADER = "X-Dbproxy-Reviewer"
@@ -231,6 +240,7 @@ class AdminServer:
         app.router.add_post("/v1/transactions/{id}/rollback", self._rollback)
         app.router.add_post("/v1/transactions/{id}/undo", self._undo)
         app.router.add_post("/v1/transactions/{id}/redo", self._redo)
+        app.router.add_post("/v1/transactions/{id}/verify", self._verify)
         app.router.add_get("/openapi.json", self._openapi)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
@@ -345,6 +355,12 @@ class AdminServer:
 
     async def _redo(self, request: web.Request) -> web.Response:
         return await self._undo_redo(request, "redo")
+
+    async def _verify(self, request: web.Request) -> web.Response:
+        tx_id = _parse_id(request)
+        outcome = await asyncio.shield(self._service.verify(tx_id))
+        log.event("admin.verify", id=tx_id, status=outcome.status, remote=request.remote)
+        return _json(outcome.model_dump(mode="json"))
 
     async def _undo_redo(self, request: web.Request, action: str) -> web.Response:
         tx_id = _parse_id(request)
@@ -499,6 +515,14 @@ def openapi_document() -> dict[str, Any]:
         "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
         "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed in undo mode (or a range)"),
         "/v1/transactions/{id}/redo": undo_redo("redo", "Apply an undone transaction again"),
+        "/v1/transactions/{id}/verify": {
+            "post": {
+                "operationId": "verify", "summary": "Prove the transaction's inverse in the sandbox again",
+                "parameters": [id_param],
+                "responses": {"200": body(ref(VerifyOutcome), "the verdict (also journaled)"),
+                              **errors(400, 404, 409, 502)},
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi", "summary": "this document",

@@ -463,7 +463,8 @@ class HoldSession:
                           f"({state.held} agent transactions held together)")
         return b""
 
-    async def _hold(self, router: Router, *, why: list[str] | None = None, undo: str | None = None) -> bytes:
+    async def _hold(self, router: Router, *, why: list[str] | None = None, undo: str | None = None,
+                    because: str = "it cannot be undone exactly") -> bytes:
         """The chain's first agent transaction becomes pending, for a reviewer (`why`: the
         reasons undo mode could not commit it)."""
         held = self.held
@@ -477,9 +478,8 @@ class HoldSession:
                 "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
                 detail=str(e)).encode()
         held.state.held = max(1, router.committed_writes)
-        because = " because it cannot be undone exactly" if why else ""
         reasons = "; ".join(why) + ". " if why else ""
-        return notice(f"dbproxy: transaction held for review as #{tx_id}{because}",
+        return notice(f"dbproxy: transaction held for review as #{tx_id}" + (f" because {because}" if why else ""),
                       detail=reasons + "Nothing is committed until a reviewer decides; later transactions of this "
                       "session join it and see its changes.",
                       hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
@@ -503,6 +503,16 @@ class HoldSession:
         if not decision.reversible:
             log.event("undo.irreversible", session=self.session.id, reasons=decision.plan.irreversible)
             return await self._hold(router, why=decision.plan.irreversible, undo=decision.journal_json())
+        verdict = None
+        if registry.verification is not None:
+            verdict = await registry.verification.at_commit(
+                held.database, held.statements, decision.plan, decision.changes, decision.tables,
+                complete=decision.complete, fingerprint=decision.fingerprint)
+        if verdict is not None and not verdict.verified:
+            log.event("undo.unverified", session=self.session.id, verdict=verdict.summary())
+            return await self._hold(router, why=[f"sandbox verification: {verdict.summary()}"],
+                                    because="its inverse was not verified in the sandbox",
+                                    undo=decision.journal_json(verdict))
         r = await held.inject((undo_commit.MARK_SQL, [str(held.xid), held.agent, str(held.session_id),
                                                      str(decision.plan.changes)]), "COMMIT")
         if r.error is not None:
@@ -513,7 +523,7 @@ class HoldSession:
             return ErrorResponse.make(r.error.sqlstate, r.error.message,
                                       detail="dbproxy: the transaction was not committed").encode()
         registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
-                                  undo=decision.journal_json())
+                                  undo=decision.journal_json(verdict))
         held.reset_chain()
         return b""
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from dbproxy import diff, log, undo_service
+from dbproxy import diff, log, undo_service, verify_service
 from dbproxy.endpoint import ConnectionClosed
 from dbproxy.hold import notice
 from dbproxy.hold_protocol import AgentTx
@@ -39,8 +39,10 @@ from dbproxy.review_models import (
     TransactionDetail,
     TransactionRecord,
     UndoOutcome,
+    VerifyOutcome,
 )
 from dbproxy.undo_commit import TableCache
+from dbproxy.verification import Verification
 
 if TYPE_CHECKING:
     from dbproxy.hold import HeldConnection
@@ -63,6 +65,7 @@ class PendingRegistry:
         self.hold_timeout = hold_timeout
         self.diff_rows = diff_rows
         self.tables = TableCache()  # undo mode: catalog facts per database
+        self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -392,6 +395,9 @@ class PendingRegistry:
 
     async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
         return await undo_service.run(self, tx_id, reviewer, direction="redo", force=force, dry_run=dry_run)
+
+    async def verify(self, tx_id: int) -> VerifyOutcome:
+        return VerifyOutcome.model_validate(await verify_service.run(self, tx_id))
 
     async def _journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
         try:

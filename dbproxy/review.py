@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord, UndoOutcome
+from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord, UndoOutcome, VerifyOutcome
 
 
 class ReviewError(Exception):
@@ -49,6 +49,10 @@ class ReviewService(Protocol):
 
     async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
         """Apply an undone transaction's changes again."""
+        ...
+
+    async def verify(self, tx_id: int) -> VerifyOutcome:
+        """Prove the transaction's inverse in the sandbox again; the verdict is journaled."""
         ...
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,

@@ -7,6 +7,7 @@
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
     dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
+    dbproxy verify ID                    prove its inverse in the sandbox again (exit 1 unless verified)
 
 Common options: `--admin HOST:PORT` (the `admin` setting, env `DBPROXY_ADMIN`, default
 127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the `admin_token` setting, else
@@ -56,11 +57,12 @@ from dbproxy.review_models import (
     TransactionDetail,
     TransactionRecord,
     UndoOutcome,
+    VerifyOutcome,
 )
 from dbproxy.settings import SettingsError, load_settings
 from inverse.undo_plan import Step
 
-COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo")
+COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify")
 TOKEN_ENV = "DBPROXY_ADMIN_TOKEN"
 TIMEOUT = 60.0
 _RECORDS = TypeAdapter(list[TransactionRecord])
@@ -110,6 +112,8 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         sp = review(name, f"{verb} a pending transaction")
         sp.add_argument("id", type=_tx_id, metavar="ID")
         sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+    verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
+    verify.add_argument("id", type=_tx_id, metavar="ID")
     for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
                        ("redo", "apply an undone transaction again")):
         sp = review(name, what)
@@ -272,6 +276,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                                                "limit": args.limit, "before": args.before})
     elif cmd == "show":
         data = client.get(f"/v1/transactions/{args.id}")
+    elif cmd == "verify":
+        data = client.post(f"/v1/transactions/{args.id}/verify", {})
     elif cmd in ("undo", "redo"):
         body = {"reviewer": args.reviewer or _default_reviewer(), "force": args.force, "dry_run": args.dry_run}
         if cmd == "undo":
@@ -285,6 +291,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
         if cmd in ("commit", "rollback") and isinstance(data, dict) and data.get("error"):
             return 1
         if cmd in ("undo", "redo") and isinstance(data, dict) and data.get("conflicts"):
+            return 1
+        if cmd == "verify" and isinstance(data, dict) and data.get("status") != "verified":
             return 1
         return 0
 
@@ -300,6 +308,11 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
             render_detail(console, TransactionDetail.model_validate(data))
         elif cmd in ("undo", "redo"):
             return render_undo(console, UndoOutcome.model_validate(data))
+        elif cmd == "verify":
+            outcome = VerifyOutcome.model_validate(data)
+            console.print(Text(f"#{outcome.id}", style="bold"))
+            render_verdict(console, outcome.model_dump())
+            return 0 if outcome.status == "verified" else 1
         else:
             decision = Decision.model_validate(data)
             if decision.error:
@@ -532,7 +545,7 @@ def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
         console.print(Text("  held because it cannot be undone exactly:", style="bold red"))
         for r in irreversible:
             console.print(Text(f"    - {r}"))
-    console.print(Text(f"  verification: {doc.get('verification', 'not done')}"))
+    render_verdict(console, doc.get("verification", "not done"))
     for h in doc.get("history", []):
         console.print(Text(f"  {h.get('action')} by {h.get('by')} at {h.get('at')}"))
     for n in doc.get("notes") or []:
@@ -548,6 +561,41 @@ def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
 
 
 SHOWN_STEPS = 50
+SHOWN_DIFF = 20
+_VERDICT_STYLE = {"verified": "bold green", "failed": "bold red", "could not verify": "bold yellow"}
+
+
+def render_verdict(console: Console, v: Any) -> None:
+    """A sandbox verdict (a dict) or an older entry's plain status text."""
+    if not isinstance(v, dict):
+        console.print(Text(f"  verification: {v}"))
+        return
+    status = str(v.get("status", "?"))
+    line = Text("  verification: ")
+    line.append(status, style=_VERDICT_STYLE.get(status, "bold"))
+    if v.get("reason"):
+        line.append(f": {v['reason']}")
+    console.print(line)
+    how = []
+    if v.get("cached"):
+        how.append(f"cached result for the same statement shape and schema (verified {v.get('at', '')})")
+    elif v.get("timings_ms", {}).get("total") is not None:
+        how.append(f"{v['timings_ms']['total']:.0f} ms on {v.get('backend') or 'the sandbox'}")
+    if v.get("forward"):
+        how.append(f"forward from {v['forward']}")
+    if v.get("sample"):
+        how.append("sample " + ", ".join(f"{t} {n} rows" for t, n in v["sample"].items()))
+    if v.get("widened"):
+        how.append("sample widened once")
+    if v.get("masked"):
+        how.append("masked: " + ", ".join(v["masked"]))
+    for h in how:
+        console.print(Text(f"    {h}"))
+    diff = v.get("diff") or []
+    for d in diff[:SHOWN_DIFF]:
+        console.print(Text(f"    {d}", style="red"))
+    if len(diff) > SHOWN_DIFF:
+        console.print(Text(f"    … and {len(diff) - SHOWN_DIFF} more"))
 
 
 def render_undo(console: Console, o: UndoOutcome) -> int:

@@ -145,3 +145,21 @@ class UndoOutcome(BaseModel):
     sql: list[str] = Field(default_factory=list, description="the plan as readable SQL (dry runs)")
     notes: list[str] = Field(default_factory=list)
     journal_id: int | None = Field(default=None, description="the journal entry recording this undo/redo")
+
+
+class VerifyOutcome(BaseModel):
+    """A sandbox verification's verdict (`dbproxy verify ID`), as journaled in the undo document."""
+
+    id: int
+    status: Literal["verified", "failed", "could not verify"]
+    reason: str = ""
+    diff: list[str] = Field(default_factory=list, description="rows (and catalog entries) the inverse got wrong")
+    forward: str = Field(default="", description="how the forward ran on the sample: statements, or images (why)")
+    sample: dict[str, int] = Field(default_factory=dict, description="rows per sampled table")
+    masked: list[str] = Field(default_factory=list, description="tables whose context rows were masked")
+    widened: bool = False
+    cached: bool = False
+    backend: str = ""
+    source: str = Field(default="rules", description="who made the inverse")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    at: str = ""

@@ -36,7 +36,9 @@ from dbproxy.scram import certificate_binding
 from dbproxy.session import Session
 from dbproxy.settings import Settings
 from dbproxy.upstream import UpstreamError, UpstreamTarget
+from dbproxy.verification import Verification
 from sandbox.pgcluster import ClusterError
+from sandbox.sampler import SampleOptions
 
 
 class ProxyServer:
@@ -94,6 +96,15 @@ class ProxyServer:
         self.pending = PendingRegistry(self.journal, target_for=self.target_for,
                                        dsn_for=lambda db: self.target_for(db).url(),
                                        hold_timeout=settings.hold_timeout)
+
+        self.pending.verification = Verification(
+            backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
+            server_url=settings.sandbox_server.get_secret_value() if settings.sandbox_server else None,
+            dsn_for=self.pending.dsn_for, timeout=settings.sandbox_timeout, cache=settings.verify_cache,
+            options=SampleOptions(random_rows=settings.sandbox_sample_rows, neighbours=settings.sandbox_neighbours,
+                                  mask=frozenset(settings.sandbox_mask)))
+        if "undo" in modes:
+            self.pending.verification.warm(self.target.database)
 
         async def xact_status(xid: int) -> str | None:
             assert self.pending is not None
@@ -196,6 +207,8 @@ class ProxyServer:
             await self.admin.stop()
         if self.pending is not None:
             await self.pending.stop()
+            if self.pending.verification is not None:
+                await self.pending.verification.close()
         if self.journal is not None:
             await self.journal.close()
         log.event("proxy.stopped")

@@ -104,6 +104,29 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     log_statements: bool = False
+    sandbox: Literal["local", "server", "testcontainers", "off"] = Field(
+        default="local", description="where inverses are verified before undo mode trusts them: `local` (a warm "
+        "PostgreSQL cluster of our own), `server` (scratch databases on `sandbox_server`), `testcontainers` "
+        "(a Docker container), `off` (commit with unverified rule-made inverses)")
+    sandbox_server: SecretStr | None = Field(
+        default=None, description="postgresql:// URL of a scratch server for `sandbox = server` (needs CREATEDB; "
+        "never the upstream)")
+    sandbox_dir: Path | None = Field(default=None, description="the local sandbox cluster's directory "
+                                     "(default DATA_DIR/sandbox)")
+    sandbox_sample_rows: int = Field(default=50, ge=0, description="random rows per sampled table")
+    sandbox_neighbours: int = Field(default=50, ge=0, description="referencing rows per foreign key of an "
+                                    "affected table")
+    sandbox_mask: list[str] = Field(default_factory=list, description="tables whose sampled context rows leave "
+                                    "the upstream with non-key values replaced (\"schema.table\" or \"table\"; "
+                                    "comma-separated in the environment)")
+    sandbox_timeout: float = Field(default=30.0, gt=0, description="seconds a verification may take")
+    verify_cache: bool = Field(default=True, description="reuse a verified result for the same statement shape "
+                               "and the same catalog of the touched tables")
+
+    @field_validator("sandbox_mask", mode="before")
+    @classmethod
+    def _split_mask(cls, v: object) -> object:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
 
     @field_validator("listen", "admin")
     @classmethod
@@ -111,7 +134,7 @@ class Settings(BaseModel):
         parse_host_port(v, what="address")
         return v
 
-    @field_validator("upstream", "state_database")
+    @field_validator("upstream", "state_database", "sandbox_server")
     @classmethod
     def _check_upstream(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or not v.get_secret_value():
@@ -197,9 +220,10 @@ def _holds_secrets(data: dict[str, Any]) -> bool:
     upstream = data.get("upstream")
     if isinstance(upstream, str) and urlsplit(upstream).password:
         return True
-    state = data.get("state_database")
-    if isinstance(state, str) and urlsplit(state).password:
-        return True
+    for key in ("state_database", "sandbox_server"):
+        url = data.get(key)
+        if isinstance(url, str) and urlsplit(url).password:
+            return True
     if data.get("admin_token"):
         return True
     agents = data.get("agents")

@@ -11,7 +11,9 @@ the guard. Here, still inside the upstream transaction:
    entry with the inverse follows in the background (batched);
 4. irreversible: the transaction is held for review as in hold mode, with the reasons.
 
-Sandbox verification is not done yet: every inverse is journaled with `verification: not done`.
+Between 2 and 3 the inverse is proved in a sandbox (`dbproxy.verification`); only a verified one
+commits. The fetched rows' seventh column is the touched tables' catalog fingerprint, the key
+under which verified results are cached.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, TableInfo, change_from_row, table_info_from_row
+from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
+from sandbox.verdict import Verdict
 
 if TYPE_CHECKING:
     from dbproxy.hold import HeldConnection
@@ -31,7 +34,7 @@ _TABLE_INFO_JSON_SQL = f"SELECT pg_catalog.to_json(x)::text FROM ({TABLE_INFO_SQ
 _DDL_EVENTS_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
                    "WHERE xid = pg_catalog.txid_current_if_assigned() AND op = 'X' ORDER BY seq")
 MARK_SQL = "INSERT INTO dbproxy.undo_records (xid, agent, session, changes) VALUES ($1, $2, $3, $4)"
-NOT_VERIFIED = "not done (sandbox verification is not available yet)"
+NOT_VERIFIED = "not done (sandbox = off)"
 
 
 def _table_from_json(text: str) -> TableInfo:
@@ -59,14 +62,18 @@ class Decision:
     plan: Plan
     complete: bool  # every change was fetched (else the inverse is rendered from the log on demand)
     synth_ms: float
+    changes: list[Change] = field(default_factory=list)
+    tables: dict[int, TableInfo] = field(default_factory=dict)
+    fingerprint: str | None = None  # catalog fingerprint of the touched tables
 
     @property
     def reversible(self) -> bool:
         return self.plan.reversible
 
-    def journal_json(self) -> str:
-        d: dict[str, Any] = {"verification": NOT_VERIFIED, "synthesis_ms": round(self.synth_ms, 3),
-                             "complete": self.complete, **self.plan.to_json()}
+    def journal_json(self, verdict: Verdict | None = None) -> str:
+        d: dict[str, Any] = {"verification": verdict.to_json() if verdict is not None else NOT_VERIFIED,
+                             "synthesis_ms": round(self.synth_ms, 3), "complete": self.complete,
+                             **self.plan.to_json()}
         if not self.complete:
             d["steps"] = []
         return json.dumps(d)
@@ -75,7 +82,8 @@ class Decision:
 async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ...]], cache: TableCache,
                  limit: int) -> Decision:
     """Build the inverse of the transaction whose captured rows (up to `limit` + 1) are `rows`."""
-    changes = [change_from_row(r) for r in rows]
+    changes = [change_from_row(r[:6]) for r in rows]
+    fingerprint = rows[0][6] if rows and len(rows[0]) > 6 else None
     complete = len(changes) <= limit
     if not complete:
         # Too many to carry: decide on the DDL events only (every row change has an exact inverse
@@ -95,4 +103,6 @@ async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ..
                 tables[info.oid] = info
     start = time.perf_counter()
     plan = build(changes, tables)
-    return Decision(xid, plan, complete, (time.perf_counter() - start) * 1000)
+    touched = {c.rel: tables[c.rel] for c in changes if c.rel is not None and c.rel in tables}
+    return Decision(xid, plan, complete, (time.perf_counter() - start) * 1000, changes, touched,
+                    str(fingerprint) if fingerprint is not None else None)

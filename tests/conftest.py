@@ -141,6 +141,22 @@ class RunningProxy:
                 "PGCONNECT_TIMEOUT": "10"}
 
 
+#: One warm sandbox cluster for every proxy the suite starts (see the `sandbox_dir` fixture).
+SANDBOX_DIR: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the suite's local sandbox cluster lives; stopped at the end of the session."""
+    d = tmp_path_factory.mktemp("sandbox")
+    SANDBOX_DIR["path"] = d
+    yield d
+    for data in d.glob("pg*"):
+        if data.is_dir() and (data / "PG_VERSION").exists():
+            with contextlib.suppress(Exception):
+                LocalCluster(data).stop(mode="immediate")
+
+
 def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, **overrides: Any) -> RunningProxy:
     cli: dict[str, Any] = {
         "listen": f"127.0.0.1:{free_port()}",
@@ -152,6 +168,8 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
         # Existing suites test the transparent relay; hold-mode tests ask for mode="hold".
         "mode": "passthrough",
     }
+    if "path" in SANDBOX_DIR:
+        cli["sandbox_dir"] = str(SANDBOX_DIR["path"])
     cli.update(overrides)
     if "agents" in overrides:
         del cli["agent"]

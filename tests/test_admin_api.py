@@ -349,7 +349,8 @@ async def test_openapi_document_is_complete_and_resolves(api: Api):
         "/v1/health": {"get"}, "/v1/pending": {"get"}, "/v1/transactions": {"get"},
         "/v1/transactions/{id}": {"get"}, "/v1/transactions/{id}/commit": {"post"},
         "/v1/transactions/{id}/rollback": {"post"}, "/v1/transactions/{id}/undo": {"post"},
-        "/v1/transactions/{id}/redo": {"post"}, "/openapi.json": {"get"},
+        "/v1/transactions/{id}/redo": {"post"}, "/v1/transactions/{id}/verify": {"post"},
+        "/openapi.json": {"get"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     refs = _refs(doc)

@@ -1,0 +1,161 @@
+"""Sandbox verification as the running proxy uses it.
+
+One `Verification` per proxy holds the sandbox backend (started in the background when an agent
+may use undo mode, so the first commit does not pay for it), a small pool of upstream
+connections per database for sampling (the proxy's own credentials; the sandbox never sees
+them), and the cache of verified results (`sandbox.cache`).
+
+- `at_commit`: undo mode's gate. The inverse commits only if this says verified.
+- `transaction`: an agent transaction's journal statements and captured changes as sandbox input.
+  Statements replay as text unless they used bind parameters (the journal keeps the text, not
+  the values) or COPY data; then the sandbox applies the captured images instead, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+
+from dbproxy import log
+from dbproxy.review_models import StatementRecord
+from inverse.images import Change, TableInfo
+from inverse.lexer import lex
+from inverse.undo_plan import Plan
+from sandbox.backends import BackendUnavailable, make_backend
+from sandbox.cache import VerdictCache, statement_shape
+from sandbox.sampler import SampleOptions
+from sandbox.verdict import Verdict
+from sandbox.verify import Candidate, Transaction, Verifier
+
+#: Row changes a commit-time verification takes on; larger transactions are held for a person.
+VERIFY_LIMIT = 1000
+_TX_CONTROL = {"begin", "start", "commit", "end", "abort"}
+
+
+def replayable(statements: list[StatementRecord]) -> tuple[list[str] | None, str]:
+    """The agent's statements that ran without error, as text a sandbox can replay, or None and why."""
+    out: list[str] = []
+    for st in statements:
+        if st.sqlstate is not None:
+            continue  # failed: its savepoint was rolled back, it changed nothing
+        toks = lex(st.sql).tokens
+        words = [t.value for t in toks if t.kind == "word"][:2]
+        if not words:
+            continue
+        if words[0] in _TX_CONTROL or (words[0] == "rollback" and words[1:2] != ["to"]) or words[:2] == [
+                "prepare", "transaction"]:
+            continue
+        if any(t.kind == "param" for t in toks):
+            return None, "the statements used bind parameters, whose values the journal does not keep"
+        if words[0] == "copy":
+            return None, "COPY data is not kept in the journal"
+        out.append(st.sql)
+    return out, ""
+
+
+def transaction(statements: list[StatementRecord], changes: list[Change], tables: dict[int, TableInfo]) -> Transaction:
+    texts, why = replayable(statements)
+    return Transaction(changes, tables, statements=texts, not_replayable=why)
+
+
+class Verification:
+    def __init__(self, *, backend: str, data_dir: Path, server_url: str | None, dsn_for: Callable[[str], str],
+                 options: SampleOptions, timeout: float, cache: bool) -> None:
+        self.kind = backend
+        self.data_dir = data_dir
+        self.server_url = server_url
+        self.dsn_for = dsn_for
+        self.options = options
+        self.timeout = timeout
+        self.cache = VerdictCache() if cache else None
+        self._verifier: Verifier | None = None
+        self._pools: dict[str, asyncpg.Pool] = {}
+        self._lock = asyncio.Lock()
+        self._warm: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "off"
+
+    def warm(self, database: str) -> None:
+        """Start the sandbox now, in the background (a failure is reported at the first verification)."""
+        if self.enabled and self._warm is None:
+            self._warm = asyncio.get_running_loop().create_task(self._start(database))
+
+    async def _start(self, database: str) -> None:
+        try:
+            verifier = await self._get(database)
+            await verifier.backend.start()
+            log.event("sandbox.ready", backend=verifier.backend.describe())
+        except Exception as e:
+            log.event("sandbox.unavailable", reason=str(e), level=logging.WARNING)
+
+    async def _pool(self, database: str) -> asyncpg.Pool:
+        pool = self._pools.get(database)
+        if pool is None:
+            pool = await asyncpg.create_pool(self.dsn_for(database), min_size=0, max_size=2, timeout=10,
+                                             server_settings={"application_name": "dbproxy sandbox sampler",
+                                                              "lock_timeout": "1s", "statement_timeout": "20s"})
+            self._pools[database] = pool
+        return pool
+
+    async def _get(self, database: str) -> Verifier:
+        async with self._lock:
+            if self._verifier is None:
+                major = None
+                with contextlib.suppress(Exception):
+                    pool = await self._pool(database)
+                    major = int(await pool.fetchval("SHOW server_version_num")) // 10000
+                # The proxy stops the sandbox cluster it started when it shuts down; its data
+                # directory stays, so the next start is quick and reuses the schema copies.
+                backend = make_backend(self.kind, data_dir=self.data_dir, server_url=self.server_url,
+                                       upstream_major=major, stop_on_close=True)
+                self._verifier = Verifier(backend, options=self.options, timeout=self.timeout)
+            return self._verifier
+
+    async def verify(self, database: str, tx: Transaction, candidate: Candidate) -> Verdict:
+        try:
+            verifier = await self._get(database)
+            pool = await self._pool(database)
+            async with pool.acquire() as con:
+                return await verifier.verify(con, self.dsn_for(database), tx, candidate)
+        except BackendUnavailable as e:
+            return Verdict.could_not(str(e), backend=self.kind)
+        except (OSError, asyncpg.PostgresError) as e:
+            return Verdict.could_not(f"the upstream could not be read for the sample: {e}", backend=self.kind)
+
+    async def at_commit(self, database: str, statements: list[StatementRecord], plan: Plan, changes: list[Change],
+                        tables: dict[int, TableInfo], *, complete: bool, fingerprint: str | None) -> Verdict | None:
+        """The gate's verdict for an inverse about to be committed (None: sandbox off)."""
+        if not self.enabled:
+            return None
+        if not complete or len(changes) > VERIFY_LIMIT:
+            return Verdict.could_not(f"more than {VERIFY_LIMIT} row changes: too many to verify at commit",
+                                     backend=self.kind)
+        tx = transaction(statements, changes, tables)
+        shape = statement_shape(s.sql for s in statements if s.sqlstate is None)
+        if self.cache is not None and not tx.has_ddl:
+            hit = self.cache.get(database, shape, fingerprint)
+            if hit is not None:
+                return replace(hit, cached=True, timings_ms={})
+        verdict = await self.verify(database, tx, Candidate(plan))
+        if self.cache is not None and not tx.has_ddl:
+            self.cache.put(database, shape, fingerprint, verdict)
+        return verdict
+
+    async def close(self) -> None:
+        if self._warm is not None:
+            self._warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warm
+        if self._verifier is not None:
+            await self._verifier.close()
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
