@@ -492,8 +492,8 @@ class HoldSession:
         if held.xid is None:
             return await self._hold(router, why=["NOTIFY cannot be taken back once delivered"])
         if not state.capture:
-            return await self._hold(router, why=[f"capture is not installed in database {held.database} "
-                                                 "(run `dbproxy install`)"])
+            return await self._hold(router, why=[f"capture is not installed in database {held.database}, "
+                                                 "or is from an older dbproxy (run `dbproxy install`)"])
         if state.agent_tx is not AgentTx.NONE:
             # COMMIT AND CHAIN: the next agent transaction already runs in this upstream one.
             return await self._hold(router, why=["COMMIT AND CHAIN keeps the transaction open"])
@@ -507,7 +507,7 @@ class HoldSession:
         if registry.verification is not None:
             verdict = await registry.verification.at_commit(
                 held.database, held.statements, decision.plan, decision.changes, decision.tables,
-                complete=decision.complete, fingerprint=decision.fingerprint)
+                complete=decision.complete, schema_version=decision.schema_version)
         if verdict is not None and not verdict.verified:
             log.event("undo.unverified", session=self.session.id, verdict=verdict.summary())
             return await self._hold(router, why=[f"sandbox verification: {verdict.summary()}"],

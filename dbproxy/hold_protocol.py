@@ -50,7 +50,6 @@ from dbproxy.protocol.messages import (
 from inverse.classify import Classification, Kind, classify, split_statements
 from inverse.images import CAPTURE_COLUMNS
 from inverse.lexer import WHITESPACE, lex
-from sandbox.schema_copy import TOUCHED_FINGERPRINT_SQL
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
@@ -71,12 +70,12 @@ _GUARD_ERROR = ErrorResponse.make(
 #: Undo mode, after the guard: the transaction's captured changes (a bounded number; more means
 #: the inverse is built from the log when needed, see `dbproxy.hold`).
 CAPTURE_LIMIT = 1000
-#: A seventh column carries the touched tables' catalog fingerprint (the verification cache's key).
-_THIS_TX = "xid = pg_catalog.txid_current_if_assigned()"
-CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS}, "
-                     + TOUCHED_FINGERPRINT_SQL.format(
-                         rels=f"SELECT DISTINCT rel FROM dbproxy.capture_log WHERE {_THIS_TX} AND rel IS NOT NULL")
-                     + f" FROM dbproxy.capture_log WHERE {_THIS_TX} ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
+#: A seventh column carries the schema version the verification cache is keyed by: the DDL
+#: epoch, or NULL (no caching) when the DDL event triggers that advance it are not installed.
+CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS}, (SELECT e.last_value::text FROM dbproxy.ddl_epoch e WHERE EXISTS "
+                     "(SELECT 1 FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'dbproxy_ddl' "
+                     "AND t.evtenabled <> 'D')) FROM dbproxy.capture_log "
+                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
 
 
 def guard_sql(login_role: str, *, capture: bool = False) -> str:

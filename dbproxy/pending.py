@@ -43,6 +43,7 @@ from dbproxy.review_models import (
 )
 from dbproxy.undo_commit import TableCache
 from dbproxy.verification import Verification
+from inverse.capture_schema import CAPTURE_VERSION
 
 if TYPE_CHECKING:
     from dbproxy.hold import HeldConnection
@@ -129,7 +130,10 @@ class PendingRegistry:
         try:
             conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
             try:
-                ready = await installed_version(conn) is not None
+                version = await installed_version(conn)
+                # An older install lacks what the COMMIT fetch calls: treat it as not installed
+                # (undo mode holds) rather than fail agents' commits; `dbproxy install` upgrades.
+                ready = version is not None and version >= CAPTURE_VERSION
             finally:
                 await conn.close()
         except (OSError, asyncpg.PostgresError) as e:

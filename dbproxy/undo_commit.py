@@ -12,8 +12,8 @@ the guard. Here, still inside the upstream transaction:
 4. irreversible: the transaction is held for review as in hold mode, with the reasons.
 
 Between 2 and 3 the inverse is proved in a sandbox (`dbproxy.verification`); only a verified one
-commits. The fetched rows' seventh column is the touched tables' catalog fingerprint, the key
-under which verified results are cached.
+commits. The fetched rows' seventh column is the schema version (`dbproxy.ddl_epoch`), the key
+under which verified results are cached; when it moves, the cached catalog facts are dropped too.
 """
 
 from __future__ import annotations
@@ -48,12 +48,21 @@ class TableCache:
     """Catalog facts per database and table oid, shared by all sessions."""
 
     by_db: dict[str, dict[int, TableInfo]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # last schema version seen per database
 
     def of(self, database: str) -> dict[int, TableInfo]:
         return self.by_db.setdefault(database, {})
 
     def forget(self, database: str) -> None:
         self.by_db.pop(database, None)
+
+    def moved(self, database: str, version: object) -> bool:
+        """Has the schema version moved since the last call (DDL by anyone)?"""
+        if version is None:
+            return False
+        last = self.versions.get(database)
+        self.versions[database] = str(version)
+        return last is not None and last != str(version)
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Decision:
     synth_ms: float
     changes: list[Change] = field(default_factory=list)
     tables: dict[int, TableInfo] = field(default_factory=dict)
-    fingerprint: str | None = None  # catalog fingerprint of the touched tables
+    schema_version: str | None = None  # dbproxy.ddl_epoch (None: DDL event triggers not installed)
 
     @property
     def reversible(self) -> bool:
@@ -83,7 +92,7 @@ async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ..
                  limit: int) -> Decision:
     """Build the inverse of the transaction whose captured rows (up to `limit` + 1) are `rows`."""
     changes = [change_from_row(r[:6]) for r in rows]
-    fingerprint = rows[0][6] if rows and len(rows[0]) > 6 else None
+    version = rows[0][6] if rows and len(rows[0]) > 6 else None
     complete = len(changes) <= limit
     if not complete:
         # Too many to carry: decide on the DDL events only (every row change has an exact inverse
@@ -92,8 +101,8 @@ async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ..
         changes = sorted([c for c in changes if c.op != "X"][:limit] + [change_from_row(x) for x in r.rows[0]],
                          key=lambda c: c.seq)
     tables = cache.of(held.database)
-    if any(c.op == "X" for c in changes):
-        tables.clear()  # the transaction changed the catalog
+    if any(c.op == "X" for c in changes) or cache.moved(held.database, version):
+        tables.clear()  # the catalog changed (this transaction's DDL, or anyone's since the last commit)
     missing = {c.rel for c in changes if c.rel is not None and c.rel not in tables}
     if missing:
         r = await held.inject((_TABLE_INFO_JSON_SQL, ["{" + ",".join(str(o) for o in sorted(missing)) + "}"]))
@@ -105,4 +114,4 @@ async def decide(held: HeldConnection, xid: int, rows: list[tuple[str | None, ..
     plan = build(changes, tables)
     touched = {c.rel: tables[c.rel] for c in changes if c.rel is not None and c.rel in tables}
     return Decision(xid, plan, complete, (time.perf_counter() - start) * 1000, changes, touched,
-                    str(fingerprint) if fingerprint is not None else None)
+                    str(version) if version is not None else None)

@@ -131,22 +131,24 @@ class Verification:
             return Verdict.could_not(f"the upstream could not be read for the sample: {e}", backend=self.kind)
 
     async def at_commit(self, database: str, statements: list[StatementRecord], plan: Plan, changes: list[Change],
-                        tables: dict[int, TableInfo], *, complete: bool, fingerprint: str | None) -> Verdict | None:
+                        tables: dict[int, TableInfo], *, complete: bool, schema_version: str | None) -> Verdict | None:
         """The gate's verdict for an inverse about to be committed (None: sandbox off)."""
         if not self.enabled:
             return None
         if not complete or len(changes) > VERIFY_LIMIT:
             return Verdict.could_not(f"more than {VERIFY_LIMIT} row changes: too many to verify at commit",
                                      backend=self.kind)
-        tx = transaction(statements, changes, tables)
-        shape = statement_shape(s.sql for s in statements if s.sqlstate is None)
-        if self.cache is not None and not tx.has_ddl:
-            hit = self.cache.get(database, shape, fingerprint)
+        # The cache is consulted before anything else is parsed: a hit must cost little (one lexing
+        # pass over the statements). DDL in the transaction moves the version, so never hits.
+        shape = None
+        if self.cache is not None and schema_version is not None and not any(c.op == "X" for c in changes):
+            shape = statement_shape(s.sql for s in statements if s.sqlstate is None)
+            hit = self.cache.get(database, shape, schema_version)
             if hit is not None:
                 return replace(hit, cached=True, timings_ms={})
-        verdict = await self.verify(database, tx, Candidate(plan))
-        if self.cache is not None and not tx.has_ddl:
-            self.cache.put(database, shape, fingerprint, verdict)
+        verdict = await self.verify(database, transaction(statements, changes, tables), Candidate(plan))
+        if self.cache is not None and shape is not None:
+            self.cache.put(database, shape, schema_version, verdict)
         return verdict
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ IMAGE_SETTINGS: dict[str, str] = {
     "IntervalStyle": "postgres",
     "DateStyle": "ISO, YMD",
 }
-CAPTURE_VERSION = 1
+CAPTURE_VERSION = 2
 
 _FUNCTION_SETTINGS = " ".join(f"SET \"{k}\" = '{v}'" for k, v in IMAGE_SETTINGS.items())
 
@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS dbproxy.capture_version (version integer NOT NULL);
 DELETE FROM dbproxy.capture_version;
 INSERT INTO dbproxy.capture_version VALUES ({CAPTURE_VERSION});
 REVOKE ALL ON dbproxy.capture_log, dbproxy.undo_records FROM PUBLIC;
+
+-- Bumped by the DDL event triggers for every DDL command of any session (temporary objects
+-- aside): verified inverses are cached under its value, so DDL anywhere invalidates them.
+CREATE SEQUENCE IF NOT EXISTS dbproxy.ddl_epoch;
+GRANT USAGE ON SCHEMA dbproxy TO PUBLIC;
+GRANT SELECT ON SEQUENCE dbproxy.ddl_epoch TO PUBLIC;
 
 CREATE OR REPLACE FUNCTION dbproxy.capture_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {_FUNCTION_SETTINGS} AS $fn$
@@ -141,8 +147,13 @@ DECLARE
     cmd record;
     agent boolean := current_setting('{CAPTURE_SETTING}', true) = 'on';
     grp bigint;
+    bumped boolean := false;
 BEGIN
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        IF NOT bumped AND (cmd.schema_name IS NULL OR cmd.schema_name NOT LIKE 'pg_temp%') THEN
+            PERFORM pg_catalog.nextval('dbproxy.ddl_epoch');
+            bumped := true;
+        END IF;
         IF cmd.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
            AND cmd.object_type = 'table' AND cmd.schema_name IS NOT NULL
            AND cmd.schema_name NOT IN ('dbproxy', 'pg_catalog', 'information_schema')
@@ -171,6 +182,9 @@ DECLARE
     obj record;
     grp bigint;
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary) THEN
+        PERFORM pg_catalog.nextval('dbproxy.ddl_epoch');
+    END IF;
     IF current_setting('{CAPTURE_SETTING}', true) IS DISTINCT FROM 'on' THEN
         RETURN;
     END IF;
@@ -213,6 +227,7 @@ $do$;
 DROP FUNCTION IF EXISTS dbproxy.capture_row(), dbproxy.capture_truncate(), dbproxy.attach(regclass),
     dbproxy.capture_ddl(), dbproxy.capture_drop();
 DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version;
+DROP SEQUENCE IF EXISTS dbproxy.ddl_epoch;
 """
 
 #: Is capture installed, and which version: NULL when not installed.

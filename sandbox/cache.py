@@ -2,12 +2,13 @@
 
 An agent repeats itself: the same UPDATE with other values, many times. Row-image inverses of
 the same statements over the same table definitions stand or fall together, so a verified result
-is kept under (database, statement shape, fingerprint of the touched tables' catalog entries) and
-a later transaction with the same key skips the sandbox. The shape is the statements with every
-literal and bind parameter replaced by `?` (lexed the way PostgreSQL does, so a literal inside a
-string or comment cannot fake one); the fingerprint changes with any DDL on a touched table
-(columns, constraints, indexes, triggers and their functions, defaults, rules), which is what
-invalidates an entry. Only "verified" is cached: failures are worth re-checking every time.
+is kept under (database, statement shape, schema version) and a later transaction with the same
+key skips the sandbox. The shape is the statements with every literal and bind parameter replaced
+by `?` (lexed the way PostgreSQL does, so a literal inside a string or comment cannot fake one).
+The schema version is `dbproxy.ddl_epoch`, which the DDL event triggers advance on any DDL by
+anyone: that is what invalidates entries (coarsely: DDL on any table). Without the event
+triggers there is no version and nothing is cached. Only "verified" is cached: failures are worth
+re-checking every time.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class VerdictCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, database: str, shape: str, fingerprint: str | None) -> Verdict | None:
-        if fingerprint is None:
+    def get(self, database: str, shape: str, version: str | None) -> Verdict | None:
+        if version is None:
             return None
-        key = (database, shape, fingerprint)
+        key = (database, shape, version)
         found = self._entries.get(key)
         if found is None:
             self.misses += 1
@@ -57,10 +58,10 @@ class VerdictCache:
         self.hits += 1
         return found
 
-    def put(self, database: str, shape: str, fingerprint: str | None, verdict: Verdict) -> None:
-        if fingerprint is None or not verdict.verified:
+    def put(self, database: str, shape: str, version: str | None, verdict: Verdict) -> None:
+        if version is None or not verdict.verified:
             return
-        self._entries[(database, shape, fingerprint)] = verdict
-        self._entries.move_to_end((database, shape, fingerprint))
+        self._entries[(database, shape, version)] = verdict
+        self._entries.move_to_end((database, shape, version))
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

@@ -64,26 +64,6 @@ SELECT pg_catalog.md5(pg_catalog.string_agg(x, E'\n' ORDER BY x)) FROM (
 ) s(x)
 """
 
-#: Catalog entries of the relations a transaction touched (`{rels}`: a query of their oids), as
-#: one md5: the "schema version" verified results are cached under (see `sandbox.cache`).
-#: Storage fields are left out; xmin changes whenever DDL rewrites a catalog row.
-TOUCHED_FINGERPRINT_SQL = """(WITH r AS ({rels})
-SELECT pg_catalog.md5(pg_catalog.string_agg(x, ',' ORDER BY x)) FROM (
-  SELECT 'c' || c.oid || ':' || c.relname || ':' || c.relnamespace || ':' || c.relnatts || ':' || c.relchecks
-         || ':' || c.relhastriggers || ':' || c.relkind::text
-         FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT rel FROM r)
-  UNION ALL SELECT 'a' || a.attrelid || ':' || a.attnum || ':' || a.xmin FROM pg_catalog.pg_attribute a
-            WHERE a.attrelid IN (SELECT rel FROM r) AND a.attnum > 0
-  UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_catalog.pg_constraint k
-            WHERE k.conrelid IN (SELECT rel FROM r) OR k.confrelid IN (SELECT rel FROM r)
-  UNION ALL SELECT 'g' || g.oid || ':' || g.xmin || ':' || p.xmin FROM pg_catalog.pg_trigger g
-            JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE g.tgrelid IN (SELECT rel FROM r)
-  UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin FROM pg_catalog.pg_index i
-            WHERE i.indrelid IN (SELECT rel FROM r)
-  UNION ALL SELECT 'd' || d.oid || ':' || d.xmin FROM pg_catalog.pg_attrdef d WHERE d.adrelid IN (SELECT rel FROM r)
-  UNION ALL SELECT 'w' || w.oid || ':' || w.xmin FROM pg_catalog.pg_rewrite w WHERE w.ev_class IN (SELECT rel FROM r)
-) s(x))"""
-
 #: pg_restore table-of-contents entry types a sandbox never gets (see the module docstring).
 _NEVER = ("SERVER ", "USER MAPPING ", "FOREIGN DATA WRAPPER ", "SUBSCRIPTION ", "PUBLICATION ",
           "PUBLICATION TABLE ", "PUBLICATION TABLES IN SCHEMA ", "FOREIGN TABLE ", "DATABASE ",
