@@ -109,7 +109,7 @@ def before_images(changes: list[Change]) -> dict[int, list[str]]:
 
 def _key(image: str, cols: tuple[str, ...]) -> str:
     d = json.loads(image)
-    return json.dumps([d.get(c) for c in cols])
+    return json.dumps([d.get(c) for c in cols]) if isinstance(d, dict) else image
 
 
 def _mask_value(v: Any) -> Any:

@@ -118,7 +118,8 @@ async def dump(upstream_url: str, bin_dir: Path, *, available_extensions: set[st
     """The upstream's schema as SQL a sandbox can replay (`pg_dump -Fc --schema-only`, then
     `pg_restore` of the entries a sandbox may have)."""
     url, env = split_password(upstream_url)
-    code, custom, err = await _run([str(bin_dir / "pg_dump"), "--schema-only", "-Fc", "--dbname", url], env=env)
+    code, custom, err = await _run([str(bin_dir / "pg_dump"), "--schema-only", "-Fc", "--lock-wait-timeout=2000",
+                                       "--dbname", url], env=env)
     if code != 0:
         raise SchemaError("pg_dump could not read the upstream schema: " + err.decode(errors="replace").strip())
     restore = str(bin_dir / "pg_restore")

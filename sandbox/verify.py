@@ -29,6 +29,7 @@ verdict is "could not verify", never "verified".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -139,6 +140,10 @@ class Verifier:
             verdict = Verdict.could_not(str(e))
         except schema_copy.SchemaError as e:
             verdict = Verdict.could_not(f"the schema could not be copied: {e}")
+        except asyncpg.LockNotAvailableError as e:
+            verdict = Verdict.could_not(f"a table the sample needs is locked (by this transaction's own DDL?): {e}")
+        except (asyncpg.PostgresError, OSError) as e:
+            verdict = Verdict.could_not(f"{type(e).__name__}: {e}")
         verdict.backend = self.backend.name
         verdict.source = candidate.source
         verdict.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
@@ -308,13 +313,23 @@ def _bare(name: str) -> str:
 
 
 async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableInfo]) -> None:
+    # Triggers set ENABLE ALWAYS fire even under the replica role: loading rows must not fire any.
+    # Disabled inside this transaction only (it is rolled back); re-enabled before the forward.
+    always = await con.fetch("SELECT t.tgrelid::regclass::text, t.tgname FROM pg_catalog.pg_trigger t "
+                             "WHERE t.tgrelid = ANY($1::oid[]) AND NOT t.tgisinternal AND t.tgenabled = 'A'",
+                             [i.oid for i in infos.values()])
+    for rel, name in always:
+        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {_qi(name)}")
     for oid, s in sample.tables.items():
         if not s.rows:
             continue
         info = infos[oid]
         cols = ", ".join(_qi(c) for c in info.writable)
+        # An image's `null` in a NOT NULL json column is JSON null (json_populate reads it as SQL NULL).
+        values = ", ".join(f"COALESCE({_qi(c)}, 'null')" if c in info.json_not_null else _qi(c)
+                           for c in info.writable)
         override = " OVERRIDING SYSTEM VALUE" if info.identity_always else ""
-        sql = (f"INSERT INTO {info.name} ({cols}){override} SELECT {cols} FROM "
+        sql = (f"INSERT INTO {info.name} ({cols}){override} SELECT {values} FROM "
                f"pg_catalog.json_populate_recordset(NULL::{info.name}, $1::json)")
         try:
             async with con.transaction():
@@ -333,6 +348,8 @@ async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableI
                     continue
     for seq, (value, called) in sample.sequences.items():
         await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
+    for rel, name in always:
+        await con.execute(f"ALTER TABLE {rel} ENABLE ALWAYS TRIGGER {_qi(name)}")
 
 
 def _qi(name: str) -> str:
@@ -373,7 +390,9 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
 
         t0 = time.perf_counter()
         await _settings(con, replica=True, capture=False)
+        loud = await _quiet(con, oids)
         failure = await _apply_inverse(con, candidate, tx, oids)
+        await _loud(con, loud)
         timings["inverse"] = _ms(t0)
 
         t0 = time.perf_counter()
@@ -472,6 +491,25 @@ def _describe_mismatch(real: Counter[tuple[str, str, str]], seen: Counter[tuple[
     return "; ".join(parts) or "the statements changed other rows on the sample than upstream"
 
 
+async def _quiet(con: asyncpg.Connection, oids: dict[int, int]) -> list[tuple[str, str, str]]:
+    """As undo does upstream: ALWAYS and REPLICA triggers would still fire under the replica role,
+    so they are disabled (inside this transaction) while images or the inverse are applied."""
+    loud = await con.fetch("SELECT t.tgrelid::regclass::text, t.tgname, t.tgenabled::text "
+                           "FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ANY($1::oid[]) "
+                           "AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')", list(oids.values()))
+    for rel, name, _ in loud:
+        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {_qi(name)}")
+    return [(r[0], r[1], r[2]) for r in loud]
+
+
+async def _loud(con: asyncpg.Connection, loud: list[tuple[str, str, str]]) -> None:
+    for rel, name, mode in loud:
+        with contextlib.suppress(asyncpg.PostgresError):
+            async with con.transaction():
+                how = "ENABLE ALWAYS" if mode == "A" else "ENABLE REPLICA"
+                await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {_qi(name)}")
+
+
 async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
     """The captured effect applied exactly (the redo plan), each step checked to find its row."""
     plan = build(tx.changes, tx.tables, direction="redo")
@@ -479,10 +517,15 @@ async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[i
         raise _CouldNot("the forward cannot be applied from images: " + "; ".join(plan.irreversible))
     await _settings(con, replica=True, capture=False)
     infos = await _infos(con, oids, tx, {s.rel for s in plan.steps if s.rel is not None})
+    loud = await _quiet(con, oids)  # trigger side effects were captured upstream as changes of their own
     for step in rebuild(plan.steps, infos):
-        n = _rows(await con.execute(step.sql, *step.params))
+        try:
+            n = _rows(await con.execute(step.sql, *step.params))
+        except asyncpg.PostgresError as e:
+            raise _CouldNot(f"the captured changes do not apply to the sample ({step.table}): {e}") from e
         if n != 1:
             raise _Unrepresentative(f"{step.table}: the captured {step.kind} did not find its row in the sample")
+    await _loud(con, loud)
 
 
 def _rows(status: str) -> int:
