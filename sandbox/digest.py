@@ -67,7 +67,13 @@ async def rows(con: asyncpg.Connection, name: str) -> Counter[str]:
 
 
 async def shape_lines(con: asyncpg.Connection) -> list[str]:
-    return [r[0] for r in await con.fetch(SHAPE_SQL)]
+    # Definitions name objects relative to search_path, which the agent's statements may have
+    # changed (`SET search_path`) between the "before" and "after" shapes: read with a fixed one.
+    saved = await con.fetchval("SELECT pg_catalog.current_setting('search_path')")
+    await con.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+    lines = [r[0] for r in await con.fetch(SHAPE_SQL)]
+    await con.execute("SELECT pg_catalog.set_config('search_path', $1, true)", saved)
+    return lines
 
 
 def diff_lines(table: str, before: Counter[str], after: Counter[str], *, limit: int = 10) -> list[str]:

@@ -137,7 +137,14 @@ def _is_masked(info: TableInfo, mask: frozenset[str]) -> bool:
 
 
 async def _json_rows(con: asyncpg.Connection, sql: str, *args: Any) -> list[str]:
-    return [r[0] for r in await con.fetch(sql, *args)]
+    """Rows of one sampling query; none when its table is locked (ACCESS EXCLUSIVE, typically by
+    the very transaction being verified, whose DDL waits at COMMIT): the affected rows' images
+    are the sample then, without context rows from that table."""
+    try:
+        async with con.transaction():
+            return [r[0] for r in await con.fetch(sql, *args)]
+    except asyncpg.LockNotAvailableError:
+        return []
 
 
 def _in_list(alias: str, cols: tuple[str, ...]) -> str:
@@ -211,10 +218,11 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
         if fk.parent in touched and fk.child in samples and images_of.get(fk.parent):
             child, parent = tables[fk.child], tables[fk.parent]
             add(fk.child, await _json_rows(
-                con, f"SELECT pg_catalog.to_json(c)::text FROM ONLY {child.name} c "
-                f"WHERE {_in_list('c', fk.child_cols)} "
-                f"IN (SELECT {', '.join('p.' + quote_ident(x) for x in fk.parent_cols)} "
-                f"FROM pg_catalog.json_populate_recordset(NULL::{parent.name}, $1::json) p) LIMIT {options.neighbours}",
+                con, f"SELECT pg_catalog.to_json(dbproxy_c)::text FROM ONLY {child.name} dbproxy_c "
+                f"WHERE {_in_list('dbproxy_c', fk.child_cols)} "
+                f"IN (SELECT {', '.join('dbproxy_p.' + quote_ident(x) for x in fk.parent_cols)} "
+                f"FROM pg_catalog.json_populate_recordset(NULL::{parent.name}, $1::json) dbproxy_p) "
+                f"LIMIT {options.neighbours}",
                 "[" + ",".join(images_of[fk.parent]) + "]"))
 
     # Random rows.
@@ -230,9 +238,10 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
             how = f"TABLESAMPLE SYSTEM ({pct:.4f})"
         else:
             how = ""
+        # The alias is unusual on purpose: a column named like it would shadow the row.
         order = "" if how else " ORDER BY random()"
-        add(oid, await _json_rows(con, f"SELECT pg_catalog.to_json(t)::text FROM ONLY {s.info.name} t {how}"
-                                       f"{order} LIMIT {n}"))
+        add(oid, await _json_rows(con, f"SELECT pg_catalog.to_json(dbproxy_t)::text FROM ONLY {s.info.name} "
+                                       f"dbproxy_t {how}{order} LIMIT {n}"))
 
     # Parents of everything sampled so far (and of the rows the transaction wrote), transitively.
     frontier: dict[int, list[str]] = {oid: s.rows + images_of.get(oid, []) for oid, s in samples.items()}
@@ -244,9 +253,10 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
                 continue
             child, parent = tables[fk.child], tables[fk.parent]
             got = await _json_rows(
-                con, f"SELECT pg_catalog.to_json(p)::text FROM ONLY {parent.name} p WHERE "
-                f"{_in_list('p', fk.parent_cols)} IN (SELECT {', '.join('c.' + quote_ident(x) for x in fk.child_cols)} "
-                f"FROM pg_catalog.json_populate_recordset(NULL::{child.name}, $1::json) c)",
+                con, f"SELECT pg_catalog.to_json(dbproxy_p)::text FROM ONLY {parent.name} dbproxy_p WHERE "
+                f"{_in_list('dbproxy_p', fk.parent_cols)} IN (SELECT "
+                f"{', '.join('dbproxy_c.' + quote_ident(x) for x in fk.child_cols)} "
+                f"FROM pg_catalog.json_populate_recordset(NULL::{child.name}, $1::json) dbproxy_c)",
                 "[" + ",".join(rows) + "]")
             before_n = len(samples[fk.parent].context)
             if add(fk.parent, got):
