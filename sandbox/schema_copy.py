@@ -111,6 +111,9 @@ async def _run(cmd: list[str], *, env: dict[str, str], stdin: bytes | None = Non
         proc.kill()
         await proc.wait()
         raise SchemaError(f"{Path(cmd[0]).name} did not finish in {limit:.0f}s") from None
+    except asyncio.CancelledError:
+        proc.kill()  # the verification's deadline passed: do not leave pg_dump running
+        raise
     return proc.returncode or 0, out, err
 
 

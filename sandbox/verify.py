@@ -49,9 +49,9 @@ from sandbox.verdict import Verdict
 
 _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
-_DML_VERBS = {"insert", "update", "delete", "merge", "select", "with", "values", "table", "copy", "set", "reset",
-              "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare", "execute",
-              "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
+_DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
+              "reset", "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare",
+              "execute", "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
 
 
 @dataclass(frozen=True)
@@ -394,13 +394,13 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         failure = await _apply_inverse(con, candidate, tx, oids)
         await _loud(con, loud)
         timings["inverse"] = _ms(t0)
+        if failure is not None:  # the error aborted the sandbox transaction: nothing more reads in it
+            return Verdict("failed", failure, forward=forward, timings_ms=timings)
 
         t0 = time.perf_counter()
         after = await digest.table_digests(con, names)
         shape_after = await digest.shape_lines(con) if tx.has_ddl else []
         timings["digest"] += _ms(t0)
-        if failure is not None:
-            return Verdict("failed", failure, forward=forward, timings_ms=timings)
         changed = [n for n in names if before.get(n) != after.get(n)]
         if not changed and shape_before == shape_after:
             return Verdict("verified", forward=forward, timings_ms=timings)
