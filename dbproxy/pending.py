@@ -241,7 +241,7 @@ class PendingRegistry:
     async def show(self, tx_id: int) -> TransactionDetail:
         held = self.live.get(tx_id)
         if held is None:
-            found = await self._journal_get(tx_id)
+            found = await self.journal_get(tx_id)
             record, statements = found
             return TransactionDetail(transaction=record, statements=statements,
                                      diff_note="the transaction has ended; row-level diffs exist only while it is held")
@@ -388,7 +388,7 @@ class PendingRegistry:
         held = self.live.get(tx_id)
         if held is not None:
             return held
-        record, _ = await self._journal_get(tx_id)
+        record, _ = await self.journal_get(tx_id)
         raise ReviewError(409, f"cannot {what} #{tx_id}: it is {record.outcome}"
                           + (f" ({record.decided_by})" if record.decided_by else ""))
 
@@ -403,7 +403,7 @@ class PendingRegistry:
     async def verify(self, tx_id: int) -> VerifyOutcome:
         return VerifyOutcome.model_validate(await verify_service.run(self, tx_id))
 
-    async def _journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
+    async def journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
         try:
             found = await self.journal.get(tx_id)
         except Exception as e:

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from dbproxy import undo
-from dbproxy.hold_protocol import CAPTURE_LIMIT, AgentTx
+from dbproxy.hold_protocol import CAPTURE_FETCH_SQL, CAPTURE_LIMIT, AgentTx
 from dbproxy.review import ReviewError
 from dbproxy.undo_commit import decide
 from dbproxy.verification import transaction
-from inverse.images import CAPTURE_COLUMNS
 from inverse.undo_plan import build
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from dbproxy.hold import HeldConnection
     from dbproxy.pending import PendingRegistry
 
-_HELD_CHANGES_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
-                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
 LOCK_WAIT = 10.0
 
 
@@ -68,7 +65,7 @@ async def _held(registry: PendingRegistry, held: HeldConnection, tx_id: int) -> 
     try:
         if held.state.agent_tx is not AgentTx.NONE:
             raise ReviewError(409, f"the agent is inside a transaction on #{tx_id}; verify between its transactions")
-        r = await held.inject(_HELD_CHANGES_SQL)
+        r = await held.inject(CAPTURE_FETCH_SQL)
         if r.error is not None:
             raise ReviewError(502, f"could not read the captured changes: {r.error.message}")
         assert held.xid is not None
@@ -86,13 +83,7 @@ async def _held(registry: PendingRegistry, held: HeldConnection, tx_id: int) -> 
 
 async def _committed(registry: PendingRegistry, tx_id: int) -> tuple[Verdict, dict[str, Any]]:
     assert registry.verification is not None
-    try:
-        found = await registry.journal.get(tx_id)
-    except Exception as e:
-        raise ReviewError(503, f"the journal is unavailable: {e}") from None
-    if found is None:
-        raise ReviewError(404, f"no transaction #{tx_id}")
-    record, statements = found
+    record, statements = await registry.journal_get(tx_id)
     doc = dict(record.undo or {})
     if record.mode != "undo" or record.outcome != "committed" or record.xid is None or doc.get("action"):
         raise ReviewError(409, f"#{tx_id} is not a transaction committed in undo mode (mode {record.mode}, "

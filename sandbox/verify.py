@@ -40,7 +40,16 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from inverse.capture_schema import IMAGE_SETTINGS
-from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
+from inverse.images import (
+    CAPTURE_COLUMNS,
+    TABLE_INFO_SQL,
+    Change,
+    TableInfo,
+    change_from_row,
+    quote_ident,
+    table_info_from_row,
+)
+from inverse.lexer import lex
 from inverse.undo_plan import Plan, Step, build, rebuild
 from sandbox import digest, schema_copy
 from sandbox.backends import LIMITS, Backend, BackendUnavailable
@@ -96,8 +105,6 @@ class _Schema:
 
 
 def _verb(sql: str) -> str:
-    from inverse.lexer import lex
-
     for tok in lex(sql).tokens:
         if tok.kind == "word":
             return tok.value
@@ -313,20 +320,13 @@ def _bare(name: str) -> str:
 
 
 async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableInfo]) -> None:
-    # Triggers set ENABLE ALWAYS fire even under the replica role: loading rows must not fire any.
-    # Disabled inside this transaction only (it is rolled back); re-enabled before the forward.
-    always = await con.fetch("SELECT t.tgrelid::regclass::text, t.tgname FROM pg_catalog.pg_trigger t "
-                             "WHERE t.tgrelid = ANY($1::oid[]) AND NOT t.tgisinternal AND t.tgenabled = 'A'",
-                             [i.oid for i in infos.values()])
-    for rel, name in always:
-        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {_qi(name)}")
     for oid, s in sample.tables.items():
         if not s.rows:
             continue
         info = infos[oid]
-        cols = ", ".join(_qi(c) for c in info.writable)
+        cols = ", ".join(quote_ident(c) for c in info.writable)
         # An image's `null` in a NOT NULL json column is JSON null (json_populate reads it as SQL NULL).
-        values = ", ".join(f"COALESCE({_qi(c)}, 'null')" if c in info.json_not_null else _qi(c)
+        values = ", ".join(f"COALESCE({quote_ident(c)}, 'null')" if c in info.json_not_null else quote_ident(c)
                            for c in info.writable)
         override = " OVERRIDING SYSTEM VALUE" if info.identity_always else ""
         sql = (f"INSERT INTO {info.name} ({cols}){override} SELECT {values} FROM "
@@ -348,12 +348,6 @@ async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableI
                     continue
     for seq, (value, called) in sample.sequences.items():
         await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
-    for rel, name in always:
-        await con.execute(f"ALTER TABLE {rel} ENABLE ALWAYS TRIGGER {_qi(name)}")
-
-
-def _qi(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
@@ -374,7 +368,9 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         oids = await _sandbox_oids(con, sample, schema)
         infos = await _infos(con, oids, tx, set(oids))
         t0 = time.perf_counter()
+        loud = await _quiet(con, oids)  # loading rows fires no trigger
         await _load(con, sample, infos)
+        await _loud(con, loud)
         timings["load"] = _ms(t0)
         names = sorted({infos[oid].name for oid in sample.tables})
         t0 = time.perf_counter()
@@ -493,12 +489,13 @@ def _describe_mismatch(real: Counter[tuple[str, str, str]], seen: Counter[tuple[
 
 async def _quiet(con: asyncpg.Connection, oids: dict[int, int]) -> list[tuple[str, str, str]]:
     """As undo does upstream: ALWAYS and REPLICA triggers would still fire under the replica role,
-    so they are disabled (inside this transaction) while images or the inverse are applied."""
+    so they are disabled (inside this transaction) while the sample loads and while images or the
+    inverse are applied."""
     loud = await con.fetch("SELECT t.tgrelid::regclass::text, t.tgname, t.tgenabled::text "
                            "FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ANY($1::oid[]) "
                            "AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')", list(oids.values()))
     for rel, name, _ in loud:
-        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {_qi(name)}")
+        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {quote_ident(name)}")
     return [(r[0], r[1], r[2]) for r in loud]
 
 
@@ -507,7 +504,7 @@ async def _loud(con: asyncpg.Connection, loud: list[tuple[str, str, str]]) -> No
         with contextlib.suppress(asyncpg.PostgresError):
             async with con.transaction():
                 how = "ENABLE ALWAYS" if mode == "A" else "ENABLE REPLICA"
-                await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {_qi(name)}")
+                await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {quote_ident(name)}")
 
 
 async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
