@@ -525,6 +525,8 @@ class HoldSession:
         registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
                                   undo=decision.journal_json(verdict))
         held.reset_chain()
+        if registry.verification is not None and any(c.op == "X" for c in decision.changes):
+            registry.verification.schema_moved(held.database)
         return b""
 
     async def detach(self) -> bool:

@@ -24,6 +24,7 @@ import asyncpg
 
 from dbproxy import log
 from dbproxy.review_models import StatementRecord
+from inverse.classify import tables_referenced
 from inverse.images import Change, TableInfo
 from inverse.lexer import lex
 from inverse.undo_plan import Plan
@@ -64,6 +65,23 @@ def transaction(statements: list[StatementRecord], changes: list[Change], tables
     return Transaction(changes, tables, statements=texts, not_replayable=why)
 
 
+async def read_tables(con: asyncpg.Connection, statements: list[str]) -> frozenset[int]:
+    """Oids of the tables the statements mention, so the sample holds rows an `INSERT ... SELECT`
+    or `UPDATE ... FROM` reads. Names resolve with the proxy's own search_path (the agent's is
+    not known here); a name that does not resolve is left out, and replaying on a sample without
+    its rows then shows a different effect: "not representative", never a false "verified"."""
+    names = sorted({n for s in statements for n in tables_referenced(s)})
+    out: set[int] = set()
+    for name in names:
+        try:
+            oid = await con.fetchval("SELECT pg_catalog.to_regclass($1)::oid", name)
+        except asyncpg.PostgresError:  # an improper name (too many dots): not a table we can sample
+            continue
+        if oid is not None:
+            out.add(int(oid))
+    return frozenset(out)
+
+
 class Verification:
     def __init__(self, *, backend: str, data_dir: Path, server_url: str | None, dsn_for: Callable[[str], str],
                  options: SampleOptions, timeout: float, cache: bool) -> None:
@@ -78,6 +96,9 @@ class Verification:
         self._pools: dict[str, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
         self._warm: asyncio.Task[None] | None = None
+        self._copying: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._epoch: dict[str, str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +116,39 @@ class Verification:
             log.event("sandbox.ready", backend=verifier.backend.describe())
         except Exception as e:
             log.event("sandbox.unavailable", reason=str(e), level=logging.WARNING)
+            return
+        self.schema_moved(database)
+
+    def schema_moved(self, database: str) -> None:
+        """Copy `database`'s schema into the sandbox again, in the background (at most one copy
+        at a time per database; a move during a copy runs one more). Called at start, after a
+        transaction with DDL committed, and when a commit sees another session's DDL."""
+        if not self.enabled:
+            return
+        task = self._copying.get(database)
+        if task is not None and not task.done():
+            self._again.add(database)
+            return
+        self._copying[database] = asyncio.get_running_loop().create_task(self._copy(database))
+
+    async def settled(self) -> None:
+        """Wait for the schema copies under way (tests, and callers that want a copy ready)."""
+        while any(not t.done() for t in self._copying.values()):
+            await asyncio.wait([t for t in self._copying.values() if not t.done()])
+
+    async def _copy(self, database: str) -> None:
+        while True:
+            self._again.discard(database)
+            try:
+                verifier = await self._get(database)
+                pool = await self._pool(database)
+                async with pool.acquire() as con:
+                    name = await verifier.prepare(con, self.dsn_for(database))
+                log.event("sandbox.schema_copied", database=database, copy=name, level=logging.DEBUG)
+            except Exception as e:  # the next verification tries again and reports it in its verdict
+                log.event("sandbox.schema_copy_failed", database=database, reason=str(e), level=logging.WARNING)
+            if database not in self._again:
+                return
 
     async def _pool(self, database: str) -> asyncpg.Pool:
         pool = self._pools.get(database)
@@ -124,6 +178,8 @@ class Verification:
             verifier = await self._get(database)
             pool = await self._pool(database)
             async with pool.acquire() as con:
+                if tx.statements and not tx.read_tables:
+                    tx = replace(tx, read_tables=await read_tables(con, tx.statements))
                 return await verifier.verify(con, self.dsn_for(database), tx, candidate)
         except BackendUnavailable as e:
             return Verdict.could_not(str(e), backend=self.kind)
@@ -135,13 +191,20 @@ class Verification:
         """The gate's verdict for an inverse about to be committed (None: sandbox off)."""
         if not self.enabled:
             return None
+        has_ddl = any(c.op == "X" for c in changes)
+        if schema_version is not None and not has_ddl and self._epoch.get(database) != schema_version:
+            # Someone's DDL committed since we last looked (the epoch moves before commit, so a
+            # transaction's own DDL is left to `schema_moved` after its commit).
+            if database in self._epoch:
+                self.schema_moved(database)
+            self._epoch[database] = schema_version
         if not complete or len(changes) > VERIFY_LIMIT:
             return Verdict.could_not(f"more than {VERIFY_LIMIT} row changes: too many to verify at commit",
                                      backend=self.kind)
         # The cache is consulted before anything else is parsed: a hit must cost little (one lexing
         # pass over the statements). DDL in the transaction moves the version, so never hits.
         shape = None
-        if self.cache is not None and schema_version is not None and not any(c.op == "X" for c in changes):
+        if self.cache is not None and schema_version is not None and not has_ddl:
             shape = statement_shape(s.sql for s in statements if s.sqlstate is None)
             hit = self.cache.get(database, shape, schema_version)
             if hit is not None:
@@ -152,10 +215,11 @@ class Verification:
         return verdict
 
     async def close(self) -> None:
-        if self._warm is not None:
-            self._warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._warm
+        for task in [self._warm, *self._copying.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._verifier is not None:
             await self._verifier.close()
         for pool in self._pools.values():

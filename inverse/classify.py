@@ -1242,3 +1242,32 @@ def classify(statement: str) -> Classification:
 def classify_script(sql: str) -> list[Classification]:
     """split_statements + classify."""
     return [classify(s) for s in split_statements(sql)]
+
+
+def tables_referenced(statement: str) -> frozenset[str]:
+    """Every table or view name one statement mentions (read or written), as written: lowercased
+    unless quoted, schema-qualified only where the text qualifies it. CTE names are left out.
+    Empty when sqlglot cannot parse the statement: the caller then knows nothing more than before.
+
+    The sandbox samples the tables a statement reads (`INSERT ... SELECT`, `UPDATE ... FROM`,
+    subqueries), so that replaying it on the sample can show the same effect.
+    """
+    st = _Stmt(statement, lex(statement))
+    try:
+        tree = sqlglot.parse_one(_normalized_for_sqlglot(st), read="postgres")
+    except Exception:  # SqlglotError, or a crash inside sqlglot: "cannot tell"
+        return frozenset()
+    if tree is None or isinstance(tree, exp.Command):
+        return frozenset()
+    ctes = {fold_identifier(c.alias) for c in tree.find_all(exp.CTE) if c.alias}
+    out: set[str] = set()
+    for table in tree.find_all(exp.Table):
+        parts = [p.this if p.quoted else fold_identifier(p.this) for p in table.parts if isinstance(p, exp.Identifier)]
+        if not parts or len(parts) != len(table.parts) or (len(parts) == 1 and parts[0] in ctes):
+            continue
+        # Quoted where PostgreSQL needs it, so `to_regclass` reads back the same name.
+        out.add(".".join(p if _PLAIN_NAME.fullmatch(p) else '"' + p.replace('"', '""') + '"' for p in parts))
+    return frozenset(out)
+
+
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")

@@ -38,6 +38,8 @@ SELECT k.conrelid::bigint, k.confrelid::bigint,
 FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'
 """
 _SIZE_SQL = "SELECT c.oid::bigint, c.reltuples, c.relpages FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::oid[])"
+_LOCKED_SQL = ("SELECT DISTINCT l.relation::bigint FROM pg_catalog.pg_locks l WHERE l.relation = ANY($1::oid[]) "
+               "AND l.granted AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid()")
 _UNIQUE_COLS_SQL = """
 SELECT DISTINCT i.indrelid::bigint, a.attname FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
@@ -51,12 +53,13 @@ class SampleOptions:
     neighbours: int = 50  # referencing rows per foreign key of an affected table
     parent_depth: int = 4  # how far referenced rows are followed
     max_rows: int = 50_000  # context rows in all, at most
+    read_whole: int = 5_000  # a table the statements only read is copied whole up to this many rows
     mask: frozenset[str] = frozenset()  # tables ("schema.table" or "table") whose context rows are masked
 
     def widened(self) -> SampleOptions:
         """The second try after a sample proved not representative: ten times the context."""
         return replace(self, random_rows=self.random_rows * 10, neighbours=self.neighbours * 10,
-                       parent_depth=self.parent_depth * 2)
+                       parent_depth=self.parent_depth * 2, read_whole=self.read_whole * 10)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class TableSample:
     info: TableInfo
     before: list[str] = field(default_factory=list)  # affected rows, as before the transaction
     context: list[str] = field(default_factory=list)  # neighbours and random rows
+    locked: bool = False  # held ACCESS EXCLUSIVE upstream: no context rows could be read
     masked: bool = False
 
     @property
@@ -208,6 +212,12 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
             n += 1
         return n
 
+    # Tables held ACCESS EXCLUSIVE (by the DDL of the very transaction being verified, waiting at
+    # its COMMIT): sampling them would wait out the lock timeout, query after query.
+    locked = {int(r[0]) for r in await con.fetch(_LOCKED_SQL, sorted(samples))}
+    for oid in locked:
+        samples[oid].locked = True
+
     images_of: dict[int, list[str]] = defaultdict(list)
     for c in changes:
         if c.rel in samples:
@@ -215,7 +225,7 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
 
     # Children of affected rows.
     for fk in fks:
-        if fk.parent in touched and fk.child in samples and images_of.get(fk.parent):
+        if fk.parent in touched and fk.child in samples and images_of.get(fk.parent) and fk.child not in locked:
             child, parent = tables[fk.child], tables[fk.parent]
             add(fk.child, await _json_rows(
                 con, f"SELECT pg_catalog.to_json(dbproxy_c)::text FROM ONLY {child.name} dbproxy_c "
@@ -228,10 +238,16 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     # Random rows.
     sizes = {int(r[0]): (float(r[1]), int(r[2])) for r in await con.fetch(_SIZE_SQL, sorted(samples))}
     for oid, s in samples.items():
-        if s.info.relkind != "r" or options.random_rows <= 0:
+        if s.info.relkind != "r" or options.random_rows <= 0 or oid in locked:
             continue
         tuples, pages = sizes.get(oid, (-1.0, 0))
         n = options.random_rows
+        if oid in read_tables and oid not in touched and max(tuples, pages * 50.0) <= options.read_whole:
+            # Rows an INSERT ... SELECT or UPDATE ... FROM reads: a random few would make its
+            # replay change other rows than upstream ("not representative"), so take them all.
+            add(oid, await _json_rows(con, f"SELECT pg_catalog.to_json(dbproxy_t)::text FROM ONLY "
+                                           f"{s.info.name} dbproxy_t LIMIT {options.read_whole}"))
+            continue
         if pages > 100:
             est = max(tuples, pages * 50.0)
             pct = min(100.0, max(0.001, 100.0 * n * 4 / est))
@@ -249,7 +265,7 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
         nxt: dict[int, list[str]] = defaultdict(list)
         for fk in fks:
             rows = frontier.get(fk.child)
-            if not rows or fk.parent not in samples:
+            if not rows or fk.parent not in samples or fk.parent in locked:
                 continue
             child, parent = tables[fk.child], tables[fk.parent]
             got = await _json_rows(

@@ -191,6 +191,13 @@ class Verifier:
 
     # -- schema copies ------------------------------------------------------------------------
 
+    async def prepare(self, upstream: asyncpg.Connection, upstream_url: str) -> str:
+        """Copy the upstream's current schema into the sandbox now, unless a copy of this version
+        exists; returns the copy's database name. Run ahead of time (at start, after DDL), so a
+        transaction that runs DDL finds the schema from before it ready: at its COMMIT, pg_dump
+        would wait on the transaction's own locks."""
+        return (await self._schema(upstream, upstream_url)).database
+
     async def _schema(self, upstream: asyncpg.Connection, upstream_url: str) -> _Schema:
         await self.backend.start()
         fp = await schema_copy.fingerprint(upstream)

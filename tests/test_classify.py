@@ -23,7 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from inverse.classify import Classification, Kind, TxControl, classify, classify_script, split_statements
+from inverse.classify import (
+    Classification,
+    Kind,
+    TxControl,
+    classify,
+    classify_script,
+    split_statements,
+    tables_referenced,
+)
 from tests.conftest import Postgres
 
 # --------------------------------------------------------------------------------------------
@@ -681,3 +689,18 @@ def test_transactional_near_misses_run_in_block(scratch: psycopg.Connection) -> 
             scratch.execute(sql)
         finally:
             scratch.execute("rollback")
+
+
+@pytest.mark.parametrize(("sql", "names"), [
+    ("INSERT INTO a SELECT * FROM b JOIN s.c ON true", {"a", "b", "s.c"}),
+    ("UPDATE x SET v = y.v FROM y WHERE x.id = y.id", {"x", "y"}),
+    ("DELETE FROM o USING p WHERE o.k = p.k AND o.j IN (SELECT j FROM q)", {"o", "p", "q"}),
+    ("WITH d AS (DELETE FROM q RETURNING *) INSERT INTO r SELECT * FROM d", {"q", "r"}),
+    ('UPDATE "T" SET a = (SELECT max(z) FROM Zz)', {'"T"', "zz"}),
+    ('INSERT INTO "a.b".c SELECT 1', {'"a.b".c'}),
+    ("SELECT generate_series(1, 3)", set()),
+    ("LISTEN x", set()),
+])
+def test_tables_referenced(sql: str, names: set[str]) -> None:
+    """Names come back as `to_regclass` reads them: folded unless quoted, CTE names left out."""
+    assert tables_referenced(sql) == names

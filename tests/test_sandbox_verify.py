@@ -383,10 +383,15 @@ async def test_inverse_that_raises_fails_with_the_error(shop_db: str, verifier: 
 
 # --- 3. representativeness ------------------------------------------------------------------------
 
-async def test_effect_on_unsampled_rows_is_not_verified(shop_db: str, verifier: Verifier) -> None:
+#: Random rows only for the tables statements read (not copied whole), to exercise widening.
+NO_WHOLE = SampleOptions(read_whole=0)
+
+
+async def test_effect_on_unsampled_rows_is_not_verified(shop_db: str, backend: LocalBackend) -> None:
     """Which big_t row goes depends on all of big_u: a sample of big_u deletes many more."""
     sql = "DELETE FROM big_t WHERE id NOT IN (SELECT ref FROM big_u)"
-    async with upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
+    async with verifier_on(backend, options=NO_WHOLE) as verifier, upstream(shop_db) as up, \
+            agent_tx(shop_db, sql) as agent:
         assert len(agent.changes) == 1
         read = frozenset({await _oid(up, "big_u")})
         verdict = await verifier.verify(up, shop_db, agent.tx(read=read), Candidate(agent.plan))
@@ -396,10 +401,11 @@ async def test_effect_on_unsampled_rows_is_not_verified(shop_db: str, verifier: 
         assert "sample not representative" in verdict.reason and "public.big_t: " in verdict.reason
 
 
-async def test_widened_sample_verifies(shop_db: str, verifier: Verifier) -> None:
+async def test_widened_sample_verifies(shop_db: str, backend: LocalBackend) -> None:
     """50 random rows of small_u do not show which small_t row is unreferenced; 500 (all) do."""
     sql = "DELETE FROM small_t WHERE id NOT IN (SELECT ref FROM small_u)"
-    async with upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
+    async with verifier_on(backend, options=NO_WHOLE) as verifier, upstream(shop_db) as up, \
+            agent_tx(shop_db, sql) as agent:
         read = frozenset({await _oid(up, "small_u")})
         verdict = await verifier.verify(up, shop_db, agent.tx(read=read), Candidate(agent.plan))
     assert verdict.verified, verdict.summary()
@@ -407,11 +413,23 @@ async def test_widened_sample_verifies(shop_db: str, verifier: Verifier) -> None
     assert verdict.sample == {'"public"."small_t"': 101, '"public"."small_u"': 100}
 
 
+async def test_tables_only_read_are_copied_whole(shop_db: str, verifier: Verifier) -> None:
+    """By default a table the statement only reads comes whole (up to `read_whole` rows), so the
+    replay meets the same rows at once: no widening needed."""
+    sql = "DELETE FROM small_t WHERE id NOT IN (SELECT ref FROM small_u)"
+    async with upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
+        read = frozenset({await _oid(up, "small_u")})
+        verdict = await verifier.verify(up, shop_db, agent.tx(read=read), Candidate(agent.plan))
+    assert verdict.verified, verdict.summary()
+    assert not verdict.widened
+    assert verdict.sample['"public"."small_u"'] == 100, verdict.sample
+
+
 async def test_sample_without_the_read_rows_cannot_verify(shop_db: str, backend: LocalBackend) -> None:
     """No random rows, not even widened: small_u is empty in the sandbox, the UPDATE meets no row
     there, and that must end in "could not verify", never in a verdict about the inverse."""
     sql = "UPDATE small_t SET v = v + 1 WHERE id IN (SELECT ref FROM small_u WHERE ref <= 10)"
-    async with verifier_on(backend, options=SampleOptions(random_rows=0, neighbours=0)) as v, \
+    async with verifier_on(backend, options=SampleOptions(random_rows=0, neighbours=0, read_whole=0)) as v, \
             upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
         read = frozenset({await _oid(up, "small_u")})
         verdict = await v.verify(up, shop_db, agent.tx(read=read), Candidate(agent.plan))

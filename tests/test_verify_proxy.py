@@ -264,3 +264,36 @@ def test_too_many_changes_are_held(capture_db: str, undo_proxy: RunningProxy) ->
     assert status == 200
     assert direct(capture_db, "SELECT count(*) FROM big") == [(VERIFY_LIMIT,)]
     agent.close()
+
+
+def test_reads_of_other_tables_and_ddl_verify_at_commit(capture_db: str, undo_proxy: RunningProxy) -> None:
+    """Statements that read another table (INSERT ... SELECT, UPDATE ... FROM) replay on a sample
+    holding the rows they read; DDL verifies at its own COMMIT (its ACCESS EXCLUSIVE lock held)
+    because the schema copy was made ahead of time, after the previous DDL committed."""
+    make_acct(capture_db, rows=3000)  # more rows than a widened random sample (500) would hold
+    direct(capture_db, "CREATE TABLE archive (id int PRIMARY KEY, balance int NOT NULL)")
+    agent = Agent(undo_proxy, dbname(capture_db))
+
+    def verified(sql: str) -> dict[str, Any]:
+        v = commit_one(undo_proxy, capture_db, agent, sql)["undo"]["verification"]
+        assert v["status"] == "verified", (sql, v)
+        return v
+
+    v = verified("INSERT INTO archive SELECT id, balance FROM acct WHERE id % 100 = 0")
+    assert v["forward"] == "statements", v
+    assert v["sample"][TABLE] >= 3000, v  # the table it read, whole
+    assert direct(capture_db, "SELECT count(*) FROM archive") == [(30,)]
+    v = verified("UPDATE archive a SET balance = c.balance + a.id FROM acct c WHERE c.id = a.id AND c.id <= 1500")
+    assert v["forward"] == "statements", v
+    assert direct(capture_db, "SELECT sum(balance) FROM archive WHERE id <= 1500") == [(15 * 100 + 12000,)]
+
+    verification = undo_proxy.server.pending.verification
+    assert verification is not None
+    for ddl in ("ALTER TABLE archive ADD COLUMN note text", "ALTER TABLE archive RENAME COLUMN note TO remark",
+                "CREATE INDEX archive_balance ON archive (balance)"):
+        undo_proxy.call(verification.settled())  # the copy that the previous DDL's commit started
+        v = verified(ddl)
+        assert v["timings_ms"]["total"] < 2000, v  # no wait on its own lock (pg_dump gives up at 2 s)
+    assert [r[0] for r in direct(capture_db, "SELECT column_name FROM information_schema.columns "
+                                             "WHERE table_name = 'archive' ORDER BY ordinal_position")] == [
+        "id", "balance", "remark"]
