@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ from dbproxy.upstream import send_cancel
 if TYPE_CHECKING:
     from dbproxy.pending import PendingRegistry
     from dbproxy.session import Session
+    from sandbox.verdict import Verdict
 
 _CYCLE_END = frozenset(b"SHQFX")
 _COPY_FROM_CLIENT = frozenset(b"cf")
@@ -502,7 +504,7 @@ class HoldSession:
                                             registry.tables, CAPTURE_LIMIT)
         if not decision.reversible:
             log.event("undo.irreversible", session=self.session.id, reasons=decision.plan.irreversible)
-            return await self._hold(router, why=decision.plan.irreversible, undo=decision.journal_json())
+            return await self._irreversible(router, decision)
         verdict = None
         if registry.verification is not None:
             verdict = await registry.verification.at_commit(
@@ -513,6 +515,37 @@ class HoldSession:
             return await self._hold(router, why=[f"sandbox verification: {verdict.summary()}"],
                                     because="its inverse was not verified in the sandbox",
                                     undo=decision.journal_json(verdict))
+        return await self._commit_decided(router, decision, verdict)
+
+    async def _irreversible(self, router: Router, decision: undo_commit.Decision) -> bytes:
+        """The rules left something without an exact inverse. DDL they cannot invert goes to the
+        model, when one is configured; its proposal commits only once the sandbox verified the
+        whole plan with it. Anything else is held for a person, with every attempt journaled."""
+        held = self.held
+        verification = held.registry.verification
+        why = list(decision.plan.irreversible)
+        if not decision.plan.gaps:
+            return await self._hold(router, why=why, undo=decision.journal_json())
+        if verification is None or verification.llm is None:
+            return await self._hold(router, why=why, undo=decision.journal_json(llm=undo_commit.LLM_OFF))
+        done = await verification.complete(held.database, held.statements, decision.plan, decision.changes,
+                                           decision.tables)
+        record: dict[str, object] | str = done.outcome.to_json() if done.outcome else f"not asked: {done.reason}"
+        if done.trusted:
+            log.event("undo.llm_inverse", session=self.session.id,
+                      attempts=len(done.outcome.attempts) if done.outcome else 0)
+            return await self._commit_decided(router, replace(decision, plan=done.plan), done.verdict, record)
+        log.event("undo.llm_untrusted", session=self.session.id, reason=done.reason)
+        return await self._hold(router, why=[*why, f"no trusted model-proposed inverse: {done.reason}"],
+                                because="the rules cannot undo it exactly and no model-proposed inverse verified",
+                                undo=decision.journal_json(done.verdict, llm=record))
+
+    async def _commit_decided(self, router: Router, decision: undo_commit.Decision, verdict: Verdict | None,
+                              llm: dict[str, object] | str | None = None) -> bytes:
+        """Commit the agent's transaction with its undo marker; journal the inverse."""
+        held = self.held
+        state = held.state
+        registry = held.registry
         r = await held.inject((undo_commit.MARK_SQL, [str(held.xid), held.agent, str(held.session_id),
                                                      str(decision.plan.changes)]), "COMMIT")
         if r.error is not None:
@@ -523,7 +556,7 @@ class HoldSession:
             return ErrorResponse.make(r.error.sqlstate, r.error.message,
                                       detail="dbproxy: the transaction was not committed").encode()
         registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
-                                  undo=decision.journal_json(verdict))
+                                  undo=decision.journal_json(verdict, llm=llm))
         held.reset_chain()
         if registry.verification is not None and any(c.op == "X" for c in decision.changes):
             registry.verification.schema_moved(held.database)

@@ -546,6 +546,8 @@ def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
         for r in irreversible:
             console.print(Text(f"    - {r}"))
     render_verdict(console, doc.get("verification", "not done"))
+    if doc.get("llm") is not None:
+        render_llm(console, doc["llm"])
     for h in doc.get("history", []):
         console.print(Text(f"  {h.get('action')} by {h.get('by')} at {h.get('at')}"))
     for n in doc.get("notes") or []:
@@ -555,6 +557,9 @@ def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
         console.print(Text("  (more changes than the journal keeps: `dbproxy undo ID --dry-run` shows the SQL)"))
     shown = steps[:SHOWN_STEPS]
     for s in shown:
+        if s.get("origin") == "llm":
+            console.print(Padding(Text("-- proposed by a model (generated), verified in the sandbox", style="magenta"),
+                                  (0, 0, 0, 4)))
         console.print(Padding(Text(Step(**{**s, "params": tuple(s["params"])}).readable() + ";"), (0, 0, 0, 4)))
     if len(steps) > len(shown):
         console.print(Text(f"    … and {len(steps) - len(shown)} more steps"))
@@ -563,6 +568,34 @@ def _render_inverse(console: Console, doc: dict[str, Any]) -> None:
 SHOWN_STEPS = 50
 SHOWN_DIFF = 20
 _VERDICT_STYLE = {"verified": "bold green", "failed": "bold red", "could not verify": "bold yellow"}
+
+
+def render_llm(console: Console, record: Any) -> None:
+    """The model's part: why none was asked, or every attempt (generated SQL, never trusted
+    unless the sandbox verified it)."""
+    if not isinstance(record, dict):
+        console.print(Text(f"  model-proposed inverse: {record}"))
+        return
+    trusted = record.get("statements") is not None and not record.get("reason")
+    line = Text("  model-proposed inverse (generated): ")
+    line.append("verified, used" if trusted else "none trusted", style="bold green" if trusted else "bold yellow")
+    if record.get("reason"):
+        line.append(f": {record['reason']}")
+    if record.get("cached"):
+        line.append(" (cached answer)")
+    console.print(line)
+    for a in record.get("attempts") or []:
+        call = a.get("call") or {}
+        tokens = "/".join(str(call.get(k)) for k in ("prompt_tokens", "completion_tokens") if call.get(k) is not None)
+        meta = ", ".join(x for x in (call.get("model"), f"{call['latency_ms']:.0f} ms" if call.get("latency_ms")
+                                     is not None else "", f"tokens {tokens}" if tokens else "") if x)
+        console.print(Text(f"    attempt {a.get('n')}: {a.get('status')}" + (f" ({meta})" if meta else "")))
+        for sql in a.get("statements") or []:
+            console.print(Padding(Text(sql.rstrip(";") + ";"), (0, 0, 0, 6)))
+        detail = str(a.get("detail") or "")
+        if detail and a.get("status") != "verified":
+            for d in detail.splitlines()[:SHOWN_DIFF]:
+                console.print(Text(f"      {d}", style="red"))
 
 
 def render_verdict(console: Console, v: Any) -> None:

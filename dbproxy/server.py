@@ -36,7 +36,7 @@ from dbproxy.scram import certificate_binding
 from dbproxy.session import Session
 from dbproxy.settings import Settings
 from dbproxy.upstream import UpstreamError, UpstreamTarget
-from dbproxy.verification import Verification
+from dbproxy.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
 from sandbox.sampler import SampleOptions
 
@@ -102,7 +102,8 @@ class ProxyServer:
             server_url=settings.sandbox_server.get_secret_value() if settings.sandbox_server else None,
             dsn_for=self.pending.dsn_for, timeout=settings.sandbox_timeout, cache=settings.verify_cache,
             options=SampleOptions(random_rows=settings.sandbox_sample_rows, neighbours=settings.sandbox_neighbours,
-                                  mask=frozenset(settings.sandbox_mask)))
+                                  mask=frozenset(settings.sandbox_mask)),
+            llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts)
         if "undo" in modes:
             self.pending.verification.warm(self.target.database)
 

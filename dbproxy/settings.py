@@ -70,6 +70,27 @@ class AgentSettings(BaseModel):
         return v
 
 
+class LlmSettings(BaseModel):
+    """The OpenAI-compatible endpoint asked for inverses the rules cannot make (`[llm]` in the
+    config file, `DBPROXY_LLM_<KEY>` in the environment; `OPENAI_API_KEY` / `OPENAI_BASE_URL`
+    when those are unset). Off while no API key is set; its proposals are used only when the
+    sandbox verified them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    base_url: str | None = Field(default=None, description="endpoint URL, e.g. http://localhost:11434/v1 "
+                                 "(default: OpenAI's, or OPENAI_BASE_URL)")
+    model: str = Field(default="gpt-4o-mini", description="model name the endpoint knows")
+    api_key: SecretStr | None = Field(default=None, description="API key (default OPENAI_API_KEY); any "
+                                      "non-empty value for endpoints without auth; unset = feature off")
+    timeout: float = Field(default=30.0, gt=0, description="seconds per model request")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="proposals per transaction, each failure "
+                              "fed back to the model")
+    max_retries: int = Field(default=3, ge=0, le=10, description="retries of a request after 429, 5xx, "
+                             "timeouts or connection errors (exponential backoff)")
+    max_tokens: int = Field(default=2000, ge=100, description="tokens per answer")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -122,6 +143,7 @@ class Settings(BaseModel):
     sandbox_timeout: float = Field(default=30.0, gt=0, description="seconds a verification may take")
     verify_cache: bool = Field(default=True, description="reuse a verified result for the same statement shape "
                                "and the same catalog of the touched tables")
+    llm: LlmSettings = Field(default_factory=LlmSettings, description="LLM-proposed inverses (see LlmSettings)")
 
     @field_validator("sandbox_mask", mode="before")
     @classmethod
@@ -153,7 +175,8 @@ class Settings(BaseModel):
         return parse_host_port(self.admin, what="admin")
 
 
-_ENV_SCALARS = [name for name in Settings.model_fields if name != "agents"]
+_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm")]
+_LLM_ENV_FALLBACK = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}
 
 
 def load_settings(
@@ -171,6 +194,14 @@ def load_settings(
         value = env.get(ENV_PREFIX + name.upper())
         if value is not None:
             merged[name] = value
+    llm: dict[str, Any] = dict(merged.get("llm") or {})
+    for name in LlmSettings.model_fields:
+        value = env.get(f"{ENV_PREFIX}LLM_{name.upper()}")
+        if value is None and name in _LLM_ENV_FALLBACK and name not in llm:
+            value = env.get(_LLM_ENV_FALLBACK[name])
+        if value is not None:
+            llm[name] = value
+    merged["llm"] = llm
     agents: dict[str, Any] = dict(merged.get("agents") or {})
     agents.update(parse_agent_specs(env.get(ENV_PREFIX + "AGENT", "").splitlines(), source="DBPROXY_AGENT"))
     cli = dict(cli or {})
@@ -225,6 +256,9 @@ def _holds_secrets(data: dict[str, Any]) -> bool:
         if isinstance(url, str) and urlsplit(url).password:
             return True
     if data.get("admin_token"):
+        return True
+    llm = data.get("llm")
+    if isinstance(llm, dict) and llm.get("api_key"):
         return True
     agents = data.get("agents")
     return isinstance(agents, dict) and any(

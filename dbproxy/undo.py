@@ -36,7 +36,7 @@ from dbproxy.tags import tag_rows
 from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.row_sql import RowTemplates, templates
-from inverse.undo_plan import Plan, Step, build, rebuild
+from inverse.undo_plan import Plan, Step, build, fill, rebuild
 
 Direction = Literal["undo", "redo"]
 _FK_VIOLATION = "23503"
@@ -97,14 +97,19 @@ async def load_tables(con: asyncpg.Connection, oids: set[int]) -> dict[int, Tabl
     return {int(r[0]): table_info_from_row(r) for r in rows}
 
 
-async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Direction) -> Plan:
-    """One plan covering `xids` (given newest first for undo): their steps in order."""
+async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Direction,
+                   proposed: dict[int, dict[int, str]] | None = None) -> Plan:
+    """One plan covering `xids` (given newest first for undo): their steps in order. `proposed`:
+    per xid, verified model-made SQL for the DDL the rules cannot invert, by capture seq."""
     per_tx = {x: await load_changes(con, x) for x in xids}
     tables = await load_tables(con, {c.rel for cs in per_tx.values() for c in cs if c.rel is not None})
     merged = Plan(direction)
     order = xids if direction == "undo" else list(reversed(xids))
     for x in order:
         p = build(per_tx[x], tables, direction=direction)
+        if direction == "undo" and proposed and proposed.get(x):
+            # One proposal may cover several gaps (placed at the newest): the others need no step.
+            p = fill(p, {g.seq: proposed[x].get(g.seq) for g in p.gaps})
         merged.steps += p.steps
         merged.irreversible += [f"xid {x}: {r}" for r in p.irreversible]
         merged.notes += [n for n in p.notes if n not in merged.notes]
@@ -196,8 +201,8 @@ async def _force(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
 
 
 async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction = "undo", force: bool = False,
-              dry_run: bool = False, by: str = "") -> Result:
-    """Undo (newest first) or redo `xids` in one transaction on `con`."""
+              dry_run: bool = False, by: str = "", proposed: dict[int, dict[int, str]] | None = None) -> Result:
+    """Undo (newest first) or redo `xids` in one transaction on `con` (`proposed`: see plan_for)."""
     result = Result(direction, list(xids), dry_run=dry_run)
     tx = con.transaction()
     await tx.start()
@@ -214,7 +219,7 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
             if state[x] != (direction == "redo"):
                 raise UndoError(f"transaction xid {x} is {'already undone' if state[x] else 'not undone'}; "
                                 f"nothing to {direction}")
-        plan = await plan_for(con, xids, direction)
+        plan = await plan_for(con, xids, direction, proposed)
         result.irreversible, result.notes, result.steps = plan.irreversible, plan.notes, len(plan.steps)
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))

@@ -67,7 +67,12 @@ async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction
                 raise ReviewError(409, f"every transaction from #{tx_id} on is undone already")
         by_xid = {r.xid: r.id for r in records if r.xid is not None}
         xids = list(by_xid)
-        result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer)
+        # DDL inverses a model proposed (and the sandbox verified) live in the journal, not the
+        # capture log: the rules rebuild every other step from the log.
+        proposed = {r.xid: {int(s["seq"]): str(s["sql"]) for s in (r.undo or {}).get("steps", [])
+                            if s.get("origin") == "llm"} for r in records if r.xid is not None}
+        result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer,
+                                proposed={x: p for x, p in proposed.items() if p})
     except undo.UndoError as e:
         raise ReviewError(409, str(e)) from None
     except asyncpg.PostgresError as e:

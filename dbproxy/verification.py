@@ -24,13 +24,19 @@ import asyncpg
 
 from dbproxy import log
 from dbproxy.review_models import StatementRecord
+from dbproxy.settings import LlmSettings
 from inverse.classify import tables_referenced
 from inverse.images import Change, TableInfo
 from inverse.lexer import lex
+from inverse.llm.cache import AnswerCache
+from inverse.llm.client import LlmClient
+from inverse.llm.config import LlmConfig
 from inverse.undo_plan import Plan
 from sandbox.backends import BackendUnavailable, make_backend
 from sandbox.cache import VerdictCache, statement_shape
+from sandbox.hybrid import Completed, askable, complete
 from sandbox.sampler import SampleOptions
+from sandbox.schema_copy import SchemaError
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate, Transaction, Verifier
 
@@ -82,9 +88,22 @@ async def read_tables(con: asyncpg.Connection, statements: list[str]) -> frozens
     return frozenset(out)
 
 
+def llm_client(settings: LlmSettings) -> LlmClient | None:
+    """The model client the settings describe, or None while no API key is set (feature off)."""
+    config = LlmConfig(base_url=settings.base_url, model=settings.model,
+                       api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+                       timeout=settings.timeout, max_attempts=settings.max_attempts,
+                       max_retries=settings.max_retries, max_tokens=settings.max_tokens)
+    if not config.enabled:
+        return None
+    log.event("llm.configured", endpoint=config.describe())
+    return LlmClient(config)
+
+
 class Verification:
     def __init__(self, *, backend: str, data_dir: Path, server_url: str | None, dsn_for: Callable[[str], str],
-                 options: SampleOptions, timeout: float, cache: bool) -> None:
+                 options: SampleOptions, timeout: float, cache: bool, llm: LlmClient | None = None,
+                 llm_attempts: int = 3) -> None:
         self.kind = backend
         self.data_dir = data_dir
         self.server_url = server_url
@@ -93,6 +112,9 @@ class Verification:
         self.timeout = timeout
         self.cache = VerdictCache() if cache else None
         self._verifier: Verifier | None = None
+        self.llm = llm
+        self.llm_attempts = llm_attempts
+        self.answers = AnswerCache() if cache else None
         self._pools: dict[str, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
         self._warm: asyncio.Task[None] | None = None
@@ -133,6 +155,8 @@ class Verification:
 
     async def settled(self) -> None:
         """Wait for the schema copies under way (tests, and callers that want a copy ready)."""
+        if self._warm is not None:
+            await asyncio.wait([self._warm])
         while any(not t.done() for t in self._copying.values()):
             await asyncio.wait([t for t in self._copying.values() if not t.done()])
 
@@ -214,7 +238,45 @@ class Verification:
             self.cache.put(database, shape, schema_version, verdict)
         return verdict
 
+    async def complete(self, database: str, statements: list[StatementRecord], plan: Plan, changes: list[Change],
+                       tables: dict[int, TableInfo]) -> Completed:
+        """Undo mode, when the rules left DDL they cannot invert: a model's proposal for it, which
+        counts only once the sandbox verified the whole plan with it (`sandbox.hybrid`)."""
+        assert self.llm is not None
+        why = askable(plan)
+        if why:
+            return Completed(plan, None, None, why)
+        if not self.enabled:
+            return Completed(plan, None, None, "a proposal needs the sandbox to verify it, and sandbox = off")
+        tx = transaction(statements, changes, tables)
+        try:
+            verifier = await self._get(database)
+            pool = await self._pool(database)
+            async with pool.acquire() as con:
+                if tx.statements and not tx.read_tables:
+                    tx = replace(tx, read_tables=await read_tables(con, tx.statements))
+                url = self.dsn_for(database)
+                # Cached by statement shape and the schema before the transaction (its copy's name
+                # is the catalog fingerprint): the same DDL on the same schema gets the same answer.
+                key = None
+                if self.answers is not None and tx.statements is not None:
+                    copy = await verifier.prepare(con, url)
+                    key = (database, statement_shape(tx.statements), copy)
+                return await complete(verifier, con, url, tx, plan, self.llm, max_attempts=self.llm_attempts,
+                                      mask=self.options.mask, cache=self.answers, cache_key=key)
+        except BackendUnavailable as e:
+            return Completed(plan, None, None, f"the sandbox is unavailable: {e}")
+        except SchemaError as e:
+            return Completed(plan, None, None, f"the schema could not be copied to the sandbox: {e}")
+        except (OSError, asyncpg.PostgresError) as e:
+            return Completed(plan, None, None, f"the upstream could not be read for the sample: {e}")
+        except Exception as e:  # a bug must hold the transaction for a person, not end the session
+            log.event("llm.complete_failed", database=database, reason=repr(e), level=logging.ERROR, exc_info=True)
+            return Completed(plan, None, None, f"internal error while asking for an inverse: {e!r}")
+
     async def close(self) -> None:
+        if self.llm is not None:
+            await self.llm.close()
         for task in [self._warm, *self._copying.values()]:
             if task is not None:
                 task.cancel()

@@ -20,7 +20,7 @@ instead of committed with an incomplete undo.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlglot
 from sqlglot import exp
@@ -47,6 +47,17 @@ class DdlInverse:
     sql: str | None  # None: irreversible
     reason: str | None = None  # why irreversible
     created: int | None = None  # oid of a table this command created (its rows need no undo)
+    # For an irreversible command, what another source of inverses (an LLM) needs to propose one:
+    query: str = ""  # the query text that ran it
+    objects: tuple[str, ...] = ()  # "<object type> <identity>" of everything the command touched
+
+
+def _sourced(inv: DdlInverse, group: list[Change]) -> DdlInverse:
+    if inv.reason is None:
+        return inv
+    ds = [e.ddl or {} for e in group]
+    objects = tuple(dict.fromkeys(f"{d.get('object_type')} {d.get('identity')}" for d in ds if d.get("identity")))
+    return replace(inv, query=str(ds[0].get("query") or ""), objects=objects)
 
 
 def _groups(events: list[Change]) -> list[list[Change]]:
@@ -86,8 +97,8 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
                 continue
             what = ", ".join(f"{(e.ddl or {}).get('object_type')} {(e.ddl or {}).get('identity')}"
                              for e in group if (e.ddl or {}).get("original")) or "objects"
-            out.append(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what}; dbproxy cannot restore "
-                                  "dropped objects yet"))
+            out.append(_sourced(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what}; dbproxy cannot "
+                                           "restore dropped objects yet"), group))
             continue
         main = next((e for e in group if (e.ddl or {}).get("tag") in _DROP_KIND
                      and (e.ddl or {}).get("tag") not in _PART_TAGS), None) \
@@ -102,7 +113,8 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
                                         and _DROP_KIND.get(str(m.get("tag"))) == "TABLE")
                                     for e in group):
             if m.get("in_extension"):
-                out.append(DdlInverse(main.seq, None, f"{m.get('tag')} {ident} is part of an extension"))
+                out.append(_sourced(DdlInverse(main.seq, None, f"{m.get('tag')} {ident} is part of an extension"),
+                                    group))
                 continue
             created[ident] = len(out)
             out.append(DdlInverse(main.seq, f"DROP {_DROP_KIND[str(m.get('tag'))]} {ident}",
@@ -110,11 +122,11 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
             continue
         if all((e.ddl or {}).get("tag") == "ALTER TABLE" for e in group):
             same = alters[str(d.get("query") or "")]
-            out.append(_alter_table(group, same.index(k), len(same)))
+            out.append(_sourced(_alter_table(group, same.index(k), len(same)), group))
             continue
         tags = sorted({str((e.ddl or {}).get("tag")) for e in group})
-        out.append(DdlInverse(first.seq, None, f"no exact inverse for {', '.join(tags)} yet "
-                              "(it needs the object's state from before the command)"))
+        out.append(_sourced(DdlInverse(first.seq, None, f"no exact inverse for {', '.join(tags)} yet "
+                                       "(it needs the object's state from before the command)"), group))
     return out
 
 

@@ -32,6 +32,7 @@ class Step:
     params: tuple[str, ...] = ()
     rel: int | None = None
     table: str | None = None
+    origin: str = "rules"  # who wrote the SQL: "rules", or "llm" (proposed, then verified in a sandbox)
 
     @property
     def expect(self) -> str | None:
@@ -49,6 +50,17 @@ class Step:
         return render(self.sql, self.params) if self.params else self.sql
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A DDL command the rules cannot invert: where its inverse would go, and what a proposer
+    (an LLM, a person) needs to write one. Filled by `fill`; the result must still be verified."""
+
+    seq: int
+    reason: str
+    query: str
+    objects: tuple[str, ...]
+
+
 @dataclass
 class Plan:
     direction: Literal["undo", "redo"]
@@ -56,6 +68,7 @@ class Plan:
     irreversible: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     changes: int = 0  # row changes and DDL commands covered
+    gaps: list[Gap] = field(default_factory=list)  # the irreversible DDL commands, for a proposer
 
     @property
     def reversible(self) -> bool:
@@ -64,7 +77,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"direction": self.direction,
                 "steps": [{"seq": s.seq, "kind": s.kind, "sql": s.sql, "params": s.params, "rel": s.rel,
-                           "table": s.table} for s in self.steps],
+                           "table": s.table, **({"origin": s.origin} if s.origin != "rules" else {})}
+                          for s in self.steps],
                 "irreversible": self.irreversible, "notes": self.notes, "changes": self.changes}
 
     @classmethod
@@ -106,6 +120,7 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
     for d in ddl:
         if d.reason:
             plan.irreversible.append(d.reason)
+            plan.gaps.append(Gap(d.seq, d.reason, d.query, d.objects))
         elif d.sql:
             if not undo:
                 plan.irreversible.append("redo of DDL is not supported: undo it, then run the DDL again")
@@ -135,6 +150,21 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
     steps.sort(key=lambda s: s.seq, reverse=undo)
     plan.steps = steps
     return plan
+
+
+def fill(plan: Plan, inverses: dict[int, str | None], *, origin: str = "llm") -> Plan:
+    """`plan` with its gaps (by seq) filled by proposed DDL, in their newest-first places (None:
+    the gap is covered by another gap's SQL). The result claims reversibility only when every gap
+    was filled and nothing else blocked it; it is a candidate for the sandbox, never trusted as it
+    stands."""
+    filled = [g for g in plan.gaps if g.seq in inverses]
+    steps = [*plan.steps, *(Step(g.seq, "ddl", sql, origin=origin) for g in filled
+                            if (sql := inverses[g.seq]) is not None)]
+    steps.sort(key=lambda s: s.seq, reverse=plan.direction == "undo")
+    left = list(plan.irreversible)
+    for g in filled:
+        left.remove(g.reason)
+    return replace(plan, steps=steps, irreversible=left, gaps=[g for g in plan.gaps if g.seq not in inverses])
 
 
 def rebuild(steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:

@@ -136,7 +136,7 @@ def mask_row(image: str, keep: set[str]) -> str:
     return json.dumps({k: (v if k in keep else _mask_value(v)) for k, v in d.items()})
 
 
-def _is_masked(info: TableInfo, mask: frozenset[str]) -> bool:
+def is_masked(info: TableInfo, mask: frozenset[str]) -> bool:
     return f"{info.schema}.{info.table}" in mask or info.table in mask or info.name in mask
 
 
@@ -184,7 +184,7 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     touched &= set(tables)
     wanted = {oid for oid in wanted if oid in tables and tables[oid].relkind in ("r", "p")}
     samples = {oid: TableSample(tables[oid], before=list(before.get(oid, [])),
-                                masked=_is_masked(tables[oid], options.mask)) for oid in wanted}
+                                masked=is_masked(tables[oid], options.mask)) for oid in wanted}
 
     # Keys the context must not repeat: every image's key (or whole image, for keyless tables).
     taken: dict[int, set[str]] = defaultdict(set)

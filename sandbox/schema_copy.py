@@ -177,3 +177,27 @@ async def load(sandbox_url: str, bin_dir: Path, schema: SchemaDump) -> list[str]
     if code not in (0, 3) and not errors:
         raise SchemaError("psql could not load the schema into the sandbox: " + err.decode(errors="replace").strip())
     return errors
+
+
+async def ddl_text(sandbox_url: str, bin_dir: Path) -> str:
+    """A schema copy's DDL as plain SQL (`pg_dump --schema-only` of the sandbox database, without
+    owners, privileges or comments' noise): the "before" catalog an inverse's proposer reads. It
+    comes from the sandbox, never the upstream, so it carries no credentials and takes no locks
+    on the real tables."""
+    url, env = split_password(sandbox_url)
+    code, out, err = await _run([str(bin_dir / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
+                                 "--dbname", url], env=env)
+    if code != 0:
+        raise SchemaError("pg_dump could not read the schema copy: " + err.decode(errors="replace").strip())
+    return out.decode()
+
+
+def ddl_for(ddl: str, names: set[str], *, limit: int = 20_000) -> str:
+    """The sections of a plain `pg_dump` that mention any of `names` (bare object names), in dump
+    order, cut at `limit` characters. Sections are what pg_dump heads with `-- Name: ...`."""
+    sections = re.split(r"\n(?=--\n-- Name: )", ddl)
+    # dbproxy's own objects (capture triggers, its schema) are not the user's to invert.
+    wanted = [s for s in sections[1:] if "dbproxy" not in s.split("\n", 3)[2]
+              and any(re.search(rf"\b{re.escape(n)}\b", s) for n in names)]
+    text = "\n".join(x.strip("\n") for x in wanted)
+    return text if len(text) <= limit else text[:limit] + "\n-- (cut)"

@@ -129,6 +129,7 @@ class Verifier:
         self._schemas: dict[str, _Schema] = {}
         self._pools: dict[str, asyncpg.Pool] = {}
         self._build_lock = asyncio.Lock()
+        self._ddl: dict[str, str] = {}
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
@@ -190,6 +191,16 @@ class Verifier:
         raise AssertionError("unreachable")
 
     # -- schema copies ------------------------------------------------------------------------
+
+    async def schema_ddl(self, upstream: asyncpg.Connection, upstream_url: str) -> str:
+        """The upstream's schema as it is outside any open transaction (the "before" of one being
+        verified), as plain DDL read from its copy in the sandbox."""
+        schema = await self._schema(upstream, upstream_url)
+        text = self._ddl.get(schema.database)
+        if text is None:
+            text = await schema_copy.ddl_text(self.backend.url(schema.database), self.backend.bin_dir)
+            self._ddl = {schema.database: text}  # older copies' text is stale
+        return text
 
     async def prepare(self, upstream: asyncpg.Connection, upstream_url: str) -> str:
         """Copy the upstream's current schema into the sandbox now, unless a copy of this version

@@ -33,6 +33,9 @@ from dbproxy.settings import load_settings
 from dbproxy.upstream import UpstreamTarget
 from sandbox.pgcluster import LocalCluster, bin_dir, free_port
 
+#: The scripted OpenAI-compatible endpoint (`fake_llm` fixture), the suite's only test double.
+pytest_plugins = ["tests.fake_llm"]
+
 AGENT = "agent"
 
 

@@ -160,6 +160,26 @@ def test_config_file_with_credentials_must_be_private(tmp_path: Path):
     assert s.upstream is not None and "topsecret" not in repr(s)
 
 
+def test_llm_settings_sources(tmp_path: Path):
+    """`[llm]` in the file, `DBPROXY_LLM_*` over it, `OPENAI_*` only where neither says; a key in
+    the file makes it a credentials file; the key never shows in repr."""
+    assert load_settings(None, {}, environ={}).llm.api_key is None  # feature off by default
+    s = load_settings(None, {}, environ={"OPENAI_API_KEY": "sk-env", "OPENAI_BASE_URL": "http://local:1/v1"})
+    assert s.llm.api_key is not None and s.llm.api_key.get_secret_value() == "sk-env"
+    assert s.llm.base_url == "http://local:1/v1" and "sk-env" not in repr(s)
+    cfg = tmp_path / "dbproxy.toml"
+    cfg.write_text('[llm]\nmodel = "llama3"\napi_key = "sk-file"\nmax_attempts = 2\n')
+    cfg.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"chmod 600"):
+        load_settings(cfg, {}, environ={})
+    cfg.chmod(0o600)
+    s = load_settings(cfg, {}, environ={"OPENAI_API_KEY": "sk-env", "DBPROXY_LLM_MODEL": "qwen"})
+    assert s.llm.api_key is not None and s.llm.api_key.get_secret_value() == "sk-file"
+    assert (s.llm.model, s.llm.max_attempts) == ("qwen", 2)
+    with pytest.raises(SettingsError, match=r"llm.max_attempts"):
+        load_settings(None, {}, environ={"DBPROXY_LLM_MAX_ATTEMPTS": "0"})
+
+
 def test_agents_from_file_and_cli(tmp_path: Path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[agents.a]\nverifier = "{Verifier.from_password("pw-a")}"\ndatabases = ["app"]\n')
