@@ -37,6 +37,9 @@ _DROP_KIND = {
     "CREATE DOMAIN": "DOMAIN", "CREATE SCHEMA": "SCHEMA",
 }
 _OWN_TRIGGERS = frozenset({ROW_TRIGGER, TRUNCATE_TRIGGER})
+#: Kinds whose CREATE OR REPLACE may overwrite an existing definition.
+_REPLACEABLE = frozenset({"FUNCTION", "PROCEDURE", "VIEW"})
+_OR_REPLACE = re.compile(r"\bor\s+replace\b", re.IGNORECASE)
 #: Object types that a CREATE of another kind makes as a side part (dropped with the main object).
 _PART_TAGS = frozenset({"CREATE SEQUENCE", "CREATE INDEX", "ALTER SEQUENCE", "CREATE TRIGGER"})
 
@@ -115,6 +118,12 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
             if m.get("in_extension"):
                 out.append(_sourced(DdlInverse(main.seq, None, f"{m.get('tag')} {ident} is part of an extension"),
                                     group))
+                continue
+            if _DROP_KIND[str(m.get("tag"))] in _REPLACEABLE and _OR_REPLACE.search(str(m.get("query") or "")):
+                # CREATE OR REPLACE reports the same tag whether it created the object or replaced
+                # one; dropping it would destroy the user's original definition.
+                out.append(_sourced(DdlInverse(main.seq, None, f"{m.get('tag')} {ident} used OR REPLACE: the "
+                                               "definition it may have replaced was not kept"), group))
                 continue
             created[ident] = len(out)
             out.append(DdlInverse(main.seq, f"DROP {_DROP_KIND[str(m.get('tag'))]} {ident}",

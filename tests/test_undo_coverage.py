@@ -449,6 +449,12 @@ IRREVERSIBLE = [
      "ALTER TABLE public.s: could not tell which statement ran"),
     ("create_then_drop_other", "CREATE TABLE tmp (a int); DROP TABLE tmp; DROP INDEX s_pkey_copy",
      "DROP INDEX destroyed index public.s_pkey_copy"),
+    # Reported as CREATE FUNCTION / CREATE VIEW whether they created or replaced: a DROP as their
+    # undo would destroy the user's original definition (found by the inverse-SQL benchmark).
+    ("replace_existing_function", "CREATE OR REPLACE FUNCTION f_existing() RETURNS int LANGUAGE sql AS 'SELECT 2'",
+     "CREATE FUNCTION public.f_existing() used OR REPLACE"),
+    ("replace_existing_view", "CREATE OR REPLACE VIEW v_existing AS SELECT id, v FROM ia",
+     "CREATE VIEW public.v_existing used OR REPLACE"),
 ]
 
 
@@ -456,7 +462,9 @@ IRREVERSIBLE = [
 async def test_irreversible_is_refused(db: asyncpg.Connection, capture_db: str, stmt: str, reason: str) -> None:
     await db.execute(T + S + "CREATE UNIQUE INDEX s_pkey_copy ON s (id); "
                      "CREATE TABLE ia (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); "
-                     "INSERT INTO ia (v) VALUES ('a'), ('b');")
+                     "INSERT INTO ia (v) VALUES ('a'), ('b'); "
+                     "CREATE FUNCTION f_existing() RETURNS int LANGUAGE sql AS 'SELECT 1'; "
+                     "CREATE VIEW v_existing AS SELECT id FROM ia;")
     tables = ("t", "s", "ia")
     before = (await digest(db, tables), await shape(db))
     xid = await forward(capture_db, f"UPDATE t SET v = 'with ddl' WHERE id <= 5; {stmt}; DELETE FROM t WHERE id = 9")
