@@ -1,0 +1,290 @@
+"""Agent transactions on the `tpcc` schema (see `benchmarks/inverse_corpus/tpcc.py`), labelled with whether an
+exact inverse exists (the rules are in the package docstring)."""
+
+from __future__ import annotations
+
+from benchmarks.inverse_corpus import Case, Expected
+
+REV: Expected = "reversible"
+IRR: Expected = "irreversible"
+
+
+def _case(name: str, category: str, expected: Expected, why: str, *forward: str, setup: tuple[str, ...] = ()) -> Case:
+    return Case(f"tpcc.{name}", "tpcc", category, forward, expected, why, setup)
+
+
+#: An incompressible string of `n` * 32 characters (md5 hex), stored out of line even after compression.
+def _big(n: int, salt: str) -> str:
+    return f"(SELECT string_agg(md5(g::text || '{salt}'), '') FROM generate_series(1, {n}) g)"
+
+
+CASES: tuple[Case, ...] = (
+    # --- single-row DML ---------------------------------------------------------------------------
+    _case("rename_warehouse", "single_row_dml", REV, "The before-image holds the old name.",
+          "UPDATE warehouse SET w_name = 'Central' WHERE w_id = 1"),
+    _case("insert_item", "single_row_dml", REV, "The inserted row is deleted by its image.",
+          "INSERT INTO item VALUES (1001, 42, 'New gadget', 19.99, 'fresh item')"),
+    _case("delete_new_order_row", "single_row_dml", REV, "The deleted row's before-image is captured.",
+          "DELETE FROM new_order WHERE no_w_id = 1 AND no_d_id = 1 AND no_o_id = 22"),
+    # --- multi-row DML ------------------------------------------------------------------------------
+    _case("raise_original_prices", "multi_row_dml", REV, "Each repriced item has a before-image.",
+          "UPDATE item SET i_price = round(i_price * 1.05, 2) WHERE i_data LIKE 'ORIGINAL%'"),
+    _case("restock_warehouse", "multi_row_dml", REV, "Stock rows (and their recomputed generated flag) have "
+          "before-images.",
+          "UPDATE stock SET s_quantity = s_quantity + 50 WHERE s_w_id = 2 AND s_quantity < 30"),
+    _case("delete_delivered_lines", "multi_row_dml", REV, "The deleted order lines are captured.",
+          "DELETE FROM order_line WHERE ol_w_id = 1 AND ol_d_id = 4 AND ol_delivery_d IS NOT NULL AND ol_number > 10"),
+    # --- tables without a primary key (history) --------------------------------------------------------
+    _case("delete_duplicate_history", "no_primary_key", REV, "Both identical rows' images are captured; re-inserting "
+          "them restores the duplicates.",
+          "DELETE FROM history WHERE h_c_w_id = 1 AND h_c_d_id = 1 AND h_c_id = 1"),
+    _case("dedupe_history", "no_primary_key", REV, "Deleting one of two identical rows is undone by inserting its "
+          "image.",
+          "DELETE FROM history a USING history b WHERE a.ctid > b.ctid AND a.h_c_w_id = b.h_c_w_id AND a.h_c_d_id = "
+          "b.h_c_d_id AND a.h_c_id = b.h_c_id AND a.h_amount = b.h_amount AND a.h_date = b.h_date"),
+    _case("correct_history_amounts", "no_primary_key", REV, "Keyless rows are matched by their whole after-image.",
+          "UPDATE history SET h_amount = h_amount * 2 WHERE h_w_id = 2 AND h_d_id = 3"),
+    _case("history_date_to_date", "no_primary_key", REV, "Every h_date is at midnight, so timestamp -> date loses "
+          "nothing and altering back to the before-catalog's type restores each value exactly.",
+          "ALTER TABLE history ALTER COLUMN h_date TYPE date"),
+    _case("history_data_truncated", "no_primary_key", IRR, "USING left(h_data, 7) cuts every keyless history row's "
+          "data in an uncaptured rewrite.",
+          "ALTER TABLE history ALTER COLUMN h_data TYPE varchar(7) USING left(h_data, 7)"),
+    # --- foreign-key cascades -----------------------------------------------------------------------
+    _case("delete_order_cascade", "fk_cascade", REV, "The cascaded new_order and order_line deletes are captured by "
+          "row triggers.",
+          "DELETE FROM orders WHERE o_w_id = 1 AND o_d_id = 2 AND o_id = 25"),
+    _case("renumber_order_cascade", "fk_cascade", REV, "ON UPDATE CASCADE rewrites the order lines' keys as captured "
+          "updates.",
+          "UPDATE orders SET o_id = o_id + 1000 WHERE o_w_id = 2 AND o_d_id = 3 AND o_id = 5"),
+    _case("delete_old_orders_cascade", "fk_cascade", REV, "Fifty orders with their cascaded lines all have "
+          "before-images.",
+          "DELETE FROM orders WHERE o_w_id = 2 AND o_entry_d < '2024-08-01 06:00:00'"),
+    # --- triggers with side effects ------------------------------------------------------------------
+    _case("drain_stock_restock", "trigger_side_effects", REV, "The stock updates and the restock requests the trigger "
+          "inserted are captured.",
+          "UPDATE stock SET s_quantity = 5 WHERE s_w_id = 1 AND s_i_id BETWEEN 1 AND 20 AND s_quantity >= 15"),
+    _case("new_order_triggers_restock", "trigger_side_effects", REV, "Every write of the function and the restock "
+          "request its stock update triggered are captured.",
+          "SELECT new_order(1, 2, 5, ARRAY[59, 60], ARRAY[7, 1])"),
+    # --- upserts ------------------------------------------------------------------------------------
+    _case("upsert_stock_delivery", "upsert", REV, "DO UPDATE on a composite key fires row triggers like UPDATE.",
+          "INSERT INTO stock (s_i_id, s_w_id, s_quantity, s_ytd, s_order_cnt, s_remote_cnt) VALUES (1, 1, 40, 0, 0, "
+          "0), (2, 1, 40, 0, 0, 0) ON CONFLICT (s_w_id, s_i_id) DO UPDATE SET s_quantity = stock.s_quantity + "
+          "excluded.s_quantity"),
+    _case("upsert_item_do_nothing", "upsert", REV, "Only the inserted item is a change, and it is captured.",
+          "INSERT INTO item VALUES (1, 1, 'dup', 1.00, NULL), (1002, 7, 'Widget', 3.50, NULL) ON CONFLICT (i_id) DO "
+          "NOTHING"),
+    _case("requeue_orders_do_nothing", "upsert", REV, "Rows skipped by DO NOTHING change nothing; the two inserted "
+          "are captured.",
+          "INSERT INTO new_order SELECT o_id, o_d_id, o_w_id FROM orders WHERE o_w_id = 1 AND o_d_id = 1 AND o_id >= "
+          "20 ON CONFLICT DO NOTHING"),
+    # --- identity ALWAYS -----------------------------------------------------------------------------
+    _case("insert_restock_requests", "identity_always", REV, "Rows with generated ids are deleted by their images; "
+          "the identity sequence stays advanced (not compared).",
+          "INSERT INTO restock_request (w_id, i_id, quantity) SELECT s_w_id, s_i_id, 100 - s_quantity FROM stock "
+          "WHERE s_quantity < 12 AND s_w_id = 2"),
+    _case("restock_id_set_default", "identity_always", REV, "A plain UPDATE cannot set an ALWAYS identity back, but "
+          "the before-image has the old id: deleting the row and inserting the image with OVERRIDING SYSTEM VALUE is "
+          "exact (nothing references restock_request).",
+          "UPDATE restock_request SET id = DEFAULT WHERE i_id = (SELECT min(i_id) FROM restock_request)"),
+    _case("add_identity_to_history", "identity_always", REV, "ADD COLUMN ... GENERATED ALWAYS AS IDENTITY numbers the "
+          "rows in a rewrite but destroys nothing: DROP COLUMN undoes it.",
+          "ALTER TABLE history ADD COLUMN h_id bigint GENERATED ALWAYS AS IDENTITY"),
+    _case("delete_restock_requests", "identity_always", REV, "The deleted rows come back with OVERRIDING SYSTEM VALUE "
+          "from their before-images.",
+          "DELETE FROM restock_request WHERE w_id = 1"),
+    _case("drop_restock_id", "identity_always", IRR, "DROP COLUMN destroys the identity values (the key) of every "
+          "restock request.",
+          "ALTER TABLE restock_request DROP COLUMN id"),
+    # --- generated columns ----------------------------------------------------------------------------
+    _case("stock_low_flag", "generated_column", REV, "The STORED s_low follows the restored quantity; the restock "
+          "requests are captured inserts.",
+          "UPDATE stock SET s_quantity = 12 WHERE s_w_id = 2 AND s_i_id <= 10"),
+    _case("add_generated_unit_price", "generated_column", REV, "ADD COLUMN ... GENERATED is undone by DROP COLUMN.",
+          "ALTER TABLE order_line ADD COLUMN ol_unit_price numeric GENERATED ALWAYS AS (ol_amount / ol_quantity) "
+          "STORED"),
+    # --- TOAST ------------------------------------------------------------------------------------------
+    _case("big_customer_data", "toast", REV, "A 130 kB compressible value is captured whole.",
+          "UPDATE customer SET c_data = repeat('credit note; ', 10000) WHERE c_w_id = 1 AND c_d_id = 1 AND c_id = 10"),
+    _case("payment_shrinks_big_data", "toast", REV, "Both the 96 kB value and the 500-character one payment() cut it "
+          "to are in the images.",
+          f"UPDATE customer SET c_data = {_big(3000, 'p')} WHERE c_w_id = 1 AND c_d_id = 1 AND c_id = 20",
+          "SELECT payment(1, 1, 20, 10.00)"),
+    _case("big_value_then_shrink_column", "toast", REV, "Every other c_data is under 100 characters, so left(c_data, "
+          "100) changed only the row the UPDATE captured: alter back, then restore that row from its before-image.",
+          "UPDATE customer SET c_data = repeat('long history; ', 10000) WHERE c_w_id = 1 AND c_d_id = 1 AND c_id = 10",
+          "ALTER TABLE customer ALTER COLUMN c_data TYPE varchar(100) USING left(c_data, 100)"),
+    # --- TRUNCATE ---------------------------------------------------------------------------------------
+    _case("truncate_history", "truncate", REV, "The BEFORE TRUNCATE snapshot copies every keyless row.",
+          "TRUNCATE history"),
+    _case("truncate_orders_cascade", "truncate", REV, "Orders, order lines and new_order rows are all snapshotted.",
+          "TRUNCATE orders CASCADE"),
+    _case("truncate_warehouse_cascade", "truncate", REV, "The cascade reaches every table referencing warehouse, and "
+          "each is snapshotted before it is emptied.",
+          "TRUNCATE warehouse CASCADE"),
+    # --- DDL: create ---------------------------------------------------------------------------------------
+    _case("create_index_item", "ddl_create", REV, "CREATE INDEX is undone by DROP INDEX.",
+          "CREATE INDEX order_line_item_idx ON order_line (ol_i_id)"),
+    _case("create_carrier_table_and_view", "ddl_create", REV, "The new table, its rows and the view are dropped.",
+          "CREATE TABLE carrier (id int PRIMARY KEY, name text NOT NULL)",
+          "INSERT INTO carrier SELECT g, 'Carrier ' || g FROM generate_series(1, 10) g",
+          "CREATE VIEW delivered_by_carrier AS SELECT c.name, count(*) AS orders FROM orders o JOIN carrier c ON "
+          "c.id = o.o_carrier_id GROUP BY c.name"),
+    _case("rename_stock_column", "ddl_create", REV, "RENAME COLUMN is undone by the reverse rename.",
+          "ALTER TABLE stock RENAME COLUMN s_data TO s_note"),
+    _case("create_materialized_view", "ddl_create", REV, "A materialized view created now is dropped; nothing existed "
+          "before.",
+          "CREATE MATERIALIZED VIEW district_revenue AS SELECT ol_w_id, ol_d_id, sum(ol_amount) AS revenue FROM "
+          "order_line GROUP BY ol_w_id, ol_d_id"),
+    # --- DROP with dependants ----------------------------------------------------------------------------
+    _case("drop_history", "drop_dependants", IRR, "DROP TABLE destroys the history rows uncaptured.",
+          "DROP TABLE history"),
+    _case("drop_item_cascade", "drop_dependants", IRR, "DROP TABLE item CASCADE drops the foreign keys from stock and "
+          "order_line and the stock_level view, and the 1000 items are lost.",
+          "DROP TABLE item CASCADE"),
+    _case("drop_c_last_cascade", "drop_dependants", IRR, "DROP COLUMN ... CASCADE destroys every last name (with the "
+          "index and the customer_balance view).",
+          "ALTER TABLE customer DROP COLUMN c_last CASCADE"),
+    _case("drop_stock_level_view", "drop_dependants", REV, "A view holds no data; its definition is in the "
+          "before-catalog.",
+          "DROP VIEW stock_level"),
+    _case("delete_then_drop_new_order", "drop_dependants", REV, "The DELETE captured every row first, and the table's "
+          "definition is in the before-catalog.",
+          "DELETE FROM new_order",
+          "DROP TABLE new_order"),
+    _case("drop_order_line", "drop_dependants", IRR, "About 6000 order lines are destroyed without row images.",
+          "DROP TABLE order_line"),
+    _case("drop_payment_function", "drop_dependants", REV, "A function is recreated from its definition in the "
+          "before-catalog.",
+          "DROP FUNCTION payment(int, int, int, numeric)"),
+    _case("drop_orders_cascade", "drop_dependants", IRR, "CASCADE drops the foreign keys of new_order and order_line, "
+          "but the 600 orders are destroyed uncaptured.",
+          "DROP TABLE orders CASCADE"),
+    _case("drop_schema_public_cascade", "drop_dependants", IRR, "DROP SCHEMA public CASCADE destroys every table of "
+          "the schema with its rows.",
+          "DROP SCHEMA public CASCADE"),
+    # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
+    _case("ol_amount_round", "alter_type", IRR, "numeric(6,2) -> numeric(6,0) rounds the amounts in an uncaptured "
+          "rewrite.",
+          "ALTER TABLE order_line ALTER COLUMN ol_amount TYPE numeric(6, 0)"),
+    _case("c_since_to_date", "alter_type", IRR, "timestamp -> date drops the hour of every c_since.",
+          "ALTER TABLE customer ALTER COLUMN c_since TYPE date"),
+    _case("c_first_varchar3", "alter_type", IRR, "USING left(c_first, 3) truncates every first name.",
+          "ALTER TABLE customer ALTER COLUMN c_first TYPE varchar(3) USING left(c_first, 3)"),
+    _case("discount_fewer_digits", "alter_type", IRR, "numeric(4,4) -> numeric(4,2) rounds the discounts.",
+          "ALTER TABLE customer ALTER COLUMN c_discount TYPE numeric(4, 2)"),
+    _case("widen_w_ytd", "alter_type", REV, "numeric(12,2) -> numeric(14,2) keeps every value, which fit back.",
+          "ALTER TABLE warehouse ALTER COLUMN w_ytd TYPE numeric(14, 2)"),
+    _case("item_price_to_real", "alter_type", REV, "Every numeric(5,2) value (at most 5 significant digits) "
+          "round-trips through real exactly, so altering back to the before-catalog's type restores it.",
+          "ALTER TABLE item ALTER COLUMN i_price TYPE real"),
+    _case("s_data_varchar10", "alter_type", IRR, "USING left(s_data, 10) cuts the stock data strings.",
+          "ALTER TABLE stock ALTER COLUMN s_data TYPE varchar(10) USING left(s_data, 10)"),
+    # --- functions -----------------------------------------------------------------------------------------
+    _case("call_new_order", "functions", REV, "The function's district, orders, new_order, stock and order_line "
+          "writes all fire row triggers.",
+          "SELECT new_order(1, 3, 7, ARRAY[1, 2, 3, 500], ARRAY[5, 5, 10, 1])"),
+    _case("call_payment", "functions", REV, "Warehouse, district, customer updates and the history insert are "
+          "captured.",
+          "SELECT payment(2, 4, 10, 250.00)"),
+    _case("call_delivery", "functions", REV, "The function's deletes and updates across ten districts are captured.",
+          "SELECT delivery(1, 7)"),
+    _case("replace_payment_function", "functions", REV, "The old body is in the before-catalog.",
+          "CREATE OR REPLACE FUNCTION payment(p_w int, p_d int, p_c int, p_amount numeric) RETURNS numeric LANGUAGE "
+          "plpgsql AS $$ DECLARE bal numeric; BEGIN UPDATE customer SET c_balance = c_balance - p_amount WHERE "
+          "c_w_id = p_w AND c_d_id = p_d AND c_id = p_c RETURNING c_balance INTO bal; RETURN bal; END $$"),
+    _case("writable_cte_delivery", "functions", REV, "Each data-modifying CTE's rows are captured.",
+          "WITH d AS (DELETE FROM new_order WHERE no_w_id = 2 AND no_d_id = 1 AND no_o_id = 22 RETURNING *), o AS "
+          "(UPDATE orders SET o_carrier_id = 3 FROM d WHERE o_w_id = d.no_w_id AND o_d_id = d.no_d_id AND o_id = "
+          "d.no_o_id RETURNING o_id) UPDATE order_line SET ol_delivery_d = '2024-09-02 00:00:00' FROM d WHERE "
+          "ol_w_id = d.no_w_id AND ol_d_id = d.no_d_id AND ol_o_id = d.no_o_id"),
+    _case("do_block_payments", "functions", REV, "Writes from a loop of function calls in a DO block are ordinary "
+          "captured rows.",
+          "DO $$ BEGIN FOR c IN 1 .. 5 LOOP PERFORM payment(1, 9, c, 1.00 * c); END LOOP; END $$"),
+    _case("hidden_drop_in_function", "functions", IRR, "The DROP TABLE run through EXECUTE destroys the history rows "
+          "uncaptured.",
+          "CREATE FUNCTION purge_history() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DROP TABLE history'; "
+          "END $$",
+          "SELECT purge_history()"),
+    _case("do_block_truncate_dist_info", "functions", IRR, "The ALTER run through EXECUTE cuts every s_dist_info to 4 "
+          "characters without row images.",
+          "DO $$ BEGIN EXECUTE 'ALTER TABLE stock ALTER COLUMN s_dist_info TYPE char(4) USING left(s_dist_info, 4)'; "
+          "END $$"),
+    # --- grants ---------------------------------------------------------------------------------------------
+    _case("grant_select_to_analyst", "grants", REV, "The before-catalog's ACLs say what to revoke.",
+          "GRANT SELECT ON customer, orders, order_line TO corpus_analyst"),
+    _case("revoke_stock_from_analyst", "grants", REV, "The revoked privilege is in the before-catalog's ACL.",
+          "REVOKE SELECT ON stock FROM corpus_analyst"),
+    _case("default_privileges_functions", "grants", REV, "pg_default_acl from before says what to put back.",
+          "ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"),
+    # --- constraints, defaults, comments ---------------------------------------------------------------------
+    _case("add_stock_check", "constraints_defaults", REV, "ADD CONSTRAINT is undone by DROP CONSTRAINT.",
+          "ALTER TABLE stock ADD CONSTRAINT stock_quantity_nonneg CHECK (s_quantity >= 0)"),
+    _case("set_all_local_default", "constraints_defaults", REV, "The previous (absent) default is in the "
+          "before-catalog.",
+          "ALTER TABLE orders ALTER COLUMN o_all_local SET DEFAULT 1"),
+    _case("drop_item_fk", "constraints_defaults", REV, "The dropped foreign key's definition is in the before-catalog "
+          "and every row still satisfies it.",
+          "ALTER TABLE order_line DROP CONSTRAINT order_line_ol_i_id_fkey"),
+    _case("comment_on_tables", "constraints_defaults", REV, "The previous (absent) comments are in the before-catalog.",
+          "COMMENT ON TABLE new_order IS 'Orders not yet delivered'",
+          "COMMENT ON COLUMN stock.s_low IS 'Below the restock threshold'"),
+    _case("add_unique_item_name", "constraints_defaults", REV, "ADD CONSTRAINT ... UNIQUE is undone by dropping it.",
+          "ALTER TABLE item ADD CONSTRAINT item_name_unique UNIQUE (i_name)"),
+    # --- mixed DML + DDL --------------------------------------------------------------------------------------
+    _case("new_order_then_index", "mixed", REV, "The function's writes are captured and the index is dropped.",
+          "SELECT new_order(2, 8, 11, ARRAY[10, 20, 30], ARRAY[1, 2, 3])",
+          "CREATE INDEX orders_customer_idx ON orders (o_w_id, o_d_id, o_c_id)"),
+    _case("add_column_backfill", "mixed", REV, "The column is dropped and the backfill's updates are captured.",
+          "ALTER TABLE district ADD COLUMN d_open_orders int",
+          "UPDATE district d SET d_open_orders = (SELECT count(*) FROM new_order n WHERE n.no_w_id = d.d_w_id AND "
+          "n.no_d_id = d.d_id)"),
+    _case("payment_then_drop_c_data", "mixed", IRR, "The payment's rows are captured, but DROP COLUMN destroys every "
+          "other customer's c_data.",
+          "SELECT payment(1, 2, 3, 5.00)",
+          "ALTER TABLE customer DROP COLUMN c_data"),
+    _case("delivery_then_date_only", "mixed", IRR, "The delivery is captured, but timestamp -> date drops the "
+          "delivery times of all earlier order lines.",
+          "SELECT delivery(2, 4)",
+          "ALTER TABLE order_line ALTER COLUMN ol_delivery_d TYPE date"),
+    _case("move_history_to_new_table", "mixed", REV, "The new table is dropped and the moved rows restored from "
+          "images.",
+          "CREATE TABLE history_archive (LIKE history)",
+          "WITH m AS (DELETE FROM history WHERE h_w_id = 1 RETURNING *) INSERT INTO history_archive SELECT * FROM m"),
+    _case("touch_all_then_round_prices", "mixed", REV, "The no-op UPDATE captured every item's price first, so after "
+          "altering the type back each rounded price can be restored from its before-image.",
+          "UPDATE item SET i_price = i_price",
+          "ALTER TABLE item ALTER COLUMN i_price TYPE numeric(5, 0)"),
+    # --- MERGE ------------------------------------------------------------------------------------------------
+    _case("merge_stock_shipment", "merge", REV, "MERGE updates are captured with before-images.",
+          "MERGE INTO stock s USING (SELECT 1 AS w, i_id, 25 AS q FROM item WHERE i_id <= 30) v ON s.s_w_id = v.w "
+          "AND s.s_i_id = v.i_id WHEN MATCHED THEN UPDATE SET s_quantity = s.s_quantity + v.q"),
+    _case("merge_new_order_queue", "merge", REV, "MERGE's deletes and inserts are captured row changes.",
+          "MERGE INTO new_order n USING (SELECT o_w_id, o_d_id, o_id FROM orders WHERE o_w_id = 1 AND o_d_id = 6) o "
+          "ON n.no_w_id = o.o_w_id AND n.no_d_id = o.o_d_id AND n.no_o_id = o.o_id WHEN MATCHED AND o.o_id >= 29 "
+          "THEN DELETE WHEN NOT MATCHED AND o.o_id = 21 THEN INSERT VALUES (o.o_id, o.o_d_id, o.o_w_id)"),
+    # --- sequences ---------------------------------------------------------------------------------------------
+    _case("sequence_default_backfill", "sequences", REV, "The column and the sequence are dropped; the rewrite added "
+          "values but destroyed none.",
+          "CREATE SEQUENCE history_seq",
+          "ALTER TABLE history ADD COLUMN h_seq bigint DEFAULT nextval('history_seq')"),
+    _case("setval_identity_then_insert", "sequences", REV, "setval moves only the identity sequence (not compared); "
+          "the row is captured.",
+          "SELECT setval(pg_get_serial_sequence('restock_request', 'id'), 5000)",
+          "INSERT INTO restock_request (w_id, i_id, quantity) VALUES (1, 77, 30)"),
+    _case("restart_identity_then_insert", "sequences", REV, "RESTART changes only the sequence position; the row is "
+          "captured.",
+          "ALTER TABLE restock_request ALTER COLUMN id RESTART WITH 9000",
+          "INSERT INTO restock_request (w_id, i_id, quantity) VALUES (2, 88, 45)"),
+    # --- jsonb and arrays ---------------------------------------------------------------------------------------
+    _case("customer_prefs_jsonb", "jsonb_array", REV, "The new column is dropped again; the backfilled jsonb values "
+          "are captured updates.",
+          "ALTER TABLE customer ADD COLUMN c_prefs jsonb NOT NULL DEFAULT '{}'",
+          "UPDATE customer SET c_prefs = c_prefs || jsonb_build_object('sms', c_id % 2 = 0, 'lang', 'en') WHERE "
+          "c_w_id = 1 AND c_d_id <= 3"),
+    _case("item_tags_array", "jsonb_array", REV, "The new column is dropped again; the array updates are captured.",
+          "ALTER TABLE item ADD COLUMN i_tags text[] NOT NULL DEFAULT '{}'",
+          "UPDATE item SET i_tags = array_append(i_tags, 'original') WHERE i_data LIKE 'ORIGINAL%'",
+          "UPDATE item SET i_tags = i_tags || ARRAY['cheap', 'promo'] WHERE i_price < 5"),
+)
