@@ -5,6 +5,8 @@
     dbproxy agent add NAME [--password PW] | agent list | agent remove NAME
     dbproxy pending | show ID | commit ID | rollback ID | log [--outcome X] [--agent A] [--limit N]
                   [--admin HOST:PORT] [--admin-token TOKEN] [--reviewer NAME] [--json]
+    dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
+    dbproxy bench proxy [proxy-overhead options]
     dbproxy version
 
 Every `serve` option also has a config-file key and a `DBPROXY_...` environment variable
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbproxy import __version__, log, review_cli
+from dbproxy import __version__, bench_cli, log, review_cli
 from dbproxy.agents import add_to_store, load_store, remove_from_store
 from dbproxy.settings import Settings, SettingsError, load_settings
 
@@ -75,12 +77,16 @@ def _parser() -> argparse.ArgumentParser:
         common(ip)
 
     review_cli.add_parsers(sub, common)
+    bench_cli.add_parser(sub)
 
     sub.add_parser("version", help="print the version")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # parses its own arguments (`bench proxy` passes them on)
+        return bench_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"dbproxy {__version__}")

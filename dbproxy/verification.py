@@ -25,7 +25,6 @@ import asyncpg
 from dbproxy import log
 from dbproxy.review_models import StatementRecord
 from dbproxy.settings import LlmSettings
-from inverse.classify import tables_referenced
 from inverse.images import Change, TableInfo
 from inverse.lexer import lex
 from inverse.llm.cache import AnswerCache
@@ -35,7 +34,7 @@ from inverse.undo_plan import Plan
 from sandbox.backends import BackendUnavailable, make_backend
 from sandbox.cache import VerdictCache, statement_shape
 from sandbox.hybrid import Completed, askable, complete
-from sandbox.sampler import SampleOptions
+from sandbox.sampler import SampleOptions, read_tables
 from sandbox.schema_copy import SchemaError
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate, Transaction, Verifier
@@ -69,23 +68,6 @@ def replayable(statements: list[StatementRecord]) -> tuple[list[str] | None, str
 def transaction(statements: list[StatementRecord], changes: list[Change], tables: dict[int, TableInfo]) -> Transaction:
     texts, why = replayable(statements)
     return Transaction(changes, tables, statements=texts, not_replayable=why)
-
-
-async def read_tables(con: asyncpg.Connection, statements: list[str]) -> frozenset[int]:
-    """Oids of the tables the statements mention, so the sample holds rows an `INSERT ... SELECT`
-    or `UPDATE ... FROM` reads. Names resolve with the proxy's own search_path (the agent's is
-    not known here); a name that does not resolve is left out, and replaying on a sample without
-    its rows then shows a different effect: "not representative", never a false "verified"."""
-    names = sorted({n for s in statements for n in tables_referenced(s)})
-    out: set[int] = set()
-    for name in names:
-        try:
-            oid = await con.fetchval("SELECT pg_catalog.to_regclass($1)::oid", name)
-        except asyncpg.PostgresError:  # an improper name (too many dots): not a table we can sample
-            continue
-        if oid is not None:
-            out.add(int(oid))
-    return frozenset(out)
 
 
 def llm_client(settings: LlmSettings) -> LlmClient | None:

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.classify import tables_referenced
 from inverse.images import TABLE_INFO_SQL, Change, TableInfo, quote_ident, table_info_from_row
 
 _FKS_SQL = """
@@ -305,3 +306,20 @@ async def _mask(con: asyncpg.Connection, samples: dict[int, TableSample], fks: l
     for oid in masked:
         s = samples[oid]
         s.context = [mask_row(img, keep[oid]) for img in s.context]
+
+
+async def read_tables(con: asyncpg.Connection, statements: list[str]) -> frozenset[int]:
+    """Oids of the tables the statements mention, so the sample holds rows an `INSERT ... SELECT`
+    or `UPDATE ... FROM` reads. Names resolve with the proxy's own search_path (the agent's is
+    not known here); a name that does not resolve is left out, and replaying on a sample without
+    its rows then shows a different effect: "not representative", never a false "verified"."""
+    names = sorted({n for s in statements for n in tables_referenced(s)})
+    out: set[int] = set()
+    for name in names:
+        try:
+            oid = await con.fetchval("SELECT pg_catalog.to_regclass($1)::oid", name)
+        except asyncpg.PostgresError:  # an improper name (too many dots): not a table we can sample
+            continue
+        if oid is not None:
+            out.add(int(oid))
+    return frozenset(out)

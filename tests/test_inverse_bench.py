@@ -1,0 +1,315 @@
+"""The inverse-SQL benchmark runner (`benchmarks/inverse_bench`) and `dbproxy bench`.
+
+A tiny corpus of its own (the real one lives in `benchmarks/inverse_corpus`) runs on the suite's
+PostgreSQL with the suite's warm sandbox: the rules are correct where the operation is reversible
+and flag the irreversible one; deliberately wrong strategies (a plan with a step dropped, SQL that
+fixes the wrong row) are caught by the ground truth; one that claims "verified" for a wrong inverse
+is counted as false verified. Then the report files, and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from benchmarks.inverse_bench import report, truth
+from benchmarks.inverse_bench.metrics import OVERALL, summarize
+from benchmarks.inverse_bench.runner import RunResult, run_sync
+from benchmarks.inverse_bench.strategies import (
+    CaseContext,
+    HybridStrategy,
+    Inverse,
+    LlmEndpoint,
+    LlmStrategy,
+    RulesStrategy,
+    rules_inverse,
+)
+from dbproxy import cli
+from sandbox.backends import LocalBackend
+from sandbox.verdict import Verdict
+from sandbox.verify import Candidate, Verifier
+from tests.conftest import Postgres
+from tests.fake_llm import FakeLlm, answer
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    ddl: str
+    seed: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    schema: str
+    category: str
+    forward: tuple[str, ...]
+    expected: str
+    why: str = ""
+    setup: tuple[str, ...] = ()
+
+
+SCHEMAS = {"shop": Schema(
+    "shop",
+    """CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, tier text NOT NULL DEFAULT 'basic');
+       CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL REFERENCES customers ON DELETE CASCADE,
+                            total numeric(10, 2) NOT NULL);""",
+    """INSERT INTO customers SELECT i, 'customer ' || i FROM generate_series(1, 20) i;
+       INSERT INTO orders SELECT i, 1 + i % 20, i * 1.5 FROM generate_series(1, 40) i;""")}
+
+UPDATE = Case("shop.update_one", "shop", "single_row_dml", ("UPDATE customers SET tier = 'gold' WHERE id = 3",),
+              "reversible")
+CASCADE = Case("shop.delete_cascade", "shop", "fk_cascade", ("DELETE FROM customers WHERE id = 5",), "reversible")
+DROP = Case("shop.drop_column", "shop", "drop_dependants", ("ALTER TABLE orders DROP COLUMN total",), "irreversible")
+SETUP = Case("shop.after_setup", "shop", "single_row_dml", ("UPDATE customers SET name = 'y' WHERE id = 1",),
+             "reversible", setup=("UPDATE customers SET name = 'x' WHERE id = 1",))
+CASES = (UPDATE, CASCADE, DROP, SETUP)
+
+
+@dataclass
+class DropOneStep:
+    """The rules' plan with its last step left out (for the cascade: one order not restored)."""
+
+    name: str = "drop-step"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def notes(self) -> list[str]:
+        return []
+
+    async def inverse(self, ctx: CaseContext) -> Inverse:
+        inv = rules_inverse(ctx)
+        if inv.plan is not None and len(inv.plan.steps) > 1:
+            inv.plan = replace(inv.plan, steps=inv.plan.steps[:-1])
+        return inv
+
+
+@dataclass
+class WrongRow:
+    """Plain SQL that "undoes" the update on the wrong row; claims verified when `lie` is set
+    (the hybrid trusts verdicts a strategy brings along: the runner must still count the truth)."""
+
+    lie: bool = False
+    name: str = "wrong-row"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def notes(self) -> list[str]:
+        return []
+
+    async def inverse(self, ctx: CaseContext) -> Inverse:
+        if ctx.case.name != UPDATE.name:
+            return rules_inverse(ctx)
+        return Inverse(statements=("UPDATE customers SET tier = 'basic' WHERE id = 4",), source="llm",
+                       verdict=Verdict("verified") if self.lie else None)
+
+
+@dataclass
+class GateSaysNo(HybridStrategy):
+    """The hybrid, with a sandbox that cannot verify the update case: its (correct) inverse is
+    withheld, and the runner still finds out that it was correct."""
+
+    name: str = "gated"
+
+    async def inverse(self, ctx: CaseContext) -> Inverse:
+        if ctx.case.name == UPDATE.name:
+            async def no(candidate: Candidate) -> Verdict:
+                return Verdict.could_not("test: the sandbox cannot say")
+
+            ctx.verifier = no
+        return await super().inverse(ctx)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pg: Postgres, sandbox_dir: Path) -> RunResult:
+    strategies = [RulesStrategy(), DropOneStep(), WrongRow(), WrongRow(lie=True, name="liar"), GateSaysNo()]
+    return run_sync(pg.url, SCHEMAS, CASES, strategies, lambda: Verifier(LocalBackend(sandbox_dir), timeout=60),
+                    prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+
+
+def _by(run: RunResult, strategy: str) -> dict[str, object]:
+    return {r.case: r for r in run.results if r.strategy == strategy}
+
+
+def test_rules_correct_where_reversible_and_flag_the_irreversible(tiny_run: RunResult) -> None:
+    rules = _by(tiny_run, "rules")
+    for case in (UPDATE, CASCADE, SETUP):
+        r = rules[case.name]
+        assert r.status == "ran", r.error
+        assert r.produced and r.correct is True, (case.name, r.reason, r.diff)
+        assert r.verdict == "verified", (case.name, r.verdict_reason)
+        assert r.applied_by == "undo"
+        assert r.synth_ms is not None and r.verify_ms is not None
+    assert rules[CASCADE.name].changes > 2  # the customer and its orders, through the cascade
+    drop = rules[DROP.name]
+    assert drop.status == "ran" and not drop.produced and drop.correct is None
+    assert "DROP" in drop.reason.upper() or drop.reason
+    m = summarize(tiny_run.results)["rules"]
+    assert m[OVERALL].cases == 4 and m[OVERALL].exact == 3 and m[OVERALL].flagged == 1
+    assert m[OVERALL].false_verified == 0 and m[OVERALL].false_irreversible == 0
+    assert m["fk_cascade"].correct == 1 and m["drop_dependants"].expected_irreversible == 1
+
+
+def test_broken_inverses_are_caught_by_the_ground_truth(tiny_run: RunResult) -> None:
+    dropped = _by(tiny_run, "drop-step")[CASCADE.name]
+    assert dropped.produced and dropped.correct is False
+    assert dropped.applied_by == "plan steps"  # not the product's undo: the plan was altered
+    assert dropped.verdict == "failed" and not dropped.false_verified
+    assert any("orders" in d or "customers" in d for d in dropped.diff), dropped.diff
+
+    wrong = _by(tiny_run, "wrong-row")[UPDATE.name]
+    assert wrong.produced and wrong.correct is False and wrong.applied_by == "statements"
+    assert wrong.verdict == "failed" and not wrong.false_verified
+    assert any("missing" in d for d in wrong.diff) and any("gold" in d for d in wrong.diff), wrong.diff
+
+    m = summarize(tiny_run.results)
+    assert m["drop-step"][OVERALL].incorrect == 1 and m["drop-step"][OVERALL].false_verified == 0
+    assert m["wrong-row"][OVERALL].incorrect == 1 and m["wrong-row"][OVERALL].false_verified == 0
+    assert m["wrong-row"]["single_row_dml"].correct == 1  # the other single-row case went through the rules
+
+
+def test_verified_but_wrong_counts_as_false_verified(tiny_run: RunResult) -> None:
+    r = _by(tiny_run, "liar")[UPDATE.name]
+    assert r.verdict == "verified" and r.correct is False and r.false_verified
+    m = summarize(tiny_run.results)["liar"]
+    assert m[OVERALL].false_verified == 1 and m["single_row_dml"].false_verified == 1
+    md = report.markdown(tiny_run)
+    assert "**FALSE VERIFIED: 1**" in md and "shop.update_one" in md.split("## FALSE VERIFIED")[1]
+
+
+def test_hybrid_offers_only_verified_inverses(tiny_run: RunResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    gated = _by(tiny_run, "gated")
+    held = gated[UPDATE.name]
+    assert not held.produced and held.withheld and held.withheld_correct is True
+    assert "could not verify" in held.reason and held.verdict is None
+    assert all(gated[c.name].produced and gated[c.name].verdict == "verified" for c in (CASCADE, SETUP))
+    assert not gated[DROP.name].produced and not gated[DROP.name].withheld
+    m = summarize(tiny_run.results)["gated"][OVERALL]
+    assert (m.withheld, m.withheld_correct, m.false_irreversible, m.exact) == (1, 1, 1, 2)
+    assert "correct by the ground truth: 1" in report.markdown(tiny_run)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert "WITHOUT its LLM part (no endpoint configured)" in HybridStrategy().notes()[0]
+
+
+def test_report_files(tiny_run: RunResult, tmp_path: Path) -> None:
+    paths, notes = report.write(tiny_run, tmp_path)
+    assert notes == [] and {p.name for p in paths} == {"results.md", "results.json", "results.png"}
+    md = (tmp_path / "results.md").read_text()
+    assert "## rules" in md and "| single_row_dml | 2 |" in md and "| fk_cascade | 1 |" in md
+    assert "| **overall** |" in md
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["metrics"]["rules"][OVERALL]["exact"] == 3
+    assert data["metrics"]["liar"][OVERALL]["false_verified"] == 1 and data["false_verified"] == [UPDATE.name]
+    assert RunResult.from_json(data).to_json() == tiny_run.to_json()
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_ground_truth_sees_privileges_comments_and_definitions(pg: Postgres) -> None:
+    """What the sandbox's digest leaves out, the ground truth must see: an inverse that forgets a
+    GRANT, a COMMENT, a view's definition or a matview's contents is not correct."""
+    name = f"dbproxy_bench_truth_{os.urandom(2).hex()}"
+    admin = await asyncpg.connect(pg.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    con = await asyncpg.connect(pg.dsn(name))
+    try:
+        await con.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');"
+                          "CREATE VIEW w AS SELECT id FROM t; CREATE MATERIALIZED VIEW m AS SELECT count(*) FROM t")
+        base = await truth.snapshot(con)
+        assert "public.t" in base.tables and "public.m" in base.tables
+        for change, undo in [("GRANT SELECT ON t TO PUBLIC", "REVOKE SELECT ON t FROM PUBLIC"),
+                             ("COMMENT ON COLUMN t.v IS 'x'", "COMMENT ON COLUMN t.v IS NULL"),
+                             ("CREATE OR REPLACE VIEW w AS SELECT id FROM t WHERE id > 0",
+                              "CREATE OR REPLACE VIEW w AS SELECT id FROM t"),
+                             ("INSERT INTO t VALUES (2, 'b'); REFRESH MATERIALIZED VIEW m",
+                              "DELETE FROM t WHERE id = 2; REFRESH MATERIALIZED VIEW m")]:
+            await con.execute(change)
+            assert not base.same_as(await truth.snapshot(con)), change
+            await con.execute(undo)
+            assert base.same_as(await truth.snapshot(con)), undo
+    finally:
+        await con.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def test_llm_without_endpoint_is_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert cli.main(["bench", "inverse", "--strategy", "llm", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "**llm**: not run (no endpoint configured)" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["strategies"]["llm"]["ran"] is False and data["cases"] == []
+
+
+def test_cli_runs_real_corpus_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The real command on the real corpus (a throw-away server of its own, its own sandbox)."""
+    from benchmarks import inverse_corpus
+
+    pattern = "ecommerce.merge_*"
+    picked = inverse_corpus.select(pattern)
+    if not picked:
+        pytest.skip(f"the corpus (benchmarks/inverse_corpus) has no case matching {pattern}")
+    assert len(picked) <= 4, "pick a narrower pattern: this test should run 2-3 cases"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code = cli.main(["bench", "inverse", "--strategy", "rules,hybrid", "--cases", pattern, "--out", str(tmp_path),
+                     "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "**FALSE VERIFIED: 0**" in out and "**hybrid**: ran. ran WITHOUT its LLM part" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {c["case"] for c in data["cases"]} == {c.name for c in picked}
+    assert all(c["status"] == "ran" for c in data["cases"]), [c["error"] for c in data["cases"]]
+    assert data["metrics"]["rules"][OVERALL]["cases"] == len(picked)
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_proxy_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import proxy_overhead
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(proxy_overhead, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["bench", "proxy", "--duration", "3", "--targets", "direct,proxy,hold,undo"]) == 0
+    assert seen == [["--duration", "3", "--targets", "direct,proxy,hold,undo"]]
+    assert {"direct", "proxy", "hold", "undo", "pgbouncer"} <= set(proxy_overhead.TARGETS)
+
+
+SET_DEFAULT = Case("shop.set_default", "shop", "constraints_defaults",
+                   ("ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'gold'",), "reversible")
+
+
+def test_llm_strategies_with_a_scripted_endpoint(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hybrid fills the rules' gap with the model's answer only after the sandbox verified it
+    (and the ground truth agrees); the GoEx-style baseline offers its answer unverified, and a
+    wrong one is counted incorrect, never false verified."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+
+    def run(strategy: object) -> RunResult:
+        return run_sync(pg.url, SCHEMAS, (SET_DEFAULT,), [strategy], lambda: Verifier(LocalBackend(sandbox_dir)),
+                        prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+
+    fake_llm.script(answer(["ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'silver'"]),  # wrong: fed back
+                    answer(["ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'basic'"]))
+    r = run(HybridStrategy(endpoint)).results[0]
+    assert r.status == "ran" and r.produced and r.source == "llm", (r.reason, r.error)
+    assert r.verdict == "verified" and r.correct is True, (r.verdict_reason, r.diff)
+    assert len(fake_llm.requests) == 2 and "silver" in fake_llm.requests[1].text
+
+    fake_llm.script(answer(["ALTER TABLE customers ALTER COLUMN tier DROP DEFAULT"]))
+    r = run(LlmStrategy(endpoint)).results[0]
+    assert r.produced and r.source == "llm" and r.verdict == "failed" and r.correct is False, r
+    assert not r.false_verified
+    sent = fake_llm.requests[2]
+    assert "SET DEFAULT 'gold'" in sent.text and '"op"' not in sent.text  # statement and schema, no row images
