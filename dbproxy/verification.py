@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,13 +179,20 @@ class Verification:
                 self._verifier = Verifier(backend, options=self.options, timeout=self.timeout)
             return self._verifier
 
+    @contextlib.asynccontextmanager
+    async def _sampling(self, database: str,
+                        tx: Transaction) -> AsyncIterator[tuple[Verifier, asyncpg.Connection, Transaction]]:
+        """The verifier, a sampler connection to `database`, and `tx` with the tables it reads."""
+        verifier = await self._get(database)
+        pool = await self._pool(database)
+        async with pool.acquire() as con:
+            if tx.statements and not tx.read_tables:
+                tx = replace(tx, read_tables=await read_tables(con, tx.statements))
+            yield verifier, con, tx
+
     async def verify(self, database: str, tx: Transaction, candidate: Candidate) -> Verdict:
         try:
-            verifier = await self._get(database)
-            pool = await self._pool(database)
-            async with pool.acquire() as con:
-                if tx.statements and not tx.read_tables:
-                    tx = replace(tx, read_tables=await read_tables(con, tx.statements))
+            async with self._sampling(database, tx) as (verifier, con, tx):
                 return await verifier.verify(con, self.dsn_for(database), tx, candidate)
         except BackendUnavailable as e:
             return Verdict.could_not(str(e), backend=self.kind)
@@ -232,11 +239,7 @@ class Verification:
             return Completed(plan, None, None, "a proposal needs the sandbox to verify it, and sandbox = off")
         tx = transaction(statements, changes, tables)
         try:
-            verifier = await self._get(database)
-            pool = await self._pool(database)
-            async with pool.acquire() as con:
-                if tx.statements and not tx.read_tables:
-                    tx = replace(tx, read_tables=await read_tables(con, tx.statements))
+            async with self._sampling(database, tx) as (verifier, con, tx):
                 url = self.dsn_for(database)
                 # Cached by statement shape and the schema before the transaction (its copy's name
                 # is the catalog fingerprint): the same DDL on the same schema gets the same answer.

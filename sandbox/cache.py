@@ -14,11 +14,11 @@ re-checking every time.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable
 from functools import lru_cache
 
 from inverse.lexer import lex
+from inverse.lru import Lru
 from sandbox.verdict import Verdict
 
 
@@ -40,28 +40,23 @@ def statement_shape(statements: Iterable[str]) -> str:
 
 
 class VerdictCache:
+    """Verified verdicts by (database, statement shape, schema version); nothing is cached without
+    a version (no DDL event triggers: no way to know the catalog did not change)."""
+
     def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], Verdict] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self._lru: Lru[tuple[str, str, str], Verdict] = Lru(size)
+
+    @property
+    def hits(self) -> int:
+        return self._lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self._lru.misses
 
     def get(self, database: str, shape: str, version: str | None) -> Verdict | None:
-        if version is None:
-            return None
-        key = (database, shape, version)
-        found = self._entries.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return found
+        return None if version is None else self._lru.get((database, shape, version))
 
     def put(self, database: str, shape: str, version: str | None, verdict: Verdict) -> None:
-        if version is None or not verdict.verified:
-            return
-        self._entries[(database, shape, version)] = verdict
-        self._entries.move_to_end((database, shape, version))
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        if version is not None and verdict.verified:
+            self._lru.put((database, shape, version), verdict)

@@ -9,8 +9,9 @@ verify it again is the caller's decision (see `inverse.llm.synthesize`).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+from inverse.lru import Lru
 
 if TYPE_CHECKING:
     from inverse.llm.synthesize import Outcome
@@ -18,32 +19,10 @@ if TYPE_CHECKING:
 __all__ = ["AnswerCache"]
 
 
-class AnswerCache:
+class AnswerCache(Lru[tuple[str, ...], "Outcome"]):
     def __init__(self, size: int = 1000) -> None:
-        self.size = max(1, size)
-        self._entries: OrderedDict[tuple[str, ...], Outcome] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(size)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: tuple[str, ...]) -> Outcome | None:
-        found = self._entries.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return found
-
-    def put(self, key: tuple[str, ...], outcome: Outcome) -> None:
-        if not outcome.trusted:
-            return
-        self._entries[key] = outcome
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
+    def put(self, key: tuple[str, ...], value: Outcome) -> None:
+        if value.trusted:  # a failure is worth asking again
+            super().put(key, value)
