@@ -42,7 +42,15 @@ class _TextFormatter(logging.Formatter):
         return line.rstrip()
 
 
+def quiet_sqlglot() -> None:
+    """sqlglot warns for every statement it cannot parse; the classifier and the guard already
+    treat those as unknown (conservatively), so the warning is noise in a proxy's or a
+    benchmark's output."""
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+
 def setup(level: str = "info", fmt: str = "json") -> None:
+    quiet_sqlglot()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     logger.handlers[:] = [handler]

@@ -26,6 +26,7 @@ from benchmarks.inverse_bench import report
 from benchmarks.inverse_bench.metrics import false_verified
 from benchmarks.inverse_bench.runner import RunResult, run_cases
 from benchmarks.inverse_bench.strategies import LlmEndpoint, Strategy, make
+from dbproxy.log import quiet_sqlglot
 from sandbox.backends import LocalBackend
 from sandbox.pgcluster import ClusterError, LocalCluster, free_port
 from sandbox.verify import Verifier
@@ -95,6 +96,7 @@ def benchmark(admin_url: str, schemas: Mapping[str, Any], cases: Sequence[Any], 
 
 def run(options: Options, schemas: Mapping[str, Any] | None = None, cases: Sequence[Any] | None = None) -> int:
     """The whole command. `schemas`/`cases` default to the bundled corpus (`--cases` selects)."""
+    quiet_sqlglot()
     if schemas is None or cases is None:
         try:
             from benchmarks import inverse_corpus
