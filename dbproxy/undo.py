@@ -107,9 +107,11 @@ async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Directio
     order = xids if direction == "undo" else list(reversed(xids))
     for x in order:
         p = build(per_tx[x], tables, direction=direction)
-        if direction == "undo" and proposed and proposed.get(x):
-            # One proposal may cover several gaps (placed at the newest): the others need no step.
-            p = fill(p, {g.seq: proposed[x].get(g.seq) for g in p.gaps})
+        fills = proposed.get(x) if proposed and direction == "undo" else None
+        if fills and p.gaps and max(g.seq for g in p.gaps) in fills and set(fills) <= {g.seq for g in p.gaps}:
+            # One proposal covers every gap, placed at the newest (as verified at commit): the
+            # others need no step. A proposal that does not match the gaps is not used.
+            p = fill(p, {g.seq: fills.get(g.seq) for g in p.gaps})
         merged.steps += p.steps
         merged.irreversible += [f"xid {x}: {r}" for r in p.irreversible]
         merged.notes += [n for n in p.notes if n not in merged.notes]
