@@ -772,7 +772,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", type=_csv([*WORKLOADS, *WORKLOAD_ALIASES], alias=WORKLOAD_ALIASES),
                    default=list(WORKLOADS), help="select-only and/or tpcb (alias tpcb-like) (default both)")
     p.add_argument("--targets", type=_csv(TARGETS), default=list(TARGETS),
-                   help="what to measure (default all: direct,proxy,hold,null-relay,pgbouncer); direct is always "
+                   help=f"what to measure (default all: {','.join(TARGETS)}); direct is always "
                    "measured, as the reference")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions per target (default 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.md/json go (default %(default)s)")
