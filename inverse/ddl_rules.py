@@ -52,14 +52,14 @@ class DdlInverse:
     created: int | None = None  # oid of a table this command created (its rows need no undo)
     # For an irreversible command, what another source of inverses (an LLM) needs to propose one:
     query: str = ""  # the query text that ran it
-    objects: tuple[str, ...] = ()  # "<object type> <identity>" of everything the command touched
+    objects: tuple[tuple[str, str], ...] = ()  # (object type, identity) of everything the command touched
 
 
 def _sourced(inv: DdlInverse, group: list[Change]) -> DdlInverse:
     if inv.reason is None:
         return inv
     ds = [e.ddl or {} for e in group]
-    objects = tuple(dict.fromkeys(f"{d.get('object_type')} {d.get('identity')}" for d in ds if d.get("identity")))
+    objects = tuple(dict.fromkeys((str(d.get("object_type")), str(d.get("identity"))) for d in ds if d.get("identity")))
     return replace(inv, query=str(ds[0].get("query") or ""), objects=objects)
 
 

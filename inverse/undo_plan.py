@@ -58,7 +58,7 @@ class Gap:
     seq: int
     reason: str
     query: str
-    objects: tuple[str, ...]
+    objects: tuple[tuple[str, str], ...]  # (object type, identity), as the event trigger reported them
 
 
 @dataclass

@@ -65,13 +65,12 @@ def _names(gaps: list[Gap]) -> tuple[set[str], set[str]]:
     bare: set[str] = set()
     allowed: set[str] = set()
     for g in gaps:
-        for obj in g.objects:
-            _kind, _, identity = obj.partition(" ")
-            identity = identity.split(" on ", 1)[-1]  # "trigger t on s.tab": the table
+        for kind, identity in g.objects:
+            identity = identity.split(" on ", 1)[-1]  # "t on s.tab" (trigger, constraint, rule): the table
             identity = identity.split("(", 1)[0]  # functions: "s.f(integer)"
             parts = [p.strip('"') for p in identity.split(".")]
-            if _kind.endswith("column") and len(parts) >= 2:
-                parts = parts[:-1]  # "table column s.t.c": the table
+            if kind.endswith("column") and len(parts) >= 2:
+                parts = parts[:-1]  # "table column" s.t.c: the table
             allowed.add(".".join(parts))
             allowed.add(parts[-1])
             bare.add(parts[-1])
