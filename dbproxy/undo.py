@@ -124,7 +124,7 @@ def _count(status: str) -> int:
     return tag_rows(status) or 0
 
 
-async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[tuple[int, str, str]]]:
+async def quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[tuple[int, str, str]]]:
     """Suppress user triggers for this transaction; returns (how, (table oid, trigger, tgenabled)
     to re-enable)."""
     replica = False
@@ -162,8 +162,8 @@ async def _quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[st
 _ENABLE = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}
 
 
-async def _enable_triggers(con: asyncpg.Connection, enable: list[tuple[int, str, str]]) -> None:
-    """Re-enable what `_quiet_triggers` disabled. By oid, not by the name at the time: an undone
+async def enable_triggers(con: asyncpg.Connection, enable: list[tuple[int, str, str]]) -> None:
+    """Re-enable what `quiet_triggers` disabled. By oid, not by the name at the time: an undone
     RENAME may have renamed the table meanwhile. Each gets its own mode back (ALWAYS, REPLICA)."""
     for oid, name, mode in enable:
         rel = await con.fetchval("SELECT c.oid::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1", oid)
@@ -226,9 +226,9 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
         tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None})
-        result.triggers, enable = await _quiet_triggers(con, {t.name for t in tables.values()})
+        result.triggers, enable = await quiet_triggers(con, {t.name for t in tables.values()})
         await _apply(con, plan.steps, tables, result, force=force)
-        await _enable_triggers(con, enable)
+        await enable_triggers(con, enable)
         if result.conflicts or dry_run:
             await tx.rollback()
             return result

@@ -48,7 +48,7 @@ from benchmarks.inverse_bench.strategies import CaseContext, Inverse, SandboxHan
 from dbproxy import undo
 from dbproxy.install import install
 from dbproxy.undo_commit import MARK_SQL
-from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
+from inverse.capture_schema import IMAGE_SETTINGS
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
 from sandbox.backends import with_database
@@ -365,41 +365,27 @@ async def _apply(con: asyncpg.Connection, inverse: Inverse, xid: int, rules_plan
         async with con.transaction():
             for k, v in IMAGE_SETTINGS.items():
                 await con.execute("SELECT pg_catalog.set_config($1, $2, true)", k, v)
-            await con.execute("SELECT pg_catalog.set_config('session_replication_role', 'replica', true), "
-                              "pg_catalog.set_config('dbproxy.capture', 'off', true)")
-            loud = await _quiet(con)
+            await con.execute("SELECT pg_catalog.set_config('dbproxy.capture', 'off', true)")
+            # Triggers quieted exactly as undo quiets them (replica role, ALWAYS/REPLICA disabled).
+            tables = {r[0] for r in await con.fetch(_TRIGGERED_TABLES_SQL)}
+            _, enable = await undo.quiet_triggers(con, tables)
             if inverse.plan is not None:
                 for step in inverse.plan.steps:
                     await con.execute(step.sql, *step.params)
             else:
                 for sql in inverse.statements:
                     await con.execute(sql)
-            await _loud(con, loud)
-    except asyncpg.PostgresError as e:
+            await undo.enable_triggers(con, enable)
+    except (undo.UndoError, asyncpg.PostgresError) as e:
         return how, f"the inverse failed: {type(e).__name__}: {e}"
     return how, None
 
 
-async def _quiet(con: asyncpg.Connection) -> list[tuple[int, str, str]]:
-    """As undo and the sandbox do: ALWAYS and REPLICA user triggers still fire under the replica
-    role, so they are disabled for the transaction (and re-enabled, by table oid, after)."""
-    rows = await con.fetch(
-        "SELECT t.tgrelid::regclass::text, t.tgname, t.tgrelid, t.tgenabled::text FROM pg_catalog.pg_trigger t "
-        "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R') AND t.tgname <> ALL($1::text[]) "
-        "AND n.nspname !~ '^pg_' AND n.nspname NOT IN ('information_schema', 'dbproxy')",
-        [ROW_TRIGGER, TRUNCATE_TRIGGER])
-    for rel, name, _, _ in rows:
-        await con.execute(f"ALTER TABLE {rel} DISABLE TRIGGER {_q(name)}")
-    return [(int(r[2]), r[1], r[3]) for r in rows]
-
-
-async def _loud(con: asyncpg.Connection, loud: list[tuple[int, str, str]]) -> None:
-    for oid, name, mode in loud:
-        rel = await con.fetchval("SELECT c.oid::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1", oid)
-        if rel is not None:
-            how = "ENABLE ALWAYS" if mode == "A" else "ENABLE REPLICA"
-            await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {_q(name)}")
+#: Tables with user triggers, outside the system schemas and dbproxy's own.
+_TRIGGERED_TABLES_SQL = (
+    "SELECT DISTINCT t.tgrelid::regclass::text FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE NOT t.tgisinternal AND n.nspname !~ '^pg_' AND n.nspname NOT IN ('information_schema', 'dbproxy')")
 
 
 def _line(r: CaseResult, done: int, total: int) -> str:
