@@ -49,7 +49,6 @@ from dbproxy import undo
 from dbproxy.install import install
 from dbproxy.undo_commit import MARK_SQL
 from inverse.capture_schema import IMAGE_SETTINGS
-from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
 from sandbox.backends import with_database
 from sandbox.sampler import read_tables
@@ -257,7 +256,9 @@ class Bench:
                         await agent.execute(sql)
                 except asyncpg.PostgresError as e:
                     raise _CaseError(f"forward failed: {type(e).__name__}: {e}") from e
-                changes, tables = await _captured(agent)
+                xid = int(await agent.fetchval("SELECT pg_catalog.txid_current()"))
+                changes = await undo.load_changes(agent, xid)
+                tables = await undo.load_tables(agent, {c.rel for c in changes if c.rel is not None})
                 r.changes = len(changes)
                 statements = list(case.forward)
                 transaction = Transaction(changes, tables, statements=statements,
@@ -279,7 +280,6 @@ class Bench:
                     verdict = await ctx.verify(inverse.candidate())
                 r.verify_ms = round(ctx.verify_ms, 3) if ctx.verdicts else None
                 _record(r, inverse, verdict)
-                xid = int(await agent.fetchval("SELECT pg_catalog.txid_current()"))
                 await agent.execute(MARK_SQL, xid, AGENT, None, len(changes))
                 try:
                     await tx.commit()
@@ -319,15 +319,6 @@ class Bench:
 
 class _CaseError(Exception):
     """The case itself failed (setup or forward): a corpus problem, not a strategy's."""
-
-
-async def _captured(agent: asyncpg.Connection) -> tuple[list[Change], dict[int, TableInfo]]:
-    rows = await agent.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
-                             "WHERE xid = pg_catalog.txid_current() ORDER BY seq")
-    changes = [change_from_row(x) for x in rows]
-    rels = sorted({c.rel for c in changes if c.rel is not None})
-    infos = await agent.fetch(TABLE_INFO_SQL, rels) if rels else []
-    return changes, {int(x[0]): table_info_from_row(x) for x in infos}
 
 
 def _record(r: CaseResult, inverse: Inverse, verdict: Verdict | None) -> None:
