@@ -31,7 +31,7 @@ from pathlib import Path
 import asyncpg
 
 from dbproxy.install import install
-from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, change_from_row, table_info_from_row
+from dbproxy.undo import load_changes, load_tables
 from inverse.undo_plan import build
 from sandbox.backends import LocalBackend
 from sandbox.pgcluster import LocalCluster, free_port
@@ -113,11 +113,8 @@ async def one(agent: asyncpg.Connection, sampler: asyncpg.Connection, url: str, 
     try:
         for s in stmts:
             await agent.execute(s)
-        rows = await agent.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
-                                 "WHERE xid = txid_current() ORDER BY seq")
-        changes = [change_from_row(r) for r in rows]
-        infos = await agent.fetch(TABLE_INFO_SQL, sorted({c.rel for c in changes if c.rel is not None}))
-        tables = {int(r[0]): table_info_from_row(r) for r in infos}
+        changes = await load_changes(agent, int(await agent.fetchval("SELECT txid_current()")))
+        tables = await load_tables(agent, {c.rel for c in changes if c.rel is not None})
         plan = build(changes, tables)
         t0 = time.perf_counter()
         verdict = await verifier.verify(sampler, url, Transaction(changes, tables, statements=stmts), Candidate(plan))
