@@ -35,6 +35,7 @@ _DDL_EVENTS_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
                    "WHERE xid = pg_catalog.txid_current_if_assigned() AND op = 'X' ORDER BY seq")
 MARK_SQL = "INSERT INTO dbproxy.undo_records (xid, agent, session, changes) VALUES ($1, $2, $3, $4)"
 NOT_VERIFIED = "not done (sandbox = off)"
+NOTHING_TO_VERIFY = "not done: the inverse is incomplete, so there is nothing to verify"
 LLM_OFF = ("off: no llm.api_key (or OPENAI_API_KEY) is set; a model could have proposed the DDL inverse the rules "
            "lack, for the sandbox to verify")
 
@@ -84,7 +85,8 @@ class Decision:
     def journal_json(self, verdict: Verdict | None = None, llm: dict[str, Any] | str | None = None) -> str:
         """The journal's `undo` column. `llm`: the model's attempts at the rules' gaps, or why no
         model was asked (absent when the rules needed no help)."""
-        d: dict[str, Any] = {"verification": verdict.to_json() if verdict is not None else NOT_VERIFIED,
+        unverified = NOT_VERIFIED if self.plan.reversible else NOTHING_TO_VERIFY
+        d: dict[str, Any] = {"verification": verdict.to_json() if verdict is not None else unverified,
                              "synthesis_ms": round(self.synth_ms, 3), "complete": self.complete,
                              **self.plan.to_json()}
         if llm is not None:

@@ -163,5 +163,7 @@ def test_without_a_key_the_reviewer_is_told(capture_db: str, make_proxy: Callabl
     agent.conn.execute(DDL)
     e = held_entry(proxy, agent)
     assert str(e["undo"]["llm"]).startswith("off: no llm.api_key"), e["undo"]
+    # The sandbox is on; there is just no complete inverse for it to verify.
+    assert e["undo"]["verification"] == "not done: the inverse is incomplete, so there is nothing to verify"
     show = cli(proxy, tmp_path, "show", str(e["id"]))
     assert "model-proposed inverse: off: no llm.api_key" in show.stdout, show.stdout
