@@ -24,8 +24,8 @@ from pathlib import Path
 
 import asyncpg
 
-from dbproxy.install import install
-from dbproxy.undo import load_changes, load_tables
+from dbproxy.undo.apply import load_changes, load_tables
+from dbproxy.undo.install import install
 from inverse.undo_plan import build
 from sandbox.pgcluster import LocalCluster, free_port
 

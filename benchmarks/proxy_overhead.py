@@ -102,8 +102,10 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from benchmarks.reviewer import Reviewer
 from sandbox.pgcluster import SYSTEM_USER, ClusterError, LocalCluster, bin_dir, free_port
+
+from . import results_dir
+from .reviewer import Reviewer
 
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
 WORKLOAD_ALIASES = {"tpcb-like": "tpcb"}  # pgbench's own name for its default script
@@ -119,7 +121,7 @@ RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbe
 DRAIN_TIMEOUT = 60.0  # after a hold run: how long the reviewer may take to commit what is left
 HOLD_STALL_TIMEOUT = 120.0  # a hold run's pgbench still running this long after --duration is stuck
 PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = results_dir()
 DBPROXY = Path(sys.executable).with_name("dbproxy")
 BENCH_AGENT = "bench"
 SINGLE_CLIENT_GOAL = 0.80
@@ -431,7 +433,7 @@ def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextl
 def start_null_relay(upstream: Target, root: Path, stack: contextlib.ExitStack) -> tuple[Service, Target]:
     """`benchmarks.null_relay`: the same hop with no protocol work, the floor for dbproxy."""
     port = free_port()
-    cmd = [sys.executable, "-m", "benchmarks.null_relay", upstream.host, str(upstream.port), str(port)]
+    cmd = [sys.executable, "-m", f"{__package__}.null_relay", upstream.host, str(upstream.port), str(port)]
     service = Service("null-relay", cmd, root, cwd=Path(__file__).resolve().parent.parent)
     stack.callback(_quietly, "stop null relay", service.stop)
     target = Target("null-relay", "127.0.0.1", port, upstream.user, upstream.password, upstream.database)

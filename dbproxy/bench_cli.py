@@ -5,9 +5,11 @@
     dbproxy bench proxy [proxy-overhead options ...]
 
 `inverse` runs the inverse-SQL corpus (`benchmarks/inverse_bench`); `proxy` hands every further
-argument to the proxy-overhead benchmark (`benchmarks.proxy_overhead.main`), whose table compares
-direct, pass-through, hold and undo (and PgBouncer where installed). The benchmarks are imported
-only when asked for: the proxy itself never loads them.
+argument to the proxy-overhead benchmark (`benchmarks/proxy_overhead.py`), whose table compares
+direct, pass-through, hold and undo (and PgBouncer where installed). The repository's `benchmarks/`
+folder is installed as the package `dbproxy_benchmarks` (see pyproject.toml), so `dbproxy bench`
+works from the wheel; the benchmarks are imported only when asked for: the proxy itself never
+loads them.
 
 `dbproxy.cli` routes `bench` here before its own parsing, because `proxy` passes options through
 unparsed (argparse cannot leave options of a subcommand alone); it registers `bench` only so
@@ -29,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _strategies(value: str) -> list[str]:
-    from benchmarks.inverse_bench.strategies import STRATEGIES
+    from dbproxy_benchmarks.inverse_bench.strategies import STRATEGIES
 
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
@@ -50,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     inv.add_argument("--cases", metavar="PATTERN",
                      help="only the cases whose name (fnmatch, e.g. 'saas.*') or category matches")
     inv.add_argument("--out", type=Path, metavar="DIR",
-                     help="where the report goes (default benchmarks/results/inverse/)")
+                     help="where the report goes (default benchmarks/results/inverse/ in a source checkout, "
+                     "else ./dbproxy-bench-results/inverse/)")
     inv.add_argument("--upstream", metavar="URL",
                      help="a superuser URL of a server to run on (scratch databases dbproxy_bench_* are created "
                      "and dropped); default: a throw-away PostgreSQL from the bundled binaries")
@@ -67,12 +70,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     p = parser()
     if argv[:1] == ["proxy"]:
-        from benchmarks import proxy_overhead
+        from dbproxy_benchmarks import proxy_overhead
 
         return proxy_overhead.main(argv[1:])
     args = p.parse_args(argv)
-    from benchmarks.inverse_bench.main import DEFAULT_OUT, Options, run
-    from benchmarks.inverse_bench.strategies import LlmEndpoint
+    from dbproxy_benchmarks.inverse_bench.main import DEFAULT_OUT, Options, run
+    from dbproxy_benchmarks.inverse_bench.strategies import LlmEndpoint
 
     llm = LlmEndpoint(base_url=args.llm_base_url, model=args.llm_model, api_key_env=args.llm_api_key_env)
     return run(Options(strategies=args.strategy, cases=args.cases, out=args.out or DEFAULT_OUT,

@@ -10,8 +10,8 @@
     dbproxy version
 
 Every `serve` option also has a config-file key and a `DBPROXY_...` environment variable
-(see `dbproxy.settings`); the command line wins over both. The review commands are clients of
-the running proxy's admin API (`dbproxy.review_cli`, `dbproxy.admin`).
+(see `dbproxy.config.settings`); the command line wins over both. The review commands are clients of
+the running proxy's admin API (`dbproxy.review.cli`, `dbproxy.review.api`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbproxy import __version__, bench_cli, log, review_cli
-from dbproxy.agents import add_to_store, load_store, remove_from_store
-from dbproxy.settings import Settings, SettingsError, load_settings
+from dbproxy import __version__, bench_cli
+from dbproxy.auth.agents import add_to_store, load_store, remove_from_store
+from dbproxy.config import log
+from dbproxy.config.settings import Settings, SettingsError, load_settings
+from dbproxy.review import cli as review_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("install", "uninstall"):
         return asyncio.run(_install(args.command, settings))
     log.setup(settings.log_level, settings.log_format)
-    from dbproxy.server import serve
+    from dbproxy.frontend.server import serve
 
     try:
         import uvloop
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _install(command: str, settings: Settings) -> int:
     import asyncpg
 
-    from dbproxy.install import install, uninstall
+    from dbproxy.undo.install import install, uninstall
 
     if settings.upstream is None:
         print("dbproxy: give --upstream (or DBPROXY_UPSTREAM); on the embedded default, "

@@ -32,6 +32,15 @@ class Change:
 
 #: Columns selected from `dbproxy.capture_log`, in the order `change_from_row` expects.
 CAPTURE_COLUMNS = "seq, rel, op, old, new, ddl"
+#: Read inside the agent's transaction at its COMMIT (undo mode): its captured changes, a bounded
+#: number (more means the inverse is built from the log when needed, see `dbproxy.undo.commit`).
+CAPTURE_LIMIT = 1000
+#: A seventh column carries the schema version the verification cache is keyed by: the DDL
+#: epoch, or NULL (no caching) when the DDL event triggers that advance it are not installed.
+CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS}, (SELECT e.last_value::text FROM dbproxy.ddl_epoch e WHERE EXISTS "
+                     "(SELECT 1 FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'dbproxy_ddl' "
+                     "AND t.evtenabled <> 'D')) FROM dbproxy.capture_log "
+                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
 
 
 def change_from_row(row: tuple[Any, ...] | Any) -> Change:

@@ -10,6 +10,7 @@ against the server in the tests.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -319,3 +320,19 @@ def split_statements(sql: str) -> list[str]:
     surrounding whitespace and without its ';'.
     """
     return [sql[s:e].strip(WHITESPACE) for s, e, _ in statement_spans(sql)]
+
+
+def split_cached(sql: str) -> tuple[str, ...]:
+    """A query with no `;` (but a trailing one) and no comment is one statement, whatever its
+    quotes hold: most agent queries, which need no lexing then (agents rarely repeat a text
+    exactly, so a cache of split results misses)."""
+    text = sql.strip(WHITESPACE)
+    body = text[:-1].rstrip(WHITESPACE) if text.endswith(";") else text
+    if body and ";" not in body and "--" not in body and "/*" not in body and "\x00" not in body:
+        return (body,)
+    return _split_lexed(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _split_lexed(sql: str) -> tuple[str, ...]:
+    return tuple(split_statements(sql))

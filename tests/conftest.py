@@ -28,9 +28,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from dbproxy.server import ProxyServer, build_registry
-from dbproxy.settings import load_settings
-from dbproxy.upstream import UpstreamTarget
+from dbproxy.backend.upstream import UpstreamTarget
+from dbproxy.config.settings import load_settings
+from dbproxy.frontend.server import ProxyServer, build_registry
 from sandbox.pgcluster import LocalCluster, bin_dir, free_port
 
 #: The scripted OpenAI-compatible endpoint (`fake_llm` fixture), the suite's only test double.
@@ -298,7 +298,7 @@ def capture_db(pg: Postgres, request: pytest.FixtureRequest) -> Iterator[str]:
     sessions that connect with `server_settings={"dbproxy.capture": "on"}` are captured."""
     import asyncpg
 
-    from dbproxy.install import install
+    from dbproxy.undo.install import install
 
     name = "undo_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:40] \
         + "_" + os.urandom(3).hex()

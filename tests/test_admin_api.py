@@ -1,4 +1,4 @@
-"""The admin HTTP API (`dbproxy.admin`) and the reviewer CLI (`dbproxy.review_cli`) on top of it.
+"""The admin HTTP API (`dbproxy.review.api`) and the reviewer CLI (`dbproxy.review.cli`) on top of it.
 
 They are tested here against `MemoryReviewService`, a small in-memory implementation of our own
 `ReviewService` interface (not a stand-in for PostgreSQL): it pins down the HTTP layer, auth, error
@@ -26,17 +26,10 @@ import pytest
 from pydantic import TypeAdapter
 
 from dbproxy import cli
-from dbproxy.admin import AdminServer, load_or_create_token, openapi_document
-from dbproxy.review import ReviewError
-from dbproxy.review_models import (
-    BlockedSession,
-    Decision,
-    RowChange,
-    StatementRecord,
-    TableDiff,
-    TransactionDetail,
-    TransactionRecord,
-)
+from dbproxy.journal.records import StatementRecord, TransactionRecord
+from dbproxy.review.api import AdminServer, load_or_create_token, openapi_document
+from dbproxy.review.models import BlockedSession, Decision, RowChange, TableDiff, TransactionDetail
+from dbproxy.review.service import ReviewError
 
 TOKEN = "test-token-0123456789"
 RECORDS = TypeAdapter(list[TransactionRecord])

@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbproxy.agents import Verifier, load_store
-from dbproxy.settings import SettingsError, load_settings
+from dbproxy.auth.agents import Verifier, load_store
+from dbproxy.config.settings import SettingsError, load_settings
 from sandbox.pgcluster import free_port
 
 DBPROXY = [sys.executable, "-m", "dbproxy"]

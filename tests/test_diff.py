@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from dbproxy.diff import blocked_by, compute_diff, held_xids
-from dbproxy.review_models import RowChange, TableDiff
+from dbproxy.review.diff import blocked_by, compute_diff, held_xids
+from dbproxy.review.models import RowChange, TableDiff
 
 
 class Held:

@@ -4,7 +4,7 @@ test_hold.py; these pin the rewriting rules so a change to them is a deliberate 
 
 from __future__ import annotations
 
-from dbproxy.hold_protocol import (
+from dbproxy.hold.protocol import (
     AgentTx,
     HoldState,
     PreparedStatements,
@@ -152,7 +152,7 @@ def test_guard_failure_shows_the_proxys_error_and_keeps_the_agent_tx_out_of_the_
 
 
 def test_classification_cache_by_shape_agrees_with_the_classifier() -> None:
-    from dbproxy.hold_protocol import classify_cached
+    from dbproxy.hold.protocol import classify_cached
     from inverse.classify import classify
 
     samples = [

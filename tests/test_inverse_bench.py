@@ -16,11 +16,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
-from benchmarks.inverse_bench import report, truth
-from benchmarks.inverse_bench.metrics import OVERALL, summarize
-from benchmarks.inverse_bench.runner import RunResult, run_sync
-from benchmarks.inverse_bench.strategies import (
+from dbproxy_benchmarks.inverse_bench import report, truth
+from dbproxy_benchmarks.inverse_bench.metrics import OVERALL, summarize
+from dbproxy_benchmarks.inverse_bench.runner import RunResult, run_sync
+from dbproxy_benchmarks.inverse_bench.strategies import (
     CaseContext,
     HybridStrategy,
     Inverse,
@@ -29,6 +28,7 @@ from benchmarks.inverse_bench.strategies import (
     RulesStrategy,
     rules_inverse,
 )
+
 from dbproxy import cli
 from sandbox.backends import LocalBackend
 from sandbox.verdict import Verdict
@@ -254,7 +254,7 @@ def test_llm_without_endpoint_is_not_run(tmp_path: Path, monkeypatch: pytest.Mon
 def test_cli_runs_real_corpus_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """The real command on the real corpus (a throw-away server of its own, its own sandbox)."""
-    from benchmarks import inverse_corpus
+    from dbproxy_benchmarks import inverse_corpus
 
     pattern = "ecommerce.merge_*"
     picked = inverse_corpus.select(pattern)
@@ -275,7 +275,7 @@ def test_cli_runs_real_corpus_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_bench_proxy_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import proxy_overhead
+    from dbproxy_benchmarks import proxy_overhead
 
     seen: list[list[str]] = []
     monkeypatch.setattr(proxy_overhead, "main", lambda argv: seen.append(argv) or 0)

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from dbproxy_benchmarks.inverse_corpus import CASES, CATEGORIES, SCHEMAS, Case, select
 
-from benchmarks.inverse_corpus import CASES, CATEGORIES, SCHEMAS, Case, select
-from dbproxy.install import install
+from dbproxy.undo.install import install
 from inverse.classify import split_statements
 from tests.conftest import Postgres
 from tests.undo_helpers import CAPTURE_ON, digest

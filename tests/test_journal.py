@@ -14,7 +14,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from dbproxy.journal import (
+from dbproxy.journal.store import (
     MAX_SQL_CHARS,
     RESTART_REASON,
     SCHEMA_VERSION,

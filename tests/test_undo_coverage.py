@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dbproxy import undo
-from dbproxy.undo import Result, UndoError
+from dbproxy.undo import apply as undo
+from dbproxy.undo.apply import Result, UndoError
 from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from tests.undo_helpers import Forward, capture_count, digest, forward, shape
 

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from dbproxy import undo
+from dbproxy.undo import apply as undo
 
 _SCHEMAS = itertools.count()
 

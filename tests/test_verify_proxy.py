@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dbproxy.verification import VERIFY_LIMIT
+from dbproxy.undo.verification import VERIFY_LIMIT
 from sandbox.pgcluster import free_port
 from tests.conftest import ADMIN_TOKEN, RunningProxy
 from tests.test_hold import api

@@ -22,16 +22,18 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.inverse_bench import report
-from benchmarks.inverse_bench.metrics import false_verified
-from benchmarks.inverse_bench.runner import RunResult, run_cases
-from benchmarks.inverse_bench.strategies import LlmEndpoint, Strategy, make
-from dbproxy.log import quiet_sqlglot
+from dbproxy.config.log import quiet_sqlglot
 from sandbox.backends import LocalBackend
 from sandbox.pgcluster import ClusterError, LocalCluster, free_port
 from sandbox.verify import Verifier
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "results" / "inverse"
+from .. import results_dir
+from . import report
+from .metrics import false_verified
+from .runner import RunResult, run_cases
+from .strategies import LlmEndpoint, Strategy, make
+
+DEFAULT_OUT = results_dir("inverse")
 #: The throw-away server holds nothing worth keeping.
 SCRATCH = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "50",
            "log_min_messages": "fatal", "log_min_error_statement": "panic"}
@@ -99,7 +101,7 @@ def run(options: Options, schemas: Mapping[str, Any] | None = None, cases: Seque
     quiet_sqlglot()
     if schemas is None or cases is None:
         try:
-            from benchmarks import inverse_corpus
+            from .. import inverse_corpus
         except ImportError as e:
             _say(f"dbproxy bench inverse: the corpus (benchmarks/inverse_corpus) cannot be loaded: {e}")
             return 2

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchmarks.inverse_bench.runner import CaseResult
+from .runner import CaseResult
 
 OVERALL = "overall"
 

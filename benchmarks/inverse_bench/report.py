@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.inverse_bench.metrics import OVERALL, Metrics, false_verified, pct, summarize
-from benchmarks.inverse_bench.runner import CaseResult, RunResult
+from .metrics import OVERALL, Metrics, false_verified, pct, summarize
+from .runner import CaseResult, RunResult
 
 MD, JSON, PNG = "results.md", "results.json", "results.png"
 

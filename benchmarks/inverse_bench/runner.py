@@ -43,17 +43,18 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.inverse_bench import truth
-from benchmarks.inverse_bench.strategies import CaseContext, Inverse, SandboxHandle, Strategy
-from dbproxy import undo
-from dbproxy.install import install
-from dbproxy.undo_commit import MARK_SQL
+from dbproxy.undo import apply as undo
+from dbproxy.undo.commit import MARK_SQL
+from dbproxy.undo.install import install
 from inverse.capture_schema import IMAGE_SETTINGS
 from inverse.undo_plan import Plan, build
 from sandbox.backends import with_database
 from sandbox.sampler import read_tables
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate, Transaction, Verifier
+
+from . import truth
+from .strategies import CaseContext, Inverse, SandboxHandle, Strategy
 
 CAPTURE_ON = {"dbproxy.capture": "on", "application_name": "dbproxy bench agent"}
 #: The sampler's settings. The proxy's sampler waits up to 1 s for a lock; here a table the open

@@ -78,7 +78,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 # The per-schema modules import Schema and Case from this (partly initialised) package: define them first.
-from benchmarks.inverse_corpus import (  # noqa: E402
+from . import (  # noqa: E402
     cases_ecommerce,
     cases_saas,
     cases_tpcc,

@@ -3,7 +3,7 @@ whether an exact inverse exists (the rules are in the package docstring)."""
 
 from __future__ import annotations
 
-from benchmarks.inverse_corpus import Case, Expected
+from . import Case, Expected
 
 REV: Expected = "reversible"
 IRR: Expected = "irreversible"

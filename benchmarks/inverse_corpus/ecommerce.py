@@ -13,7 +13,7 @@ materialized view (refreshed by the seed, then made stale by later seed writes) 
 
 from __future__ import annotations
 
-from benchmarks.inverse_corpus import Schema
+from . import Schema
 
 #: Roles that grant cases name; created idempotently (roles are shared by all databases of a cluster).
 ROLES_SQL = """

@@ -9,8 +9,8 @@ usage counter in step with tasks, stamp `tasks.updated_at`, and log status chang
 
 from __future__ import annotations
 
-from benchmarks.inverse_corpus import Schema
-from benchmarks.inverse_corpus.ecommerce import ROLES_SQL
+from . import Schema
+from .ecommerce import ROLES_SQL
 
 DDL = ROLES_SQL + """
 CREATE TYPE plan_tier AS ENUM ('free', 'pro', 'enterprise');

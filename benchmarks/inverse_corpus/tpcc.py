@@ -13,8 +13,8 @@ trigger fills when a quantity drops below 15 (seeded with the items already low)
 
 from __future__ import annotations
 
-from benchmarks.inverse_corpus import Schema
-from benchmarks.inverse_corpus.ecommerce import ROLES_SQL
+from . import Schema
+from .ecommerce import ROLES_SQL
 
 DDL = ROLES_SQL + """
 CREATE TABLE warehouse (

@@ -14,7 +14,7 @@ Common options: `--admin HOST:PORT` (the `admin` setting, env `DBPROXY_ADMIN`, d
 `DATA_DIR/admin-token`, which `dbproxy serve` creates), `--data-dir`, `--config`, and `--json` to
 print the API's JSON instead of tables.
 
-They talk to a running `dbproxy serve` over HTTP (`dbproxy.admin`) with the standard library's
+They talk to a running `dbproxy serve` over HTTP (`dbproxy.review.api`) with the standard library's
 urllib, never through an HTTP proxy from the environment (the token must not leave for one).
 Exit codes: 0 done; 1 the API refused (unknown id, wrong state, upstream failure: the message and
 SQLSTATE are printed); 2 the API cannot be reached, the token is missing or refused, or a setting
@@ -45,21 +45,18 @@ from rich.table import Table
 from rich.text import Text
 
 from dbproxy import __version__
-from dbproxy.admin import TOKEN_FILE, read_token_file
-from dbproxy.review_models import (
-    FINAL_OUTCOMES,
+from dbproxy.config.settings import SettingsError, load_settings
+from dbproxy.journal.records import FINAL_OUTCOMES, Outcome, StatementRecord, TransactionRecord
+from dbproxy.review.api import TOKEN_FILE, read_token_file
+from dbproxy.review.models import (
     BlockedSession,
     Decision,
-    Outcome,
     RowChange,
-    StatementRecord,
     TableDiff,
     TransactionDetail,
-    TransactionRecord,
     UndoOutcome,
     VerifyOutcome,
 )
-from dbproxy.settings import SettingsError, load_settings
 from inverse.undo_plan import Step
 
 COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify")

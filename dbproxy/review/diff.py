@@ -86,7 +86,7 @@ from typing import Any, Literal, Protocol
 
 import asyncpg
 
-from dbproxy.review_models import BlockedSession, RowChange, TableDiff
+from dbproxy.review.models import BlockedSession, RowChange, TableDiff
 
 #: characters of a long value kept in listings
 CUT = 200

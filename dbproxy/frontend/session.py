@@ -1,6 +1,6 @@
 """One client session: handshake, one upstream connection, then the relay until either side ends.
 
-The relay is synchronous callbacks on both endpoints (see `endpoint.py`): bytes from the client
+The relay is synchronous callbacks on both endpoints (see `dbproxy.net.endpoint`): bytes from the client
 go through a `FrameScanner` that decodes frontend control messages (never CopyData), bytes from
 the upstream through one that decodes only what the proxy tracks (ReadyForQuery); everything else
 is forwarded as untouched byte runs, one write per arrival.
@@ -14,8 +14,12 @@ What the session tracks, and why:
   Closing then rolls back any open transaction.
 - `status`: the last ReadyForQuery status, so it stays truthful and later policy can use it.
 
+What it needs of the listening server (settings, the review queue, upstream targets, the table of
+live sessions) it gets through `ProxyHost`, a Protocol defined here that
+`dbproxy.frontend.server.ProxyServer` implements: the server imports sessions, never the reverse.
+
 Agents in `hold` and `read-only` mode do not use this relay: after the greeting their session is
-run by `dbproxy.hold.HoldSession`, and the upstream connection may outlive the session while a
+run by `dbproxy.hold.session.HoldSession`, and the upstream connection may outlive the session while a
 transaction on it waits for review (`keep_upstream`).
 """
 
@@ -27,13 +31,19 @@ import logging
 import secrets
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from dbproxy import log
-from dbproxy.endpoint import ConnectionClosed, Endpoint
-from dbproxy.handshake import ClientLogin, ClientRejected, client_handshake
-from dbproxy.hold import HeldConnection, HoldSession, notice
-from dbproxy.passlog import CLIENT_TYPES, SERVER_TYPES, PassthroughLog
+from dbproxy.backend.upstream import UpstreamConnection, UpstreamError, UpstreamTarget, connect, send_cancel
+from dbproxy.config import log
+from dbproxy.config.settings import Settings
+from dbproxy.frontend.handshake import ClientLogin, ClientRejected, HandshakeConfig, client_handshake
+from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.pending import PendingRegistry
+from dbproxy.hold.protocol import notice
+from dbproxy.hold.session import HoldSession
+from dbproxy.journal.passlog import CLIENT_TYPES, SERVER_TYPES, PassthroughLog
+from dbproxy.journal.records import StatementRecord
+from dbproxy.net.endpoint import ConnectionClosed, Endpoint
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FRONTEND_TYPES, PG_MAX_MESSAGE, Frame, FrameScanner, scan_whole
 from dbproxy.protocol.messages import (
@@ -44,12 +54,7 @@ from dbproxy.protocol.messages import (
     Query,
     decode_frontend,
 )
-from dbproxy.review_models import StatementRecord
-from dbproxy.upstream import UpstreamConnection, UpstreamError, connect, send_cancel
 from inverse.capture_schema import CAPTURE_SETTING
-
-if TYPE_CHECKING:
-    from dbproxy.server import ProxyServer
 
 _ids = itertools.count(1)
 _I32 = struct.Struct("!i")
@@ -65,8 +70,21 @@ _CLIENT_FAST = frozenset(FRONTEND_TYPES - {_TERMINATE})
 _READY_SET = frozenset({_READY})
 
 
+class ProxyHost(Protocol):
+    """What a session needs of the server that accepted it."""
+
+    settings: Settings
+    handshake_config: HandshakeConfig
+    pending: PendingRegistry | None  # None: no journal (pass-through agents only)
+
+    def target_for(self, database: str) -> UpstreamTarget: ...
+    def admit(self) -> bool: ...
+    def register(self, session: Session) -> None: ...
+    def unregister(self, session: Session) -> None: ...
+
+
 class Session:
-    def __init__(self, server: ProxyServer, client: Endpoint, peer: str) -> None:
+    def __init__(self, server: ProxyHost, client: Endpoint, peer: str) -> None:
         self.id = next(_ids)
         self.server = server
         self.client = client
@@ -193,7 +211,7 @@ class Session:
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))
         held.attach()
-        self._hold = HoldSession(self, held)
+        self._hold = HoldSession(self, held, max_message_bytes=self.server.settings.max_message_bytes)
         # Told with the first answer rather than during login, when most drivers have no notice
         # handler installed yet.
         self._hold.first_notices = b"".join(notices)

@@ -7,8 +7,8 @@
 - raises `ClientRejected` carrying the ErrorResponse to send before closing.
 
 Authentication is the proxy's own: SCRAM-SHA-256 (SCRAM-SHA-256-PLUS with channel binding when
-the client is on TLS; see `dbproxy.scram`) or, if configured, cleartext `password` checked against the verifier. The
-upstream is not contacted until the agent has proved who it is.
+the client is on TLS; see `dbproxy.auth.scram`) or, if configured, cleartext `password` checked
+against the verifier. The upstream is not contacted until the agent has proved who it is.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from dbproxy.agents import Agent, AgentRegistry, Verifier
-from dbproxy.endpoint import Endpoint, MessageReader
+from dbproxy.auth.agents import Agent, AgentRegistry, Verifier
+from dbproxy.auth.scram import ScramFailed, ScramServerExchange
+from dbproxy.net.endpoint import Endpoint, MessageReader
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import FrameScanner
 from dbproxy.protocol.messages import (
@@ -34,7 +35,6 @@ from dbproxy.protocol.startup import (
     StartupMessage,
     read_startup_packet,
 )
-from dbproxy.scram import ScramFailed, ScramServerExchange
 
 #: Start-up parameters never forwarded upstream: identity is the proxy's, and physical or logical
 #: replication connections would bypass everything the proxy stands for.

@@ -8,7 +8,7 @@ proxy instances can share it and nothing is lost when one restarts. Tables (sche
 - `dbproxy.instances (id, started_at, last_seen, stopped_at, pid, hostname, heartbeat_seconds)`:
   one row per proxy process. `last_seen` is refreshed every `heartbeat_seconds`; an instance whose
   heartbeat is older than three periods, or that stopped cleanly, is *gone*.
-- `dbproxy.transactions`: one row per unit a reviewer decides on (see `review_models`).
+- `dbproxy.transactions`: one row per unit a reviewer decides on (see `dbproxy.journal.records`).
 - `dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at)`: what ran in it.
 
 Hot path: `record_statement` only appends to a bounded in-memory buffer; a background task writes
@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from dbproxy.log import event
-from dbproxy.review_models import FINAL_OUTCOMES, Mode, Outcome, StatementRecord, TransactionRecord
+from dbproxy.config.log import event
+from dbproxy.journal.records import FINAL_OUTCOMES, Mode, Outcome, StatementRecord, TransactionRecord
 
 SCHEMA_VERSION = 2
 COMPONENT = "journal"

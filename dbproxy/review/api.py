@@ -3,7 +3,7 @@
 `dbproxy serve` runs an `AdminServer` on the `admin` address (default `127.0.0.1:6433`) next to the
 agent listener, on the same event loop. It serves a `dbproxy.review.ReviewService` (the proxy's
 live held transactions and its journal) as JSON over HTTP; the `dbproxy pending|show|commit|
-rollback|log` commands (`dbproxy.review_cli`) and any other tool a reviewer likes talk to it.
+rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer likes talk to it.
 
     GET  /v1/health                         {"status": "ok"}                 (no token needed)
     GET  /v1/pending                        [TransactionRecord]   waiting for a decision, oldest first
@@ -17,7 +17,7 @@ rollback|log` commands (`dbproxy.review_cli`) and any other tool a reviewer like
     POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
 
-Bodies are the pydantic models of `dbproxy.review_models` as `model_dump(mode="json")`. Every
+Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`. Every
 endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
 `admin_token` setting or, by default, from `DATA_DIR/admin-token`, created (mode 0600) at the
 first start by `load_or_create_token`. Errors are JSON too: `{"error": MESSAGE, "sqlstate": ...}`
@@ -45,17 +45,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode
 
-from dbproxy import log
-from dbproxy.review import ReviewError, ReviewService
-from dbproxy.review_models import (
-    Decision,
-    Outcome,
-    TransactionDetail,
-    TransactionRecord,
-    UndoOutcome,
-    UndoRequest,
-    VerifyOutcome,
-)
+from dbproxy.config import log
+from dbproxy.journal.records import Outcome, TransactionRecord
+from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
+from dbproxy.review.service import ReviewError, ReviewService
 
 TOKEN_FILE = "admin-token"
 REVIEWER_HEADER = "X-Dbproxy-Reviewer"

@@ -1,7 +1,7 @@
 """Hold mode as a sans-IO state machine: what to send upstream for one client request cycle, and
 how to turn the upstream's answers back into what the agent must see.
 
-Everything that affects the hold state lives in this file (the h11 rule); `dbproxy.hold` only
+Everything that affects the hold state lives in this file (the h11 rule); `dbproxy.hold.session` only
 does the waiting. The model:
 
 - The **chain** is one upstream transaction, opened by the proxy (`BEGIN`) at the agent's first
@@ -47,9 +47,9 @@ from dbproxy.protocol.messages import (
     decode_backend,
     decode_frontend,
 )
-from inverse.classify import Classification, Kind, classify, split_statements
-from inverse.images import CAPTURE_COLUMNS
-from inverse.lexer import WHITESPACE, lex
+from inverse.classify import Classification, Kind, classify
+from inverse.images import CAPTURE_FETCH_SQL
+from inverse.lexer import lex, split_cached
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
@@ -67,15 +67,6 @@ _GUARD_ERROR = ErrorResponse.make(
     "42501", "dbproxy refused to keep this transaction: it changed the session's role, "
     "session_replication_role or dbproxy.capture, which would bypass the checks of held transactions",
     detail="Such changes can hide in functions and DO blocks. The transaction was not committed.")
-#: Undo mode, after the guard: the transaction's captured changes (a bounded number; more means
-#: the inverse is built from the log when needed, see `dbproxy.hold`).
-CAPTURE_LIMIT = 1000
-#: A seventh column carries the schema version the verification cache is keyed by: the DDL
-#: epoch, or NULL (no caching) when the DDL event triggers that advance it are not installed.
-CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS}, (SELECT e.last_value::text FROM dbproxy.ddl_epoch e WHERE EXISTS "
-                     "(SELECT 1 FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'dbproxy_ddl' "
-                     "AND t.evtenabled <> 'D')) FROM dbproxy.capture_log "
-                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
 
 
 def guard_sql(login_role: str, *, capture: bool = False) -> str:
@@ -124,22 +115,6 @@ def classify_cached(sql: str) -> Classification:
 
 _SHAPE_FIRST = frozenset({"select", "insert", "update", "delete", "with", "values", "merge", "table"})
 _by_shape: dict[str, Classification] = {}
-
-
-def split_cached(sql: str) -> tuple[str, ...]:
-    """A query with no `;` (but a trailing one) and no comment is one statement, whatever its
-    quotes hold: most agent queries, which need no lexing then (agents rarely repeat a text
-    exactly, so a cache of split results misses)."""
-    text = sql.strip(WHITESPACE)
-    body = text[:-1].rstrip(WHITESPACE) if text.endswith(";") else text
-    if body and ";" not in body and "--" not in body and "/*" not in body and "\x00" not in body:
-        return (body,)
-    return _split_lexed(sql)
-
-
-@functools.lru_cache(maxsize=2048)
-def _split_lexed(sql: str) -> tuple[str, ...]:
-    return tuple(split_statements(sql))
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,3 +805,13 @@ def _values(raw: bytes) -> tuple[str | None, ...]:
 
 def synthetic_ready(status: str) -> bytes:
     return frame(b"Z", status.encode())
+
+
+def notice(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+    """A NOTICE from the proxy to the agent (held for review, committed by a reviewer, ...)."""
+    fields = {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": message}
+    if detail:
+        fields["D"] = detail
+    if hint:
+        fields["H"] = hint
+    return NoticeResponse(fields).encode()

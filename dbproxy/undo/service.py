@@ -1,6 +1,6 @@
 """The reviewer's undo and redo, as the running proxy serves them (`ReviewService.undo/redo`).
 
-Finds the journal entries, runs `dbproxy.undo.run` on a fresh upstream connection with the
+Finds the journal entries, runs `dbproxy.undo.apply.run` on a fresh upstream connection with the
 proxy's own credentials, and journals the result: each undone transaction's `undo` document gets
 a history entry, and the undo itself becomes a journal entry (mode `undo`, agent
 `reviewer:NAME`, its statements the SQL that ran), so it can be found, shown and redone.
@@ -9,31 +9,30 @@ a history entry, and the undo itself becomes a journal entry (mode `undo`, agent
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import asyncpg
 
-from dbproxy import undo
-from dbproxy.journal import FinishedTransaction
-from dbproxy.review import ReviewError
-from dbproxy.review_models import StatementRecord, TransactionRecord, UndoConflict, UndoOutcome
+from dbproxy.journal.records import StatementRecord, TransactionRecord
+from dbproxy.journal.store import FinishedTransaction, Journal
+from dbproxy.review.models import UndoConflict, UndoOutcome
+from dbproxy.review.service import ReviewError
+from dbproxy.undo import apply as undo
 
-if TYPE_CHECKING:
-    from dbproxy.pending import PendingRegistry
 
-async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool,
+async def _targets(journal: Journal, tx_id: int, *, since: bool,
                    direction: undo.Direction) -> list[TransactionRecord]:
     try:
         if since:
-            records = await registry.journal.undoable_since(tx_id)
+            records = await journal.undoable_since(tx_id)
         else:
-            found = await registry.journal.get(tx_id)
+            found = await journal.get(tx_id)
             records = [found[0]] if found is not None else []
             doc = (records[0].undo or {}) if records else {}
             if direction == "redo" and doc.get("action") == "undo":
                 # The journal entry of an undo: redo what it undid.
-                got = [await registry.journal.get(int(i)) for i in doc.get("of", [])]
+                got = [await journal.get(int(i)) for i in doc.get("of", [])]
                 records = sorted((g[0] for g in got if g is not None), key=lambda r: r.id, reverse=True)
     except Exception as e:
         raise ReviewError(503, f"the journal is unavailable: {e}") from None
@@ -52,11 +51,11 @@ async def _targets(registry: PendingRegistry, tx_id: int, *, since: bool,
     return records
 
 
-async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction: undo.Direction,
+async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, reviewer: str, *, direction: undo.Direction,
               force: bool, dry_run: bool, since: bool = False) -> UndoOutcome:
-    records = await _targets(registry, tx_id, since=since, direction=direction)
+    records = await _targets(journal, tx_id, since=since, direction=direction)
     try:
-        con = await asyncpg.connect(registry.dsn_for(records[0].database), timeout=10)
+        con = await asyncpg.connect(dsn_for(records[0].database), timeout=10)
     except (OSError, asyncpg.PostgresError) as e:
         raise ReviewError(502, f"cannot connect to the upstream database: {e}") from None
     try:
@@ -87,7 +86,7 @@ async def run(registry: PendingRegistry, tx_id: int, reviewer: str, *, direction
         overridden=[_conflict(c, records) for c in result.overridden],
         triggers=result.triggers, sql=result.sql, notes=result.notes)
     if result.applied:
-        outcome.journal_id = await _journal(registry, records, reviewer, direction, result)
+        outcome.journal_id = await _journal(journal, records, reviewer, direction, result)
     return outcome
 
 
@@ -103,7 +102,7 @@ def _conflict(c: undo.Conflict, records: list[TransactionRecord]) -> UndoConflic
                         expected=c.expected, current=c.current, message=c.message)
 
 
-async def _journal(registry: PendingRegistry, records: list[TransactionRecord], reviewer: str,
+async def _journal(journal: Journal, records: list[TransactionRecord], reviewer: str,
                    direction: undo.Direction, result: undo.Result) -> int | None:
     now = datetime.now(UTC)
     ids = [r.id for r in records]
@@ -111,16 +110,17 @@ async def _journal(registry: PendingRegistry, records: list[TransactionRecord], 
         doc = dict(r.undo or {})
         doc["history"] = [*doc.get("history", []), {"action": direction, "by": reviewer, "at": now.isoformat()}]
         doc["undone"] = direction == "undo"
-        await registry.journal.update(r.id, undo=json.dumps(doc))
+        await journal.update(r.id, undo=json.dumps(doc))
     summary = (f"-- {direction} of #{', #'.join(map(str, ids))} by {reviewer}: {result.done} changes applied, "
                f"{result.skipped} already in place, {result.forced} forced; triggers: {result.triggers}")
     records_out = [StatementRecord(seq=1, tx_no=1, sql=summary, at=now)]
     tx = FinishedTransaction(f"reviewer:{reviewer}", 0, records[0].database, "undo", None, now, now, "committed", 1,
                              None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}))
     try:
-        (entry,) = await registry.journal.insert_finished([tx])
+        (entry,) = await journal.insert_finished([tx])
     except Exception:
         return None
     for rec in records_out:
-        registry.journal_statement(entry, rec)
+        journal.record_statement(entry, tx_no=rec.tx_no, sql=rec.sql, tag=rec.tag, rows=rec.rows,
+                                 sqlstate=rec.sqlstate, error=rec.error)
     return int(entry)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import asyncpg
 
-from dbproxy import log
-from dbproxy.review_models import StatementRecord
-from dbproxy.settings import LlmSettings
+from dbproxy.config import log
+from dbproxy.config.settings import LlmSettings
+from dbproxy.journal.records import StatementRecord
 from inverse.images import Change, TableInfo
 from inverse.lexer import lex
 from inverse.llm.cache import AnswerCache

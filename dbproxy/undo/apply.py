@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from dbproxy.tags import tag_rows
+from dbproxy.journal.tags import tag_rows
 from inverse.capture_schema import IMAGE_SETTINGS, ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.row_sql import RowTemplates, templates

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scramp import ScramMechanism
 
-from dbproxy.settings import AgentSettings
+from dbproxy.config.settings import AgentSettings
 
 SCRAM = ScramMechanism("SCRAM-SHA-256")
 DEFAULT_ITERATIONS = 4096

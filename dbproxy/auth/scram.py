@@ -19,7 +19,7 @@ import ssl
 
 from asn1crypto import x509
 
-from dbproxy.agents import Verifier
+from dbproxy.auth.agents import Verifier
 
 CB_NAME = "tls-server-end-point"
 

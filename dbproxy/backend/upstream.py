@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from scramp import ScramClient, ScramException
 
-from dbproxy.endpoint import ConnectionClosed, Endpoint, MessageReader
+from dbproxy.net.endpoint import ConnectionClosed, Endpoint, MessageReader
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.framing import BACKEND_TYPES, FrameScanner
 from dbproxy.protocol.messages import (

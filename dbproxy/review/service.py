@@ -1,7 +1,7 @@
 """The reviewer's side of the proxy, as one interface: list, show, commit, roll back, read the log.
 
-The admin HTTP API (`dbproxy.admin`) serves this interface; the running proxy implements it
-(`dbproxy.pending.PendingRegistry`) over its live held transactions and the journal. Keeping the
+The admin HTTP API (`dbproxy.review.api`) serves this interface; the running proxy implements it
+(`dbproxy.hold.pending.PendingRegistry`) over its live held transactions and the journal. Keeping the
 interface here lets the API and the CLI be written and tested against it without a session.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dbproxy.review_models import Decision, TransactionDetail, TransactionRecord, UndoOutcome, VerifyOutcome
+from dbproxy.journal.records import TransactionRecord
+from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, VerifyOutcome
 
 
 class ReviewError(Exception):

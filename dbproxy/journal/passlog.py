@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from dbproxy.hold_protocol import split_cached
+from dbproxy.journal.records import StatementRecord
+from dbproxy.journal.tags import tag_rows, wrote_by_tag
 from dbproxy.protocol.framing import Frame
 from dbproxy.protocol.messages import Bind, Close, ErrorResponse, Execute, Parse, Query, decode_backend, decode_frontend
-from dbproxy.review_models import StatementRecord
-from dbproxy.tags import tag_rows, wrote_by_tag
+from inverse.lexer import split_cached
 
 Done = Callable[[list[StatementRecord], str], None]
 

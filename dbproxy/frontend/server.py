@@ -21,22 +21,25 @@ import ssl
 import sys
 from pathlib import Path
 
-from dbproxy import log
-from dbproxy.admin import AdminServer, load_or_create_token
-from dbproxy.agents import AgentRegistry, add_to_store, load_store
-from dbproxy.embedded import EmbeddedPostgres
-from dbproxy.endpoint import Endpoint
-from dbproxy.handshake import HandshakeConfig
-from dbproxy.journal import Journal, JournalError
-from dbproxy.pending import PendingRegistry
-from dbproxy.privileges import risky_privileges
+import asyncpg
+
+from dbproxy.auth.agents import AgentRegistry, add_to_store, load_store
+from dbproxy.auth.scram import certificate_binding
+from dbproxy.backend.embedded import AGENT_ROLE, EmbeddedPostgres
+from dbproxy.backend.privileges import risky_privileges
+from dbproxy.backend.upstream import UpstreamError, UpstreamTarget
+from dbproxy.config import log
+from dbproxy.config.settings import Settings
+from dbproxy.frontend.handshake import HandshakeConfig
+from dbproxy.frontend.session import Session
+from dbproxy.hold.pending import PendingRegistry
+from dbproxy.journal.store import Journal, JournalError
+from dbproxy.net.endpoint import Endpoint
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
-from dbproxy.scram import certificate_binding
-from dbproxy.session import Session
-from dbproxy.settings import Settings
-from dbproxy.upstream import UpstreamError, UpstreamTarget
-from dbproxy.verification import Verification, llm_client
+from dbproxy.review.api import AdminServer, load_or_create_token
+from dbproxy.undo.install import install
+from dbproxy.undo.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
 from sandbox.sampler import SampleOptions
 
@@ -249,11 +252,6 @@ def build_registry(settings: Settings, *, announce: bool = True, database: str =
 
 async def _install_embedded(embedded: EmbeddedPostgres) -> None:
     """Undo mode on the embedded default: `dbproxy install` as the cluster's superuser."""
-    import asyncpg
-
-    from dbproxy.embedded import AGENT_ROLE
-    from dbproxy.install import install
-
     try:
         con = await asyncpg.connect(embedded.superuser_url())
         try:

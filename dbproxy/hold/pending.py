@@ -20,34 +20,27 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import asyncpg
 
-from dbproxy import diff, log, undo_service, verify_service
-from dbproxy.endpoint import ConnectionClosed
-from dbproxy.hold import notice
-from dbproxy.hold_protocol import AgentTx
-from dbproxy.install import installed_version
-from dbproxy.journal import LINGER, FinishedTransaction, Journal
+from dbproxy.backend.upstream import UpstreamTarget
+from dbproxy.config import log
+from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.protocol import AgentTx, notice
+from dbproxy.hold.reverify import verify_held
+from dbproxy.journal.records import StatementRecord, TransactionRecord
+from dbproxy.journal.store import LINGER, FinishedTransaction, Journal
+from dbproxy.net.endpoint import ConnectionClosed
 from dbproxy.protocol.errors import SQLState
-from dbproxy.review import ReviewError
-from dbproxy.review_models import (
-    Decision,
-    StatementRecord,
-    TableDiff,
-    TransactionDetail,
-    TransactionRecord,
-    UndoOutcome,
-    VerifyOutcome,
-)
-from dbproxy.undo_commit import TableCache
-from dbproxy.verification import Verification
+from dbproxy.review import diff
+from dbproxy.review.models import Decision, TableDiff, TransactionDetail, UndoOutcome, VerifyOutcome
+from dbproxy.review.service import ReviewError
+from dbproxy.undo import reverify
+from dbproxy.undo import service as undo_service
+from dbproxy.undo.commit import TableCache
+from dbproxy.undo.install import installed_version
+from dbproxy.undo.verification import Verification
 from inverse.capture_schema import CAPTURE_VERSION
-
-if TYPE_CHECKING:
-    from dbproxy.hold import HeldConnection
-    from dbproxy.upstream import UpstreamTarget
 
 #: How long a reviewer's request waits for the agent's current statement to finish.
 LOCK_WAIT = 10.0
@@ -370,7 +363,7 @@ class PendingRegistry:
             if mid_tx and held.session is not None:
                 # The agent's open transaction is gone: end its session rather than let it
                 # believe it is still inside it.
-                held.session.session.terminate(SQLState.ADMIN_SHUTDOWN, f"terminating connection: {message}")
+                held.session.terminate(SQLState.ADMIN_SHUTDOWN, f"terminating connection: {message}")
             else:
                 self._tell_agent(held, f"dbproxy: {message}")
             self._release_if_detached(held)
@@ -394,14 +387,34 @@ class PendingRegistry:
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    since: bool = False) -> UndoOutcome:
-        return await undo_service.run(self, tx_id, reviewer, direction="undo", force=force, dry_run=dry_run,
-                                      since=since)
+        return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="undo", force=force,
+                                      dry_run=dry_run, since=since)
 
     async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
-        return await undo_service.run(self, tx_id, reviewer, direction="redo", force=force, dry_run=dry_run)
+        return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="redo", force=force,
+                                      dry_run=dry_run)
 
     async def verify(self, tx_id: int) -> VerifyOutcome:
-        return VerifyOutcome.model_validate(await verify_service.run(self, tx_id))
+        """`dbproxy verify ID`: prove the inverse of a held or committed undo-mode transaction in the
+        sandbox again; the verdict replaces `verification` in its undo document."""
+        verification = self.verification
+        if verification is None or not verification.enabled:
+            raise ReviewError(409, "sandbox verification is off (setting sandbox = off)")
+        held = self.live.get(tx_id)
+        if held is not None:
+            verdict = await verify_held(held, tx_id, verification, self.tables)
+            doc = dict(held.undo or {})
+            held.undo = doc
+        else:
+            record, statements = await self.journal_get(tx_id)
+            doc = dict(record.undo or {})
+            verdict = await reverify.committed(record, statements, self.dsn_for, verification)
+        doc["verification"] = verdict.to_json()
+        try:
+            await self.journal.update(tx_id, undo=json.dumps(doc))
+        except Exception as e:
+            raise ReviewError(503, f"verified, but the journal is unavailable to record it: {e}") from None
+        return VerifyOutcome.model_validate({"id": tx_id, **verdict.to_json()})
 
     async def journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:
         try:

@@ -1,0 +1,7 @@
+"""Who may log in to the proxy.
+
+- `agents`: agent identities, SCRAM-SHA-256 verifiers, the owner-only agent store.
+- `scram`: the server side of SCRAM-SHA-256(-PLUS), sans-IO.
+
+May import: `protocol`, `config`, `net`.
+"""

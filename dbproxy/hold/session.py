@@ -1,0 +1,353 @@
+"""Hold mode's agent side: a session's client loop over its `HeldConnection`.
+
+`HoldSession` reads client messages into an inbox, cuts them into cycles, asks
+`dbproxy.hold.protocol` for a plan, runs it on the `HeldConnection`, and finishes each cycle with
+the journal, the "held for review" notice and a ReadyForQuery computed from the agent's own
+transaction state. At an agent COMMIT that wrote it holds the chain for review or, in undo mode,
+asks `dbproxy.undo.commit` whether it may commit with its inverse. All protocol decisions are in
+`dbproxy.hold.protocol`; this module only waits.
+
+The client session that owns it (`dbproxy.frontend.session`) is reached through `SessionHost`, a
+Protocol defined here, so hold mode does not import the frontend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from dbproxy.config import log
+from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.protocol import (
+    AgentTx,
+    PreparedStatements,
+    Router,
+    notice,
+    plan_extended,
+    plan_query,
+    synthetic_ready,
+)
+from dbproxy.net.endpoint import ConnectionClosed, Endpoint
+from dbproxy.protocol.errors import ProtocolViolation, SQLState
+from dbproxy.protocol.framing import FRONTEND_TYPES, Frame, FrameScanner
+from dbproxy.protocol.messages import CopyFail, ErrorResponse, Query, decode_frontend
+from dbproxy.undo import commit as undo_commit
+
+_CYCLE_END = frozenset(b"SHQFX")
+_COPY_FROM_CLIENT = frozenset(b"cf")
+
+
+class SessionHost(Protocol):
+    """The client session a hold session serves."""
+
+    id: int
+    client: Endpoint
+
+    def protocol_violation(self, reason: str) -> None: ...
+    def terminate(self, sqlstate: str, message: str) -> None: ...
+
+
+class HoldSession:
+    """The agent side of a hold-mode session (see module docstring)."""
+
+    def __init__(self, session: SessionHost, held: HeldConnection, *, max_message_bytes: int) -> None:
+        self.session = session
+        self.held = held
+        self.client = session.client
+        self.scanner = FrameScanner(FRONTEND_TYPES - {ord("d")}, valid=FRONTEND_TYPES,
+                                    max_decoded=max_message_bytes)
+        self.inbox: list[bytes | Frame] = []
+        self.prepared = PreparedStatements()
+        self._wake: asyncio.Future[None] | None = None
+        self._gone = False
+        self._copy_forwarding = False  # COPY FROM STDIN under way: client data goes upstream at once
+        self.first_notices = b""
+
+    # -- client input -------------------------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> None:
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolViolation as e:
+            self.session.protocol_violation(str(e))
+            self._gone = True
+            self._poke()
+            return
+        for item in items:
+            if self._copy_forwarding:
+                if type(item) is bytes:
+                    self.held.endpoint.write(item)
+                    continue
+                assert isinstance(item, Frame)
+                if item.type in _COPY_FROM_CLIENT:
+                    self.held.endpoint.write(item.raw)
+                    self._copy_forwarding = False
+                    continue
+                self._copy_forwarding = False
+            self.inbox.append(item)
+        self._poke()
+
+    def copy_in_started(self) -> None:
+        """The server asked for COPY data. Clients may have sent it already, with the COPY
+        itself (asyncpg does): what waits at the head of the inbox goes upstream now."""
+        while self.inbox:
+            item = self.inbox[0]
+            if type(item) is bytes:
+                self.held.endpoint.write(item)
+            elif isinstance(item, Frame) and item.type in _COPY_FROM_CLIENT:
+                self.held.endpoint.write(item.raw)
+                self.inbox.pop(0)
+                return  # CopyDone/CopyFail: the rest belongs to later cycles
+            else:
+                return
+            self.inbox.pop(0)
+        self._copy_forwarding = True  # the rest of the data is still to come
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the agent's session from the proxy side (a reviewer rolled back its open transaction)."""
+        self.session.terminate(sqlstate, message)
+
+    def client_lost(self) -> None:
+        self._gone = True
+        self._poke()
+        router = self.held.router
+        if router is not None and router.copy_in:
+            # A backend waiting for COPY data ignores a cancel: end the COPY instead.
+            self.held.endpoint.write(CopyFail("the client disconnected during COPY").encode())
+            self._copy_forwarding = False
+        elif router is not None:
+            # The agent left mid-statement: stop it, the way PostgreSQL does for a lost client.
+            asyncio.get_running_loop().create_task(self._cancel_quietly())
+
+    async def _cancel_quietly(self) -> None:
+        try:
+            await self.held.cancel()
+        except Exception as e:  # best effort; the cycle ends either way
+            log.event("hold.cancel_failed", session=self.session.id, reason=str(e), level=logging.DEBUG)
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _next_cycle(self) -> list[bytes | Frame] | None:
+        while True:
+            if self._gone:
+                return None
+            for i, item in enumerate(self.inbox):
+                if isinstance(item, Frame) and item.type in _CYCLE_END:
+                    if item.type == ord("Q") and i > 0:
+                        i -= 1  # extended messages before a Query: run them as their own cycle first
+                        cycle, self.inbox = self.inbox[: i + 1], self.inbox[i + 1:]
+                        return cycle
+                    cycle, self.inbox = self.inbox[: i + 1], self.inbox[i + 1:]
+                    return cycle
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+            self._wake = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Serve the agent until it leaves; returns why the session ended."""
+        held = self.held
+        held.sink = self.client.write
+        held.session = self
+        self.client.relay_to(self.feed_client, lambda ep: self.client_lost())
+        reason = "client disconnected"
+        try:
+            while True:
+                cycle = await self._next_cycle()
+                if cycle is None:
+                    break
+                last = cycle[-1]
+                if isinstance(last, Frame) and last.type == ord("X"):
+                    if len(cycle) > 1:
+                        async with held.lock:
+                            await self._cycle(cycle[:-1])
+                    reason = "client terminated"
+                    break
+                async with held.lock:
+                    await self._cycle(cycle)
+        except ConnectionClosed:
+            reason = "upstream disconnected"
+            if not self._gone:
+                self.client.write(ErrorResponse.make(
+                    SQLState.CONNECTION_FAILURE, "the upstream server closed the connection unexpectedly",
+                    severity="FATAL").encode())
+        except ProtocolViolation as e:
+            self.session.protocol_violation(str(e))
+            reason = "protocol violation"
+        finally:
+            held.sink = None
+            held.session = None
+        return reason
+
+    async def _cycle(self, cycle: list[bytes | Frame]) -> None:
+        held = self.held
+        state = held.state
+        # CopyData/CopyDone/CopyFail outside COPY (left over from a COPY that failed before the
+        # server asked for data): PostgreSQL ignores them, and so does the proxy.
+        frames = [i for i in cycle if isinstance(i, Frame) and i.type not in _COPY_FROM_CLIENT]
+        if not frames:
+            return
+        last = frames[-1]
+        if last.type == ord("F"):
+            self.client.write(ErrorResponse.make(
+                SQLState.FEATURE_NOT_SUPPORTED,
+                "the fast-path function call interface is not available in hold mode").encode()
+                + synthetic_ready(state.agent_status))
+            return
+        if last.type == ord("Q"):
+            msg = decode_frontend(last)
+            assert isinstance(msg, Query)
+            plan = plan_query(state, msg.sql)
+        else:
+            plan = plan_extended(state, self.prepared, frames)
+        if self.first_notices:
+            self.client.write(self.first_notices)
+            self.first_notices = b""
+        chain_before = state.chain
+        router = await held.run(plan, hold_tail=True)
+        if plan.passthrough:
+            tail = held.take_tail()
+            if router.ready_status is not None:
+                tail += synthetic_ready(router.ready_status)
+            if tail:
+                self.client.write(tail)
+            return
+        if chain_before or state.chain:
+            held.record(router.results)
+        if chain_before and not state.chain and held.id is None:
+            held.end_unheld("rolled back")  # the agent rolled back a chain with nothing held yet
+        if not plan.ends_with_sync:
+            if router.error is not None:
+                state.error_pending = True
+            if held.tail:
+                self.client.write(held.take_tail())
+            return
+        failed = router.error is not None or state.error_pending
+        state.error_pending = False
+        if state.agent_tx is AgentTx.EXPLICIT and router.ready_status is not None:
+            # The server knows best whether the agent's transaction is failed: an error marks it,
+            # and the agent's own ROLLBACK TO SAVEPOINT recovers it.
+            state.failed = router.ready_status == "E"
+        extra = b""
+        if failed:
+            if state.agent_tx is AgentTx.IMPLICIT:
+                await held.rollback_agent_tx()
+            elif state.agent_tx is AgentTx.EXPLICIT:
+                pass
+            elif state.chain and router.ready_status == "E":
+                # Cannot happen by construction (every cycle in a chain runs in a savepoint);
+                # if it does, the chain is lost: say so rather than pretend.
+                await held.registry.chain_broken(held, "an error aborted the held transaction")
+        elif router.committed_any:
+            extra = await self._after_commit(router)
+        elif state.chain and not state.held and state.agent_tx is AgentTx.NONE:
+            await held.inject("COMMIT")  # a chain with nothing in it (e.g. a SET outside BEGIN)
+            held.reset_chain()
+        self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
+
+    async def _after_commit(self, router: Router) -> bytes:
+        """An agent transaction ended with COMMIT: hold it, or really commit when it wrote nothing."""
+        held = self.held
+        state = held.state
+        if not state.chain:
+            return b""
+        if state.held == 0:
+            # With capture, the guard's xid is followed by the captured changes.
+            xid_at = -2 if state.capture else -1
+            xid = router.captured[xid_at] if len(router.captured) >= -xid_at else None
+            if xid is None and not router.notified:
+                if state.agent_tx is AgentTx.NONE:
+                    r = await held.inject("COMMIT")  # nothing was written: nothing to hold or undo
+                    held.reset_chain()
+                    if r.error is not None:
+                        return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
+                return b""
+            held.xid = int(xid) if xid is not None else None
+            if held.mode == "undo":
+                return await self._commit_with_undo(router)
+            return await self._hold(router)
+        if router.committed_writes:
+            state.held += router.committed_writes
+            held.registry.chain_grew(held)
+            return notice(f"dbproxy: transaction held for review as #{held.id} "
+                          f"({state.held} agent transactions held together)")
+        return b""
+
+    async def _hold(self, router: Router, *, why: list[str] | None = None, undo: str | None = None,
+                    because: str = "it cannot be undone exactly") -> bytes:
+        """The chain's first agent transaction becomes pending, for a reviewer (`why`: the
+        reasons undo mode could not commit it)."""
+        held = self.held
+        try:
+            tx_id = await held.registry.hold(held, undo=undo)
+        except Exception as e:
+            log.event("hold.journal_failed", session=self.session.id, reason=str(e), level=logging.ERROR)
+            await held.inject("ROLLBACK")
+            held.reset_chain()
+            return ErrorResponse.make(
+                "58000", "dbproxy could not record this transaction in its journal, so it was rolled back",
+                detail=str(e)).encode()
+        held.state.held = max(1, router.committed_writes)
+        reasons = "; ".join(why) + ". " if why else ""
+        return notice(f"dbproxy: transaction held for review as #{tx_id}" + (f" because {because}" if why else ""),
+                      detail=reasons + "Nothing is committed until a reviewer decides; later transactions of this "
+                      "session join it and see its changes.",
+                      hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
+
+    async def _commit_with_undo(self, router: Router) -> bytes:
+        """Undo mode: commit the agent's transaction (which wrote, or notified) with its inverse, or
+        hold it (`dbproxy.undo.commit` decides)."""
+        held = self.held
+        state = held.state
+        choice = await undo_commit.choose(
+            held, xid=held.xid, rows=router.rows[-1] if router.rows else [], capture=state.capture,
+            # COMMIT AND CHAIN: the next agent transaction already runs in this upstream one.
+            chained=state.agent_tx is not AgentTx.NONE,
+            statements=held.statements, tables=held.registry.tables, verification=held.registry.verification,
+            session=self.session.id)
+        if isinstance(choice, undo_commit.Hold):
+            return await self._hold(router, why=choice.why, because=choice.because, undo=choice.undo)
+        return await self._commit_decided(choice)
+
+    async def _commit_decided(self, choice: undo_commit.Commit) -> bytes:
+        """Commit the agent's transaction with its undo marker; journal the inverse."""
+        held = self.held
+        state = held.state
+        registry = held.registry
+        decision = choice.decision
+        assert held.xid is not None
+        r = await held.inject(undo_commit.mark(held.xid, held.agent, held.session_id, decision), "COMMIT")
+        if r.error is not None:
+            if state.chain:
+                with contextlib.suppress(ConnectionClosed):
+                    await held.inject("ROLLBACK")
+            held.reset_chain()
+            return ErrorResponse.make(r.error.sqlstate, r.error.message,
+                                      detail="dbproxy: the transaction was not committed").encode()
+        registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
+                                  undo=decision.journal_json(choice.verdict, llm=choice.llm))
+        held.reset_chain()
+        if registry.verification is not None and any(c.op == "X" for c in decision.changes):
+            registry.verification.schema_moved(held.database)
+        return b""
+
+    async def detach(self) -> bool:
+        """The agent left. Returns True when the upstream connection stays open for review."""
+        held = self.held
+        if held.lost:
+            return False
+        async with held.lock:
+            try:
+                if held.state.agent_tx is not AgentTx.NONE or (held.state.chain and not held.state.held):
+                    await held.rollback_agent_tx()
+            except ConnectionClosed:
+                return False
+            if held.pending:
+                held.registry.agent_left(held)
+                return True
+        return False

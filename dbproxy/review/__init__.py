@@ -1,0 +1,11 @@
+"""The reviewer's interface to a running proxy.
+
+- `service`: `ReviewService`, the Protocol every reviewer action goes through (implemented by
+  `dbproxy.hold.pending.PendingRegistry`), and `ReviewError`.
+- `models`: what the API returns beyond the journal's records (diffs, decisions, undo outcomes).
+- `api`: the admin HTTP API serving a `ReviewService`.
+- `cli`: the reviewer's commands (`dbproxy pending|show|commit|...`), clients of the API.
+- `diff`: the row-level diff of a held transaction and the sessions it blocks.
+
+May import: `protocol`, `config`, `net`, `auth`, `backend`, `journal`.
+"""
