@@ -9,7 +9,7 @@ modules of its own folder (without cycles) and of folders *above* it in this lis
     config/     settings and logging
     net/        asyncio byte pipes (one side of a session)
     auth/       agent identities and SCRAM
-    backend/    upstream connections, the embedded cluster, the upstream role's privileges
+    backend/    upstream connections, the embedded cluster, the agents' own upstream roles
     journal/    the durable record of agent transactions
     review/     the reviewer's interface: service, models, admin API, CLI client, row diff
     undo/       commit-with-undo, undo/redo, capture install, sandbox verification glue

@@ -3,8 +3,9 @@
     dbproxy serve [--upstream URL] [--listen HOST:PORT] [--admin HOST:PORT] [--config PATH]
                   [--data-dir PATH] [--agent NAME=PASSWORD ...] [--tls-cert PEM --tls-key PEM]
     dbproxy agent add NAME [--password PW] | agent list | agent remove NAME
+    dbproxy reviewer add NAME | reviewer list | reviewer remove NAME
     dbproxy pending | show ID | commit ID | rollback ID | log [--outcome X] [--agent A] [--limit N]
-                  [--admin HOST:PORT] [--admin-token TOKEN] [--reviewer NAME] [--json]
+                  [--admin HOST:PORT] [--admin-token TOKEN] [--reason TEXT] [--json]
     dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
     dbproxy bench proxy [proxy-overhead options]
     dbproxy version
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dbproxy import __version__, bench_cli
+from dbproxy.auth import reviewers
 from dbproxy.auth.agents import add_to_store, load_store, remove_from_store
 from dbproxy.config import log
 from dbproxy.config.settings import Settings, SettingsError, load_settings
@@ -72,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (add, lst, rm):
         common(sp)
 
+    r = sub.add_parser("reviewer", help="manage reviewers: people with names and tokens of their own")
+    rsub = r.add_subparsers(dest="reviewer_command", required=True)
+    radd = rsub.add_parser("add", help="create a reviewer and print its token once (only its hash is kept)")
+    radd.add_argument("name")
+    rlst = rsub.add_parser("list", help="list reviewers")
+    rrm = rsub.add_parser("remove", help="remove a reviewer (its token stops working at once)")
+    rrm.add_argument("name")
+    for sp in (radd, rlst, rrm):
+        common(sp)
+
     for name, what in (("install", "prepare the upstream database for undo mode (capture triggers, event triggers)"),
                        ("uninstall", "remove everything `install` put into the upstream database")):
         ip = sub.add_parser(name, help=what, description=what)
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items()
-                           if k not in ("command", "config", "agent_command", "name", "password")}
+                           if k not in ("command", "config", "agent_command", "reviewer_command", "name",
+                                        "password")}
     try:
         settings = load_settings(args.config, cli)
     except SettingsError as e:
@@ -104,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "agent":
         return _agent(args, settings)
+    if args.command == "reviewer":
+        return _reviewer(args, settings)
     if args.command in ("install", "uninstall"):
         return asyncio.run(_install(args.command, settings))
     log.setup(settings.log_level, settings.log_format)
@@ -159,4 +174,26 @@ def _agent(args: argparse.Namespace, settings: Settings) -> int:
             print(f"dbproxy: no stored agent {args.name!r}", file=sys.stderr)
             return 1
         print(f"agent {args.name!r} removed")
+    return 0
+
+
+def _reviewer(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        if args.reviewer_command == "add":
+            token = reviewers.add(settings.data_dir, args.name)
+            print(f"reviewer {args.name!r} added. Its token is shown only this once (the proxy keeps just its "
+                  f"hash):\n  {token}\nGive it to {args.name}; they pass it as DBPROXY_ADMIN_TOKEN or --admin-token.")
+        elif args.reviewer_command == "list":
+            found = reviewers.load(settings.data_dir)
+            print(f"{reviewers.ADMIN}\t(the admin token)")
+            for name, r in sorted(found.items()):
+                print(f"{name}\t(added {r.created_at})")
+        elif args.reviewer_command == "remove":
+            if not reviewers.remove(settings.data_dir, args.name):
+                print(f"dbproxy: no reviewer {args.name!r}", file=sys.stderr)
+                return 2
+            print(f"reviewer {args.name!r} removed; its token no longer works")
+    except reviewers.ReviewerError as e:
+        print(f"dbproxy: {e}", file=sys.stderr)
+        return 2
     return 0

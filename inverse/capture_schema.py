@@ -9,6 +9,10 @@ DESIGN.md decision 5. Objects (all in the `dbproxy` schema, all removed by `unin
 - `dbproxy.undo_records`: one row per agent transaction committed in undo mode, written inside
   that transaction (the durable "this was committed with an undo" marker), and the outcome of
   later undo/redo runs.
+- Nothing here is readable or writable by agents: the installer's role (the proxy's own) owns it
+  all, and PUBLIC may only call `dbproxy.captured_changes` (the current transaction's own captured
+  changes) and `dbproxy.mark_committed` (mark the current transaction), both SECURITY DEFINER
+  with `search_path` pinned, as are the capture trigger functions that write the log.
 - `dbproxy.capture_row()` and a `_dbproxy_capture` AFTER ROW trigger on every user table, with a
   `WHEN` clause on the session setting `dbproxy.capture`: other sessions pay one setting lookup
   per row and run no code. The proxy sets `dbproxy.capture = on` in the startup packet of agent
@@ -43,7 +47,7 @@ IMAGE_SETTINGS: dict[str, str] = {
     "IntervalStyle": "postgres",
     "DateStyle": "ISO, YMD",
 }
-CAPTURE_VERSION = 2
+CAPTURE_VERSION = 3
 
 _FUNCTION_SETTINGS = " ".join(f"SET \"{k}\" = '{v}'" for k, v in IMAGE_SETTINGS.items())
 
@@ -75,13 +79,10 @@ CREATE TABLE IF NOT EXISTS dbproxy.undo_records (
 CREATE TABLE IF NOT EXISTS dbproxy.capture_version (version integer NOT NULL);
 DELETE FROM dbproxy.capture_version;
 INSERT INTO dbproxy.capture_version VALUES ({CAPTURE_VERSION});
-REVOKE ALL ON dbproxy.capture_log, dbproxy.undo_records FROM PUBLIC;
 
 -- Bumped by the DDL event triggers for every DDL command of any session (temporary objects
 -- aside): verified inverses are cached under its value, so DDL anywhere invalidates them.
 CREATE SEQUENCE IF NOT EXISTS dbproxy.ddl_epoch;
-GRANT USAGE ON SCHEMA dbproxy TO PUBLIC;
-GRANT SELECT ON SEQUENCE dbproxy.ddl_epoch TO PUBLIC;
 
 CREATE OR REPLACE FUNCTION dbproxy.capture_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {_FUNCTION_SETTINGS} AS $fn$
@@ -98,12 +99,34 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION dbproxy.capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {_FUNCTION_SETTINGS} AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off
+{_FUNCTION_SETTINGS} AS $fn$
 BEGIN
     EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(t) FROM %s AS t',
                    TG_RELID, TG_RELID::regclass);
     RETURN NULL;
 END
+$fn$;
+
+-- What an agent's own session may do with the proxy's state, and nothing more: read the changes
+-- captured in its own current transaction (at its COMMIT, where they are visible only to it) and
+-- mark its own current transaction as committed with an undo. Both run as the state's owner; the
+-- transaction id is always the caller's own, never a parameter.
+CREATE OR REPLACE FUNCTION dbproxy.captured_changes(max_rows integer, ddl_only boolean)
+RETURNS TABLE (seq bigint, rel oid, op "char", old json, new json, ddl jsonb, epoch text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT l.seq, l.rel, l.op, l.old, l.new, l.ddl,
+           (SELECT e.last_value::text FROM dbproxy.ddl_epoch e WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger t
+            WHERE t.evtname = 'dbproxy_ddl' AND t.evtenabled <> 'D'))
+    FROM dbproxy.capture_log l
+    WHERE l.xid = pg_catalog.txid_current_if_assigned() AND (NOT ddl_only OR l.op = 'X')
+    ORDER BY l.seq LIMIT max_rows
+$fn$;
+
+CREATE OR REPLACE FUNCTION dbproxy.mark_committed(agent text, session bigint, changes integer) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    INSERT INTO dbproxy.undo_records (xid, agent, session, changes)
+    VALUES (pg_catalog.txid_current(), agent, session, changes)
 $fn$;
 
 -- Puts the capture triggers on one table (idempotent). Used by install and by the DDL event
@@ -123,6 +146,17 @@ BEGIN
     END IF;
 END
 $fn$;
+
+-- Agents reach none of this (the installer's role owns it all): no table, sequence or function
+-- but the two above, and nothing created here later by default either.
+REVOKE ALL ON ALL TABLES IN SCHEMA dbproxy FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA dbproxy FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dbproxy FROM PUBLIC;
+REVOKE CREATE ON SCHEMA dbproxy FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA dbproxy REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+GRANT USAGE ON SCHEMA dbproxy TO PUBLIC;
+GRANT EXECUTE ON FUNCTION dbproxy.captured_changes(integer, boolean), dbproxy.mark_committed(text, bigint, integer)
+    TO PUBLIC;
 """
 
 #: Tables that get capture triggers: ordinary and partitioned tables outside system schemas, the
@@ -225,7 +259,8 @@ BEGIN
 END
 $do$;
 DROP FUNCTION IF EXISTS dbproxy.capture_row(), dbproxy.capture_truncate(), dbproxy.attach(regclass),
-    dbproxy.capture_ddl(), dbproxy.capture_drop();
+    dbproxy.capture_ddl(), dbproxy.capture_drop(), dbproxy.captured_changes(integer, boolean),
+    dbproxy.mark_committed(text, bigint, integer);
 DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version;
 DROP SEQUENCE IF EXISTS dbproxy.ddl_epoch;
 """

@@ -37,10 +37,10 @@ CAPTURE_COLUMNS = "seq, rel, op, old, new, ddl"
 CAPTURE_LIMIT = 1000
 #: A seventh column carries the schema version the verification cache is keyed by: the DDL
 #: epoch, or NULL (no caching) when the DDL event triggers that advance it are not installed.
-CAPTURE_FETCH_SQL = (f"SELECT {CAPTURE_COLUMNS}, (SELECT e.last_value::text FROM dbproxy.ddl_epoch e WHERE EXISTS "
-                     "(SELECT 1 FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'dbproxy_ddl' "
-                     "AND t.evtenabled <> 'D')) FROM dbproxy.capture_log "
-                     f"WHERE xid = pg_catalog.txid_current_if_assigned() ORDER BY seq LIMIT {CAPTURE_LIMIT + 1}")
+#: Agents cannot read the log itself: `dbproxy.captured_changes` returns their own transaction's.
+CAPTURE_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS}, epoch FROM dbproxy.captured_changes({CAPTURE_LIMIT + 1}, false)"
+#: Only the DDL events of the current transaction (when it has too many row changes to fetch).
+CAPTURE_DDL_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.captured_changes(2147483647, true)"
 
 
 def change_from_row(row: tuple[Any, ...] | Any) -> Change:

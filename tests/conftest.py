@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from dbproxy.auth import reviewers
 from dbproxy.backend.upstream import UpstreamTarget
 from dbproxy.config.settings import load_settings
 from dbproxy.frontend.server import ProxyServer, build_registry
@@ -85,10 +89,49 @@ def pg_bin() -> Path:
     return bin_dir()
 
 
+#: The role agents act as upstream (the proxy's `agent_role` default). The proxy creates it if it
+#: is missing; the suite creates it first, to give it what agents need on the test server.
+AGENTS_ROLE = "dbproxy_agents"
+
+#: What the suite's agents may do on the test server, as an operator would grant it: own the
+#: `public` schema of `postgres` and of `template1` (so databases the tests create inherit it),
+#: create schemas, and use whatever the superuser creates directly in tests (default privileges,
+#: copied with template1). Never anything in the `dbproxy` schema.
+_AGENTS_SETUP = f"""
+SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{AGENTS_ROLE}') AS missing \\gset
+\\if :missing
+CREATE ROLE {AGENTS_ROLE} NOLOGIN NOINHERIT;
+\\endif
+ALTER ROLE {AGENTS_ROLE} CREATEDB;
+"""
+_AGENTS_PER_DATABASE = f"""
+ALTER SCHEMA public OWNER TO {AGENTS_ROLE};
+GRANT CREATE, TEMPORARY ON DATABASE :"DBNAME" TO {AGENTS_ROLE};
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO {AGENTS_ROLE};
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO {AGENTS_ROLE};
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SCHEMAS TO {AGENTS_ROLE};
+"""
+
+
+def grant_agents(url: str, database: str) -> None:
+    """Give the agents' role what agents need in `database` (see `_AGENTS_PER_DATABASE`)."""
+    dsn = urlunsplit(urlsplit(url)._replace(path="/" + database))
+    subprocess.run([str(bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn],
+                   input=_AGENTS_PER_DATABASE, text=True, check=True, capture_output=True, timeout=60)
+
+
+def _prepare(url: str) -> None:
+    subprocess.run([str(bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
+                   input=_AGENTS_SETUP, text=True, check=True, capture_output=True, timeout=60)
+    for database in ("template1", "postgres"):
+        grant_agents(url, database)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Postgres]:
     dsn = os.environ.get("DBPROXY_TEST_DSN")
     if dsn:
+        _prepare(dsn)
         yield Postgres(dsn)
         return
     root = Path(tempfile.mkdtemp(prefix="dbproxy-test-pg-"))
@@ -96,6 +139,7 @@ def pg() -> Iterator[Postgres]:
     cluster.init()
     cluster.start()
     try:
+        _prepare(cluster.url())
         yield Postgres(cluster.url(), cluster)
     finally:
         cluster.stop(mode="immediate")
@@ -106,12 +150,35 @@ class RunningProxy:
     """A ProxyServer on a private event loop in a daemon thread."""
 
     def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
-                 host: str, port: int) -> None:
+                 host: str, port: int, data_dir: Path) -> None:
         self.server = server
         self.loop = loop
         self.thread = thread
         self.host = host
         self.port = port
+        self.data_dir = data_dir
+        self._tokens: dict[str, str] = {"admin": ADMIN_TOKEN}
+
+    def token(self, reviewer: str = "admin") -> str:
+        """The admin API token of `reviewer` (added to this proxy's reviewers on first use)."""
+        if reviewer not in self._tokens:
+            self._tokens[reviewer] = reviewers.add(self.data_dir, reviewer)
+        return self._tokens[reviewer]
+
+    def review_request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """One admin-API request; a body's "reviewer" picks whose token makes it (and is not sent)."""
+        body = dict(body) if body is not None else None
+        reviewer = body.pop("reviewer", "admin") if body is not None else "admin"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.admin_url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token(reviewer)}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, json.loads(raw) if raw else None
 
     @property
     def admin_url(self) -> str:
@@ -160,7 +227,18 @@ def sandbox_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 LocalCluster(data).stop(mode="immediate")
 
 
+#: One key for the agents' upstream login passwords in every proxy the suite starts: proxies that
+#: share an upstream must share it (as several production instances would), or each start would
+#: reset the passwords the others use (they would repair their logins, slowly).
+ROLE_KEY = os.urandom(32).hex()
+
+
 def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, **overrides: Any) -> RunningProxy:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = data_dir / "upstream-roles.key"
+    if not key.exists():
+        key.write_text(ROLE_KEY + "\n")
+        key.chmod(0o600)
     cli: dict[str, Any] = {
         "listen": f"127.0.0.1:{free_port()}",
         "data_dir": str(data_dir),
@@ -212,7 +290,7 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
     if "error" in box:
         raise box["error"]
     host, port = box["addr"]
-    return RunningProxy(server, box["loop"], thread, host, port)
+    return RunningProxy(server, box["loop"], thread, host, port, data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -55,17 +55,20 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import psycopg
 import psycopg.pq
 import psycopg.types.range
 
-#: Run-time parameters the server reports with ParameterStatus, recorded after every step.
+#: Run-time parameters the server reports with ParameterStatus, recorded after every step. Not
+#: `session_authorization`: through the proxy the session user is the agent's own login role, by
+#: design (the direct run acts as the same role, `as_role`, but logs in as the superuser).
 TRACKED_PARAMS = (
     "application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
     "integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "search_path", "server_encoding",
-    "server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+    "server_version", "standard_conforming_strings", "TimeZone",
 )
 
 DRIVERS = ("psycopg-text", "psycopg-binary", "asyncpg")
@@ -451,12 +454,21 @@ def _admin(url: str, *sql: str) -> None:
             c.execute(q)
 
 
-def compare(script: Script, driver: str, direct_url: str, proxy_url: str, schema: str) -> list[dict[str, Any]]:
+def as_role(url: str, role: str) -> str:
+    """`url` with the session acting as `role` from the start (libpq's and asyncpg's `options`),
+    as the proxy's agents do upstream."""
+    return url + ("&" if "?" in url else "?") + "options=" + quote(f"-c role={role}")
+
+
+def compare(script: Script, driver: str, direct_url: str, proxy_url: str, schema: str,
+            direct_role: str | None = "dbproxy_agents") -> list[dict[str, Any]]:
     """Run `script` with `driver` directly and through the proxy; assert identical transcripts.
 
-    `direct_url` must be a superuser URL of the same database `proxy_url` leads to. Objects live in
-    schema `schema` (recreated for each run) and `schema_shared` (the script's setup). Returns the
-    direct transcript.
+    `direct_url` must be a superuser URL of the same database `proxy_url` leads to; the direct run
+    acts as `direct_role` (None: as the superuser), the role the proxy's agents act as, so both have
+    the same privileges.
+    Objects live in schema `schema` (recreated for each run) and `schema_shared` (the script's
+    setup). Returns the direct transcript.
     """
     shared = f"{schema}_shared"
     fresh = (f'DROP SCHEMA IF EXISTS "{schema}" CASCADE', f'CREATE SCHEMA "{schema}"')
@@ -466,7 +478,7 @@ def compare(script: Script, driver: str, direct_url: str, proxy_url: str, schema
         if script.setup:
             _admin(direct_url, f'SET search_path TO "{shared}"', script.setup)
         _admin(direct_url, *fresh)
-        direct = run(driver, direct_url, script.steps, prelude)
+        direct = run(driver, as_role(direct_url, direct_role) if direct_role else direct_url, script.steps, prelude)
         _admin(direct_url, *fresh)
         proxied = run(driver, proxy_url, script.steps, prelude)
     finally:

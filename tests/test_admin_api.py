@@ -26,6 +26,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from dbproxy import cli
+from dbproxy.auth import reviewers
+from dbproxy.auth.reviewers import Reviewers
 from dbproxy.journal.records import StatementRecord, TransactionRecord
 from dbproxy.review.api import AdminServer, load_or_create_token, openapi_document
 from dbproxy.review.models import BlockedSession, Decision, RowChange, TableDiff, TransactionDetail
@@ -106,21 +108,21 @@ class MemoryReviewService:
         return self.details.get(tx_id) or TransactionDetail(transaction=record, statements=[],
                                                             diff_note="not computed in this test")
 
-    async def _decide(self, tx_id: int, reviewer: str, outcome: str) -> Decision:
+    async def _decide(self, tx_id: int, reviewer: str, outcome: str, reason: str | None = None) -> Decision:
         record = self._get(tx_id)
         if record.outcome not in ("open", "pending"):
             raise ReviewError(409, f"transaction #{tx_id} is already {record.outcome}")
         if tx_id == 5 and outcome == "committed":
             record.outcome, record.decided_by = "failed", reviewer
             raise ReviewError(502, "could not serialize access due to concurrent update", sqlstate="40001")
-        record.outcome, record.decided_by = outcome, reviewer  # type: ignore[assignment]
-        return Decision(id=tx_id, outcome=outcome, decided_by=reviewer)  # type: ignore[arg-type]
+        record.outcome, record.decided_by, record.reason = outcome, reviewer, reason  # type: ignore[assignment]
+        return Decision(id=tx_id, outcome=outcome, decided_by=reviewer, reason=reason)  # type: ignore[arg-type]
 
-    async def commit(self, tx_id: int, reviewer: str) -> Decision:
-        return await self._decide(tx_id, reviewer, "committed")
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        return await self._decide(tx_id, reviewer, "committed", reason)
 
-    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
-        return await self._decide(tx_id, reviewer, "rolled back")
+    async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        return await self._decide(tx_id, reviewer, "rolled back", reason)
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
                   before_id: int | None = None) -> list[TransactionRecord]:
@@ -132,10 +134,12 @@ class MemoryReviewService:
 
 
 class Api:
-    def __init__(self, service: MemoryReviewService, server: AdminServer, http: aiohttp.ClientSession) -> None:
+    def __init__(self, service: MemoryReviewService, server: AdminServer, http: aiohttp.ClientSession,
+                 store: Path) -> None:
         self.service = service
         self.server = server
         self.http = http
+        self.store = store  # the data directory holding reviewers.json
         host, port = server.address or ("", 0)
         self.admin = f"{host}:{port}"
         self.base = f"http://{self.admin}"
@@ -156,14 +160,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def api(clean_env: None) -> AsyncIterator[Api]:
+async def api(clean_env: None, tmp_path: Path) -> AsyncIterator[Api]:
     service = MemoryReviewService()
-    server = AdminServer(service, TOKEN, host="127.0.0.1", port=0)
+    store = tmp_path / "reviewer-store"
+    server = AdminServer(service, TOKEN, host="127.0.0.1", port=0, reviewers=Reviewers(store, TOKEN))
     host, port = await server.start()
     assert host == "127.0.0.1" and port > 0
     try:
         async with aiohttp.ClientSession() as http:
-            yield Api(service, server, http)
+            yield Api(service, server, http, store)
     finally:
         await server.stop()
 
@@ -280,12 +285,23 @@ async def test_unexpected_errors_are_500_without_details(api: Api):
     assert rec.exc_info and "secret internal detail" in str(rec.exc_info[1])
 
 
-async def test_commit_and_rollback_name_the_reviewer(api: Api):
-    status, body = await api.call("POST", "/v1/transactions/1/commit", json={"reviewer": "alice"})
+async def test_decisions_are_recorded_under_the_tokens_reviewer(api: Api):
+    alice = reviewers.add(api.store, "alice")
+    carol = reviewers.add(api.store, "carol")
+    status, body = await api.call("POST", "/v1/transactions/1/commit", token=alice, json={"reason": "looks right"})
     assert status == 200
-    assert Decision.model_validate(body) == Decision(id=1, outcome="committed", decided_by="alice")
-    # From the header when the body names nobody; "admin" when nothing does.
-    status, body = await api.call("POST", "/v1/transactions/2/rollback", headers={"X-Dbproxy-Reviewer": "carol"})
+    assert Decision.model_validate(body) == Decision(id=1, outcome="committed", decided_by="alice",
+                                                     reason="looks right")
+    assert api.service.records[1].reason == "looks right"
+    # Naming someone else (body or header) is refused, not believed, and decides nothing.
+    status, body = await api.call("POST", "/v1/transactions/2/rollback", token=carol, json={"reviewer": "alice"})
+    assert status == 403 and "belongs to reviewer 'carol'" in body["error"]
+    status, body = await api.call("POST", "/v1/transactions/2/rollback", token=carol,
+                                  headers={"X-Dbproxy-Reviewer": "mallory"})
+    assert status == 403
+    assert api.service.records[2].outcome == "pending"
+    # Naming oneself is fine; the admin token is the reviewer "admin".
+    status, body = await api.call("POST", "/v1/transactions/2/rollback", token=carol, json={"reviewer": "carol"})
     assert (status, body["outcome"], body["decided_by"]) == (200, "rolled back", "carol")
     api.service.records[2].outcome = "pending"
     status, body = await api.call("POST", "/v1/transactions/2/rollback", data=b"{}")
@@ -295,8 +311,21 @@ async def test_commit_and_rollback_name_the_reviewer(api: Api):
     assert status == 409 and "already committed" in body["error"]
 
 
+async def test_a_removed_reviewers_token_stops_working(api: Api):
+    token = reviewers.add(api.store, "erin")
+    assert (await api.call("GET", "/v1/pending", token=token))[0] == 200
+    assert reviewers.remove(api.store, "erin")
+    status, body = await api.call("GET", "/v1/pending", token=token)
+    assert status == 401 and "refused" in body["error"]
+    status, _ = await api.call("POST", "/v1/transactions/1/commit", token=token)
+    assert status == 401 and api.service.records[1].outcome == "pending"
+    # Another reviewer's token is not this one: a made-up token is refused too.
+    assert (await api.call("GET", "/v1/pending", token="dbpr_" + "x" * 43))[0] == 401
+
+
 @pytest.mark.parametrize("payload", [b"not json", b"[]", b'{"reviewer": 3}', b'{"reviewer": ""}',
-                                     b'{"reviewer": "a\\nb"}', b'{"who": "x"}', b'{"reviewer": "' + b"x" * 300 + b'"}'])
+                                     b'{"reviewer": "a\\nb"}', b'{"who": "x"}', b'{"reviewer": "' + b"x" * 300 + b'"}',
+                                     b'{"reason": 5}', b'{"reason": "' + b"x" * 3000 + b'"}'])
 async def test_bad_decision_body_is_400(api: Api, payload: bytes):
     status, body = await api.call("POST", "/v1/transactions/1/commit", data=payload,
                                   headers={"Content-Type": "application/json"})
@@ -516,14 +545,20 @@ async def test_cli_show(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: 
 async def test_cli_commit_rollback_and_errors(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch):
     common = ("--admin", api.admin, "--admin-token", TOKEN, "--data-dir", str(tmp_path))
-    code, out, err = await _cli(capsys, "commit", "1", "--reviewer", "alice", *common)
-    assert (code, out.strip()) == (0, "#1 committed by alice"), err
-    assert api.service.records[1].decided_by == "alice"
+    alice = reviewers.add(api.store, "alice")
+    code, out, err = await _cli(capsys, "commit", "1", "--reason", "checked the rows", "--admin", api.admin,
+                                "--admin-token", alice, "--data-dir", str(tmp_path))
+    assert (code, out.strip()) == (0, "#1 committed by alice: checked the rows"), err
+    assert (api.service.records[1].decided_by, api.service.records[1].reason) == ("alice", "checked the rows")
 
+    # $USER no longer names the reviewer: the token does.
     monkeypatch.setenv("USER", "dana")
     code, out, err = await _cli(capsys, "rollback", "2", "--json", *common)
     assert code == 0, err
-    assert Decision.model_validate(json.loads(out)) == Decision(id=2, outcome="rolled back", decided_by="dana")
+    assert Decision.model_validate(json.loads(out)) == Decision(id=2, outcome="rolled back", decided_by="admin")
+    with pytest.raises(SystemExit) as exc:  # --reviewer is gone: the token decides who decides
+        await _cli(capsys, "commit", "1", "--reviewer", "alice", *common)
+    assert exc.value.code == 2
 
     code, out, err = await _cli(capsys, "commit", "1", *common)
     assert code == 1 and out == ""

@@ -11,6 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from dbproxy.backend.agent_roles import RoleError
+from dbproxy.backend.upstream import UpstreamError, UpstreamTarget, connect
 from dbproxy.protocol.framing import frame
 from dbproxy.protocol.messages import NegotiateProtocolVersion, Query, decode_backend
 from dbproxy.protocol.startup import GSSENCRequest
@@ -175,12 +177,14 @@ def test_function_call_is_relayed(raw_proxy):
 
 
 async def test_upstream_rejecting_proxy_credentials(pg, make_proxy):
+    """Wrong upstream credentials: the proxy does not start (it must set up the agents' roles
+    first), and says why without the password."""
     bad_url = pg.url.replace(f":{pg.password}@", ":definitely-wrong-secret@")
-    p = make_proxy(upstream=bad_url)
-    err = await _connect_error(p.url())
-    assert err.sqlstate == "08001"
-    assert "rejected the proxy's connection (password authentication failed" in str(err)
-    assert "definitely-wrong-secret" not in str(err)
+    with pytest.raises(RoleError) as info:
+        make_proxy(upstream=bad_url)
+    assert f"cannot connect to the upstream as {pg.user} at 127.0.0.1:{pg.port}" in str(info.value)
+    assert "password authentication failed" in str(info.value)
+    assert "definitely-wrong-secret" not in str(info.value)
 
 
 async def test_upstream_down_then_back(make_proxy, tmp_path: Path):
@@ -214,14 +218,18 @@ async def test_upstream_down_then_back(make_proxy, tmp_path: Path):
 
 
 async def test_upstream_connect_timeout(make_proxy):
-    """An upstream that accepts TCP but never answers: the agent gets 08001 after the timeout."""
+    """An upstream that accepts TCP but never answers: the proxy refuses to start after the
+    timeout, naming host and port; an agent's session would get 08001."""
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        p = make_proxy(upstream=f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable", connect_timeout=0.5)
-        err = await _connect_error(p.url())
-        assert err.sqlstate == "08001"
-        assert "timed out" in str(err)
+        with pytest.raises(RoleError, match=f"at 127.0.0.1:{port}: no answer within 0.5 s"):
+            await asyncio.to_thread(make_proxy, upstream=f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable",
+                                    connect_timeout=0.5)
+        target = UpstreamTarget.parse(f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable")
+        with pytest.raises(UpstreamError, match="timed out") as err:
+            await connect(target, {}, within=0.5)
+        assert err.value.sqlstate == "08001"
     finally:
         server.close()
 

@@ -109,7 +109,9 @@ def test_serve_with_upstream_from_environment(pg, tmp_path: Path):
         assert "agents: bot, other" in served.output
         assert pg.password not in served.output
         with psycopg.connect(f"postgresql://bot:bot-secret@127.0.0.1:{served.port}/postgres") as conn:
-            assert conn.execute("select current_user").fetchone() == (pg.user,)
+            # Never as the proxy's own role: as the agents' role, logged in as the agent's own role.
+            assert conn.execute("select current_user, session_user").fetchone() == ("dbproxy_agents",
+                                                                                    "dbproxy_agent_bot")
     finally:
         code, err = served.stop()
     assert code == 0

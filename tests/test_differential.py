@@ -25,11 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import AGENTS_ROLE
 from tests.differential import (
     DRIVERS,
     S,
     Script,
     Step,
+    as_role,
     canon,
     compare,
     first_difference,
@@ -731,7 +733,7 @@ def test_relay_without_mutation_passes(pg: Any, relay: Any, request: pytest.Fixt
     """The relay itself is transparent: only its mutations make the comparison fail."""
     r = relay(lambda t, body, ready: body)
     for driver in DRIVERS:
-        compare(CANARY, driver, pg.dsn("postgres"), r.url(pg.dsn("postgres")), _schema(request))
+        compare(CANARY, driver, pg.dsn("postgres"), r.url(pg.dsn("postgres")), _schema(request), direct_role=None)
 
 
 @pytest.mark.parametrize("driver", ["psycopg-text", "asyncpg"])
@@ -740,7 +742,7 @@ def test_corruption_is_detected(mutation: str, driver: str, pg: Any, relay: Any,
                                 request: pytest.FixtureRequest) -> None:
     r = relay(MUTATIONS[mutation])
     with pytest.raises(AssertionError, match="proxy transcript differs from direct"):
-        compare(CANARY, driver, pg.dsn("postgres"), r.url(pg.dsn("postgres")), _schema(request))
+        compare(CANARY, driver, pg.dsn("postgres"), r.url(pg.dsn("postgres")), _schema(request), direct_role=None)
 
 
 # -- property: random literal values through both paths --------------------------------------
@@ -760,7 +762,7 @@ _values = st.one_of(
 
 @pytest.fixture
 def conn_pair(pg: Any, proxy: Any) -> Any:
-    direct, dn = psycopg_connect(pg.dsn("postgres"))
+    direct, dn = psycopg_connect(as_role(pg.dsn("postgres"), AGENTS_ROLE))
     proxied, pn = psycopg_connect(proxy.url("postgres"))
     try:
         yield (direct, dn), (proxied, pn)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,14 +21,8 @@ from tests.conftest import ADMIN_TOKEN, Postgres, RunningProxy
 
 
 def api(proxy: RunningProxy, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(proxy.admin_url + path, method=method, data=data,
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
+    """A review-API request; a body's "reviewer" picks whose token makes it."""
+    return proxy.review_request(method, path, body)
 
 
 def pending_ids(proxy: RunningProxy) -> set[int]:
@@ -416,8 +408,10 @@ def test_reviewer_cli(hold_proxy: RunningProxy, table: str, direct: psycopg.Conn
         assert main(["show", str(tx_id), *common]) == 0
         out = capsys.readouterr().out
         assert "changed by cli test" in out and table in out
-        assert main(["commit", str(tx_id), "--reviewer", "carol", *common]) == 0
-        assert f"#{tx_id} committed by carol" in capsys.readouterr().out
+        # The token says who decides: carol's own.
+        assert main(["commit", str(tx_id), "--reason", "cli test", "--admin", f"{host}:{port}",
+                     "--admin-token", hold_proxy.token("carol")]) == 0
+        assert f"#{tx_id} committed by carol: cli test" in capsys.readouterr().out
         assert rows(direct, table)[1] == (2, "changed by cli test")
         assert main(["rollback", str(tx_id), *common]) == 1
         assert main(["log", "--json", *common]) == 0

@@ -8,46 +8,36 @@ the review API) so the session-scoped `hold_proxy` stays clean for the next one.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 
-from tests.conftest import ADMIN_TOKEN, Postgres, RunningProxy, run_tool
+from tests.conftest import AGENTS_ROLE, Postgres, RunningProxy, run_tool
 
 HELD = re.compile(r"held for review as #(\d+)")
+#: The agent still acts as the agents' role, logged in as its own login role.
+SAME_IDENTITY = "SELECT current_user = 'dbproxy_agents' AND session_user = 'dbproxy_agent_agent'"
 REFUSED = "dbproxy refused this statement"
 
 # -- helpers (shared with test_hold_clients.py) -------------------------------------------------
 
 
 def api(hp: RunningProxy, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """One review-API request; returns (HTTP status, decoded JSON body)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(hp.admin_url + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+    """One review-API request; returns (HTTP status, decoded JSON body). A body's "reviewer" picks
+    whose token makes it."""
+    return hp.review_request(method, path, body)
 
 
 def pending_ids(hp: RunningProxy) -> set[int]:
@@ -730,7 +720,7 @@ def test_multi_statement_string_with_escape_after_commit_escapes_nothing(pg, hol
                       f"DELETE FROM {table}")
         assert_refused(exc, "42501", REFUSED)
         assert a.conn.info.transaction_status == TransactionStatus.IDLE
-        assert a.rows("SELECT current_user = session_user") == [(True,)]
+        assert a.rows(SAME_IDENTITY) == [(True,)]
         assert 1 in agent_ids(a, table)  # the DELETE after the refusal never ran
     assert ids(pg, table) == INITIAL
     review.release_all()
@@ -763,8 +753,7 @@ def test_escape_over_the_extended_protocol_is_refused(pg, hold_proxy, table, rev
         with pytest.raises(psycopg.Error) as exc:  # and outside an explicit transaction
             a.conn.execute(sql, prepare=True)
         assert exc.value.diag.sqlstate == sqlstate, exc.value.diag.message_primary
-        assert a.rows("SELECT current_user = session_user, current_setting('session_replication_role')") \
-            == [(True, "origin")]
+        assert a.rows(f"{SAME_IDENTITY}, current_setting('session_replication_role')") == [(True, "origin")]
         assert agent_ids(a, table) == [*INITIAL, 10]
         assert direct(pg, "SELECT gid FROM pg_prepared_xacts") == []
         assert review.new() == {tx}
@@ -852,31 +841,9 @@ def test_fast_path_function_call_is_refused(pg, pg_bin: Path, hold_proxy, review
 # The statements above are refused by reading their text. The same effects can be reached through
 # SQL the classifier never sees: EXECUTE in a DO block, or a function the agent creates (held DDL)
 # and then calls. Role and replication-role changes are caught by the proxy before the agent's
-# transaction joins the chain. Server programs and files act at once, so the defence is an upstream
-# role without those privileges (README, "The upstream role"): these tests run such a proxy. (The
-# shared `hold_proxy` logs in upstream as the superuser, where they do run.)
-
-UNPRIVILEGED_ROLE = "dbproxy_test_unprivileged"
-
-
-@pytest.fixture(scope="module")
-def unprivileged_upstream(pg: Postgres) -> Iterator[str]:
-    """A superuser-free upstream URL: an ordinary role that may create objects in public."""
-    password = uuid.uuid4().hex
-    direct(pg, f"""DO $$BEGIN
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{UNPRIVILEGED_ROLE}') THEN
-            CREATE ROLE {UNPRIVILEGED_ROLE} LOGIN NOSUPERUSER;
-        END IF; END$$""")
-    direct(pg, f"ALTER ROLE {UNPRIVILEGED_ROLE} PASSWORD '{password}'")
-    direct(pg, f"GRANT USAGE, CREATE ON SCHEMA public TO {UNPRIVILEGED_ROLE}")
-    parts = urlsplit(pg.url)
-    netloc = f"{UNPRIVILEGED_ROLE}:{password}@{parts.hostname}:{parts.port}"
-    try:
-        yield urlunsplit(parts._replace(netloc=netloc, path="/postgres"))
-    finally:
-        direct(pg, f"DROP OWNED BY {UNPRIVILEGED_ROLE}")
-        direct(pg, f"DROP ROLE IF EXISTS {UNPRIVILEGED_ROLE}")
-
+# transaction joins the chain. Server programs and files act at once, so the defence is that
+# agents never act as the proxy's own role (here a superuser): they act as the agents' role
+# (`dbproxy_agents`), which has no such privilege, through login roles of their own.
 
 HIDDEN_SERVER_SIDE_EFFECTS = [
     pytest.param(["DO $$BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {marker}'''; END$$"],
@@ -895,16 +862,15 @@ HIDDEN_SERVER_SIDE_EFFECTS = [
 
 
 @pytest.mark.parametrize("statements", HIDDEN_SERVER_SIDE_EFFECTS)
-def test_hidden_program_or_server_file_does_not_run(pg, make_proxy, unprivileged_upstream, unique_name, marker_dir,
-                                                     statements):
-    proxy = make_proxy(upstream=unprivileged_upstream, mode="hold", state_database=pg.dsn())
+def test_hidden_program_or_server_file_does_not_run(pg, hold_proxy, unique_name, marker_dir, statements):
+    proxy = hold_proxy  # its own upstream role is the superuser; its agents' is not
     r = Review(proxy)
     marker = marker_dir / "marker"
     oid = 1_000_000 + uuid.uuid4().int % 1_000_000_000  # a large object the agent creates (held)
     errors: list[str | None] = []
     try:
         with agent(proxy) as a:
-            assert a.rows("SELECT current_user") == [(UNPRIVILEGED_ROLE,)]
+            assert a.rows("SELECT current_user, session_user") == [(AGENTS_ROLE, "dbproxy_agent_agent")]
             for sql in statements:
                 try:
                     a.execute(sql.format(fn=f"{unique_name}_f", marker=marker, oid=oid))
@@ -943,6 +909,6 @@ def test_hidden_role_or_replication_role_change_has_no_effect(pg, hold_proxy, ta
                 a.execute(sql.format(table=table))
             except psycopg.Error as e:
                 errors.append(e.diag.sqlstate)
-        state = a.rows("SELECT current_user = session_user, current_setting('session_replication_role')")
+        state = a.rows(f"{SAME_IDENTITY}, current_setting('session_replication_role')")
         assert state == [(True, "origin")], f"the agent changed its role or replication role (errors: {errors})"
     assert ids(pg, table) == INITIAL

@@ -5,6 +5,7 @@ test_hold.py; these pin the rewriting rules so a change to them is a deliberate 
 from __future__ import annotations
 
 from dbproxy.hold.protocol import (
+    IDENTITY_COUNT_SQL,
     AgentTx,
     HoldState,
     PreparedStatements,
@@ -27,6 +28,7 @@ from dbproxy.protocol.messages import (
 )
 
 GUARD = guard_sql("")
+COUNT = IDENTITY_COUNT_SQL  # the role-catalog count the guard compares with (guard_sql)
 
 
 def upstream_sql(data: bytes) -> list[str]:
@@ -55,6 +57,12 @@ def cc(tag: str) -> bytes:
     return CommandComplete(tag).encode()
 
 
+def row(value: str) -> bytes:
+    """One single-column row and its CommandComplete, as a CAPTURE statement's answer."""
+    return (frame(b"T", b"\x00\x01x\x00" + bytes(18)) + frame(b"D", b"\x00\x01" + len(value).to_bytes(4, "big")
+                                                                 + value.encode()) + cc("SELECT 1"))
+
+
 def z(status: str) -> bytes:
     return ReadyForQuery(status).encode()
 
@@ -66,23 +74,29 @@ def test_reads_outside_a_chain_pass_through_untouched() -> None:
 
 def test_a_write_opens_the_chain_in_a_savepoint_and_probes_the_xid() -> None:
     plan = plan_query(HoldState(), "insert into t values (1)")
+    # The chain began in this cycle: the guard cannot know the chain's role-catalog count yet, so
+    # the count is read after BEGIN and again after the guard, and the proxy compares them.
     assert upstream_sql(plan.upstream) == [
-        "BEGIN", "SAVEPOINT dbproxy_tx", "insert into t values (1)", GUARD, "RELEASE SAVEPOINT dbproxy_tx"]
+        "BEGIN", COUNT, "SAVEPOINT dbproxy_tx", "insert into t values (1)", GUARD, COUNT,
+        "RELEASE SAVEPOINT dbproxy_tx"]
     state = HoldState()
     router = Router(plan, state)
-    seen = answer(router, cc("BEGIN"), cc("SAVEPOINT"), cc("INSERT 0 1"),
-                  frame(b"T", b"\x00\x01x\x00" + bytes(18)), frame(b"D", b"\x00\x01\x00\x00\x00\x03742"),
-                  cc("SELECT 1"), cc("RELEASE"), z("T"))
+    seen = answer(router, cc("BEGIN"), row("3"), cc("SAVEPOINT"), cc("INSERT 0 1"), row("742"), row("3"),
+                  cc("RELEASE"), z("T"))
     assert seen == [CommandComplete("INSERT 0 1")]  # the proxy's own statements are invisible
     assert router.done and router.captured == ["742"] and router.committed_writes == 1
+    assert router.named == {"identity_base": "3", "identity_now": "3"} and state.identity_baseline == 3
     assert state.chain and state.agent_tx is AgentTx.NONE
 
 
 def test_commit_then_delete_in_one_string_stays_in_the_chain() -> None:
-    state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1)
+    state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1, identity_baseline=2)
     plan = plan_query(state, "COMMIT; DELETE FROM t")
+    # The chain's count is known: the guard itself refuses a transaction that raised it.
+    guard = guard_sql("", baseline=2)
+    assert ") > 2 " in guard
     assert upstream_sql(plan.upstream) == [
-        GUARD, "RELEASE SAVEPOINT dbproxy_tx", "SAVEPOINT dbproxy_tx", "DELETE FROM t", GUARD,
+        guard, "RELEASE SAVEPOINT dbproxy_tx", "SAVEPOINT dbproxy_tx", "DELETE FROM t", guard,
         "RELEASE SAVEPOINT dbproxy_tx"]
     router = Router(plan, state)
     seen = answer(router, cc("SELECT 1"), cc("RELEASE"), cc("SAVEPOINT"), cc("DELETE 3"), cc("SELECT 1"),
@@ -107,11 +121,11 @@ def test_begin_in_a_pending_chain_is_a_savepoint_retagged_begin() -> None:
 def test_refusal_runs_nothing_and_shows_the_proxys_error() -> None:
     plan = plan_query(HoldState(), "insert into t values (1); vacuum t")
     sql = upstream_sql(plan.upstream)
-    assert sql[2] == "insert into t values (1)" and sql[3].startswith("DO $dbproxy$") and "'25001'" in sql[3]
+    assert sql[3] == "insert into t values (1)" and sql[4].startswith("DO $dbproxy$") and "'25001'" in sql[4]
     state = HoldState()
     router = Router(plan, state)
     upstream_error = ErrorResponse.make("25001", "refused by dbproxy").encode()
-    seen = answer(router, cc("BEGIN"), cc("SAVEPOINT"), cc("INSERT 0 1"), upstream_error, z("E"))
+    seen = answer(router, cc("BEGIN"), row("0"), cc("SAVEPOINT"), cc("INSERT 0 1"), upstream_error, z("E"))
     assert seen[0] == CommandComplete("INSERT 0 1")
     error = seen[1]
     assert isinstance(error, ErrorResponse) and error.sqlstate == "25001" and "VACUUM" in error.message
@@ -134,7 +148,7 @@ def test_extended_write_gets_injected_savepoint_messages_around_it() -> None:
     plan = plan_extended(HoldState(), PreparedStatements(), frames)
     # The chain opens right before the first Execute that may write (Parse and Bind write nothing).
     assert upstream_sql(plan.upstream) == [
-        "update t set v = $1", "BEGIN", "SAVEPOINT dbproxy_tx", GUARD, "RELEASE SAVEPOINT dbproxy_tx"]
+        "update t set v = $1", "BEGIN", COUNT, "SAVEPOINT dbproxy_tx", GUARD, COUNT, "RELEASE SAVEPOINT dbproxy_tx"]
     # The client's own unnamed statement and portal are untouched: the proxy's use their own names.
     names = {decode_frontend(f).name for f in FrameScanner().feed(plan.upstream)  # type: ignore[union-attr]
              if isinstance(f, Frame) and f.type == ord("P")}
@@ -142,9 +156,12 @@ def test_extended_write_gets_injected_savepoint_messages_around_it() -> None:
 
 
 def test_guard_failure_shows_the_proxys_error_and_keeps_the_agent_tx_out_of_the_chain() -> None:
-    state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1, login_role="o'brien")
+    state = HoldState(chain=True, held=1, agent_tx=AgentTx.EXPLICIT, tx_no=1, login_role="o'brien",
+                      run_as="agents", identity_baseline=0)
     plan = plan_query(state, "commit")
-    assert "session_user <> 'o''brien'" in upstream_sql(plan.upstream)[0]
+    guard = upstream_sql(plan.upstream)[0]
+    assert "session_user <> 'o''brien'" in guard and "current_user <> 'agents'" in guard
+    assert "pg_authid" in guard and "prosecdef" in guard
     router = Router(plan, state)
     seen = answer(router, ErrorResponse.make("22012", "division by zero").encode(), z("E"))
     assert isinstance(seen[0], ErrorResponse) and seen[0].sqlstate == "42501" and "role" in seen[0].message

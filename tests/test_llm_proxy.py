@@ -33,6 +33,8 @@ def setup_tables(url: str) -> None:
     direct(url, "INSERT INTO acct SELECT i, 100 FROM generate_series(1, 20) i")
     direct(url, "CREATE TABLE vault (id int PRIMARY KEY, secret text)")
     direct(url, "INSERT INTO vault VALUES (1, %s)", SECRET)
+    # The agents change acct's schema: their role owns it (as it would own what agents created).
+    direct(url, "ALTER TABLE acct OWNER TO dbproxy_agents")
 
 
 def default_of(url: str) -> Any:

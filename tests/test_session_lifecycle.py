@@ -168,7 +168,9 @@ async def test_application_name_is_the_clients_and_credentials_stay_hidden(proxy
             cur = await d.execute("select application_name, usename from pg_stat_activity where pid = %s", (pid,))
             app, user = await cur.fetchone()
         assert app == "my-agent"
-        assert user == pg.user  # the proxy's identity upstream, not the agent's
+        # Upstream the agent has its own login role: never the proxy's (and never the agent name
+        # it logs in to the proxy with, which is the proxy's business).
+        assert user == "dbproxy_agent_agent" and user != pg.user
         settings = await conn.fetch("select name, setting from pg_settings")
         dump = " ".join(f"{n}={s}" for n, s in settings)
         assert pg.password not in dump
@@ -213,9 +215,13 @@ async def test_graceful_shutdown_lets_running_work_finish_then_ends_the_rest(mak
 
 
 def test_agent_identity_is_not_the_upstream_user(proxy, pg):
+    """The agent never acts as the proxy's upstream role: it acts as the agents' role, logged in
+    upstream as a login role of its own."""
     with psycopg.connect(proxy.url()) as conn:
         assert conn.info.user == AGENT
-        assert conn.execute("select current_user").fetchone() == (pg.user,)
+        assert conn.execute("select current_user, session_user, current_setting('is_superuser')").fetchone() == (
+            "dbproxy_agents", "dbproxy_agent_agent", "off")
+        assert pg.user not in conn.execute("select current_user, session_user").fetchone()
 
 
 def test_slow_client_backpressure_bounds_proxy_memory(make_proxy):

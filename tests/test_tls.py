@@ -3,6 +3,7 @@ channel binding (SCRAM-SHA-256-PLUS), and asyncpg over TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import ssl
@@ -15,6 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from dbproxy.backend.agent_roles import RoleError
+from dbproxy.backend.upstream import UpstreamError, UpstreamTarget, connect
 
 
 def make_self_signed(d: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
@@ -108,59 +112,86 @@ async def test_asyncpg_over_tls(tls_proxy):
 
 
 def test_upstream_tls_sslmode_require_fails_cleanly_when_upstream_has_no_tls(pg, make_proxy):
-    """The test upstream has no TLS: sslmode=require upstream gives the agent a clear 08001."""
-    p = make_proxy(upstream=pg.url + "?sslmode=require")
-    with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
-        psycopg.connect(p.url())
+    """The test upstream has no TLS: with sslmode=require the proxy cannot reach it and refuses to
+    start, saying why, with host and port but never the password."""
+    with pytest.raises(RoleError, match="SSL") as info:
+        make_proxy(upstream=pg.url + "?sslmode=require")
+    assert pg.password not in str(info.value) and str(pg.port) in str(info.value)
+    with pytest.raises(UpstreamError, match="does not support SSL") as err:  # and an agent's session would see
+        asyncio.run(_upstream(pg.url + "?sslmode=require"))
+    assert err.value.sqlstate == "08001"
 
 
 # The bundled PostgreSQL is built without SSL, so the TLS-speaking upstream in these tests is a
-# proxy with a certificate in front of the real server: the proxy under test connects to it exactly
-# as it would to a TLS-enabled PostgreSQL (SSLRequest, handshake, SCRAM).
+# proxy with a certificate in front of the real server. The code under test is the proxy's upstream
+# connector (`dbproxy.backend.upstream.connect`, what every agent session uses): it connects to
+# that proxy exactly as it would to a TLS-enabled PostgreSQL (SSLRequest, handshake, SCRAM). (A
+# whole second proxy cannot sit in front of the first: it would need to manage the agents' roles
+# through it, which agents may never do.)
 
 
 def _upstream_url(tls_proxy, host: str, **query: str) -> str:
     return tls_proxy.url(**query).replace("127.0.0.1", host)
 
 
+async def _upstream(url: str) -> int:
+    """Connect and log in upstream as an agent session does; returns the backend pid."""
+    target = UpstreamTarget.parse(url)
+    up = await connect(target, {"application_name": "tls-test"}, within=10)
+    try:
+        return up.backend_pid
+    finally:
+        up.endpoint.write(b"X\x00\x00\x00\x04")
+        up.endpoint.close()
+
+
 def _tls_sessions(tls_proxy) -> list[bool]:
-    # The outer proxy's own journal connection is a session too; only the relayed one counts.
+    # The proxy's own journal connection is a session too; only the upstream connector's counts.
     return [s.login.tls for s in list(tls_proxy.server.sessions)
-            if s.login is not None and s.login.forward_params.get("application_name") != "dbproxy journal"]
+            if s.login is not None and s.login.forward_params.get("application_name") == "tls-test"]
+
+
+async def _connected_over(tls_proxy, url: str) -> list[bool]:
+    """Connect upstream through `url`, and report while connected whether the session used TLS."""
+    target = UpstreamTarget.parse(url)
+    up = await connect(target, {"application_name": "tls-test"}, within=10)
+    try:
+        for _ in range(50):
+            seen = _tls_sessions(tls_proxy)
+            if seen:
+                return seen
+            await asyncio.sleep(0.05)
+        return []
+    finally:
+        up.endpoint.write(b"X\x00\x00\x00\x04")
+        up.endpoint.close()
 
 
 @pytest.mark.parametrize("sslmode", ["require", "verify-ca", "verify-full", "prefer"])
-def test_upstream_tls_modes(tls_proxy, make_proxy, cert_files, sslmode):
+async def test_upstream_tls_modes(tls_proxy, cert_files, sslmode):
     cert, _ = cert_files
-    p = make_proxy(upstream=_upstream_url(tls_proxy, "localhost", sslmode=sslmode, sslrootcert=str(cert)))
-    with psycopg.connect(p.url()) as conn:
-        assert conn.execute("select 42").fetchone() == (42,)
-        assert _tls_sessions(tls_proxy) == [True]
+    url = _upstream_url(tls_proxy, "localhost", sslmode=sslmode, sslrootcert=str(cert))
+    assert await _connected_over(tls_proxy, url) == [True]
 
 
-def test_upstream_verify_full_rejects_wrong_host(make_proxy, tmp_path):
+async def test_upstream_verify_full_rejects_wrong_host(make_proxy, tmp_path):
     cert, key = make_self_signed(tmp_path, names=("db.example.com",))
     upstream = make_proxy(tls_cert=str(cert), tls_key=str(key))
-    p = make_proxy(upstream=_upstream_url(upstream, "127.0.0.1", sslmode="verify-full", sslrootcert=str(cert)))
-    with pytest.raises(psycopg.OperationalError, match="certificate verify failed: IP address mismatch"):
-        psycopg.connect(p.url())
-    q = make_proxy(upstream=_upstream_url(upstream, "127.0.0.1", sslmode="verify-ca", sslrootcert=str(cert)))
-    with psycopg.connect(q.url()) as conn:  # verify-ca checks the chain, not the name
-        assert conn.execute("select 1").fetchone() == (1,)
+    with pytest.raises(UpstreamError, match="certificate verify failed: IP address mismatch") as err:
+        await _upstream(_upstream_url(upstream, "127.0.0.1", sslmode="verify-full", sslrootcert=str(cert)))
+    assert err.value.sqlstate == "08001"
+    # verify-ca checks the chain, not the name
+    assert await _upstream(_upstream_url(upstream, "127.0.0.1", sslmode="verify-ca", sslrootcert=str(cert))) > 0
 
 
-def test_upstream_verify_ca_rejects_unknown_root(tls_proxy, make_proxy, tmp_path):
+async def test_upstream_verify_ca_rejects_unknown_root(tls_proxy, tmp_path):
     other, _ = make_self_signed(tmp_path)
-    p = make_proxy(upstream=_upstream_url(tls_proxy, "localhost", sslmode="verify-ca", sslrootcert=str(other)))
-    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
-        psycopg.connect(p.url())
+    with pytest.raises(UpstreamError, match="certificate verify failed"):
+        await _upstream(_upstream_url(tls_proxy, "localhost", sslmode="verify-ca", sslrootcert=str(other)))
 
 
-def test_upstream_sslmode_disable_is_plain(tls_proxy, make_proxy):
-    p = make_proxy(upstream=_upstream_url(tls_proxy, "127.0.0.1", sslmode="disable"))
-    with psycopg.connect(p.url()) as conn:
-        assert conn.execute("select 1").fetchone() == (1,)
-        assert _tls_sessions(tls_proxy) == [False]
+async def test_upstream_sslmode_disable_is_plain(tls_proxy):
+    assert await _connected_over(tls_proxy, _upstream_url(tls_proxy, "127.0.0.1", sslmode="disable")) == [False]
 
 
 async def test_require_tls_refuses_plain_clients(make_proxy, cert_files):
@@ -173,14 +204,10 @@ async def test_require_tls_refuses_plain_clients(make_proxy, cert_files):
         assert conn.execute("select 1").fetchone() == (1,)
 
 
-def test_upstream_sslmode_allow_retries_with_tls(make_proxy, cert_files):
+async def test_upstream_sslmode_allow_retries_with_tls(make_proxy, cert_files):
     """libpq's allow: plain first, TLS when the server refuses plain text."""
     cert, key = cert_files
     tls_only = make_proxy(tls_cert=str(cert), tls_key=str(key), require_tls=True)
-    allow = make_proxy(upstream=_upstream_url(tls_only, "127.0.0.1", sslmode="allow"))
-    with psycopg.connect(allow.url()) as conn:
-        assert conn.execute("select 'via allow'").fetchone() == ("via allow",)
-        assert _tls_sessions(tls_only) == [True]
-    plain = make_proxy(upstream=_upstream_url(tls_only, "127.0.0.1", sslmode="disable"))
-    with pytest.raises(psycopg.OperationalError, match="connection without TLS refused"):
-        psycopg.connect(plain.url())
+    assert await _connected_over(tls_only, _upstream_url(tls_only, "127.0.0.1", sslmode="allow")) == [True]
+    with pytest.raises(UpstreamError, match="connection without TLS refused"):
+        await _upstream(_upstream_url(tls_only, "127.0.0.1", sslmode="disable"))

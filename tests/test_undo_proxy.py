@@ -159,7 +159,8 @@ def test_cli_undo_and_show(capture_db: str, undo_proxy: RunningProxy, tmp_path: 
     assert shown.returncode == 0, shown.stderr
     assert "Inverse (undo)" in shown.stdout and 'DELETE FROM "public"."note"' in shown.stdout
     assert "sequences not rewound" in shown.stdout
-    undone = subprocess.run([*cli, "undo", str(tx_id), "--reviewer", "dana"], env=env, capture_output=True,
+    undone = subprocess.run([*cli, "undo", str(tx_id), "--reason", "cli test"],
+                            env={**env, "DBPROXY_ADMIN_TOKEN": undo_proxy.token("dana")}, capture_output=True,
                             text=True, timeout=60)
     assert undone.returncode == 0, undone.stdout + undone.stderr
     assert "undo done" in undone.stdout

@@ -18,7 +18,7 @@ import pytest
 
 from dbproxy.undo.verification import VERIFY_LIMIT
 from sandbox.pgcluster import free_port
-from tests.conftest import ADMIN_TOKEN, RunningProxy
+from tests.conftest import RunningProxy
 from tests.test_hold import api
 from tests.test_undo_proxy import Agent, dbname, digest, direct, journal_undo
 
@@ -35,10 +35,10 @@ def last_xid(url: str) -> int:
     return int(direct(url, "SELECT coalesce(max(xid), 0) FROM dbproxy.undo_records")[0][0])
 
 
-def cli(proxy: RunningProxy, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`dbproxy ARGS` as a reviewer runs it, against this proxy's admin API."""
+def cli(proxy: RunningProxy, tmp_path: Path, *args: str, reviewer: str = "admin") -> subprocess.CompletedProcess[str]:
+    """`dbproxy ARGS` as `reviewer` runs it (with their token), against this proxy's admin API."""
     host, port = proxy.admin_url.removeprefix("http://").rsplit(":", 1)
-    env = {**os.environ, "DBPROXY_ADMIN": f"{host}:{port}", "DBPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
+    env = {**os.environ, "DBPROXY_ADMIN": f"{host}:{port}", "DBPROXY_ADMIN_TOKEN": proxy.token(reviewer),
            "DBPROXY_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "dbproxy", *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
@@ -160,7 +160,7 @@ def test_unreachable_sandbox_holds(capture_db: str, make_proxy: Callable[..., Ru
     assert digest(capture_db, "acct") == before
 
     # A reviewer still decides: this one is committed...
-    done = cli(proxy, tmp_path, "commit", str(held), "--reviewer", "erin")
+    done = cli(proxy, tmp_path, "commit", str(held), reviewer="erin")
     assert done.returncode == 0, done.stdout + done.stderr
     assert direct(capture_db, "SELECT id, balance FROM acct WHERE id IN (1, 6) ORDER BY id") == [(1, 1), (6, 6)]
     committed = digest(capture_db, "acct")
@@ -171,7 +171,7 @@ def test_unreachable_sandbox_holds(capture_db: str, make_proxy: Callable[..., Ru
     (second,) = other.held_ids()
     assert second != held
     assert direct(capture_db, "SELECT count(*) FROM acct WHERE id = 2") == [(1,)]
-    undone = cli(proxy, tmp_path, "rollback", str(second), "--reviewer", "erin")
+    undone = cli(proxy, tmp_path, "rollback", str(second), reviewer="erin")
     assert undone.returncode == 0, undone.stdout + undone.stderr
     assert digest(capture_db, "acct") == committed
     assert entry(proxy, second)["outcome"] == "rolled back"
@@ -272,6 +272,7 @@ def test_reads_of_other_tables_and_ddl_verify_at_commit(capture_db: str, undo_pr
     because the schema copy was made ahead of time, after the previous DDL committed."""
     make_acct(capture_db, rows=3000)  # more rows than a widened random sample (500) would hold
     direct(capture_db, "CREATE TABLE archive (id int PRIMARY KEY, balance int NOT NULL)")
+    direct(capture_db, "ALTER TABLE archive OWNER TO dbproxy_agents")  # the agents change its schema
     agent = Agent(undo_proxy, dbname(capture_db))
 
     def verified(sql: str) -> dict[str, Any]:

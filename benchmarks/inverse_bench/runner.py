@@ -281,7 +281,7 @@ class Bench:
                     verdict = await ctx.verify(inverse.candidate())
                 r.verify_ms = round(ctx.verify_ms, 3) if ctx.verdicts else None
                 _record(r, inverse, verdict)
-                await agent.execute(MARK_SQL, xid, AGENT, None, len(changes))
+                await agent.execute(MARK_SQL, AGENT, None, len(changes))
                 try:
                     await tx.commit()
                 except asyncpg.PostgresError as e:  # a deferred constraint, say: the forward did not happen

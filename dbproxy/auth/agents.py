@@ -76,6 +76,7 @@ class Agent:
     verifier: Verifier
     databases: tuple[str, ...] = ()
     mode: str | None = None  # None: the proxy's default mode
+    upstream_role: str | None = None  # None: dbproxy_agent_<name> (see dbproxy.backend.agent_roles)
 
     def may_open(self, database: str, default_database: str) -> bool:
         allowed = self.databases or (default_database,)
@@ -109,7 +110,7 @@ class AgentRegistry:
                 verifier = reg.agents[name].verifier
             else:
                 raise ValueError(f"agent {name!r} has neither a password nor a verifier")
-            reg.agents[name] = Agent(name, verifier, tuple(cfg.databases), cfg.mode)
+            reg.agents[name] = Agent(name, verifier, tuple(cfg.databases), cfg.mode, cfg.upstream_role)
         return reg
 
 

@@ -3,7 +3,8 @@
 - `upstream`: parse the upstream URL, connect (TLS with libpq's sslmode semantics, the server's
   authentication), send cancels.
 - `embedded`: the embedded default, a cluster in the data directory from the bundled binaries.
-- `privileges`: what the upstream role may do that no classifier can stop.
+- `agent_roles`: each agent's own upstream login role, and the check that the agents' roles
+  cannot reach the proxy's state or each other's sessions.
 
 May import: `protocol`, `config`, `net`, `auth`; and the `sandbox.pgcluster` helper.
 """

@@ -4,65 +4,84 @@
 It listens on a Unix socket only (no TCP port an agent could reach around the proxy) and requires
 SCRAM with generated passwords that only the proxy reads. Data survives restarts.
 
-Agents' sessions do not run as the cluster's superuser: functions and DO blocks run by a
-superuser could act outside any transaction (server programs, server files), which hold mode
-cannot stop. The proxy logs in as `dbproxy_agents`, an ordinary role that owns the `postgres`
-database and its `public` schema; the superuser is used only to set that role up.
+Roles: the cluster's superuser is the proxy's own role (it owns the journal, the capture log and
+the undo records, and installs capture). Agents never act as it: they act as `dbproxy_agents`, an
+ordinary role that owns the `postgres` database and its `public` schema, through login roles of
+their own (`dbproxy.backend.agent_roles`). Functions and DO blocks run by a superuser could act
+outside any transaction (server programs, server files), which hold mode cannot stop.
+
+Earlier versions logged agents in as `dbproxy_agents` itself, which then created and owned the
+journal: `start` gives whatever `dbproxy_agents` owns in the `dbproxy` schema to the superuser, so
+an upgraded data directory keeps its journal and the agents lose access to it.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 from pathlib import Path
-from urllib.parse import quote
 
 from sandbox.pgcluster import ClusterError, LocalCluster, bin_dir
 
 AGENT_ROLE = "dbproxy_agents"
 
+_SETUP_SQL = """
+SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {literal}) AS missing \\gset
+\\if :missing
+CREATE ROLE {ident} NOLOGIN NOINHERIT NOSUPERUSER NOCREATEROLE NOREPLICATION;
+\\endif
+ALTER ROLE {ident} NOLOGIN PASSWORD NULL;
+ALTER DATABASE postgres OWNER TO {ident};
+ALTER SCHEMA public OWNER TO {ident};
+DO $adopt$
+DECLARE o record;
+BEGIN
+    IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'dbproxy'
+               AND nspowner = (SELECT oid FROM pg_roles WHERE rolname = {literal})) THEN
+        EXECUTE format('ALTER SCHEMA dbproxy OWNER TO %I', current_user);
+    END IF;
+    FOR o IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'dbproxy' AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+               AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = {literal}) LOOP
+        EXECUTE format('ALTER %s dbproxy.%I OWNER TO %I',
+                       CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                      WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, o.relname, current_user);
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'dbproxy') THEN
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA dbproxy FROM %I', {literal});
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA dbproxy FROM %I', {literal});
+        EXECUTE format('REVOKE CREATE ON SCHEMA dbproxy FROM %I', {literal});
+    END IF;
+END
+$adopt$;
+"""
+
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, agent_role: str = AGENT_ROLE) -> None:
+        self.agent_role = agent_role
         self.cluster = LocalCluster(Path(data_dir) / "postgres", host=None, port=5432)
-        self.role_password_file = Path(data_dir) / "postgres.role.password"
+        # Where earlier versions kept the password of the agents' role, which no longer logs in.
+        self._old_role_password = Path(data_dir) / "postgres.role.password"
 
     def start(self) -> None:
         self.cluster.init()
         self.cluster.start()
-        self._ensure_role()
+        self._set_up_roles()
 
     def stop(self) -> None:
         self.cluster.stop()
 
     def url(self) -> str:
-        """Where the proxy sends agent sessions (the unprivileged role, never the superuser)."""
-        pw = quote(self.role_password_file.read_text().strip(), safe="")
-        return (f"postgresql://{AGENT_ROLE}:{pw}@/postgres?host={quote(str(self.cluster.socket_dir))}"
-                f"&port={self.cluster.port}")
-
-    def superuser_url(self) -> str:
-        """For setting the cluster up (the agents' role, `dbproxy install`), never for agents."""
+        """The proxy's own role (the cluster's superuser): never given to agents, who log in as
+        roles of their own (`dbproxy.backend.agent_roles`)."""
         return self.cluster.url()
 
-    def _ensure_role(self) -> None:
-        if not self.role_password_file.exists():
-            fd = os.open(self.role_password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(24) + "\n")
-        password = self.role_password_file.read_text().strip()
-        literal = "'" + password.replace("'", "''") + "'"
-        sql = f"""
-SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{AGENT_ROLE}') AS missing \\gset
-\\if :missing
-CREATE ROLE {AGENT_ROLE} LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION;
-\\endif
-ALTER ROLE {AGENT_ROLE} PASSWORD {literal};
-ALTER DATABASE postgres OWNER TO {AGENT_ROLE};
-ALTER SCHEMA public OWNER TO {AGENT_ROLE};
-"""
+    def _set_up_roles(self) -> None:
+        role = self.agent_role
+        sql = _SETUP_SQL.format(role=role, ident='"' + role.replace('"', '""') + '"',
+                                literal="'" + role.replace("'", "''") + "'")
         proc = subprocess.run([str(bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", self.cluster.url()],
                               input=sql, capture_output=True, text=True, check=False, timeout=60)
         if proc.returncode != 0:
-            raise ClusterError(f"could not set up the {AGENT_ROLE} role: {proc.stderr.strip()}")
+            raise ClusterError(f"could not set up the {role} role: {proc.stderr.strip()}")
+        self._old_role_password.unlink(missing_ok=True)

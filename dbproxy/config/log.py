@@ -2,21 +2,21 @@
 
 `event(name, **fields)` is the only call sites use. Values that are secrets never reach it: the
 upstream URL is logged through `UpstreamTarget.display` (host and port only) and statements are
-passed through `redact_sql` first.
+passed through `redact_sql` first (PostgreSQL's own lexer finds the password literals, see
+`inverse.redact`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
 
-logger = logging.getLogger("dbproxy")
+from inverse.redact import redact
 
-_PASSWORD_LITERAL = re.compile(r"(PASSWORD\s+)(E?'(?:[^']|'')*')", re.IGNORECASE)
+logger = logging.getLogger("dbproxy")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -64,5 +64,6 @@ def event(name: str, *, level: int = logging.INFO, exc_info: bool = False, **fie
 
 
 def redact_sql(sql: str) -> str:
-    """Hide password literals (CREATE/ALTER ROLE ... PASSWORD '...') before a statement is logged."""
-    return _PASSWORD_LITERAL.sub(r"\1'***'", sql)
+    """Hide credentials (PASSWORD '...', password options, conninfo and URL passwords) in SQL
+    before it is logged, journaled or shown."""
+    return redact(sql)

@@ -61,6 +61,10 @@ class AgentSettings(BaseModel):
         '["*"] means any',
     )
     mode: Mode | None = Field(default=None, description="this agent's mode; default: the `mode` setting")
+    upstream_role: str | None = Field(
+        default=None, min_length=1, max_length=63,
+        description="the upstream login role this agent's sessions use (created and managed by the proxy); "
+        "default dbproxy_agent_<name>")
 
     @field_validator("verifier")
     @classmethod
@@ -113,6 +117,10 @@ class Settings(BaseModel):
         "default: the upstream database")
     data_dir: Path = Field(default_factory=_default_data_dir)
     agents: dict[str, AgentSettings] = Field(default_factory=dict)
+    agent_role: str = Field(
+        default="dbproxy_agents", min_length=1, max_length=63,
+        description="the upstream role agents act as (it holds their table privileges); each agent logs in as a "
+        "role of its own that is a member of it")
     agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
     tls_cert: Path | None = None
     tls_key: Path | None = None

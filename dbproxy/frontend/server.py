@@ -2,10 +2,15 @@
 and shuts down gracefully.
 
 `ProxyServer` owns everything that is shared between sessions: settings, the upstream target
-(with its credentials), the agent registry, the TLS context, the table of live sessions used to
-route CancelRequests, and the session limit. `serve()` is the `dbproxy serve` entry point: it
-starts the embedded PostgreSQL when no upstream is given, prints the agent URL and runs until
-SIGTERM/SIGINT.
+(the proxy's own role and its credentials), the agents' upstream roles, the agent registry, the
+TLS context, the table of live sessions used to route CancelRequests, and the session limit.
+`serve()` is the `dbproxy serve` entry point: it starts the embedded PostgreSQL when no upstream
+is given, prints the agent URL and runs until SIGTERM/SIGINT.
+
+Before it listens, the server sets up each agent's own upstream login role and checks the line
+between agents and the proxy's state (`dbproxy.backend.agent_roles`): it refuses to start while
+the agents' roles could read or change the journal, the capture log or the undo records, or reach
+each other's sessions.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pathlib import Path
 import asyncpg
 
 from dbproxy.auth.agents import AgentRegistry, add_to_store, load_store
+from dbproxy.auth.reviewers import Reviewers
 from dbproxy.auth.scram import certificate_binding
-from dbproxy.backend.embedded import AGENT_ROLE, EmbeddedPostgres
-from dbproxy.backend.privileges import risky_privileges
+from dbproxy.backend import agent_roles
+from dbproxy.backend.agent_roles import RoleError
+from dbproxy.backend.embedded import EmbeddedPostgres
 from dbproxy.backend.upstream import UpstreamError, UpstreamTarget
 from dbproxy.config import log
 from dbproxy.config.settings import Settings
@@ -51,8 +58,10 @@ class ProxyServer:
         self.journal: Journal | None = None
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
-        self.privilege_warnings: list[str] = []
         self.target = target
+        self.agent_role = settings.agent_role
+        self.logins: dict[str, str] = {}  # agent name -> its upstream login role
+        self._role_key = b""
         self.registry = registry
         self.sessions: set[Session] = set()
         self._by_pid: dict[int, Session] = {}
@@ -74,7 +83,13 @@ class ProxyServer:
     # -- listening ------------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:
-        await self._start_review()
+        try:
+            await self._set_up_agent_roles()
+            await self._start_review()
+            await self._check_boundary()
+        except BaseException:
+            await self.shutdown(0)
+            raise
         host, port = self.settings.listen_address
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._new_endpoint, host, port, reuse_address=True)
@@ -82,6 +97,71 @@ class ProxyServer:
         log.event("proxy.listening", address=f"{sock[0]}:{sock[1]}", upstream=self.target.display,
                   tls=self.handshake_config.tls_context is not None)
         return sock[0], sock[1]
+
+    # -- the agents' upstream roles --------------------------------------------------------------
+
+    async def _connect_own(self, dsn: str) -> asyncpg.Connection:
+        """A connection as the proxy's own role. At start the proxy must reach the upstream (to set
+        up the agents' roles and check what they can reach), so failing here stops `serve`."""
+        try:
+            return await asyncpg.connect(dsn, timeout=self.settings.connect_timeout)
+        except TimeoutError:
+            why = f"no answer within {self.settings.connect_timeout:g} s"
+        except (OSError, asyncpg.PostgresError) as e:
+            why = str(e) or type(e).__name__
+        raise RoleError(f"cannot connect to the upstream as {self.target.user} at {self.target.display}: {why}")
+
+    async def _set_up_agent_roles(self) -> None:
+        """Create or repair each agent's login role and the agents' common role."""
+        self._role_key = agent_roles.load_key(self.settings.data_dir)
+        self.logins = {a.name: agent_roles.login_role(a.name, a.upstream_role) for a in self.registry.agents.values()}
+        con = await self._connect_own(self.target.url())
+        try:
+            for line in await agent_roles.provision(con, group=self.agent_role, logins=self.logins.values(),
+                                                    key=self._role_key):
+                log.event("upstream.roles", line=line)
+        finally:
+            await con.close()
+
+    async def _check_boundary(self) -> None:
+        """Refuse to start while the agents' roles could reach the proxy's state: in the upstream
+        database (capture log, undo records, the journal when it lives there) and in the state
+        database."""
+        roles = [self.agent_role, *self.logins.values()]
+        dsns = [self.target.url()]
+        if self.settings.state_database is not None:
+            dsns.append(self.settings.state_database.get_secret_value())
+        problems: list[str] = []
+        for dsn in dsns:
+            con = await self._connect_own(dsn)
+            try:
+                await agent_roles.lock_down(con, roles)
+                problems += [p for p in await agent_roles.boundary_problems(con, roles, proxy_role=self.target.user)
+                             if p not in problems]
+            finally:
+                await con.close()
+        if problems:
+            raise RoleError("the agents' upstream roles could reach the proxy's own state or each other: "
+                            + "; ".join(problems)
+                            + ". Fix the privileges (see README, 'The upstream roles'), then start again.")
+
+    def agent_target(self, agent: str, database: str) -> UpstreamTarget:
+        """Where an agent's sessions go: the upstream, as the agent's own login role."""
+        role = self.logins.get(agent) or agent_roles.login_role(agent)
+        return dataclasses.replace(self.target_for(database), user=role,
+                                   password=agent_roles.password_for(self._role_key, role))
+
+    async def repair_agent_login(self, agent: str) -> None:
+        """An agent's login role was refused upstream (someone changed its password): set it again."""
+        role = self.logins.get(agent) or agent_roles.login_role(agent)
+        con = await self._connect_own(self.target.url())
+        try:
+            await agent_roles.repair(con, role, self._role_key)
+        finally:
+            await con.close()
+        log.event("upstream.login_repaired", agent=agent, role=role, level=logging.WARNING)
+
+    # -- review -------------------------------------------------------------------------------
 
     async def _start_review(self) -> None:
         """The journal, the review queue (recovering what a previous run left) and the admin API."""
@@ -98,7 +178,7 @@ class ProxyServer:
             return
         self.pending = PendingRegistry(self.journal, target_for=self.target_for,
                                        dsn_for=lambda db: self.target_for(db).url(),
-                                       hold_timeout=settings.hold_timeout)
+                                       hold_timeout=settings.hold_timeout, agent_role=self.agent_role)
 
         self.pending.verification = Verification(
             backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
@@ -123,17 +203,11 @@ class ProxyServer:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         marker.write_text(instance + "\n")
         self.pending.start()
-        if modes != {"passthrough"}:
-            try:
-                self.privilege_warnings = await risky_privileges(self.target.url())
-            except Exception as e:  # the first agent session will report an unreachable upstream
-                log.event("upstream.privileges_unknown", reason=str(e), level=logging.WARNING)
-            for why in self.privilege_warnings:
-                log.event("upstream.risky_privilege", role=self.target.user, why=why, level=logging.WARNING)
         token = load_or_create_token(settings.data_dir,
                                      settings.admin_token.get_secret_value() if settings.admin_token else None)
         ahost, aport = settings.admin_address
-        self.admin = AdminServer(self.pending, token, host=ahost, port=aport)
+        self.admin = AdminServer(self.pending, token, host=ahost, port=aport,
+                                 reviewers=Reviewers(settings.data_dir, token))
         self.admin_address = await self.admin.start()
 
     def _new_endpoint(self) -> Endpoint:
@@ -253,9 +327,9 @@ def build_registry(settings: Settings, *, announce: bool = True, database: str =
 async def _install_embedded(embedded: EmbeddedPostgres) -> None:
     """Undo mode on the embedded default: `dbproxy install` as the cluster's superuser."""
     try:
-        con = await asyncpg.connect(embedded.superuser_url())
+        con = await asyncpg.connect(embedded.url())
         try:
-            report = await install(con, grant_to=AGENT_ROLE)
+            report = await install(con)
         finally:
             await con.close()
     except asyncpg.PostgresError as e:
@@ -270,7 +344,7 @@ async def serve(settings: Settings) -> int:
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.upstream is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
+            embedded = EmbeddedPostgres(settings.data_dir, settings.agent_role)
             log.event("embedded.starting", data_dir=str(embedded.cluster.data_dir))
             await asyncio.to_thread(embedded.start)
             target = UpstreamTarget.parse(embedded.url())
@@ -282,7 +356,7 @@ async def serve(settings: Settings) -> int:
             await _install_embedded(embedded)
         proxy = ProxyServer(settings, target, registry)
         host, port = await proxy.start()
-    except (OSError, ValueError, ClusterError, JournalError) as e:  # ssl.SSLError is an OSError
+    except (OSError, ValueError, ClusterError, JournalError, RoleError) as e:  # ssl.SSLError is an OSError
         what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         print(f"dbproxy: cannot start on {settings.listen}: {what}", file=sys.stderr)
         if embedded is not None:
@@ -295,9 +369,6 @@ async def serve(settings: Settings) -> int:
           f"  default mode: {settings.mode}; review API: http://{_addr(proxy.admin_address)} "
           f"(token in {settings.data_dir / 'admin-token'} unless configured)",
           flush=True)
-    for why in proxy.privilege_warnings:
-        print(f"dbproxy: WARNING: the upstream role {target.user!r} can escape hold mode: {why}. "
-              "Give the proxy a role without it (see README, 'The upstream role').", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

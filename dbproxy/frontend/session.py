@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import secrets
 import struct
 import time
@@ -39,7 +40,7 @@ from dbproxy.config.settings import Settings
 from dbproxy.frontend.handshake import ClientLogin, ClientRejected, HandshakeConfig, client_handshake
 from dbproxy.hold.connection import HeldConnection
 from dbproxy.hold.pending import PendingRegistry
-from dbproxy.hold.protocol import notice
+from dbproxy.hold.protocol import identity_refusal, notice, refusal_sql
 from dbproxy.hold.session import HoldSession
 from dbproxy.journal.passlog import CLIENT_TYPES, SERVER_TYPES, PassthroughLog
 from dbproxy.journal.records import StatementRecord
@@ -55,6 +56,7 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.capture_schema import CAPTURE_SETTING
+from inverse.lexer import split_cached
 
 _ids = itertools.count(1)
 _I32 = struct.Struct("!i")
@@ -68,6 +70,11 @@ _TERMINATE = ord("X")
 #: Fast-path sets (see `scan_whole`): Terminate and anything unusual take the general path.
 _CLIENT_FAST = frozenset(FRONTEND_TYPES - {_TERMINATE})
 _READY_SET = frozenset({_READY})
+#: Statements that change roles or privileges all contain one of these words (`inverse.identity`):
+#: only client bytes with one of them are decoded and screened on the pass-through path.
+_IDENTITY_WORDS = re.compile(
+    rb"(?i)\b(?:role|user|group|owner|authorization|definer|owned|grant|revoke|privileges)\b")
+_SCREENED = frozenset(b"QP")
 
 
 class ProxyHost(Protocol):
@@ -76,8 +83,11 @@ class ProxyHost(Protocol):
     settings: Settings
     handshake_config: HandshakeConfig
     pending: PendingRegistry | None  # None: no journal (pass-through agents only)
+    agent_role: str  # the role agents act as upstream
 
     def target_for(self, database: str) -> UpstreamTarget: ...
+    def agent_target(self, agent: str, database: str) -> UpstreamTarget: ...
+    async def repair_agent_login(self, agent: str) -> None: ...
     def admit(self) -> bool: ...
     def register(self, session: Session) -> None: ...
     def unregister(self, session: Session) -> None: ...
@@ -167,7 +177,17 @@ class Session:
             # In the startup packet, so RESET ALL and DISCARD ALL return to it.
             params[CAPTURE_SETTING] = "on"
             self.capture = await self.server.pending.capture_ready(login.database)
-        up = await connect(self.server.target_for(login.database), params, within=self.server.settings.connect_timeout)
+        # The agent's own login role, acting as the agents' common role (in the startup packet, so
+        # RESET ROLE returns to it): see dbproxy.backend.agent_roles.
+        params["role"] = self.server.agent_role
+        target = self.server.agent_target(login.agent.name, login.database)
+        try:
+            up = await connect(target, params, within=self.server.settings.connect_timeout)
+        except UpstreamError as e:
+            if e.server_sqlstate != SQLState.INVALID_PASSWORD:
+                raise
+            await self.server.repair_agent_login(login.agent.name)  # someone changed its password
+            up = await connect(target, params, within=self.server.settings.connect_timeout)
         self.upstream = up.endpoint
         self.backend_pid, self.upstream_secret = up.backend_pid, up.backend_secret
         self.server.register(self)
@@ -205,13 +225,16 @@ class Session:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         held = HeldConnection(self.server.pending, self.upstream, up.reader.scanner, agent=login.agent.name,
                               session_id=self.id, database=login.database, mode=self.mode,
-                              backend_pid=self.backend_pid, upstream_secret=self.upstream_secret)
+                              backend_pid=self.backend_pid, upstream_secret=self.upstream_secret,
+                              login_role=self.server.agent_target(login.agent.name, login.database).user,
+                              run_as=self.server.agent_role)
         held.state.capture = self.capture
         leftover = up.reader.leftover()
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))
         held.attach()
-        self._hold = HoldSession(self, held, max_message_bytes=self.server.settings.max_message_bytes)
+        self._hold = HoldSession(self, held, max_message_bytes=self.server.settings.max_message_bytes,
+                                 log_statements=self._log_statements)
         # Told with the first answer rather than during login, when most drivers have no notice
         # handler installed yet.
         self._hold.first_notices = b"".join(notices)
@@ -251,7 +274,8 @@ class Session:
     def _from_client(self, data: bytes) -> None:
         scanner = self._client_scanner
         assert scanner is not None and self.upstream is not None
-        if scanner.at_boundary and not self._log_statements and self._passlog is None:
+        if scanner.at_boundary and not self._log_statements and self._passlog is None \
+                and not _IDENTITY_WORDS.search(data):
             whole = scan_whole(data, _CLIENT_FAST, _REQUESTS, self._max_message)
             if whole is not None:
                 self.outstanding += whole[0]
@@ -286,10 +310,30 @@ class Session:
                 self._log_statement(item)
             if self._passlog is not None and t in CLIENT_TYPES:
                 self._passlog.client(item)
-            out.append(item.raw)
+            out.append(self._screened(item) if t in _SCREENED and _IDENTITY_WORDS.search(item.raw) else item.raw)
         if out:
             self.unanswered = True
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _screened(self, f: Frame) -> bytes:
+        """A Query or Parse that may change roles or privileges (`_IDENTITY_WORDS` matched): such
+        statements are for people in every mode, also for trusted pass-through agents. The
+        upstream gets a statement that fails with the proxy's 42501 instead (so the server's state
+        follows PostgreSQL's error rules), and none of a multi-statement string runs."""
+        try:
+            msg = decode_frontend(f)
+        except ProtocolViolation:
+            return f.raw  # the upstream answers a malformed message itself
+        sql = msg.sql if isinstance(msg, Query | Parse) else ""
+        for stmt in split_cached(sql):
+            error = identity_refusal(stmt, self.server.agent_role)
+            if error is None:
+                continue
+            log.event("session.refused", session=self.id, agent=self.login.agent.name if self.login else "",
+                      reason=error.message)
+            refused = refusal_sql(error)
+            return Query(refused).encode() if isinstance(msg, Query) else Parse(msg.name, refused).encode()
+        return f.raw
 
     def _journal_passthrough(self, records: list[StatementRecord], outcome: str) -> None:
         assert self.server.pending is not None and self.login is not None

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from dbproxy.backend.upstream import UpstreamTarget, send_cancel
 from dbproxy.config import log
-from dbproxy.hold.protocol import AgentTx, HoldState, Plan, Router, StatementResult, injected_script
+from dbproxy.hold.protocol import (
+    IDENTITY_COUNT_SQL,
+    AgentTx,
+    HoldState,
+    Plan,
+    Router,
+    StatementResult,
+    injected_script,
+)
 from dbproxy.journal.records import StatementRecord
 from dbproxy.journal.tags import tag_rows, wrote_by_tag
 from dbproxy.net.endpoint import ConnectionClosed, Endpoint
@@ -67,7 +75,8 @@ class HeldConnection:
     """An upstream connection in hold mode and the chain on it (see module docstring)."""
 
     def __init__(self, registry: ReviewQueue, endpoint: Endpoint, scanner: FrameScanner, *, agent: str,
-                 session_id: int, database: str, mode: str, backend_pid: int, upstream_secret: bytes) -> None:
+                 session_id: int, database: str, mode: str, backend_pid: int, upstream_secret: bytes,
+                 login_role: str = "", run_as: str = "") -> None:
         self.registry = registry
         self.endpoint = endpoint
         self.scanner = scanner
@@ -77,7 +86,10 @@ class HeldConnection:
         self.mode = mode
         self.backend_pid = backend_pid
         self.upstream_secret = upstream_secret
-        self.state = HoldState(read_only_agent=mode == "read-only", login_role=registry.target_for(database).user)
+        # The guard checks the session keeps the identity it logged in with (`login_role`) and
+        # acts as the agents' role (`run_as`).
+        self.state = HoldState(read_only_agent=mode == "read-only",
+                               login_role=login_role or registry.target_for(database).user, run_as=run_as)
         self.lock = asyncio.Lock()
         self.sink: Callable[[bytes], None] | None = None  # the agent's client, while attached
         self.session: Attached | None = None
@@ -212,7 +224,7 @@ class HeldConnection:
         """The chain ended (committed, rolled back, expired): the connection is clean again."""
         st = self.state
         st.chain, st.held, st.agent_tx, st.failed, st.wrote, st.tx_no = False, 0, AgentTx.NONE, False, False, 0
-        st.error_pending = False
+        st.error_pending, st.identity_baseline = False, None
         self.id, self.xid, self.statements, self.undo = None, None, [], None
         self.started_at = self.held_at = None
 
@@ -231,9 +243,13 @@ class HeldConnection:
             self.end_unheld("rolled back")
             return
         if st.agent_tx is not AgentTx.NONE:
-            r = await self.inject("ROLLBACK TO SAVEPOINT dbproxy_tx", "RELEASE SAVEPOINT dbproxy_tx")
+            r = await self.inject("ROLLBACK TO SAVEPOINT dbproxy_tx", "RELEASE SAVEPOINT dbproxy_tx",
+                                  IDENTITY_COUNT_SQL)
             if r.error is not None:
                 raise ConnectionClosed(f"could not roll back the agent's transaction: {r.error.message}")
+            # What the rolled-back work wrote to the role catalogs still counts (see guard_sql).
+            count = r.captured[-1] if r.captured else None
+            st.identity_baseline = int(count) if count is not None else st.identity_baseline
         st.agent_tx, st.failed, st.wrote = AgentTx.NONE, False, False
 
 

@@ -52,12 +52,14 @@ MAX_FINISHED_BACKLOG = 100_000
 
 class PendingRegistry:
     def __init__(self, journal: Journal, *, target_for: Callable[[str], UpstreamTarget],
-                 dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = 50) -> None:
+                 dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = 50,
+                 agent_role: str | None = None) -> None:
         self.journal = journal
         self.target_for = target_for
         self.dsn_for = dsn_for
         self.hold_timeout = hold_timeout
         self.diff_rows = diff_rows
+        self.agent_role = agent_role  # undo and redo change user tables as this role, never as the proxy's
         self.tables = TableCache()  # undo mode: catalog facts per database
         self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
@@ -176,8 +178,9 @@ class PendingRegistry:
             self._finished_dropped = 0
 
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None:
-        self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=rec.sql, tag=rec.tag, rows=rec.rows,
-                                      sqlstate=rec.sqlstate, error=rec.error)
+        # Credentials in statements never reach the journal (nor `show`, which reads it back).
+        self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=log.redact_sql(rec.sql), tag=rec.tag,
+                                      rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error)
 
     def chain_grew(self, held: HeldConnection) -> None:
         if held.id is not None:
@@ -239,13 +242,16 @@ class PendingRegistry:
             return TransactionDetail(transaction=record, statements=statements,
                                      diff_note="the transaction has ended; row-level diffs exist only while it is held")
         detail = TransactionDetail(
-            transaction=self._record(held), statements=list(held.statements),
+            transaction=self._record(held),
+            statements=[r.model_copy(update={"sql": log.redact_sql(r.sql)}) for r in held.statements],
             agent_connected=held.session is not None,
             agent_in_transaction=held.state.agent_tx is not AgentTx.NONE,
             expires_at=held.held_at + timedelta(seconds=self.hold_timeout) if held.held_at else None,
         )
         try:
-            conn = await asyncpg.connect(self.dsn_for(held.database), timeout=10)
+            # row_security off: an agent's policy function must never run as the proxy (fail instead).
+            conn = await asyncpg.connect(self.dsn_for(held.database), timeout=10,
+                                         server_settings={"row_security": "off"})
         except Exception as e:
             detail.diff_note = f"could not connect to compute the diff: {e}"
             return detail
@@ -282,7 +288,7 @@ class PendingRegistry:
         finally:
             held.lock.release()
 
-    async def commit(self, tx_id: int, reviewer: str) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
         held = await self._live_or_explain(tx_id, "commit")
         await self._acquire(held, tx_id)
         try:
@@ -294,7 +300,7 @@ class PendingRegistry:
             try:
                 # The journal must hold the statements and say "committing" before the COMMIT.
                 await asyncio.wait_for(self.journal.flush(), JOURNAL_WAIT)
-                await self.journal.update(tx_id, outcome="committing", decided_by=reviewer)
+                await self.journal.update(tx_id, outcome="committing", decided_by=reviewer, reason=reason)
             except Exception as e:
                 raise ReviewError(503, f"the journal is unavailable, so #{tx_id} was not committed: {e}") from None
             try:
@@ -325,19 +331,22 @@ class PendingRegistry:
                 self._tell_agent(held, f"dbproxy: held transaction #{tx_id} could not be committed: {why}")
                 self._release_if_detached(held)
                 raise ReviewError(502, f"#{tx_id} was not committed: {why}", sqlstate=sqlstate)
-            await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer, agent_transactions=held_count)
+            await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer, agent_transactions=held_count,
+                                     reason=reason)
             log.event("hold.committed", id=tx_id, reviewer=reviewer)
-            self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}")
+            self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}"
+                             + (f": {reason}" if reason else ""))
             self._release_if_detached(held)
-            return Decision(id=tx_id, outcome="committed", decided_by=reviewer)
+            return Decision(id=tx_id, outcome="committed", decided_by=reviewer, reason=reason)
         finally:
             held.lock.release()
 
-    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
+    async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
         held = await self._live_or_explain(tx_id, "roll back")
-        await self._end(held, tx_id, outcome="rolled back", decided_by=reviewer,
-                        message=f"held transaction #{tx_id} was rolled back by {reviewer}")
-        return Decision(id=tx_id, outcome="rolled back", decided_by=reviewer)
+        await self._end(held, tx_id, outcome="rolled back", decided_by=reviewer, reason=reason,
+                        message=f"held transaction #{tx_id} was rolled back by {reviewer}"
+                        + (f": {reason}" if reason else ""))
+        return Decision(id=tx_id, outcome="rolled back", decided_by=reviewer, reason=reason)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -386,13 +395,14 @@ class PendingRegistry:
                           + (f" ({record.decided_by})" if record.decided_by else ""))
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
-                   since: bool = False) -> UndoOutcome:
+                   since: bool = False, reason: str | None = None) -> UndoOutcome:
         return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="undo", force=force,
-                                      dry_run=dry_run, since=since)
+                                      dry_run=dry_run, since=since, reason=reason, act_as=self.agent_role)
 
-    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
+    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
+                   reason: str | None = None) -> UndoOutcome:
         return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="redo", force=force,
-                                      dry_run=dry_run)
+                                      dry_run=dry_run, reason=reason, act_as=self.agent_role)
 
     async def verify(self, tx_id: int) -> VerifyOutcome:
         """`dbproxy verify ID`: prove the inverse of a held or committed undo-mode transaction in the

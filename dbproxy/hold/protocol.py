@@ -48,30 +48,61 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.classify import Classification, Kind, classify
+from inverse.identity import identity_change
 from inverse.images import CAPTURE_FETCH_SQL
 from inverse.lexer import lex, split_cached
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
 _PORTAL = "dbproxy_portal"
-#: Run before each agent COMMIT into the chain: fails if the transaction changed the session's
-#: identity or replication role (possible from inside a function or DO block, where the
-#: classifier cannot see), else returns the chain's transaction id. The division is not constant,
-#: so PostgreSQL cannot fold it into an error at plan time.
+#: Run before each agent COMMIT into the chain: fails if the transaction changed what the agent
+#: acts as or may do (possible from inside a function or DO block, where the classifier cannot
+#: see), else returns the chain's transaction id. The division is not constant, so PostgreSQL
+#: cannot fold it into an error at plan time. What it checks:
+#: - the session's replication role, current and session user (the agent's own roles);
+#: - undo mode: capture still on (a function could have turned it off and left it off);
+#: - roles, memberships and per-role settings (`pg_authid`, `pg_auth_members`,
+#:   `pg_db_role_setting`) untouched since the chain began: the transaction's own statistics count
+#:   every row it wrote there (aborted attempts too, so the proxy re-reads the count after
+#:   rollbacks, see `IDENTITY_COUNT_SQL`);
+#: - no SECURITY DEFINER function owned by the agent's role, once the transaction wrote `pg_proc`.
 _GUARD_SQL = ("SELECT CASE WHEN pg_catalog.current_setting('session_replication_role') <> 'origin' "
-              "OR current_user <> session_user{login}{capture} THEN (0 / (pg_catalog.pg_backend_pid() * 0))::text "
+              "{identity}{login}{capture}{roles}{definer} THEN (0 / (pg_catalog.pg_backend_pid() * 0))::text "
               "ELSE pg_catalog.txid_current_if_assigned()::text END")
-#: Undo mode: capture must still be on (a function could have turned it off and left it off).
 _CAPTURE_ON = " OR pg_catalog.current_setting('dbproxy.capture', true) IS DISTINCT FROM 'on'"
-_GUARD_ERROR = ErrorResponse.make(
-    "42501", "dbproxy refused to keep this transaction: it changed the session's role, "
-    "session_replication_role or dbproxy.capture, which would bypass the checks of held transactions",
-    detail="Such changes can hide in functions and DO blocks. The transaction was not committed.")
+_ROLE_CATALOGS = ("pg_authid", "pg_auth_members", "pg_db_role_setting")
+#: Rows this transaction (and, until they are flushed, earlier ones of the session) wrote to the
+#: role catalogs. A transaction block never flushes them, so within a chain it only grows.
+IDENTITY_CHANGES = " + ".join(f"pg_catalog.pg_stat_get_xact_tuples_{what}('pg_catalog.{cat}'::pg_catalog.regclass)"
+                              for cat in _ROLE_CATALOGS for what in ("inserted", "updated", "deleted"))
+IDENTITY_COUNT_SQL = f"SELECT ({IDENTITY_CHANGES})::text"
+_DEFINER = (" OR CASE WHEN pg_catalog.pg_stat_get_xact_tuples_inserted('pg_catalog.pg_proc'::pg_catalog.regclass)"
+            " + pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_proc'::pg_catalog.regclass) > 0"
+            " THEN EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.prosecdef AND p.proowner ="
+            " (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)) ELSE false END")
+GUARD_ERROR = ErrorResponse.make(
+    "42501", "dbproxy refused this transaction: code in it changed the session's role, "
+    "session_replication_role or dbproxy.capture, changed database roles or role membership, or "
+    "created SECURITY DEFINER code",
+    detail="Such changes can hide in functions and DO blocks; agents may not make them. The transaction "
+    "was not committed.",
+    hint="A person must run such statements directly on the database.")
 
 
-def guard_sql(login_role: str, *, capture: bool = False) -> str:
-    login = f" OR session_user <> '{login_role.replace(chr(39), chr(39) * 2)}'" if login_role else ""
-    return _GUARD_SQL.format(login=login, capture=_CAPTURE_ON if capture else "")
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def guard_sql(login_role: str, *, run_as: str = "", capture: bool = False, baseline: int | None = None) -> str:
+    """The guard for a session that logs in as `login_role` and acts as `run_as` (empty: as
+    itself). `baseline`: the role-catalog count at the start of the chain, when known (else the
+    proxy compares it after the answer, `IDENTITY_COUNT_SQL`)."""
+    identity = f" OR current_user <> {_literal(run_as)}" if run_as else " OR current_user <> session_user"
+    login = f" OR session_user <> {_literal(login_role)}" if login_role else ""
+    roles = f" OR ({IDENTITY_CHANGES}) > {int(baseline)}" if baseline is not None else ""
+    return _GUARD_SQL.format(identity=identity, login=login, capture=_CAPTURE_ON if capture else "", roles=roles,
+                             definer=_DEFINER)
+
 
 T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
@@ -127,7 +158,7 @@ _CALL_ESCAPE = "CALL runs a procedure"
 _NOTIFY = re.compile(r"\bnotify\b|\bpg_notify\b", re.IGNORECASE)
 
 
-def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None:
+def refusal(c: Classification, state: HoldState) -> ErrorResponse | None:
     """The error the agent gets instead of running `c`, or None when it may run."""
     if c.tx is not None and c.tx.action in ("savepoint", "release", "rollback_to") and c.tx.name \
             and c.tx.name.lower().startswith("dbproxy_"):
@@ -137,6 +168,9 @@ def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None
     if any(t.lower().lstrip('"').startswith("dbproxy.") for t in c.tables):
         return ErrorResponse.make(SQLSTATE.INSUFFICIENT_PRIVILEGE,
                                   "the dbproxy schema holds the proxy's journal; agents may not write to it")
+    identity = identity_refusal(c.sql, state.run_as)
+    if identity is not None:
+        return identity
     if c.escape and not c.escape.startswith(_CALL_ESCAPE):
         # A CALL is let through: hold mode runs it inside a transaction block, where PostgreSQL
         # itself refuses a procedure's COMMIT/ROLLBACK (2D000), so it cannot end the chain.
@@ -149,10 +183,34 @@ def refusal(c: Classification, *, read_only_agent: bool) -> ErrorResponse | None
                                   f"dbproxy refused this statement: {c.non_transactional}, so it "
                                   "could not be held for review",
                                   hint="Ask a person to run it directly on the database.")
-    if read_only_agent and not c.read_only and c.tx is None:
+    if state.read_only_agent and not c.read_only and c.tx is None:
         return ErrorResponse.make(SQLSTATE.READ_ONLY_SQL_TRANSACTION,
                                   "this agent is read-only: dbproxy refused a statement that may write")
     return None
+
+
+def identity_refusal(sql: str, run_as: str = "") -> ErrorResponse | None:
+    """Statements that change identities or privileges of roles are for people, in every mode."""
+    why = identity_change(sql, (run_as,) if run_as else ())
+    if why is None:
+        return None
+    return ErrorResponse.make(SQLSTATE.INSUFFICIENT_PRIVILEGE,
+                              f"dbproxy refused this statement: {why}",
+                              detail="Agents may not change roles, role membership, ownership or who code runs as.",
+                              hint="A person must run it directly on the database.")
+
+
+def refusal_sql(error: ErrorResponse) -> str:
+    """A statement that fails with `error`'s SQLSTATE, message, detail and hint, raised by the
+    server itself (for paths that forward the server's answers unchanged)."""
+    def lit(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+    fields = [f"ERRCODE = {lit(error.sqlstate)}", f"MESSAGE = {lit(error.message)}"]
+    if error.fields.get("D"):
+        fields.append(f"DETAIL = {lit(error.fields['D'])}")
+    if error.fields.get("H"):
+        fields.append(f"HINT = {lit(error.fields['H'])}")
+    return f"DO $dbproxy$BEGIN RAISE EXCEPTION USING {', '.join(fields)}; END$dbproxy$"
 
 
 _ISOLATION = re.compile(r"isolation\s+level\s+(serializable|repeatable\s+read|read\s+committed|read\s+uncommitted)",
@@ -195,8 +253,10 @@ class HoldState:
     tx_no: int = 0  # agent transactions begun in this chain
     error_pending: bool = False  # an error in a Flush-ended cycle: upstream skips to the next Sync
     read_only_agent: bool = False
-    login_role: str = ""  # the proxy's upstream role, which the session must keep
+    login_role: str = ""  # the agent's upstream login role, which the session must keep (session_user)
+    run_as: str = ""  # the role the agent acts as (current_user; "" : the login role itself)
     capture: bool = False  # undo mode with capture installed: fetch the changes at each COMMIT
+    identity_baseline: int | None = None  # role-catalog writes counted when the chain began (see guard_sql)
 
     @property
     def agent_status(self) -> str:
@@ -237,6 +297,8 @@ class Step:
     sql: str | None = None  # a client statement, for the journal
     final: bool = False  # the ReadyForQuery step
     skipped: bool = False  # upstream will not answer (it is skipping to Sync after an error)
+    name: str | None = None  # a named CAPTURE: its value goes to `Router.named`, not `captured`
+    store: str | None = None  # ... and, as an int, to this attribute of the hold state
 
 
 @dataclass
@@ -315,12 +377,14 @@ class _Builder:
 
     def stmt(self, sql: str, action: Action = Action.SWALLOW, *, tag: str | None = None,
              error: ErrorResponse | None = None, effects: tuple[Effect, ...] = (),
-             record: str | None = None) -> None:
+             record: str | None = None, name: str | None = None, store: str | None = None) -> None:
         if self.simple:
             self.sql.append(sql)
-            self.steps.append(Step(_AFTER_STATEMENT, action, tag=tag, error=error, effects=effects, sql=record))
+            self.steps.append(Step(_AFTER_STATEMENT, action, tag=tag, error=error, effects=effects, sql=record,
+                                   name=name, store=store))
         else:
             b, s = _injected(sql, action, tag=tag, error=error, effects=effects, sql_record=record)
+            s[-1].name, s[-1].store = name, store
             self.out.append(b)
             self.steps += s
 
@@ -333,6 +397,12 @@ class _Builder:
         if not self.sim.chain:
             self.stmt("BEGIN", effects=(Effect.CHAIN_OPEN,))
             self.sim.chain, self.sim.held, self.sim.tx_no = True, 0, 0
+            self.identity_base()
+
+    def identity_base(self) -> None:
+        """Right after the chain's BEGIN: the role-catalog count the guard compares against."""
+        self.stmt(IDENTITY_COUNT_SQL, Action.CAPTURE, name="identity_base", store="identity_baseline")
+        self.sim.identity_baseline = None  # known once answered
 
     def ensure_agent_tx(self) -> None:
         """Any statement run while the chain is open must be inside an agent savepoint."""
@@ -364,6 +434,8 @@ class _Builder:
             self.stmt(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
             self.stmt(f"RELEASE SAVEPOINT {SAVEPOINT}", Action.RETAG, tag="ROLLBACK",
                       effects=(Effect.TX_ROLLBACK,), record=tag)
+            # What the rolled-back work wrote to the role catalogs still counts: take a new baseline.
+            self.stmt(IDENTITY_COUNT_SQL, Action.CAPTURE, name="identity_base", store="identity_baseline")
             sim.agent_tx = AgentTx.NONE
         sim.failed = sim.wrote = False
         if chain_after:
@@ -375,7 +447,7 @@ class _Builder:
     def client_statement(self, c: Classification, emit: Emit) -> None:
         """Plan one client statement. `emit` sends the client's own statement with an action."""
         sim = self.sim
-        error = refusal(c, read_only_agent=sim.read_only_agent)
+        error = refusal(c, sim)
         if error is not None:
             self.refuse(error, c.sql)
             return
@@ -408,6 +480,7 @@ class _Builder:
                     # The agent's own BEGIN (with its isolation level) opens the chain.
                     self.stmt(_chain_begin(c.sql), Action.SWALLOW, effects=(Effect.CHAIN_OPEN,))
                     sim.chain, sim.held, sim.tx_no = True, 0, 0
+                    self.identity_base()
                 self.stmt(f"SAVEPOINT {SAVEPOINT}", Action.RETAG, tag="BEGIN",
                           effects=(Effect.TX_BEGIN_EXPLICIT,), record="BEGIN")
                 sim.agent_tx, sim.wrote, sim.failed = AgentTx.EXPLICIT, False, False
@@ -440,8 +513,17 @@ class _Builder:
     def guard(self) -> None:
         """Check the agent's transaction before it joins the chain; captures the xid (see _GUARD_SQL)
         and, in undo mode while nothing is held, the transaction's captured changes."""
-        self.stmt(guard_sql(self.sim.login_role, capture=self.sim.capture), Action.CAPTURE, error=_GUARD_ERROR)
-        if self.sim.capture and self.sim.held == 0:
+        sim = self.sim
+        baseline = sim.identity_baseline
+        if baseline is None and sim.held:
+            baseline = 0  # the chain's count never arrived: fail closed rather than check nothing
+        self.stmt(guard_sql(sim.login_role, run_as=sim.run_as, capture=sim.capture, baseline=baseline),
+                  Action.CAPTURE, error=GUARD_ERROR)
+        if baseline is None:
+            # The chain began in this very cycle: the proxy compares the counts itself afterwards
+            # (nothing but this agent transaction is in the chain, so refusing rolls back just it).
+            self.stmt(IDENTITY_COUNT_SQL, Action.CAPTURE, name="identity_now")
+        if sim.capture and sim.held == 0:
             self.stmt(CAPTURE_FETCH_SQL, Action.CAPTURE)
 
     def finish_implicit(self) -> None:
@@ -458,7 +540,7 @@ def plan_query(state: HoldState, sql: str) -> Plan:
     statements = split_cached(sql)
     classes = [classify_cached(s) for s in statements]
     if not state.chain and state.agent_tx is AgentTx.NONE and all(
-        c.read_only and c.tx is None and refusal(c, read_only_agent=state.read_only_agent) is None for c in classes
+        c.read_only and c.tx is None and refusal(c, state) is None for c in classes
     ):
         return Plan(Query(sql).encode(), [], passthrough=True)
     b = _Builder(state, simple=True)
@@ -513,7 +595,7 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
         start = len(b.steps)
         if isinstance(m, Parse):
             c = classify_cached(m.sql)
-            error = refusal(c, read_only_agent=b.sim.read_only_agent)
+            error = refusal(c, b.sim)
             if error is not None:
                 prepared.statements[m.name] = None
                 b.refuse(error, m.sql)
@@ -569,7 +651,7 @@ def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
         _track(trial, m)
         if isinstance(m, Parse):
             c = trial.statements[m.name]
-            if c is not None and refusal(c, read_only_agent=state.read_only_agent) is not None:
+            if c is not None and refusal(c, state) is not None:
                 return None
         elif isinstance(m, Execute):
             c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
@@ -616,6 +698,7 @@ class Router:
         self.captured: list[str | None] = []  # first value of each CAPTURE step (None: no row / NULL)
         self.rows: list[list[tuple[str | None, ...]]] = []  # all rows of each CAPTURE step
         self.tags: list[str] = []  # command tags of CAPTURE steps
+        self.named: dict[str, str | None] = {}  # values of named CAPTURE steps
         self.results: list[StatementResult] = []
         self.ready_status: str | None = None
         self.copy_in = False
@@ -729,9 +812,15 @@ class Router:
                 out.append(_cc(tag) if t == T_COMMAND and tag else f.raw)
             elif step.action is Action.CAPTURE:
                 rows = [_values(r) for r in self._rows]
-                self.rows.append(rows)
-                self.captured.append(rows[0][0] if rows and rows[0] else None)
-                self.tags.append(tag or "")
+                first = rows[0][0] if rows and rows[0] else None
+                if step.name is not None:
+                    self.named[step.name] = first
+                    if step.store is not None and first is not None:
+                        setattr(self.state, step.store, int(first))
+                else:
+                    self.rows.append(rows)
+                    self.captured.append(first)
+                    self.tags.append(tag or "")
                 self._rows.clear()
             if step.sql is not None and t != T_SUSPENDED:
                 self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag))
@@ -764,8 +853,10 @@ class Router:
         for e in step.effects:
             if e is Effect.CHAIN_OPEN:
                 st.chain, st.held, st.tx_no = True, 0, 0
+                st.identity_baseline = None
             elif e is Effect.CHAIN_CLOSED:
                 st.chain, st.held = False, 0
+                st.identity_baseline = None
                 st.agent_tx, st.failed, st.wrote = AgentTx.NONE, False, False
             elif e is Effect.TX_BEGIN_IMPLICIT:
                 st.agent_tx, st.wrote, st.failed = AgentTx.IMPLICIT, False, False

@@ -21,6 +21,7 @@ from typing import Protocol
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
 from dbproxy.hold.protocol import (
+    GUARD_ERROR,
     AgentTx,
     PreparedStatements,
     Router,
@@ -52,8 +53,10 @@ class SessionHost(Protocol):
 class HoldSession:
     """The agent side of a hold-mode session (see module docstring)."""
 
-    def __init__(self, session: SessionHost, held: HeldConnection, *, max_message_bytes: int) -> None:
+    def __init__(self, session: SessionHost, held: HeldConnection, *, max_message_bytes: int,
+                 log_statements: bool = False) -> None:
         self.session = session
+        self.log_statements = log_statements
         self.held = held
         self.client = session.client
         self.scanner = FrameScanner(FRONTEND_TYPES - {ord("d")}, valid=FRONTEND_TYPES,
@@ -219,6 +222,10 @@ class HoldSession:
             return
         if chain_before or state.chain:
             held.record(router.results)
+        if self.log_statements:
+            for r in router.results:
+                log.event("statement", session=self.session.id, agent=held.agent, sql=log.redact_sql(r.sql),
+                          tag=r.tag, sqlstate=r.error.sqlstate if r.error else None)
         if chain_before and not state.chain and held.id is None:
             held.end_unheld("rolled back")  # the agent rolled back a chain with nothing held yet
         if not plan.ends_with_sync:
@@ -257,6 +264,8 @@ class HoldSession:
         if not state.chain:
             return b""
         if state.held == 0:
+            if self._identity_changed(router):
+                return await self._refuse_chain(router)
             # With capture, the guard's xid is followed by the captured changes.
             xid_at = -2 if state.capture else -1
             xid = router.captured[xid_at] if len(router.captured) >= -xid_at else None
@@ -277,6 +286,21 @@ class HoldSession:
             return notice(f"dbproxy: transaction held for review as #{held.id} "
                           f"({state.held} agent transactions held together)")
         return b""
+
+    def _identity_changed(self, router: Router) -> bool:
+        """The chain began in this cycle, so the guard could not compare the role-catalog count
+        itself (`guard_sql`): compare it here, before anything is held or committed."""
+        now = router.named.get("identity_now")
+        base = self.held.state.identity_baseline
+        return now is not None and base is not None and int(now) > base
+
+    async def _refuse_chain(self, router: Router) -> bytes:
+        """Roll back the chain (it holds only this agent transaction) and tell the agent why."""
+        held = self.held
+        log.event("hold.guard_refused", session=self.session.id, agent=held.agent)
+        await held.inject("ROLLBACK")
+        held.end_unheld("rolled back")
+        return GUARD_ERROR.encode()
 
     async def _hold(self, router: Router, *, why: list[str] | None = None, undo: str | None = None,
                     because: str = "it cannot be undone exactly") -> bytes:
@@ -321,7 +345,7 @@ class HoldSession:
         registry = held.registry
         decision = choice.decision
         assert held.xid is not None
-        r = await held.inject(undo_commit.mark(held.xid, held.agent, held.session_id, decision), "COMMIT")
+        r = await held.inject(undo_commit.mark(held.agent, held.session_id, decision), "COMMIT")
         if r.error is not None:
             if state.chain:
                 with contextlib.suppress(ConnectionClosed):

@@ -10,10 +10,10 @@ rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer like
     GET  /v1/transactions?outcome=&agent=&limit=&before=
                                             [TransactionRecord]   the journal, newest first
     GET  /v1/transactions/{id}              TransactionDetail     statements, row diff, blocked sessions
-    POST /v1/transactions/{id}/commit       Decision              body {"reviewer": NAME}, optional
+    POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT}, optional
     POST /v1/transactions/{id}/rollback     Decision
-    POST /v1/transactions/{id}/undo         UndoOutcome           body {"reviewer", "force", "dry_run", "since"}
-    POST /v1/transactions/{id}/redo         UndoOutcome           body {"reviewer", "force", "dry_run"}
+    POST /v1/transactions/{id}/undo         UndoOutcome           body {"reason", "force", "dry_run", "since"}
+    POST /v1/transactions/{id}/redo         UndoOutcome           body {"reason", "force", "dry_run"}
     POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode
 
+from dbproxy.auth.reviewers import Reviewers
 from dbproxy.config import log
 from dbproxy.journal.records import Outcome, TransactionRecord
 from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
@@ -52,13 +52,15 @@ from dbproxy.review.service import ReviewError, ReviewService
 
 TOKEN_FILE = "admin-token"
 REVIEWER_HEADER = "X-Dbproxy-Reviewer"
-DEFAULT_REVIEWER = "admin"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_REVIEWER_LENGTH = 200
+MAX_REASON_LENGTH = 2000
 _MAX_ID = 2**63 - 1  # journal ids are bigints
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
 _OPEN_PATHS = frozenset({"/v1/health"})
+#: The reviewer a request's token belongs to (set by the auth middleware).
+REVIEWER = web.RequestKey("reviewer", str)
 
 
 # --- the admin token ---------------------------------------------------------------------------
@@ -145,8 +147,10 @@ class DecisionRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_REVIEWER_LENGTH,
-        description=f"who decides; default: the {REVIEWER_HEADER} header, else '{DEFAULT_REVIEWER}'",
+        description="must be the reviewer the token belongs to when given (decisions are recorded under it)",
     )
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
+                               description="why, kept in the journal and shown by show and log")
 
 
 class ErrorBody(BaseModel):
@@ -192,6 +196,15 @@ def _int_param(request: web.Request, name: str, *, default: int | None, lo: int,
     return int(raw)
 
 
+def _clean_reason(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    reason = raw.strip()
+    if any(not c.isprintable() and c not in "\n\t" for c in reason):
+        raise _BadRequest("reason must be printable text")
+    return reason
+
+
 def _clean_reviewer(raw: str, *, source: str) -> str:
     name = raw.strip()
     if not name or len(name) > MAX_REVIEWER_LENGTH or any(not c.isprintable() for c in name):
@@ -208,11 +221,14 @@ class AdminServer:
     """The admin HTTP API over a ReviewService. `start()` binds (port 0 picks a free port) and
     returns the bound address; `stop()` closes it. Runs on whatever event loop is running."""
 
-    def __init__(self, service: ReviewService, token: str, *, host: str, port: int) -> None:
+    def __init__(self, service: ReviewService, token: str, *, host: str, port: int,
+                 reviewers: Reviewers | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a non-empty token")
         self._service = service
-        self._token = token.encode()
+        # The admin token is the reviewer `admin`; more reviewers, with tokens of their own, come
+        # from the store (`dbproxy reviewer add`).
+        self._reviewers = reviewers or Reviewers(None, token)
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -298,10 +314,12 @@ class AdminServer:
         if scheme.lower() != "bearer" or not given.strip():
             return _error(401, "missing bearer token (Authorization: Bearer TOKEN)",
                           headers={"WWW-Authenticate": 'Bearer realm="dbproxy"'})
-        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
+        reviewer = self._reviewers.who(given)
+        if reviewer is None:
             log.event("admin.auth_failed", level=logging.WARNING, remote=request.remote, path=request.path)
-            return _error(401, "the admin token was refused",
+            return _error(401, "the token was refused (unknown, or its reviewer was removed)",
                           headers={"WWW-Authenticate": 'Bearer realm="dbproxy", error="invalid_token"'})
+        request[REVIEWER] = reviewer
         return await handler(request)
 
     # endpoints
@@ -335,10 +353,10 @@ class AdminServer:
 
     async def _decide(self, request: web.Request, action: str) -> web.Response:
         tx_id = _parse_id(request)
-        reviewer = await self._reviewer(request)
+        reviewer, reason = await self._reviewer(request)
         call = self._service.commit if action == "commit" else self._service.rollback
         # A reviewer hanging up must not cut a COMMIT or ROLLBACK off half way.
-        decision = await asyncio.shield(call(tx_id, reviewer))
+        decision = await asyncio.shield(call(tx_id, reviewer, reason=reason))
         log.event("admin.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome,
                   remote=request.remote, sqlstate=decision.sqlstate)
         return _json(decision.model_dump(mode="json"))
@@ -366,20 +384,20 @@ class AdminServer:
             raise _BadRequest(f"bad {action} request ({problems})") from None
         if body.since and action == "redo":
             raise _BadRequest("redo takes one transaction at a time (no since)")
-        header = request.headers.get(REVIEWER_HEADER)
-        reviewer = (_clean_reviewer(body.reviewer, source="reviewer") if body.reviewer is not None
-                    else _clean_reviewer(header, source=f"the {REVIEWER_HEADER} header") if header is not None
-                    else DEFAULT_REVIEWER)
+        reviewer = self._claimed(request, body.reviewer)
+        reason = _clean_reason(body.reason)
         if action == "undo":
-            call = self._service.undo(tx_id, reviewer, force=body.force, dry_run=body.dry_run, since=body.since)
+            call = self._service.undo(tx_id, reviewer, force=body.force, dry_run=body.dry_run, since=body.since,
+                                      reason=reason)
         else:
-            call = self._service.redo(tx_id, reviewer, force=body.force, dry_run=body.dry_run)
+            call = self._service.redo(tx_id, reviewer, force=body.force, dry_run=body.dry_run, reason=reason)
         outcome = await asyncio.shield(call)
         log.event("admin.undo", id=tx_id, action=action, reviewer=reviewer, applied=outcome.applied,
                   dry_run=body.dry_run, force=body.force, conflicts=len(outcome.conflicts), remote=request.remote)
         return _json(outcome.model_dump(mode="json"))
 
-    async def _reviewer(self, request: web.Request) -> str:
+    async def _reviewer(self, request: web.Request) -> tuple[str, str | None]:
+        """Who decides (the token's reviewer) and why (optional)."""
         raw = await request.read()
         body = DecisionRequest()
         if raw.strip():
@@ -389,13 +407,20 @@ class AdminServer:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
                 )
-                raise _BadRequest(f'the body must be empty or {{"reviewer": NAME}} ({problems})') from None
-        if body.reviewer is not None:
-            return _clean_reviewer(body.reviewer, source="reviewer")
+                raise _BadRequest(f'the body must be empty or {{"reason": TEXT}} ({problems})') from None
+        return self._claimed(request, body.reviewer), _clean_reason(body.reason)
+
+    @staticmethod
+    def _claimed(request: web.Request, named: str | None) -> str:
+        """The token's reviewer; a body or header naming someone else is refused, not believed."""
+        reviewer = request[REVIEWER]
         header = request.headers.get(REVIEWER_HEADER)
-        if header is not None:
-            return _clean_reviewer(header, source=f"the {REVIEWER_HEADER} header")
-        return DEFAULT_REVIEWER
+        for claim, source in ((named, "reviewer"), (header, f"the {REVIEWER_HEADER} header")):
+            if claim is not None and _clean_reviewer(claim, source=source) != reviewer:
+                raise ReviewError(403, f"this token belongs to reviewer {reviewer!r}: decisions are recorded under "
+                                  "the reviewer whose token makes them (each reviewer has a token of their own: "
+                                  "dbproxy reviewer add NAME)")
+        return reviewer
 
     async def _openapi(self, request: web.Request) -> web.Response:
         if self._openapi_doc is None:
@@ -427,6 +452,7 @@ def openapi_document() -> dict[str, Any]:
         what = {
             400: "malformed id, parameter or body",
             401: "missing or wrong bearer token",
+            403: "the body or header names a reviewer other than the token's",
             404: "no transaction with this id",
             409: "the transaction is not in a state that allows this",
             500: "unexpected error (details in the proxy's log)",
@@ -449,12 +475,12 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [
                     id_param,
                     {"name": REVIEWER_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
-                     "description": f"reviewer name when the body names none (default '{DEFAULT_REVIEWER}')"},
+                     "description": "if given, must be the reviewer the token belongs to (else 403)"},
                 ],
                 "requestBody": {"required": False,
                                 "content": {"application/json": {"schema": ref(DecisionRequest, "validation")}}},
                 "responses": {"200": body(ref(Decision), "the decision and the resulting outcome"),
-                              **errors(400, 404, 409, 502)},
+                              **errors(400, 403, 404, 409, 502)},
             }
         }
 

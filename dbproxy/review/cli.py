@@ -2,8 +2,8 @@
 
     dbproxy pending                      held transactions waiting for a decision
     dbproxy show ID                      statements by agent transaction, row changes, blocked sessions
-    dbproxy commit ID [--reviewer NAME]  commit it upstream (default reviewer: $USER)
-    dbproxy rollback ID [--reviewer NAME]
+    dbproxy commit ID [--reason TEXT]    commit it upstream (recorded under your token's reviewer)
+    dbproxy rollback ID [--reason TEXT]
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
     dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
@@ -24,7 +24,6 @@ is wrong.
 from __future__ import annotations
 
 import argparse
-import getpass
 import http.client
 import json
 import os
@@ -108,14 +107,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     for name, verb in (("commit", "commit"), ("rollback", "roll back")):
         sp = review(name, f"{verb} a pending transaction")
         sp.add_argument("id", type=_tx_id, metavar="ID")
-        sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+        sp.add_argument("--reason", metavar="TEXT", help="why (kept in the journal; shown by show and log)")
     verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
     verify.add_argument("id", type=_tx_id, metavar="ID")
     for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
                        ("redo", "apply an undone transaction again")):
         sp = review(name, what)
         sp.add_argument("id", type=_tx_id, metavar="ID")
-        sp.add_argument("--reviewer", metavar="NAME", help="who decides (default: $USER)")
+        sp.add_argument("--reason", metavar="TEXT", help="why (kept in the journal)")
         sp.add_argument("--force", action="store_true", help="apply even over rows changed since")
         sp.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="show the SQL and the conflicts; change nothing")
@@ -254,16 +253,6 @@ def _token(args: argparse.Namespace, settings: Any) -> str:
     return token
 
 
-def _default_reviewer() -> str:
-    name = os.environ.get("USER") or os.environ.get("USERNAME")
-    if not name:
-        try:
-            name = getpass.getuser()
-        except (OSError, KeyError, ImportError):
-            name = "reviewer"
-    return name
-
-
 def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
     cmd = args.command
     if cmd == "pending":
@@ -276,12 +265,12 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
     elif cmd == "verify":
         data = client.post(f"/v1/transactions/{args.id}/verify", {})
     elif cmd in ("undo", "redo"):
-        body = {"reviewer": args.reviewer or _default_reviewer(), "force": args.force, "dry_run": args.dry_run}
+        body = {"reason": args.reason, "force": args.force, "dry_run": args.dry_run}
         if cmd == "undo":
             body["since"] = args.since
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", body)
     else:
-        data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reviewer": args.reviewer or _default_reviewer()})
+        data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reason": args.reason})
 
     if args.as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
@@ -315,7 +304,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
             if decision.error:
                 sqlstate = f" (SQLSTATE {decision.sqlstate})" if decision.sqlstate else ""
                 raise _Fail(f"#{decision.id} {decision.outcome}: {decision.error}{sqlstate}", 1)
-            console.print(Text(f"#{decision.id} {decision.outcome} by {decision.decided_by}"))
+            console.print(Text(f"#{decision.id} {decision.outcome} by {decision.decided_by}"
+                               + (f": {decision.reason}" if decision.reason else "")))
     except ValidationError as e:
         raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
                     f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
@@ -395,7 +385,8 @@ def records_table(records: list[TransactionRecord], *, with_decider: bool = Fals
             Text(fmt_duration(_held_for(r, now))), Text(fmt_duration((now - _aware(r.started_at)).total_seconds())),
         ]
         if with_decider:
-            row.append(Text(r.decided_by or "-"))
+            why = f": {r.reason[:60]}{'…' if len(r.reason) > 60 else ''}" if r.reason else ""
+            row.append(Text((r.decided_by or "-") + why))
         table.add_row(*row)
     return table
 

@@ -56,6 +56,7 @@ class Decision(BaseModel):
     id: int
     outcome: Outcome
     decided_by: str
+    reason: str | None = Field(default=None, description="the reviewer's reason, when given")
     error: str | None = None
     sqlstate: str | None = None
 
@@ -63,7 +64,8 @@ class Decision(BaseModel):
 class UndoRequest(BaseModel):
     """Body of POST /v1/transactions/{id}/undo and /redo."""
 
-    reviewer: str | None = None
+    reviewer: str | None = Field(default=None, description="must be the token's reviewer when given")
+    reason: str | None = Field(default=None, max_length=2000, description="why, kept in the journal")
     force: bool = Field(default=False, description="apply even over rows changed since (rows with a primary key)")
     dry_run: bool = Field(default=False, description="show the SQL and the conflicts; change nothing")
     since: bool = Field(default=False, description="undo: this transaction and every later undoable one, newest first")

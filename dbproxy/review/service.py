@@ -16,7 +16,8 @@ from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, Veri
 class ReviewError(Exception):
     """A reviewer request that cannot be done. `status` is the HTTP status the API answers with:
     404 unknown id, 409 not in a state that allows it (already decided, agent mid-transaction),
-    502 the upstream refused or failed (then `sqlstate` says how), 503 the journal is unavailable."""
+    403 not this reviewer's to do, 502 the upstream refused or failed (then `sqlstate` says how), 503 the
+    journal is unavailable."""
 
     def __init__(self, status: int, message: str, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
@@ -34,21 +35,23 @@ class ReviewService(Protocol):
         """Statements, row-level diff and blocked sessions of one transaction (any outcome)."""
         ...
 
-    async def commit(self, tx_id: int, reviewer: str) -> Decision:
-        """Commit a pending transaction upstream. Failures raise ReviewError(502) and are journaled."""
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        """Commit a pending transaction upstream. Failures raise ReviewError(502) and are journaled.
+        `reviewer` is who the token belongs to; `reason` is kept in the journal."""
         ...
 
-    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
+    async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
         """Roll back a pending (or open) transaction upstream."""
         ...
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
-                   since: bool = False) -> UndoOutcome:
+                   since: bool = False, reason: str | None = None) -> UndoOutcome:
         """Undo a transaction committed in undo mode (or, `since`, it and every later one, newest
         first) in one upstream transaction. Conflicts: nothing applied, listed in the outcome."""
         ...
 
-    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False) -> UndoOutcome:
+    async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
+                   reason: str | None = None) -> UndoOutcome:
         """Apply an undone transaction's changes again."""
         ...
 

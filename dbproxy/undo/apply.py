@@ -124,16 +124,26 @@ def _count(status: str) -> int:
     return tag_rows(status) or 0
 
 
-async def quiet_triggers(con: asyncpg.Connection, tables: set[str]) -> tuple[str, list[tuple[int, str, str]]]:
-    """Suppress user triggers for this transaction; returns (how, (table oid, trigger, tgenabled)
-    to re-enable)."""
-    replica = False
+async def _replica(con: asyncpg.Connection) -> bool:
+    """`session_replication_role = replica` for this transaction, when the role may set it."""
     try:
         async with con.transaction():
             await con.execute("SET LOCAL session_replication_role = replica")
-        replica = True
+        return True
     except asyncpg.PostgresError:
-        pass
+        return False
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def quiet_triggers(con: asyncpg.Connection, tables: set[str], *,
+                         replica: bool | None = None) -> tuple[str, list[tuple[int, str, str]]]:
+    """Suppress user triggers for this transaction; returns (how, (table oid, trigger, tgenabled)
+    to re-enable). `replica`: whether `_replica` already set the replication role (else tried here)."""
+    if replica is None:
+        replica = await _replica(con)
     if not tables:
         return ("session_replication_role = replica" if replica else "no tables with triggers"), []
     # Under replica, triggers set ENABLE ALWAYS ('A') or ENABLE REPLICA ('R') still fire: those
@@ -203,8 +213,13 @@ async def _force(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
 
 
 async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction = "undo", force: bool = False,
-              dry_run: bool = False, by: str = "", proposed: dict[int, dict[int, str]] | None = None) -> Result:
-    """Undo (newest first) or redo `xids` in one transaction on `con` (`proposed`: see plan_for)."""
+              dry_run: bool = False, by: str = "", proposed: dict[int, dict[int, str]] | None = None,
+              act_as: str | None = None) -> Result:
+    """Undo (newest first) or redo `xids` in one transaction on `con` (`proposed`: see plan_for).
+    `act_as`: change the user tables as this role (`SET LOCAL ROLE`), reading and marking the
+    proxy's own state as the connection's role: code a table carries (constraints, index
+    expressions, generated columns) then runs with the privileges of the role that owns the data,
+    never with the proxy's."""
     result = Result(direction, list(xids), dry_run=dry_run)
     tx = con.transaction()
     await tx.start()
@@ -226,9 +241,14 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
         tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None})
-        result.triggers, enable = await quiet_triggers(con, {t.name for t in tables.values()})
+        replica = await _replica(con)
+        if act_as:
+            await con.execute(f"SET LOCAL ROLE {_ident(act_as)}")
+        result.triggers, enable = await quiet_triggers(con, {t.name for t in tables.values()}, replica=replica)
         await _apply(con, plan.steps, tables, result, force=force)
         await enable_triggers(con, enable)
+        if act_as:
+            await con.execute("RESET ROLE")
         if result.conflicts or dry_run:
             await tx.rollback()
             return result

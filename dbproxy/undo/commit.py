@@ -31,7 +31,7 @@ from dbproxy.journal.records import StatementRecord
 from dbproxy.protocol.messages import ErrorResponse
 from dbproxy.undo.verification import Verification
 from inverse.images import (
-    CAPTURE_COLUMNS,
+    CAPTURE_DDL_FETCH_SQL,
     CAPTURE_LIMIT,
     TABLE_INFO_SQL,
     Change,
@@ -43,9 +43,7 @@ from inverse.undo_plan import Plan, build
 from sandbox.verdict import Verdict
 
 _TABLE_INFO_JSON_SQL = f"SELECT pg_catalog.to_json(x)::text FROM ({TABLE_INFO_SQL}) x"
-_DDL_EVENTS_SQL = (f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
-                   "WHERE xid = pg_catalog.txid_current_if_assigned() AND op = 'X' ORDER BY seq")
-MARK_SQL = "INSERT INTO dbproxy.undo_records (xid, agent, session, changes) VALUES ($1, $2, $3, $4)"
+MARK_SQL = "SELECT dbproxy.mark_committed($1, $2, $3)"
 NOT_VERIFIED = "not done (sandbox = off)"
 NOTHING_TO_VERIFY = "not done: the inverse is incomplete, so there is nothing to verify"
 LLM_OFF = ("off: no llm.api_key (or OPENAI_API_KEY) is set; a model could have proposed the DDL inverse the rules "
@@ -132,7 +130,7 @@ async def decide(held: Injector, xid: int, rows: list[tuple[str | None, ...]], c
     if not complete:
         # Too many to carry: decide on the DDL events only (every row change has an exact inverse
         # in the log); the steps are built from the log when someone asks for them.
-        r = await held.inject(_DDL_EVENTS_SQL)
+        r = await held.inject(CAPTURE_DDL_FETCH_SQL)
         changes = sorted([c for c in changes if c.op != "X"][:limit] + [change_from_row(x) for x in r.rows[0]],
                          key=lambda c: c.seq)
     tables = cache.of(held.database)
@@ -220,6 +218,7 @@ async def _irreversible(tx: Injector, decision: Decision, statements: list[State
                 undo=decision.journal_json(done.verdict, llm=record))
 
 
-def mark(xid: int, agent: str, session: int, decision: Decision) -> tuple[str, list[str | None]]:
-    """The undo marker, sent with the COMMIT: it commits only with the agent's writes."""
-    return MARK_SQL, [str(xid), agent, str(session), str(decision.plan.changes)]
+def mark(agent: str, session: int, decision: Decision) -> tuple[str, list[str | None]]:
+    """The undo marker, sent with the COMMIT: it commits only with the agent's writes (the
+    transaction id is the session's own, `dbproxy.mark_committed` takes no other)."""
+    return MARK_SQL, [agent, str(session), str(decision.plan.changes)]

@@ -8,6 +8,9 @@ could not do and why (the privileges each part needs):
 - DDL event triggers: superuser (without them DDL inside functions goes unseen, so undo mode
   holds every transaction that ran DDL for review, and tables created later need `install` again).
 
+Run it as the proxy's own role (the `upstream` URL's role): that role then owns the log, and the
+agents' roles reach it only through `dbproxy.captured_changes` and `dbproxy.mark_committed`.
+
 Idempotent: running it again attaches triggers to new tables and replaces the functions.
 """
 
@@ -55,21 +58,16 @@ async def installed_version(con: asyncpg.Connection) -> int | None:
     return await con.fetchval(INSTALLED_VERSION_SQL)
 
 
-async def install(con: asyncpg.Connection, *, grant_to: str | None = None) -> InstallReport:
-    """Install capture through `con`. `grant_to`: a role that runs the proxy's sessions but is not
-    the installer (the embedded default installs as superuser for the agents' role): it may read
-    the capture log and keep the undo records, never write the log itself."""
+async def install(con: asyncpg.Connection) -> InstallReport:
+    """Install capture through `con`, as the proxy's own role (or a superuser): that role owns the
+    capture log and undo records; agents' sessions reach them only through the two functions
+    `INSTALL_SQL` grants to PUBLIC."""
     rep = InstallReport()
     rep.database, rep.role, rep.superuser = await con.fetchrow(
         "SELECT current_database(), current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
     async with con.transaction():
         await con.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         await con.execute(INSTALL_SQL)
-        if grant_to:
-            role = '"' + grant_to.replace('"', '""') + '"'
-            await con.execute(f"GRANT USAGE, CREATE ON SCHEMA dbproxy TO {role}; "
-                              f"GRANT SELECT ON dbproxy.capture_log, dbproxy.capture_version TO {role}; "
-                              f"GRANT SELECT, INSERT, UPDATE ON dbproxy.undo_records TO {role}")
         if rep.superuser:
             await con.execute(EVENT_TRIGGERS_SQL)
             rep.event_triggers = True

@@ -52,7 +52,10 @@ async def _targets(journal: Journal, tx_id: int, *, since: bool,
 
 
 async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, reviewer: str, *, direction: undo.Direction,
-              force: bool, dry_run: bool, since: bool = False) -> UndoOutcome:
+              force: bool, dry_run: bool, since: bool = False, reason: str | None = None,
+              act_as: str | None = None) -> UndoOutcome:
+    """`act_as`: the role user tables are changed as (the agents' own: an undo must not run code
+    an agent planted, such as a CHECK constraint's function, with the proxy's privileges)."""
     records = await _targets(journal, tx_id, since=since, direction=direction)
     try:
         con = await asyncpg.connect(dsn_for(records[0].database), timeout=10)
@@ -71,6 +74,7 @@ async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, revie
         proposed = {r.xid: {int(s["seq"]): str(s["sql"]) for s in (r.undo or {}).get("steps", [])
                             if s.get("origin") == "llm"} for r in records if r.xid is not None}
         result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer,
+                                act_as=act_as,
                                 proposed={x: p for x, p in proposed.items() if p})
     except undo.UndoError as e:
         raise ReviewError(409, str(e)) from None
@@ -86,7 +90,7 @@ async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, revie
         overridden=[_conflict(c, records) for c in result.overridden],
         triggers=result.triggers, sql=result.sql, notes=result.notes)
     if result.applied:
-        outcome.journal_id = await _journal(journal, records, reviewer, direction, result)
+        outcome.journal_id = await _journal(journal, records, reviewer, direction, result, reason)
     return outcome
 
 
@@ -103,12 +107,15 @@ def _conflict(c: undo.Conflict, records: list[TransactionRecord]) -> UndoConflic
 
 
 async def _journal(journal: Journal, records: list[TransactionRecord], reviewer: str,
-                   direction: undo.Direction, result: undo.Result) -> int | None:
+                   direction: undo.Direction, result: undo.Result, reason: str | None) -> int | None:
     now = datetime.now(UTC)
     ids = [r.id for r in records]
     for r in records:
         doc = dict(r.undo or {})
-        doc["history"] = [*doc.get("history", []), {"action": direction, "by": reviewer, "at": now.isoformat()}]
+        entry_doc = {"action": direction, "by": reviewer, "at": now.isoformat()}
+        if reason:
+            entry_doc["reason"] = reason
+        doc["history"] = [*doc.get("history", []), entry_doc]
         doc["undone"] = direction == "undo"
         await journal.update(r.id, undo=json.dumps(doc))
     summary = (f"-- {direction} of #{', #'.join(map(str, ids))} by {reviewer}: {result.done} changes applied, "
@@ -118,6 +125,7 @@ async def _journal(journal: Journal, records: list[TransactionRecord], reviewer:
                              None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}))
     try:
         (entry,) = await journal.insert_finished([tx])
+        await journal.update(entry, decided_by=reviewer, reason=reason)
     except Exception:
         return None
     for rec in records_out:

@@ -161,7 +161,10 @@ class Verification:
         if pool is None:
             pool = await asyncpg.create_pool(self.dsn_for(database), min_size=0, max_size=2, timeout=10,
                                              server_settings={"application_name": "dbproxy sandbox sampler",
-                                                              "lock_timeout": "1s", "statement_timeout": "20s"})
+                                                              "lock_timeout": "1s", "statement_timeout": "20s",
+                                                              # An agent's policy function must never run
+                                                              # as the proxy: fail instead.
+                                                              "row_security": "off"})
             self._pools[database] = pool
         return pool
 

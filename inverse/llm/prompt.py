@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from inverse.redact import redact
+
 if TYPE_CHECKING:
     from inverse.llm.synthesize import Attempt
 
@@ -76,7 +78,7 @@ def _statements(req: Request) -> str:
     out: list[str] = []
     used = 0
     for n, sql in enumerate(req.statements, 1):
-        text = sql.strip()
+        text = redact(sql).strip()  # credentials never leave for a model
         if used + len(text) > MAX_STATEMENT_CHARS:
             left = len(req.statements) - n + 1
             out.append(f"... ({left} more statement{'s' if left != 1 else ''} or their remainder left out: "
