@@ -89,6 +89,8 @@ class MemoryReviewService:
             ),
         }
         self.log_calls: list[dict[str, Any]] = []
+        self.show_calls: list[dict[str, Any]] = []
+        self.reasons: list[str | None] = []
 
     async def pending(self) -> list[TransactionRecord]:
         return sorted((r for r in self.records.values() if r.outcome in ("open", "pending")), key=lambda r: r.id)
@@ -101,7 +103,9 @@ class MemoryReviewService:
         except KeyError:
             raise ReviewError(404, f"no transaction #{tx_id}") from None
 
-    async def show(self, tx_id: int) -> TransactionDetail:
+    async def show(self, tx_id: int, *, offset: int = 0, limit: int = 50,
+                   table: str | None = None) -> TransactionDetail:
+        self.show_calls.append(dict(offset=offset, limit=limit, table=table))
         record = self._get(tx_id)
         return self.details.get(tx_id) or TransactionDetail(transaction=record, statements=[],
                                                             diff_note="not computed in this test")
@@ -116,15 +120,18 @@ class MemoryReviewService:
         record.outcome, record.decided_by = outcome, reviewer  # type: ignore[assignment]
         return Decision(id=tx_id, outcome=outcome, decided_by=reviewer)  # type: ignore[arg-type]
 
-    async def commit(self, tx_id: int, reviewer: str) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "committed")
 
-    async def rollback(self, tx_id: int, reviewer: str) -> Decision:
+    async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "rolled back")
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
-                  before_id: int | None = None) -> list[TransactionRecord]:
-        self.log_calls.append(dict(outcome=outcome, agent=agent, limit=limit, before_id=before_id))
+                  before_id: int | None = None, **filters: Any) -> list[TransactionRecord]:
+        self.log_calls.append(dict(outcome=outcome, agent=agent, limit=limit, before_id=before_id,
+                                   **{k: v for k, v in filters.items() if v is not None}))
         rows = [r for r in sorted(self.records.values(), key=lambda r: -r.id)
                 if (outcome is None or r.outcome == outcome) and (agent is None or r.agent == agent)
                 and (before_id is None or r.id < before_id)]

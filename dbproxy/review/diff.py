@@ -217,7 +217,7 @@ def _long_values_sql(row: str, oid: str) -> str:
   where length(e.s) > {CUT}"""
 
 
-def _held_table_sql(t: _Table, limit: int) -> str:
+def _held_table_sql(t: _Table, limit: int, offset: int = 0) -> str:
     """One table's part of the held-side statement: a `ch` of changes (k key, kind, r new row, c old
     ctid, nc new ctid), then a count row and the first `limit` changes with long values cut."""
     name, key = t.name, t.key_sql("t")
@@ -266,7 +266,7 @@ union all
 select '{i}', l.kind, l.ord::text, l.k::text, (l.r - array(select jsonb_object_keys(lv.big)))::text, lv.big::text,
        l.c::text
   from (select f.*, row_number() over () as ord  -- in the order of f (a top-N sort, not a full one)
-        from (select ch.* from ch order by ch.k, ch.kind, ch.c, ch.nc limit {limit}) as f) as l
+        from (select ch.* from ch order by ch.k, ch.kind, ch.c, ch.nc offset {offset} limit {limit}) as f) as l
   cross join lateral ({_long_values_sql("l.r", t.oid)}) as lv(big))"""
 
 
@@ -393,11 +393,14 @@ class _Committed:
 
 
 async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid: int, *, limit: int = 50,
-                       notes: list[str] | None = None) -> list[TableDiff]:
+                       offset: int = 0, table: str | None = None, notes: list[str] | None = None) -> list[TableDiff]:
     """The row-level changes of the held transaction of backend `held_pid`, one TableDiff per table
-    with changes, in table-name order. Sentences about tables that could not be diffed row by row
-    (created, dropped, truncated, locked) are appended to `notes` when given."""
+    with changes, in table-name order. Each table lists its changes `offset` to `offset + limit`
+    (in key order); counts are always whole. `table` (as `TableDiff.table` names it) limits the
+    work to that one table. Sentences about tables that could not be diffed row by row (created,
+    dropped, truncated, locked) are appended to `notes` when given."""
     limit = max(0, int(limit))
+    offset = max(0, int(offset))
     top: str | None = None
     rels: dict[str, tuple[bool, str | None, str | None, str | None, str | None]] = {}
     settings: dict[str, str] = {}
@@ -405,7 +408,8 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
         if tag == "top":
             top = a
         elif tag == "rel" and a:
-            rels[a] = (b == "true", c, d, e, f)
+            if table is None or c is None or c == table:
+                rels[a] = (b == "true", c, d, e, f)
         elif tag == "set" and a and b is not None:
             settings[a] = b
     if top is None or not rels:
@@ -425,7 +429,7 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
             crow = cat.get(oid)
             idx = len(tables)
             if name is None:  # not in the held catalog: dropped by the held transaction
-                if crow is None or crow[3] != "true":
+                if crow is None or crow[3] != "true" or (table is not None and crow[1] != table):
                     continue
                 est = int(crow[4] or 0)
                 tables.append(_Table(idx, oid, str(crow[1]), "dropped", estimate=est, note=(
@@ -465,7 +469,7 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
         listed: dict[int, list[tuple[int, str, str | None, _Row | None, str | None]]] = {}
         queried = [t for t in tables if t.kind != "dropped"]
         if queried:
-            sql = "\nunion all\n".join(_held_table_sql(t, limit) for t in queried)
+            sql = "\nunion all\n".join(_held_table_sql(t, limit, offset) for t in queried)
             for idx_s, tag, ord_s, k, r, big, c in await held.query(sql, _params(sql, *window, json.dumps(old))):
                 idx = int(str(idx_s))
                 if tag == "n":
@@ -511,6 +515,7 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
                                       before=_plain({col: old_row.values.get(col) for col in cols}),
                                       after=_plain({col: new.values.get(col) for col in cols})))
         d.rows = [_in_order(r, t.columns) for r in rows]
+        d.offset = offset
         d.truncated = d.inserted + d.updated + d.deleted > len(rows)
         if d.inserted or d.updated or d.deleted or t.note:
             result.append(d)
@@ -541,3 +546,34 @@ async def blocked_by(conn: asyncpg.Connection, held_pid: int, *, indirect: bool 
     rows = await conn.fetch(_BLOCKED_SQL, held_pid, indirect)
     return [BlockedSession(pid=r[0], user=r[1], application_name=r[2], state=r[3], query=r[4],
                            waiting_seconds=r[5]) for r in rows]
+
+
+_QUEUE_FACTS_SQL = f"""select 't', l.pid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+from pg_catalog.pg_locks l
+join pg_catalog.pg_class c on c.oid = l.relation
+join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+where l.pid = any($1::int[]) and l.locktype = 'relation' and l.granted
+  and l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+  and l.mode in ({", ".join(f"'{m}'" for m in _WRITE_LOCK_MODES)})
+  and {_USER_TABLE.format(c="c", n="n")}
+union all
+select 'b', b.pid, count(*)::text
+from pg_catalog.pg_stat_activity a cross join unnest(pg_catalog.pg_blocking_pids(a.pid)) as b(pid)
+where a.wait_event_type = 'Lock' and b.pid = any($1::int[])
+group by b.pid"""
+
+
+async def queue_facts(conn: asyncpg.Connection, held_pids: list[int]) -> tuple[dict[int, list[str]], dict[int, int]]:
+    """For the review queue, in one round trip: the tables each held backend holds write locks on
+    (what it wrote, cascades included; by name, sorted) and how many sessions wait on its locks."""
+    tables: dict[int, list[str]] = {}
+    blocking: dict[int, int] = {}
+    if not held_pids:
+        return tables, blocking
+    for kind, pid, value in await conn.fetch(_QUEUE_FACTS_SQL, held_pids):
+        if kind == "t":
+            tables.setdefault(int(pid), []).append(str(value))
+        else:
+            blocking[int(pid)] = int(value)
+    return {p: sorted(set(ts)) for p, ts in tables.items()}, blocking
+
