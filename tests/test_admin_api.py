@@ -501,7 +501,8 @@ async def test_cli_show(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: 
         "ERROR 42P01", 'relation "nowhere" does not exist', "[red]not markup[/red]",
         "public.notes", "2 inserted, 1 updated, 0 deleted", "+ insert id=8, body='hi'",
         "~ update id=7  body: 'old' → 'bye'",
-        'public."Audit Log"', "- delete n=1, what=NULL", "… and 39 more",
+        'public."Audit Log"', "- delete n=1, what=NULL",
+        """… rows 1–1 of 40; next: dbproxy show 1 --table 'public."Audit Log"' --offset 1""",
         "blocking: pid 4242 (app, psql, active) (waiting 12 s): update notes set body = 'x'",
     ]
     for fact in expected:
@@ -634,3 +635,38 @@ async def test_cli_ignores_http_proxy_environment(api: Api, capsys: pytest.Captu
             conn, _ = trap.accept()
             conn.close()
             raise AssertionError("the CLI sent the admin token through an HTTP proxy")
+
+
+async def test_show_pages_the_diff_and_validates_paging(api: Api, capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path):
+    status, _ = await api.call("GET", "/v1/transactions/1", params={"offset": "100", "limit": "500",
+                                                                    "table": "public.notes"})
+    assert status == 200
+    assert api.service.show_calls[-1] == dict(offset=100, limit=500, table="public.notes")
+    status, _ = await api.call("GET", "/v1/transactions/1")
+    assert api.service.show_calls[-1] == dict(offset=0, limit=50, table=None)
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"offset": "-1"}, {"offset": "x"}, {"table": "t" * 1001}):
+        status, body = await api.call("GET", "/v1/transactions/1", params=bad)
+        assert status == 400 and body["error"], bad
+    code, _, err = await _cli(capsys, "show", "1", "--offset", "50", "--limit", "25", "--table", "public.notes",
+                              "--admin", api.admin, "--admin-token", TOKEN, "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert api.service.show_calls[-1] == dict(offset=50, limit=25, table="public.notes")
+    with pytest.raises(SystemExit) as exited:
+        await _cli(capsys, "show", "1", "--offset", "x3", "--admin", api.admin, "--admin-token", TOKEN,
+                   "--data-dir", str(tmp_path))
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "offset must be a non-negative integer" in err and "Traceback" not in err
+
+
+async def test_decisions_carry_a_reason(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    status, body = await api.call("POST", "/v1/transactions/2/rollback",
+                                  json={"reviewer": "bob", "reason": "  drops the\nwrong   rows "})
+    assert status == 200 and body["outcome"] == "rolled back"
+    assert api.service.reasons[-1] == "drops the wrong rows"
+    status, body = await api.call("POST", "/v1/transactions/1/commit", json={"reason": "x" * 2001})
+    assert status == 400 and "reason" in body["error"]
+    code, _, err = await _cli(capsys, "commit", "1", "--reason", "checked with ops", "--admin", api.admin,
+                              "--admin-token", TOKEN, "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert api.service.reasons[-1] == "checked with ops"
