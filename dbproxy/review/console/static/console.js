@@ -25,8 +25,12 @@
   }
 
   var source = new EventSource("/console/events");
-  source.onopen = function () { if (live) live.setAttribute("data-state", "on"); };
+  source.onopen = function () {
+    document.body.setAttribute("data-live", "on");
+    if (live) live.setAttribute("data-state", "on");
+  };
   source.onerror = function () {
+    document.body.setAttribute("data-live", "off");
     if (live) live.setAttribute("data-state", "off");
     if (source.readyState === EventSource.CLOSED) window.location.reload();  // signed out: sign-in page
   };
