@@ -47,6 +47,7 @@ from inverse.capture_schema import CAPTURE_VERSION
 #: How long a reviewer's request waits for the agent's current statement to finish.
 LOCK_WAIT = 10.0
 DIFF_LOCK_WAIT = 2.0
+DIFF_WORK_MEM = "64MB"
 JOURNAL_WAIT = 10.0
 #: Finished pass-through transactions waiting for the journal beyond this are dropped (and logged).
 MAX_FINISHED_BACKLOG = 100_000
@@ -354,7 +355,8 @@ class PendingRegistry:
             if held.state.agent_tx is not AgentTx.NONE:
                 return None, ("the agent is inside a transaction; the diff is computed between its "
                               "transactions")
-            r = await held.inject("SAVEPOINT dbproxy_review")
+            # The diff hashes every changed row: room for that in memory (undone with the savepoint).
+            r = await held.inject("SAVEPOINT dbproxy_review", f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'")
             if r.error is not None:
                 return None, f"could not compute the diff: {r.error.message}"
             notes: list[str] = []
