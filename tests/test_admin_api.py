@@ -91,6 +91,8 @@ class MemoryReviewService:
             ),
         }
         self.log_calls: list[dict[str, Any]] = []
+        self.show_calls: list[dict[str, Any]] = []
+        self.reasons: list[str | None] = []
 
     async def pending(self) -> list[TransactionRecord]:
         return sorted((r for r in self.records.values() if r.outcome in ("open", "pending")), key=lambda r: r.id)
@@ -103,7 +105,9 @@ class MemoryReviewService:
         except KeyError:
             raise ReviewError(404, f"no transaction #{tx_id}") from None
 
-    async def show(self, tx_id: int) -> TransactionDetail:
+    async def show(self, tx_id: int, *, offset: int = 0, limit: int = 50,
+                   table: str | None = None) -> TransactionDetail:
+        self.show_calls.append(dict(offset=offset, limit=limit, table=table))
         record = self._get(tx_id)
         return self.details.get(tx_id) or TransactionDetail(transaction=record, statements=[],
                                                             diff_note="not computed in this test")
@@ -119,14 +123,17 @@ class MemoryReviewService:
         return Decision(id=tx_id, outcome=outcome, decided_by=reviewer, reason=reason)  # type: ignore[arg-type]
 
     async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "committed", reason)
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+        self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "rolled back", reason)
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
-                  before_id: int | None = None) -> list[TransactionRecord]:
-        self.log_calls.append(dict(outcome=outcome, agent=agent, limit=limit, before_id=before_id))
+                  before_id: int | None = None, **filters: Any) -> list[TransactionRecord]:
+        self.log_calls.append(dict(outcome=outcome, agent=agent, limit=limit, before_id=before_id,
+                                   **{k: v for k, v in filters.items() if v is not None}))
         rows = [r for r in sorted(self.records.values(), key=lambda r: -r.id)
                 if (outcome is None or r.outcome == outcome) and (agent is None or r.agent == agent)
                 and (before_id is None or r.id < before_id)]
@@ -523,7 +530,8 @@ async def test_cli_show(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: 
         "ERROR 42P01", 'relation "nowhere" does not exist', "[red]not markup[/red]",
         "public.notes", "2 inserted, 1 updated, 0 deleted", "+ insert id=8, body='hi'",
         "~ update id=7  body: 'old' → 'bye'",
-        'public."Audit Log"', "- delete n=1, what=NULL", "… and 39 more",
+        'public."Audit Log"', "- delete n=1, what=NULL",
+        """… rows 1–1 of 40; next: dbproxy show 1 --table 'public."Audit Log"' --offset 1""",
         "blocking: pid 4242 (app, psql, active) (waiting 12 s): update notes set body = 'x'",
     ]
     for fact in expected:
@@ -662,3 +670,38 @@ async def test_cli_ignores_http_proxy_environment(api: Api, capsys: pytest.Captu
             conn, _ = trap.accept()
             conn.close()
             raise AssertionError("the CLI sent the admin token through an HTTP proxy")
+
+
+async def test_show_pages_the_diff_and_validates_paging(api: Api, capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path):
+    status, _ = await api.call("GET", "/v1/transactions/1", params={"offset": "100", "limit": "500",
+                                                                    "table": "public.notes"})
+    assert status == 200
+    assert api.service.show_calls[-1] == dict(offset=100, limit=500, table="public.notes")
+    status, _ = await api.call("GET", "/v1/transactions/1")
+    assert api.service.show_calls[-1] == dict(offset=0, limit=50, table=None)
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"offset": "-1"}, {"offset": "x"}, {"table": "t" * 1001}):
+        status, body = await api.call("GET", "/v1/transactions/1", params=bad)
+        assert status == 400 and body["error"], bad
+    code, _, err = await _cli(capsys, "show", "1", "--offset", "50", "--limit", "25", "--table", "public.notes",
+                              "--admin", api.admin, "--admin-token", TOKEN, "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert api.service.show_calls[-1] == dict(offset=50, limit=25, table="public.notes")
+    with pytest.raises(SystemExit) as exited:
+        await _cli(capsys, "show", "1", "--offset", "x3", "--admin", api.admin, "--admin-token", TOKEN,
+                   "--data-dir", str(tmp_path))
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "offset must be a non-negative integer" in err and "Traceback" not in err
+
+
+async def test_decisions_carry_a_reason(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    status, body = await api.call("POST", "/v1/transactions/2/rollback", token=reviewers.add(api.store, "bob"),
+                                  json={"reviewer": "bob", "reason": "  drops the\nwrong   rows "})
+    assert status == 200 and body["outcome"] == "rolled back"
+    assert api.service.reasons[-1] == "drops the wrong rows"
+    status, body = await api.call("POST", "/v1/transactions/1/commit", json={"reason": "x" * 2001})
+    assert status == 400 and "reason" in body["error"]
+    code, _, err = await _cli(capsys, "commit", "1", "--reason", "checked with ops", "--admin", api.admin,
+                              "--admin-token", TOKEN, "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert api.service.reasons[-1] == "checked with ops"

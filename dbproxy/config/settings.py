@@ -95,6 +95,48 @@ class LlmSettings(BaseModel):
     max_tokens: int = Field(default=2000, ge=100, description="tokens per answer")
 
 
+class NotifySettings(BaseModel):
+    """Webhook notifications (`[notify]` in the config file, `DBPROXY_NOTIFY_<KEY>` in the
+    environment): a JSON POST (Slack-compatible `text`, plus structured fields) when a transaction
+    is held, a verification fails or an undo conflicts. Off while no URL is set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    webhook_url: SecretStr | None = Field(default=None, description="where to POST (http or https); a Slack "
+                                          "incoming-webhook URL works as it is")
+    agents: dict[str, SecretStr] = Field(default_factory=dict, description="per-agent URL overriding webhook_url; "
+                                         'an empty string sends nothing for that agent')
+    console_url: str | None = Field(default=None, description="base URL of the console in links "
+                                    "(default http://ADMIN/console)")
+    timeout: float = Field(default=5.0, gt=0, description="seconds per delivery attempt")
+    max_attempts: int = Field(default=5, ge=1, le=20, description="attempts per notification (retried after "
+                              "connection errors, timeouts, 429 and 5xx answers)")
+    retry_delay: float = Field(default=1.0, gt=0, description="seconds before the first retry; doubled each time, "
+                               "at most 60")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        _http_url(v.get_secret_value())
+        return v
+
+    @field_validator("agents")
+    @classmethod
+    def _check_agent_urls(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for url in v.values():
+            if url.get_secret_value():
+                _http_url(url.get_secret_value())
+        return v
+
+
+def _http_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -152,6 +194,8 @@ class Settings(BaseModel):
     verify_cache: bool = Field(default=True, description="reuse a verified result for the same statement shape "
                                "and the same catalog of the touched tables")
     llm: LlmSettings = Field(default_factory=LlmSettings, description="LLM-proposed inverses (see LlmSettings)")
+    notify: NotifySettings = Field(default_factory=NotifySettings, description="webhook notifications "
+                                   "(see NotifySettings)")
 
     @field_validator("sandbox_mask", mode="before")
     @classmethod
@@ -183,7 +227,7 @@ class Settings(BaseModel):
         return parse_host_port(self.admin, what="admin")
 
 
-_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm")]
+_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify")]
 _LLM_ENV_FALLBACK = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}
 
 
@@ -210,6 +254,12 @@ def load_settings(
         if value is not None:
             llm[name] = value
     merged["llm"] = llm
+    notify: dict[str, Any] = dict(merged.get("notify") or {})
+    for name in NotifySettings.model_fields:
+        value = env.get(f"{ENV_PREFIX}NOTIFY_{name.upper()}")
+        if value is not None and name != "agents":
+            notify[name] = value
+    merged["notify"] = notify
     agents: dict[str, Any] = dict(merged.get("agents") or {})
     agents.update(parse_agent_specs(env.get(ENV_PREFIX + "AGENT", "").splitlines(), source="DBPROXY_AGENT"))
     cli = dict(cli or {})
@@ -268,6 +318,9 @@ def _holds_secrets(data: dict[str, Any]) -> bool:
     llm = data.get("llm")
     if isinstance(llm, dict) and llm.get("api_key"):
         return True
+    notify = data.get("notify")
+    if isinstance(notify, dict) and (notify.get("webhook_url") or notify.get("agents")):
+        return True  # webhook URLs carry their credentials (Slack's do)
     agents = data.get("agents")
     return isinstance(agents, dict) and any(
         isinstance(a, dict) and "password" in a for a in agents.values()

@@ -24,6 +24,7 @@ import secrets
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -45,6 +46,8 @@ from dbproxy.net.endpoint import Endpoint
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
 from dbproxy.review.api import AdminServer, load_or_create_token
+from dbproxy.review.metrics import ProxyMetrics
+from dbproxy.review.notify import Notifier
 from dbproxy.undo.install import install
 from dbproxy.undo.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
@@ -58,6 +61,8 @@ class ProxyServer:
         self.journal: Journal | None = None
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.metrics = ProxyMetrics(self)
+        self.notifier: Notifier | None = None
         self.target = target
         self.agent_role = settings.agent_role
         self.logins: dict[str, str] = {}  # agent name -> its upstream login role
@@ -206,9 +211,34 @@ class ProxyServer:
         token = load_or_create_token(settings.data_dir,
                                      settings.admin_token.get_secret_value() if settings.admin_token else None)
         ahost, aport = settings.admin_address
-        self.admin = AdminServer(self.pending, token, host=ahost, port=aport,
-                                 reviewers=Reviewers(settings.data_dir, token))
+        self.pending.events.listen(self.metrics.observe)
+        self.admin = AdminServer(self.pending, token, host=ahost, port=aport, events=self.pending.events,
+                                 metrics=self.metrics, reviewers=Reviewers(settings.data_dir, token))
         self.admin_address = await self.admin.start()
+        self.notifier = Notifier(settings.notify, settings.notify.console_url or console_url(self.admin_address),
+                                 metrics=self.metrics)
+        if self.notifier.enabled:
+            self.pending.events.listen(self.notifier)
+            self.notifier.start()
+
+    # -- what the metrics read at each scrape (`dbproxy.review.metrics.LiveState`) ----------
+
+    def sessions_by_agent(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for s in list(self.sessions):
+            if s.login is not None:
+                key = (s.login.agent.name, s.mode)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def pending_ages(self) -> list[tuple[str, str, float]]:
+        if self.pending is None:
+            return []
+        now = time.monotonic()
+        return [(h.agent, h.mode, now - h.held_monotonic) for h in list(self.pending.live.values())]
+
+    def journal_backlog(self) -> tuple[int, float]:
+        return self.journal.backlog() if self.journal is not None else (0, 0.0)
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint("client")
@@ -283,6 +313,8 @@ class ProxyServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1)
         if self.admin is not None:
             await self.admin.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.pending is not None:
             await self.pending.stop()
             if self.pending.verification is not None:
@@ -294,6 +326,13 @@ class ProxyServer:
 
 def _addr(address: tuple[str, int] | None) -> str:
     return f"{address[0]}:{address[1]}" if address else "-"
+
+
+def console_url(address: tuple[str, int] | None) -> str:
+    """The console's URL on the admin address (a server bound to every interface is named by the loopback)."""
+    host, port = address or ("127.0.0.1", 6433)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/console"
 
 
 def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
@@ -367,7 +406,8 @@ async def serve(settings: Settings) -> int:
           f"  agent URL: postgresql://{next(iter(sorted(registry.agents)))}@{host}:{port}/{target.database}\n"
           f"  upstream: {'embedded PostgreSQL in ' + str(settings.data_dir) if embedded else target.display}\n"
           f"  default mode: {settings.mode}; review API: http://{_addr(proxy.admin_address)} "
-          f"(token in {settings.data_dir / 'admin-token'} unless configured)",
+          f"(token in {settings.data_dir / 'admin-token'} unless configured)\n"
+          f"  review console: {console_url(proxy.admin_address)}/ (sign in with that token)",
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

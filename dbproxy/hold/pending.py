@@ -33,8 +33,10 @@ from dbproxy.journal.store import LINGER, FinishedTransaction, Journal
 from dbproxy.net.endpoint import ConnectionClosed
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import diff
-from dbproxy.review.models import Decision, TableDiff, TransactionDetail, UndoOutcome, VerifyOutcome
-from dbproxy.review.service import ReviewError
+from dbproxy.review.events import EventHub, ReviewEvent
+from dbproxy.review.image_diff import image_diff
+from dbproxy.review.models import Decision, QueueEntry, TableDiff, TransactionDetail, UndoOutcome, VerifyOutcome
+from dbproxy.review.service import DIFF_PAGE, ReviewError
 from dbproxy.undo import reverify
 from dbproxy.undo import service as undo_service
 from dbproxy.undo.commit import TableCache
@@ -45,6 +47,7 @@ from inverse.capture_schema import CAPTURE_VERSION
 #: How long a reviewer's request waits for the agent's current statement to finish.
 LOCK_WAIT = 10.0
 DIFF_LOCK_WAIT = 2.0
+DIFF_WORK_MEM = "64MB"
 JOURNAL_WAIT = 10.0
 #: Finished pass-through transactions waiting for the journal beyond this are dropped (and logged).
 MAX_FINISHED_BACKLOG = 100_000
@@ -52,7 +55,7 @@ MAX_FINISHED_BACKLOG = 100_000
 
 class PendingRegistry:
     def __init__(self, journal: Journal, *, target_for: Callable[[str], UpstreamTarget],
-                 dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = 50,
+                 dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = DIFF_PAGE,
                  agent_role: str | None = None) -> None:
         self.journal = journal
         self.target_for = target_for
@@ -69,6 +72,8 @@ class PendingRegistry:
         self._finished: list[tuple[FinishedTransaction, list[StatementRecord]]] = []
         self._finished_task: asyncio.Task[None] | None = None
         self._finished_dropped = 0
+        #: what happens to transactions under review, for metrics, notifications and live pages
+        self.events = EventHub()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -116,7 +121,20 @@ class PendingRegistry:
             self.journal_statement(tx_id, rec)
         self.live[tx_id] = held
         log.event("hold.pending", id=tx_id, agent=held.agent, session=held.session_id, statements=len(held.statements))
+        self._announce(held, "statements", tx_id, statements=len(held.statements))
+        doc = held.undo or {}
+        verification = doc.get("verification")
+        self._announce(held, "held", tx_id, statements=len(held.statements),
+                       irreversible=list(doc.get("irreversible") or []),
+                       verification=verification if isinstance(verification, dict) else None,
+                       llm=doc.get("llm") if isinstance(doc.get("llm"), dict) else None)
         return tx_id
+
+    def _announce(self, held: HeldConnection | None, kind: str, tx_id: int | None, *, agent: str = "",
+                  database: str = "", mode: str = "", **fields: object) -> None:
+        if held is not None:
+            agent, database, mode = held.agent, held.database, held.mode
+        self.events.publish(ReviewEvent(kind, tx_id, agent, database, mode, fields=fields))  # type: ignore[arg-type]
 
     async def capture_ready(self, database: str) -> bool:
         """Is `dbproxy install` done in `database`? (Asked once per database until it is.)"""
@@ -158,6 +176,9 @@ class PendingRegistry:
         tx = FinishedTransaction(agent, session, database, mode, backend_pid, records[0].at, records[-1].at,
                                  outcome, max(r.tx_no for r in records), xid, undo)
         self._finished.append((tx, records))
+        self._announce(None, "statements", None, agent=agent, database=database, mode=mode, statements=len(records))
+        if undo is not None and outcome == "committed":
+            self._announce(None, "committed", None, agent=agent, database=database, mode=mode, undo=undo)
         if self._finished_task is None or self._finished_task.done():
             self._finished_task = asyncio.get_running_loop().create_task(self._write_finished())
 
@@ -178,6 +199,9 @@ class PendingRegistry:
             self._finished_dropped = 0
 
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None:
+        held = self.live.get(tx_id)
+        if held is not None:
+            self._announce(held, "statements", tx_id, statements=1)
         # Credentials in statements never reach the journal (nor `show`, which reads it back).
         self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=log.redact_sql(rec.sql), tag=rec.tag,
                                       rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error)
@@ -193,6 +217,7 @@ class PendingRegistry:
         if held.id is not None and self.live.pop(held.id, None) is not None:
             tx_id = held.id
             log.event("hold.upstream_lost", id=tx_id, level=logging.WARNING)
+            self._announce(held, "decided", tx_id, outcome="failed", decided_by="upstream")
             self._background(self._quiet_update(
                 tx_id, outcome="failed", decided_by="upstream",
                 reason="the upstream connection was lost; PostgreSQL rolled the transaction back"))
@@ -205,6 +230,7 @@ class PendingRegistry:
         if tx_id is not None:
             self.live.pop(tx_id, None)
             await self._quiet_update(tx_id, outcome="failed", decided_by="proxy", reason=reason)
+            self._announce(held, "decided", tx_id, outcome="failed", decided_by="proxy", reason=reason)
         held.reset_chain()
 
     async def _quiet_update(self, tx_id: int, **fields: object) -> None:
@@ -225,22 +251,62 @@ class PendingRegistry:
     async def pending(self) -> list[TransactionRecord]:
         return [self._record(h) for _, h in sorted(self.live.items())]
 
+    async def queue(self) -> list[QueueEntry]:
+        entries = [QueueEntry(transaction=self._record(h), rows=sum(s.rows or 0 for s in h.statements
+                                                                      if s.sqlstate is None and s.tag != "SELECT"
+                                                                      and not (s.tag or "").startswith("SELECT ")),
+                              last_activity=h.statements[-1].at if h.statements else h.held_at)
+                   for _, h in sorted(self.live.items())]
+        by_db: dict[str, list[QueueEntry]] = {}
+        for e in entries:
+            by_db.setdefault(e.transaction.database, []).append(e)
+        for database, group in by_db.items():
+            pids = [e.transaction.backend_pid for e in group if e.transaction.backend_pid is not None]
+            try:
+                conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
+            except Exception as e:
+                log.event("review.queue_facts_failed", database=database, reason=str(e), level=logging.WARNING)
+                continue
+            try:
+                tables, blocking = await diff.queue_facts(conn, pids)
+            except Exception as e:
+                log.event("review.queue_facts_failed", database=database, reason=str(e), level=logging.WARNING)
+                continue
+            finally:
+                await conn.close()
+            for e in group:
+                pid = e.transaction.backend_pid
+                e.tables = tables.get(pid, []) if pid is not None else []
+                e.blocking = blocking.get(pid, 0) if pid is not None else 0
+        return entries
+
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
-                  before_id: int | None = None) -> list[TransactionRecord]:
+                  before_id: int | None = None, table: str | None = None, search: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
         try:
-            records = await self.journal.list(outcome=outcome, agent=agent, limit=limit, before_id=before_id)
+            records = await self.journal.list(outcome=outcome, agent=agent, limit=limit, before_id=before_id,
+                                              table=table, search=search, since=since, until=until)
         except Exception as e:
             raise ReviewError(503, f"the journal is unavailable: {e}") from None
         # Live facts (statement counts) are fresher in memory than in the journal.
         return [self._record(self.live[r.id]) if r.id in self.live else r for r in records]
 
-    async def show(self, tx_id: int) -> TransactionDetail:
+    async def show(self, tx_id: int, *, offset: int = 0, limit: int | None = None,
+                   table: str | None = None) -> TransactionDetail:
+        limit = self.diff_rows if limit is None else limit
         held = self.live.get(tx_id)
         if held is None:
             found = await self.journal_get(tx_id)
             record, statements = found
-            return TransactionDetail(transaction=record, statements=statements,
-                                     diff_note="the transaction has ended; row-level diffs exist only while it is held")
+            detail = TransactionDetail(transaction=record, statements=statements)
+            if record.mode == "undo" and record.outcome == "committed" and record.xid is not None \
+                    and (record.undo or {}).get("direction"):
+                detail.diff, detail.diff_note = await self._image_diff(record, offset=offset, limit=limit,
+                                                                        table=table)
+            else:
+                detail.diff_note = ("the transaction has ended; row-level diffs exist only while it is held, "
+                                    "and afterwards for transactions committed in undo mode")
+            return detail
         detail = TransactionDetail(
             transaction=self._record(held),
             statements=[r.model_copy(update={"sql": log.redact_sql(r.sql)}) for r in held.statements],
@@ -257,12 +323,34 @@ class PendingRegistry:
             return detail
         try:
             detail.blocking = await diff.blocked_by(conn, held.backend_pid)
-            detail.diff, detail.diff_note = await self._diff(held, conn)
+            detail.diff, detail.diff_note = await self._diff(held, conn, offset=offset, limit=limit, table=table)
         finally:
             await conn.close()
         return detail
 
-    async def _diff(self, held: HeldConnection, conn: asyncpg.Connection) -> tuple[list[TableDiff] | None, str | None]:
+    async def _image_diff(self, record: TransactionRecord, *, offset: int, limit: int,
+                          table: str | None) -> tuple[list[TableDiff] | None, str | None]:
+        """A committed undo-mode transaction's diff, from the row images captured at its commit."""
+        assert record.xid is not None
+        notes = ["computed from the row images captured at its commit"]
+        if (record.undo or {}).get("undone"):
+            notes.append("it has been undone since, so these changes are no longer in the database")
+        try:
+            conn = await asyncpg.connect(self.dsn_for(record.database), timeout=10)
+        except Exception as e:
+            return None, f"could not connect to compute the diff: {e}"
+        try:
+            tables = await image_diff(conn, record.xid, offset=offset, limit=limit, table=table, notes=notes)
+        except asyncpg.UndefinedTableError:
+            return None, "the captured row images are gone (`dbproxy uninstall` removed them)"
+        except Exception as e:
+            return None, f"could not compute the diff: {e}"
+        finally:
+            await conn.close()
+        return tables, "; ".join(notes)
+
+    async def _diff(self, held: HeldConnection, conn: asyncpg.Connection, *, offset: int = 0,
+                    limit: int | None = None, table: str | None = None) -> tuple[list[TableDiff] | None, str | None]:
         try:
             await asyncio.wait_for(held.lock.acquire(), DIFF_LOCK_WAIT)
         except TimeoutError:
@@ -273,13 +361,15 @@ class PendingRegistry:
             if held.state.agent_tx is not AgentTx.NONE:
                 return None, ("the agent is inside a transaction; the diff is computed between its "
                               "transactions")
-            r = await held.inject("SAVEPOINT dbproxy_review")
+            # The diff hashes every changed row: room for that in memory (undone with the savepoint).
+            r = await held.inject("SAVEPOINT dbproxy_review", f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'")
             if r.error is not None:
                 return None, f"could not compute the diff: {r.error.message}"
             notes: list[str] = []
             try:
-                tables = await diff.compute_diff(_HeldQuery(held), conn, held.backend_pid, limit=self.diff_rows,
-                                                 notes=notes)
+                tables = await diff.compute_diff(_HeldQuery(held), conn, held.backend_pid,
+                                                 limit=self.diff_rows if limit is None else limit, offset=offset,
+                                                 table=table, notes=notes)
                 return tables, " ".join(notes) or None
             except Exception as e:
                 return None, f"could not compute the diff: {e}"
@@ -313,10 +403,12 @@ class PendingRegistry:
                     await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer,
                                              reason="the upstream connection closed right after COMMIT; "
                                              "the server reports the transaction committed")
+                    self._announce(held, "decided", tx_id, outcome="committed", decided_by=reviewer)
                     return Decision(id=tx_id, outcome="committed", decided_by=reviewer)
                 reason = ("the upstream connection was lost during COMMIT; the server reports the transaction "
                           f"{outcome or 'unknown'}")
                 await self._quiet_update(tx_id, outcome="failed", decided_by=reviewer, reason=reason)
+                self._announce(held, "decided", tx_id, outcome="failed", decided_by=reviewer, reason=reason)
                 raise ReviewError(502, f"#{tx_id} was not committed: {reason}",
                                   sqlstate=SQLState.CONNECTION_FAILURE) from None
             tag = r.tags[0] if r.tags else ""
@@ -326,14 +418,16 @@ class PendingRegistry:
             if r.error is not None or tag != "COMMIT":
                 why = r.error.message if r.error is not None else f"the server answered {tag or 'nothing'}"
                 sqlstate = r.error.sqlstate if r.error is not None else None
-                reason = f"COMMIT failed: {why}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
-                await self._quiet_update(tx_id, outcome="failed", decided_by=reviewer, reason=reason)
+                failure = f"COMMIT failed: {why}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+                await self._quiet_update(tx_id, outcome="failed", decided_by=reviewer, reason=failure)
+                self._announce(held, "decided", tx_id, outcome="failed", decided_by=reviewer, reason=failure)
                 self._tell_agent(held, f"dbproxy: held transaction #{tx_id} could not be committed: {why}")
                 self._release_if_detached(held)
                 raise ReviewError(502, f"#{tx_id} was not committed: {why}", sqlstate=sqlstate)
             await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer, agent_transactions=held_count,
                                      reason=reason)
             log.event("hold.committed", id=tx_id, reviewer=reviewer)
+            self._announce(held, "decided", tx_id, outcome="committed", decided_by=reviewer, reason=reason)
             self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}"
                              + (f": {reason}" if reason else ""))
             self._release_if_detached(held)
@@ -369,6 +463,7 @@ class PendingRegistry:
             held.reset_chain()
             await self._quiet_update(tx_id, outcome=outcome, decided_by=decided_by, reason=reason)
             log.event("hold.ended", id=tx_id, outcome=outcome, decided_by=decided_by)
+            self._announce(held, "decided", tx_id, outcome=outcome, decided_by=decided_by, reason=reason)
             if mid_tx and held.session is not None:
                 # The agent's open transaction is gone: end its session rather than let it
                 # believe it is still inside it.
@@ -396,13 +491,23 @@ class PendingRegistry:
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    since: bool = False, reason: str | None = None) -> UndoOutcome:
-        return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="undo", force=force,
-                                      dry_run=dry_run, since=since, reason=reason, act_as=self.agent_role)
+        outcome = await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="undo", force=force,
+                                         dry_run=dry_run, since=since, reason=reason, act_as=self.agent_role)
+        self._announce_undo(tx_id, reviewer, outcome)
+        return outcome
 
     async def redo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    reason: str | None = None) -> UndoOutcome:
-        return await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="redo", force=force,
-                                      dry_run=dry_run, reason=reason, act_as=self.agent_role)
+        outcome = await undo_service.run(self.journal, self.dsn_for, tx_id, reviewer, direction="redo", force=force,
+                                         dry_run=dry_run, reason=reason, act_as=self.agent_role)
+        self._announce_undo(tx_id, reviewer, outcome)
+        return outcome
+
+    def _announce_undo(self, tx_id: int, reviewer: str, outcome: UndoOutcome) -> None:
+        self._announce(None, outcome.direction, tx_id, agent=f"reviewer:{reviewer}", mode="undo", reviewer=reviewer,
+                       applied=outcome.applied, dry_run=outcome.dry_run, ids=outcome.ids,
+                       conflicts=len(outcome.conflicts), journal_id=outcome.journal_id,
+                       first_conflict=outcome.conflicts[0].message if outcome.conflicts else None)
 
     async def verify(self, tx_id: int) -> VerifyOutcome:
         """`dbproxy verify ID`: prove the inverse of a held or committed undo-mode transaction in the
@@ -424,6 +529,11 @@ class PendingRegistry:
             await self.journal.update(tx_id, undo=json.dumps(doc))
         except Exception as e:
             raise ReviewError(503, f"verified, but the journal is unavailable to record it: {e}") from None
+        if held is not None:
+            self._announce(held, "verified", tx_id, verification=verdict.to_json())
+        else:
+            self._announce(None, "verified", tx_id, agent=record.agent, database=record.database, mode=record.mode,
+                           verification=verdict.to_json())
         return VerifyOutcome.model_validate({"id": tx_id, **verdict.to_json()})
 
     async def journal_get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]]:

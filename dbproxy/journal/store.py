@@ -828,21 +828,43 @@ class Journal:
         return TransactionRecord(**dict(tx)), [StatementRecord(**dict(s)) for s in stmts]
 
     async def list(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
-                   before_id: int | None = None) -> list[TransactionRecord]:
-        """Transactions, newest first; `before_id` pages on (ids smaller than it)."""
+                   before_id: int | None = None, table: str | None = None, search: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
+        """Transactions, newest first; `before_id` pages on (ids smaller than it). `table`: one of its
+        statements mentions that text; `search`: a statement, the reason or the decider does
+        (case-insensitive); `since`/`until`: it started in that time."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         where, args = [], []
-        for column, value, op in (("outcome", outcome, "="), ("agent", agent, "="), ("id", before_id, "<")):
+        for column, value, op in (("outcome", outcome, "="), ("agent", agent, "="), ("id", before_id, "<"),
+                                  ("started_at", since, ">="), ("started_at", until, "<")):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} {op} ${len(args)}")
+        for text, also in ((table, ""), (search, " OR t.reason ILIKE $N OR t.decided_by ILIKE $N")):
+            if text:
+                args.append("%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+                n = f"${len(args)}"
+                where.append(f"(EXISTS (SELECT 1 FROM dbproxy.statements s WHERE s.tx_id = t.id AND s.sql ILIKE {n})"
+                             + also.replace("$N", n) + ")")
         args.append(limit)
-        sql = (f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions"
+        sql = (f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions t"
                + (" WHERE " + " AND ".join(where) if where else "")
                + f" ORDER BY id DESC LIMIT ${len(args)}")
         rows = await self._call("list", lambda con: con.fetch(sql, *args))
         return [TransactionRecord(**dict(r)) for r in rows]
+
+    def backlog(self) -> tuple[int, float]:
+        """Statements recorded but not yet durable, and the age in seconds of the oldest of them
+        (the journal's lag; 0 when it has caught up)."""
+        pending = list(self._batch.records[:1]) if self._batch else []
+        if self._buf:
+            pending.append(self._buf[0])
+        count = len(self._buf) + (len(self._batch.records) if self._batch else 0)
+        if not pending:
+            return count, 0.0
+        oldest = min(r.at for r in pending)
+        return count, max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
     async def undoable_since(self, tx_id: int) -> list[TransactionRecord]:
         """Transactions committed with an undo from `tx_id` on, newest first (whether they were

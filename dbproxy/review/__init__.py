@@ -5,7 +5,11 @@
 - `models`: what the API returns beyond the journal's records (diffs, decisions, undo outcomes).
 - `api`: the admin HTTP API serving a `ReviewService`.
 - `cli`: the reviewer's commands (`dbproxy pending|show|commit|...`), clients of the API.
-- `diff`: the row-level diff of a held transaction and the sessions it blocks.
+- `diff`: the row-level diff of a held transaction and the sessions it blocks; `image_diff`: the
+  diff of a committed undo-mode transaction, from its captured row images.
+- `events`: what happens to transactions under review (held, decided, undone, ...), fanned out to
+  `metrics` (Prometheus, `GET /metrics`), `notify` (webhooks) and the console's live pages.
+- `console/`: the review console, web pages served by the admin server.
 
 May import: `protocol`, `config`, `net`, `auth`, `backend`, `journal`.
 """

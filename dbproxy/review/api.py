@@ -9,13 +9,19 @@ rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer like
     GET  /v1/pending                        [TransactionRecord]   waiting for a decision, oldest first
     GET  /v1/transactions?outcome=&agent=&limit=&before=
                                             [TransactionRecord]   the journal, newest first
-    GET  /v1/transactions/{id}              TransactionDetail     statements, row diff, blocked sessions
+    GET  /v1/transactions/{id}?offset=&limit=&table=
+                                            TransactionDetail     statements, row diff (paged per table),
+                                                                  blocked sessions
     POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT}, optional
-    POST /v1/transactions/{id}/rollback     Decision
+    POST /v1/transactions/{id}/rollback     Decision              (the reason is journaled and told to the agent)
     POST /v1/transactions/{id}/undo         UndoOutcome           body {"reason", "force", "dry_run", "since"}
     POST /v1/transactions/{id}/redo         UndoOutcome           body {"reason", "force", "dry_run"}
     POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
+    GET  /metrics                           Prometheus text format (no token needed; counts and agent
+                                            names only, see `dbproxy.review.metrics`)
+    /console/...                            the review console's pages (`dbproxy.review.console`;
+                                            signed in with a session cookie, not the bearer token)
 
 Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`. Every
 endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
@@ -37,6 +43,7 @@ import os
 import secrets
 import stat
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -47,8 +54,11 @@ from pydantic.json_schema import JsonSchemaMode
 from dbproxy.auth.reviewers import Reviewers
 from dbproxy.config import log
 from dbproxy.journal.records import Outcome, TransactionRecord
+from dbproxy.review.console.pages import Console
+from dbproxy.review.events import EventHub
+from dbproxy.review.metrics import CONTENT_TYPE, ProxyMetrics
 from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
-from dbproxy.review.service import ReviewError, ReviewService
+from dbproxy.review.service import DIFF_PAGE, MAX_DIFF_PAGE, ReviewError, ReviewService
 
 TOKEN_FILE = "admin-token"
 REVIEWER_HEADER = "X-Dbproxy-Reviewer"
@@ -58,7 +68,8 @@ MAX_REVIEWER_LENGTH = 200
 MAX_REASON_LENGTH = 2000
 _MAX_ID = 2**63 - 1  # journal ids are bigints
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
-_OPEN_PATHS = frozenset({"/v1/health"})
+_OPEN_PATHS = frozenset({"/v1/health", "/metrics"})
+MAX_TABLE_LENGTH = 1000
 #: The reviewer a request's token belongs to (set by the auth middleware).
 REVIEWER = web.RequestKey("reviewer", str)
 
@@ -150,7 +161,8 @@ class DecisionRequest(BaseModel):
         description="must be the reviewer the token belongs to when given (decisions are recorded under it)",
     )
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
-                               description="why, kept in the journal and shown by show and log")
+                               description="why; journaled with the decision, shown by show and log and told "
+                               "to the agent")
 
 
 class ErrorBody(BaseModel):
@@ -197,12 +209,11 @@ def _int_param(request: web.Request, name: str, *, default: int | None, lo: int,
 
 
 def _clean_reason(raw: str | None) -> str | None:
-    if raw is None or not raw.strip():
-        return None
-    reason = raw.strip()
-    if any(not c.isprintable() and c not in "\n\t" for c in reason):
+    """A reason as one line of printable text (whitespace runs become one space)."""
+    reason = " ".join(raw.split()) if raw is not None else ""
+    if any(not c.isprintable() for c in reason):
         raise _BadRequest("reason must be printable text")
-    return reason
+    return reason or None
 
 
 def _clean_reviewer(raw: str, *, source: str) -> str:
@@ -222,13 +233,17 @@ class AdminServer:
     returns the bound address; `stop()` closes it. Runs on whatever event loop is running."""
 
     def __init__(self, service: ReviewService, token: str, *, host: str, port: int,
+                 events: EventHub | None = None, metrics: ProxyMetrics | None = None,
                  reviewers: Reviewers | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a non-empty token")
         self._service = service
         # The admin token is the reviewer `admin`; more reviewers, with tokens of their own, come
-        # from the store (`dbproxy reviewer add`).
+        # from the store (`dbproxy reviewer add`). The console signs in with the same tokens.
         self._reviewers = reviewers or Reviewers(None, token)
+        self.events = events if events is not None else EventHub()
+        self.metrics = metrics
+        self.console = Console(service, self._reviewers.who, self.events)
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -240,18 +255,7 @@ class AdminServer:
     async def start(self) -> tuple[str, int]:
         if self._runner is not None:
             raise RuntimeError("the admin server is already running")
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
-        app.router.add_get("/v1/health", self._health)
-        app.router.add_get("/v1/pending", self._pending)
-        app.router.add_get("/v1/transactions", self._log)
-        app.router.add_get("/v1/transactions/{id}", self._show)
-        app.router.add_post("/v1/transactions/{id}/commit", self._commit)
-        app.router.add_post("/v1/transactions/{id}/rollback", self._rollback)
-        app.router.add_post("/v1/transactions/{id}/undo", self._undo)
-        app.router.add_post("/v1/transactions/{id}/redo", self._redo)
-        app.router.add_post("/v1/transactions/{id}/verify", self._verify)
-        app.router.add_get("/openapi.json", self._openapi)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
+        runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self._host, self._port)
@@ -264,8 +268,27 @@ class AdminServer:
         self.address = (str(bound[0]), int(bound[1]))
         return self.address
 
+    def make_app(self) -> web.Application:
+        """The aiohttp application: the JSON API, /metrics and the console (tests serve it with
+        aiohttp's test server)."""
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        self.console.add_to(app)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/health", self._health)
+        app.router.add_get("/v1/pending", self._pending)
+        app.router.add_get("/v1/transactions", self._log)
+        app.router.add_get("/v1/transactions/{id}", self._show)
+        app.router.add_post("/v1/transactions/{id}/commit", self._commit)
+        app.router.add_post("/v1/transactions/{id}/rollback", self._rollback)
+        app.router.add_post("/v1/transactions/{id}/undo", self._undo)
+        app.router.add_post("/v1/transactions/{id}/redo", self._redo)
+        app.router.add_post("/v1/transactions/{id}/verify", self._verify)
+        app.router.add_get("/openapi.json", self._openapi)
+        return app
+
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        self.events.close()  # live console pages end their event streams
         if runner is not None:
             await runner.cleanup()
 
@@ -280,6 +303,8 @@ class AdminServer:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if Console.owns(request.path):
+            return await handler(request)  # the console answers with pages of its own
         try:
             return await handler(request)
         except ReviewError as e:
@@ -308,8 +333,8 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _OPEN_PATHS:
-            return await handler(request)
+        if request.path in _OPEN_PATHS or Console.owns(request.path):
+            return await handler(request)  # the console checks its own session cookie
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return _error(401, "missing bearer token (Authorization: Bearer TOKEN)",
@@ -338,11 +363,31 @@ class AdminServer:
         limit = _int_param(request, "limit", default=DEFAULT_LIMIT, lo=1, hi=MAX_LIMIT)
         before = _int_param(request, "before", default=None, lo=1, hi=_MAX_ID)
         assert limit is not None
-        records = await self._service.log(outcome=outcome, agent=agent, limit=limit, before_id=before)
+        filters: dict[str, Any] = {k: request.query.get(q) or None for k, q in (("table", "table"), ("search", "q"))}
+        for name in ("since", "until"):
+            raw = request.query.get(name)
+            if raw:
+                try:
+                    t = datetime.fromisoformat(raw)
+                except ValueError:
+                    raise _BadRequest(f"{name} must be an ISO 8601 date or time, got {raw!r}") from None
+                filters[name] = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+        records = await self._service.log(outcome=outcome, agent=agent, limit=limit, before_id=before, **filters)
         return _json(_dump_list(records))
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def _show(self, request: web.Request) -> web.Response:
-        detail = await self._service.show(_parse_id(request))
+        offset = _int_param(request, "offset", default=0, lo=0, hi=2**62)
+        limit = _int_param(request, "limit", default=DIFF_PAGE, lo=1, hi=MAX_DIFF_PAGE)
+        table = request.query.get("table") or None
+        if table is not None and len(table) > MAX_TABLE_LENGTH:
+            raise _BadRequest(f"table must be at most {MAX_TABLE_LENGTH} characters")
+        assert offset is not None and limit is not None
+        detail = await self._service.show(_parse_id(request), offset=offset, limit=limit, table=table)
         return _json(detail.model_dump(mode="json"))
 
     async def _commit(self, request: web.Request) -> web.Response:
@@ -519,6 +564,14 @@ def openapi_document() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
                     {"name": "before", "in": "query", "required": False, "description": "only ids below this",
                      "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "table", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "a statement mentions this text (case-insensitive)"},
+                    {"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "a statement, the reason or the decider mentions this text"},
+                    {"name": "since", "in": "query", "required": False, "description": "started at or after (ISO 8601)",
+                     "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "until", "in": "query", "required": False, "description": "started before (ISO 8601)",
+                     "schema": {"type": "string", "format": "date-time"}},
                 ],
                 "responses": {"200": body(records, "journal entries"), **errors(400)},
             }
@@ -526,7 +579,15 @@ def openapi_document() -> dict[str, Any]:
         "/v1/transactions/{id}": {
             "get": {
                 "operationId": "show", "summary": "statements, row-level diff and blocked sessions",
-                "parameters": [id_param],
+                "parameters": [
+                    id_param,
+                    {"name": "offset", "in": "query", "required": False, "description": "diff rows to skip per table",
+                     "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "limit", "in": "query", "required": False, "description": "diff rows per table",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DIFF_PAGE, "default": DIFF_PAGE}},
+                    {"name": "table", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "only this table's diff (as TableDiff.table names it)"},
+                ],
                 "responses": {"200": body(ref(TransactionDetail), "one transaction"), **errors(400, 404)},
             }
         },

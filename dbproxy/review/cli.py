@@ -1,9 +1,11 @@
 """The reviewer's commands: `dbproxy pending|show|commit|rollback|log`, clients of the admin API.
 
     dbproxy pending                      held transactions waiting for a decision
-    dbproxy show ID                      statements by agent transaction, row changes, blocked sessions
+    dbproxy show ID [--offset N] [--limit N] [--table T]
+                                         statements by agent transaction, row changes (paged per
+                                         table), blocked sessions
     dbproxy commit ID [--reason TEXT]    commit it upstream (recorded under your token's reviewer)
-    dbproxy rollback ID [--reason TEXT]
+    dbproxy rollback ID [--reason TEXT]  the reason is journaled and told to the agent
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
     dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
@@ -27,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.parse
@@ -88,6 +91,12 @@ def _limit(value: str) -> int:
     return int(value)
 
 
+def _offset(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) >= 2**62:
+        raise argparse.ArgumentTypeError(f"offset must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add the review subcommands to `dbproxy`'s subparsers; `common` adds --config and --data-dir."""
 
@@ -104,10 +113,17 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     review("pending", "list transactions waiting for a decision")
     show = review("show", "show one transaction: statements, row changes, blocked sessions")
     show.add_argument("id", type=_tx_id, metavar="ID")
+    show.add_argument("--offset", type=_offset, default=0, metavar="N",
+                      help="skip the first N changed rows of each table (default 0)")
+    show.add_argument("--limit", type=_limit, default=None, metavar="N",
+                      help="changed rows listed per table (default 50, max 1000)")
+    show.add_argument("--table", default=None, metavar="TABLE",
+                      help="only this table's changes, named as `show` prints it (e.g. public.orders)")
     for name, verb in (("commit", "commit"), ("rollback", "roll back")):
         sp = review(name, f"{verb} a pending transaction")
         sp.add_argument("id", type=_tx_id, metavar="ID")
-        sp.add_argument("--reason", metavar="TEXT", help="why (kept in the journal; shown by show and log)")
+        sp.add_argument("--reason", metavar="TEXT", help="why (journaled, shown by show and log; a rollback's "
+                        "reason is told to the agent)")
     verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
     verify.add_argument("id", type=_tx_id, metavar="ID")
     for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
@@ -261,7 +277,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
         data = client.get("/v1/transactions", {"outcome": args.outcome, "agent": args.agent_filter,
                                                "limit": args.limit, "before": args.before})
     elif cmd == "show":
-        data = client.get(f"/v1/transactions/{args.id}")
+        data = client.get(f"/v1/transactions/{args.id}", {"offset": args.offset or None, "limit": args.limit,
+                                                           "table": args.table})
     elif cmd == "verify":
         data = client.post(f"/v1/transactions/{args.id}/verify", {})
     elif cmd in ("undo", "redo"):
@@ -291,7 +308,7 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
             else:
                 console.print(records_table(records, with_decider=cmd == "log"))
         elif cmd == "show":
-            render_detail(console, TransactionDetail.model_validate(data))
+            render_detail(console, TransactionDetail.model_validate(data), show_id=args.id)
         elif cmd in ("undo", "redo"):
             return render_undo(console, UndoOutcome.model_validate(data))
         elif cmd == "verify":
@@ -417,7 +434,7 @@ def _line(*parts: tuple[str, str] | str) -> Text:
     return Text.assemble(*parts)
 
 
-def render_detail(console: Console, d: TransactionDetail) -> None:
+def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None = None) -> None:
     now = _now()
     t = d.transaction
     console.print(_line(("#" + str(t.id), "bold"), "  ", (t.outcome, _OUTCOME_STYLE.get(t.outcome, "")),
@@ -451,7 +468,7 @@ def render_detail(console: Console, d: TransactionDetail) -> None:
     console.print()
     _render_statements(console, d.statements)
     console.print()
-    _render_diff(console, d.diff, d.diff_note)
+    _render_diff(console, d.diff, d.diff_note, show_id=show_id)
     if t.undo is not None:
         console.print()
         _render_inverse(console, t.undo)
@@ -488,7 +505,8 @@ def _render_statements(console: Console, statements: list[StatementRecord]) -> N
         console.print(Padding(table, (0, 0, 0, 4), expand=False))
 
 
-def _render_diff(console: Console, diff: list[TableDiff] | None, note: str | None) -> None:
+def _render_diff(console: Console, diff: list[TableDiff] | None, note: str | None, *,
+                 show_id: int | None = None) -> None:
     console.print(Text("Changes", style="bold"))
     if diff is None:
         console.print(Text("  no row-level diff" + (f": {note}" if note else "")))
@@ -504,8 +522,13 @@ def _render_diff(console: Console, diff: list[TableDiff] | None, note: str | Non
         for rc in td.rows:
             console.print(_row_change(rc))
         if td.truncated:
-            more = td.inserted + td.updated + td.deleted - len(td.rows)
-            console.print(Text(f"    … and {more} more" if more > 0 else "    … and more"))
+            total = td.inserted + td.updated + td.deleted
+            shown = f"rows {td.offset + 1}–{td.offset + len(td.rows)} of {total}" if td.rows else \
+                f"no rows at offset {td.offset} of {total}"
+            after = td.offset + len(td.rows)
+            more = f"; next: dbproxy show {show_id} --table {shlex.quote(td.table)} --offset {after}" \
+                if show_id is not None and td.rows and after < total else ""
+            console.print(Text(f"    … {shown}{more}"))
 
 
 def _row_change(rc: RowChange) -> Text:

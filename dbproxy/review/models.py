@@ -27,7 +27,19 @@ class TableDiff(BaseModel):
     updated: int = 0
     deleted: int = 0
     rows: list[RowChange] = Field(default_factory=list)
-    truncated: bool = Field(default=False, description="more rows changed than are listed")
+    offset: int = Field(default=0, description="rows skipped before the first listed one (paging)")
+    truncated: bool = Field(default=False, description="more rows changed than are listed (before or after this page)")
+
+
+class QueueEntry(BaseModel):
+    """A pending transaction as the console's queue lists it: the record plus what is cheap to know
+    without computing its diff."""
+
+    transaction: TransactionRecord
+    tables: list[str] = Field(default_factory=list, description="tables it holds write locks on")
+    rows: int = Field(default=0, description="rows written, from the statements' command tags")
+    blocking: int = Field(default=0, description="sessions waiting on its locks")
+    last_activity: datetime | None = Field(default=None, description="when its last statement ran")
 
 
 class BlockedSession(BaseModel):

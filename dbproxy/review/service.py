@@ -7,10 +7,15 @@ interface here lets the API and the CLI be written and tested against it without
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from dbproxy.journal.records import TransactionRecord
-from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, VerifyOutcome
+from dbproxy.review.models import Decision, QueueEntry, TransactionDetail, UndoOutcome, VerifyOutcome
+
+#: Rows of each table's diff listed per page unless asked otherwise, and the most a page may ask for.
+DIFF_PAGE = 50
+MAX_DIFF_PAGE = 1000
 
 
 class ReviewError(Exception):
@@ -31,8 +36,14 @@ class ReviewService(Protocol):
         """Transactions waiting for a decision (and open ones that already hold writes), oldest first."""
         ...
 
-    async def show(self, tx_id: int) -> TransactionDetail:
-        """Statements, row-level diff and blocked sessions of one transaction (any outcome)."""
+    async def queue(self) -> list[QueueEntry]:
+        """Pending transactions with the tables they write, rows written and sessions they block."""
+        ...
+
+    async def show(self, tx_id: int, *, offset: int = 0, limit: int = DIFF_PAGE,
+                   table: str | None = None) -> TransactionDetail:
+        """Statements, row-level diff and blocked sessions of one transaction (any outcome). The diff
+        lists each table's changes `offset` to `offset + limit` (`table`: only that table)."""
         ...
 
     async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
@@ -41,7 +52,7 @@ class ReviewService(Protocol):
         ...
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
-        """Roll back a pending (or open) transaction upstream."""
+        """Roll back a pending (or open) transaction upstream; `reason` is journaled and told to the agent."""
         ...
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
@@ -60,6 +71,8 @@ class ReviewService(Protocol):
         ...
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
-                  before_id: int | None = None) -> list[TransactionRecord]:
-        """The journal, newest first."""
+                  before_id: int | None = None, table: str | None = None, search: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
+        """The journal, newest first; `table` and `search`: a statement mentions it; `since`/`until`:
+        started in that time."""
         ...
