@@ -1,8 +1,11 @@
 """Inverses of DDL commands, from the events the capture event triggers logged.
 
-The event trigger records, per DDL command an agent session ran: the command tag, the object's
-type and identity (schema-qualified and quoted by PostgreSQL itself), and the query text. That is
-enough for the commands whose inverse needs no state from before:
+Statements the proxy announced (`dbproxy.before_ddl`, see `inverse.ddl_state`) come with the
+state from before them and are inverted by `inverse.ddl_groups` (`invert_all` routes them there).
+DDL nobody announced (run inside a function or DO block, where the proxy never sees its text) has
+only what the event trigger records per command: the command tag, the object's type and identity
+(schema-qualified and quoted by PostgreSQL itself), and the query text. That is enough for the
+commands whose inverse needs no state from before:
 
 - `CREATE TABLE / VIEW / MATERIALIZED VIEW / INDEX / SEQUENCE / FUNCTION / PROCEDURE / TYPE /
   DOMAIN / SCHEMA` -> `DROP <kind> <identity>` (a table's serial sequences and key indexes are
@@ -11,10 +14,10 @@ enough for the commands whose inverse needs no state from before:
   `RENAME COLUMN a TO b` -> `RENAME COLUMN b TO a`; `RENAME TO b` -> `RENAME TO a`;
 - an object created and dropped again in the same transaction: nothing to undo.
 
-Everything else (DROP of an existing object, ALTER COLUMN TYPE, SET/DROP DEFAULT or NOT NULL,
-constraints, COMMENT, GRANT/REVOKE, ...) would need the object's state from before the command;
-those are classified irreversible with the reason, so the transaction is held for a person
-instead of committed with an incomplete undo.
+Everything else unannounced (DROP of an existing object, ALTER COLUMN TYPE, SET/DROP DEFAULT or
+NOT NULL, constraints, COMMENT, GRANT/REVOKE, ...) would need the object's state from before the
+command; those are classified irreversible with the reason, so the transaction is held for a
+person instead of committed with an incomplete undo.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlglot.errors import SqlglotError
 
 from inverse.capture_schema import ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.classify import split_statements
+from inverse.ddl_groups import DdlStep, groups, invert_group, redo_group
 from inverse.images import Change, quote_ident
 
 _DROP_KIND = {
@@ -53,6 +57,33 @@ class DdlInverse:
     # For an irreversible command, what another source of inverses (an LLM) needs to propose one:
     query: str = ""  # the query text that ran it
     objects: tuple[tuple[str, str], ...] = ()  # (object type, identity) of everything the command touched
+    steps: tuple[DdlStep, ...] = ()  # an announced statement's inverse (instead of `sql`)
+    created_tables: frozenset[int] = frozenset()  # oids of tables it created (their rows go with them)
+
+
+def invert_all(changes: list[Change], *, direction: str = "undo") -> list[DdlInverse]:
+    """Inverses (or redos) of every DDL statement among a transaction's captured changes, oldest
+    first: announced statements from the state kept before them, the rest by `invert_ddl`."""
+    announced, loose = groups(changes)
+    out: list[DdlInverse] = []
+    if loose:
+        if direction == "undo":
+            out += invert_ddl(loose)
+        else:
+            loose_out = invert_ddl(loose)
+            for d in loose_out:
+                if d.sql is not None or d.reason is not None:
+                    out.append(DdlInverse(d.seq, None, "redo of DDL run inside a function or DO block is not "
+                                          "possible: its statement text was not kept", created=d.created))
+    created: set[str] = set()
+    for g in announced:
+        inv = invert_group(g, created_before=created) if direction == "undo" else redo_group(g)
+        created |= {k for k, v in g.after.items() if k not in g.before and v is not None}
+        reason = "; ".join(inv.reasons) if inv.reasons else None
+        out.append(DdlInverse(g.last, None, reason, query=g.statement, objects=inv.objects,
+                              steps=tuple(inv.steps) if reason is None else (),
+                              created_tables=frozenset(inv.created_tables)))
+    return sorted(out, key=lambda d: d.seq)
 
 
 def _sourced(inv: DdlInverse, group: list[Change]) -> DdlInverse:
