@@ -184,7 +184,16 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
     drops: list[tuple[int, str]] = []  # (seq of creation, statement) of what the statement created
     objects: list[tuple[str, str]] = []
     keys = list(dict.fromkeys([*g.before, *g.after]))
+    skip: set[str] = set()
     for key in keys:
+        before = (g.before.get(key) or {}).get("desc")
+        after = g.after[key] if key in g.after else before
+        if before and after and before.get("kind") == "table" and before != after \
+                and (g.before.get(key) or {}).get("role") != "context" and render.alter(after, before).rebuild:
+            skip |= _rebuild(key, before, after, g, rows_by_rel, pre, post, data, checks, remaps, out)
+    for key in keys:
+        if key in skip:
+            continue
         ev = g.before.get(key) or {}
         if ev.get("role") == "context":
             continue  # only needed to rebuild a table
@@ -281,6 +290,95 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
     steps += [DdlStep(bottom, "ddl", s) for _, s in post]
     out.steps = steps
     return out
+
+
+def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
+             rows_by_rel: dict[int, list[Change]], pre: list[tuple[int, str]], post: list[tuple[int, str]],
+             data: list[DdlStep], checks: list[DdlStep], remaps: list[DdlStep], out: GroupInverse) -> set[str]:
+    """A column comes back in the middle of a table: PostgreSQL only adds columns at the end, so
+    the table is made again from its definition. Its rows are copied aside, the table dropped
+    with everything that depends on it (`context`: described before the statement), then all of
+    it made again, the rows put back with the kept column values, sequences where they were.
+    Returns the keys of objects this re-creates (the regular inverse leaves them alone)."""
+    oid = _desc_oid(before)
+    now_name = str(after["qualified"])
+    keep = render.ident(f"dbproxy_keep_{oid}")
+    done = {key}
+    context = {k: ev for k, ev in g.before.items() if str(ev.get("rebuild_of")) == str(oid) and k != key}
+    pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {keep} ON COMMIT DROP AS SELECT * FROM ONLY {now_name}"))
+    sequences: list[tuple[str, str]] = []  # (temp table, sequence name afterwards)
+    for col in render._list(after, "columns"):
+        s = col.get("identity_sequence") or {}
+        target = next((c for c in render._list(before, "columns") if c.get("attnum") == col.get("attnum")), None)
+        if s.get("name") and target is not None and target.get("identity"):
+            temp = render.ident(f"dbproxy_seq_{s['oid']}")
+            pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS SELECT last_value, "
+                                                 f"is_called FROM {s['name']}"))
+            sequences.append((temp, str((target.get("identity_sequence") or {}).get("name") or s["name"])))
+    recreate: list[dict[str, Any]] = []
+    for k, ev in context.items():
+        desc = ev.get("desc") or {}
+        now = g.after.get(k, desc)
+        parts = [p for p in (ev.get("parts") or []) if isinstance(p, list)]
+        whole = any(str(p[0]) == str(desc.get("key", [None])[0]) and str(p[1]) == str(_desc_oid(desc))
+                    and int(p[2]) == 0 for p in parts)
+        if now is None:
+            continue  # the statement dropped it: the regular inverse makes it again
+        if whole:
+            if desc.get("kind") in ("table", "matview"):
+                out.reasons.append(f"{desc.get('kind')} {desc.get('qualified')} depends on {before['qualified']}, "
+                                   "which must be rebuilt; its rows would be lost")
+                continue
+            if desc.get("kind") == "sequence":
+                temp = render.ident(f"dbproxy_seq_{_desc_oid(desc)}")
+                pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS SELECT "
+                                                     f"last_value, is_called FROM {now['qualified']}"))
+                sequences.append((temp, str(desc["qualified"])))
+            recreate.append(desc)
+            done.add(k)
+            continue
+        # A part of an object that stays (a foreign key of another table, a trigger, a policy):
+        # dropped with the table, made again from the object's definition.
+        only: set[str] = set()
+        for p in parts:
+            part_oid, sub = int(p[1]), int(p[2])
+            if sub > 0 and str(_desc_oid(now)) == str(part_oid):
+                out.reasons.append(f"column {sub} of {desc.get('qualified')} depends on {before['qualified']}; "
+                                   "rebuilding it would lose its values")
+                continue
+            for kind, field_ in (("constraint", "constraints"), ("index", "indexes"), ("trigger", "triggers"),
+                                 ("policy", "policies"), ("rule", "rules"), ("statistics", "statistics")):
+                for item in render._list(now, field_):
+                    if int(item.get("oid") or 0) == part_oid:
+                        want = next((x for x in render._list(desc, field_) if x.get("name") == item.get("name")), item)
+                        only.add(f"{kind}:{want['name']}")
+        if only:
+            post.extend(render._sub_objects(str(desc["qualified"]), desc, only=only))
+    pre.append((render.PRE_SURVIVOR - 4, f"DROP TABLE {now_name} CASCADE"))
+    back = [c for c in render._list(before, "columns")
+            if not any(a.get("attnum") == c.get("attnum") for a in render._list(after, "columns"))]
+    parts = render.create_table(before, plain={str(c["name"]) for c in back if c.get("generated") != "s"})
+    out.reasons += parts.reasons
+    pre += parts.pre
+    post += parts.post
+    for desc in recreate:
+        more = render.create(desc)
+        out.reasons += more.reasons
+        pre += more.pre
+        post += more.post
+    kept = [(a, c) for c in render._list(before, "columns") if c.get("generated") != "s"
+            for a in render._list(after, "columns") if a.get("attnum") == c.get("attnum")]
+    override = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") for _, c in kept) else ""
+    pre.append((render.PRE_TABLE + 1, f"INSERT INTO {before['qualified']} ({', '.join(render.ident(c['name']) for _, c in kept)})"
+                                      f"{override} SELECT {', '.join(render.ident(a['name']) for a, _ in kept)} FROM {keep}"))
+    data += _column_data(before, [c for c in back if c.get("generated") != "s"], rows_by_rel.get(oid, []), g, out,
+                         checks)
+    for temp, name in sequences:
+        post.append((render.POST_LAST, f"SELECT pg_catalog.setval({render.literal(name)}, last_value, is_called) "
+                                       f"FROM {temp}"))
+    remaps.append(DdlStep(g.last, "remap", "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                          (str(before["qualified"]),), table=str(before["qualified"]), rel=oid))
+    return done
 
 
 def _covered(drop_event: dict[str, Any], g: Group) -> bool:

@@ -376,7 +376,14 @@ def create_table(d: Desc, *, plain: set[str] | None = None, created_by: str | No
         if c["name"] in plain:
             parts.post += column_finish(table, c)
         parts.post += _column_extras(table, c)
-    parts.post += _sub_objects(table, d)
+    # The primary key before the rows come back: values are matched to rows by it.
+    rest = _sub_objects(table, d)
+    pkey = {k["name"] for k in _list(d, "constraints") if k.get("type") == "p"}
+    for phase, stmt in rest:
+        if any(stmt.startswith(f"ALTER TABLE {table} ADD CONSTRAINT {ident(n)} ") for n in pkey):
+            parts.pre.append((PRE_TABLE + 2, stmt))
+        else:
+            parts.post.append((phase, stmt))
     parts.post += _relation_flags(table, None, d)
     parts.post += common_post(None, d, created_by=created_by)
     return parts
