@@ -111,8 +111,9 @@ CREATE OR REPLACE FUNCTION dbproxy.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off
 {_FUNCTION_SETTINGS} AS $fn$
 BEGIN
-    EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(t) FROM %s AS t',
-                   TG_RELID, TG_RELID::regclass);
+    -- (An alias no column shadows: `to_json(t)` of a table with a column "t" is that column.)
+    EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(dbproxy_row) '
+                   'FROM %s AS dbproxy_row', TG_RELID, TG_RELID::regclass);
     -- TRUNCATE fires no DDL event trigger: it ends the statement a `before_ddl` announced here.
     PERFORM pg_catalog.set_config('dbproxy.snapshot_open', '', true);
     RETURN NULL;

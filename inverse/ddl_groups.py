@@ -231,7 +231,8 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
                                       (str(before["qualified"]),), table=str(before["qualified"]),
                                       rel=_desc_oid(before)))
             continue
-        if before == after:
+        has_values = any(r.op == "C" for r in rows_by_rel.get(_desc_oid(before), []))
+        if before == after and not has_values:
             continue
         parts = render.alter(after, before)
         out.reasons += parts.reasons
@@ -245,8 +246,18 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
             continue
         pre += parts.pre
         post += parts.post
-        if parts.columns_back:
-            data += _column_data(before, parts.columns_back, rows_by_rel.get(_desc_oid(before), []), g, out, checks)
+        back = list(parts.columns_back)
+        # Values kept for an ALTER COLUMN TYPE come back even when the type stayed the same
+        # (`TYPE jsonb USING payload - 'n'` rewrites every value).
+        kept_columns = {str(x) for r in rows_by_rel.get(_desc_oid(before), []) if r.op == "C"
+                        for x in ((r.ddl or {}).get("columns") or [])}
+        for col in render._list(before, "columns"):
+            if str(col["name"]) in kept_columns and all(c["name"] != col["name"] for c in back) \
+                    and col.get("generated") != "s" \
+                    and any(int(a["attnum"]) == int(col["attnum"]) for a in render._list(after, "columns")):
+                back.append(col)
+        if back:
+            data += _column_data(before, back, rows_by_rel.get(_desc_oid(before), []), g, out, checks)
         oid = _desc_oid(before)
         if before.get("kind") == "sequence" and oid in seq_state:
             post.append((render.POST_LAST, render.setval_sql(str(before["qualified"]), seq_state[oid]["last_value"],
@@ -257,9 +268,11 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
                 st = seq_state[int(s["oid"])]
                 post.append((render.POST_LAST, render.setval_sql(str(s["name"]), st["last_value"], st["is_called"])))
     if g.kind == "truncate_restart":
-        for oid, st in seq_state.items():
-            post.append((render.POST_LAST, f"SELECT pg_catalog.setval({oid}::pg_catalog.oid::pg_catalog.regclass, "
-                                           f"{int(st['last_value'])}, {'true' if st['is_called'] else 'false'})"))
+        for r in g.rows:
+            if r.op == "S" and r.old is not None and (r.ddl or {}).get("name"):
+                st = json.loads(r.old)
+                post.append((render.POST_LAST, render.setval_sql(str((r.ddl or {})["name"]), st["last_value"],
+                                                                 st["is_called"])))
     if g.kind == "RefreshMatViewStmt":
         for oid, st in matview_state.items():
             if st.get("populated") and not st.get("fresh"):
@@ -319,6 +332,8 @@ def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
     for k, ev in context.items():
         desc = ev.get("desc") or {}
         now = g.after.get(k, desc)
+        if desc.get("kind") == "sequence" and desc.get("identity_of"):
+            continue  # kept with its identity column above
         parts = [p for p in (ev.get("parts") or []) if isinstance(p, list)]
         whole = any(str(p[0]) == str(desc.get("key", [None])[0]) and str(p[1]) == str(_desc_oid(desc))
                     and int(p[2]) == 0 for p in parts)
@@ -472,7 +487,7 @@ def _column_data(before: dict[str, Any], columns: list[dict[str, Any]], rows: li
         return []
     images = _images(values)
     steps: list[DdlStep] = []
-    if key:
+    if key and not set(key) & wanted:
         sql = render.update_values_sql(before, sorted(wanted), key)
         for i, chunk in enumerate(_chunks(images)):
             steps.append(DdlStep(values[i * CHUNK].seq, "data", sql, (chunk,), table=name))
@@ -484,8 +499,8 @@ def _column_data(before: dict[str, Any], columns: list[dict[str, Any]], rows: li
     steps.append(DdlStep(values[0].seq, "check", checks_sql, (whole,), table=name))
     steps.append(DdlStep(values[0].seq, "data", f"DELETE FROM ONLY {name}", (), table=name))
     insert = render.insert_sql(before)
-    for i, chunk in enumerate(_chunks(images)):
-        steps.append(DdlStep(values[i * CHUNK].seq, "data", insert, (chunk,), table=name))
+    # All at one seq: undo's newest-first order must keep check, delete and inserts in this order.
+    steps += [DdlStep(values[0].seq, "data", insert, (chunk,), table=name) for chunk in _chunks(images)]
     return steps
 
 

@@ -203,8 +203,6 @@ def _identity_clause(c: Desc) -> str:
     opts = []
     if s.get("name"):
         opts.append(f"SEQUENCE NAME {s['name']}")
-    if s.get("type") and s["type"] not in ("bigint",):
-        opts.append(f"AS {s['type']}")
     for key, word in (("start", "START WITH"), ("increment", "INCREMENT BY"), ("min", "MINVALUE"),
                       ("max", "MAXVALUE"), ("cache", "CACHE")):
         if s.get(key) is not None:
@@ -379,6 +377,8 @@ def create_table(d: Desc, *, plain: set[str] | None = None, created_by: str | No
     # The primary key before the rows come back: values are matched to rows by it.
     rest = _sub_objects(table, d)
     pkey = {k["name"] for k in _list(d, "constraints") if k.get("type") == "p"}
+    if set(d.get("primary_key") or []) & plain:
+        pkey = set()  # its columns get their values after the rows: the key follows them
     for phase, stmt in rest:
         if any(stmt.startswith(f"ALTER TABLE {table} ADD CONSTRAINT {ident(n)} ") for n in pkey):
             parts.pre.append((PRE_TABLE + 2, stmt))
@@ -855,9 +855,19 @@ def _alter_column(table: str, now: Desc, target: Desc) -> Parts:
         collate = f" COLLATE {target['collation']}" if target.get("collation") else ""
         if target.get("generated") == "s":
             parts.pre.append((PRE_SURVIVOR, f"{col} TYPE {target['type']}{collate}"))
-        else:
+        elif target.get("in_key"):
+            # Keys must keep their values (foreign keys point at them): cast back.
             parts.pre.append((PRE_SURVIVOR, f"{col} TYPE {target['type']}{collate} USING "
-                                            f"{name}::text::{target['type']}"))
+                                            f"{name}::{target['type']}"))
+            parts.columns_back.append(target)
+        else:
+            # Every value comes back from the rows kept before the change: no cast is needed
+            # (one back from the new type may not exist), NULL for now.
+            if now.get("notnull"):
+                parts.pre.append((PRE_SURVIVOR, f"{col} DROP NOT NULL"))
+                if target.get("notnull"):
+                    parts.post.append((POST_KEY, f"{col} SET NOT NULL"))
+            parts.pre.append((PRE_SURVIVOR, f"{col} TYPE {target['type']}{collate} USING NULL"))
             parts.columns_back.append(target)
     if target.get("generated") != "s" and not target.get("identity"):
         if (now.get("default") != target.get("default")) or (retyped and now.get("default") is not None):
@@ -866,7 +876,8 @@ def _alter_column(table: str, now: Desc, target: Desc) -> Parts:
                     parts.post.append((POST_KEY, f"{col} DROP DEFAULT"))
             else:
                 parts.post.append((POST_KEY, f"{col} SET DEFAULT {target['default']}"))
-    if bool(now.get("notnull")) != bool(target.get("notnull")):
+    if bool(now.get("notnull")) != bool(target.get("notnull")) and not (retyped and not target.get("in_key")
+                                                                      and target.get("generated") != "s"):
         if target.get("notnull"):
             parts.post.append((POST_KEY, f"{col} SET NOT NULL"))
         else:

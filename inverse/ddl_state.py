@@ -72,6 +72,8 @@ SELECT jsonb_build_object(
   'columns', (SELECT jsonb_agg(jsonb_build_object(
         'attnum', a.attnum, 'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
         'notnull', a.attnotnull, 'default', pg_get_expr(d.adbin, d.adrelid),
+        'in_key', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique
+                          AND a.attnum = ANY(i.indkey)),
         'identity', NULLIF(a.attidentity::text, ''), 'generated', NULLIF(a.attgenerated::text, ''),
         'collation', CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation THEN
             (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co
@@ -341,9 +343,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 WITH RECURSIVE dep(classid, objid, objsubid) AS (
     SELECT (o->>0)::oid, (o->>1)::oid, (o->>2)::int FROM jsonb_array_elements(objs) o
     UNION
-    SELECT d.classid, d.objid, d.objsubid FROM pg_depend d JOIN dep
-      ON d.refclassid = dep.classid AND d.refobjid = dep.objid AND (dep.objsubid = 0 OR d.refobjsubid = dep.objsubid)
-    WHERE cascade OR d.deptype IN ('a', 'i', 'P', 'S', 'e', 'x')
+    SELECT x.classid, x.objid, x.objsubid FROM dep, LATERAL (
+        SELECT d.classid, d.objid, d.objsubid FROM pg_depend d
+        WHERE d.refclassid = dep.classid AND d.refobjid = dep.objid
+          AND (dep.objsubid = 0 OR d.refobjsubid = dep.objsubid)
+          AND (cascade OR d.deptype IN ('a', 'i', 'P', 'S', 'e', 'x'))
+        -- a part dropped takes the object it is part of (a view's rewrite rule: the view)
+        UNION ALL SELECT d.refclassid, d.refobjid, d.refobjsubid FROM pg_depend d
+        WHERE d.classid = dep.classid AND d.objid = dep.objid AND d.deptype = 'i') x
 )
 SELECT * FROM dep
 $fn$;
@@ -664,8 +671,9 @@ BEGIN
 END
 $fn$;
 
--- The rows of a relation (columns NULL), or the values of some of its columns with its primary
--- key (without one: whole rows), read as the caller, in batches. Over the room left: nothing is
+-- The rows of a relation (`columns` NULL: it is dropped), or the rows of a table some of whose
+-- columns are dropped or retyped (`columns`, with its primary key to match them by), read as the
+-- caller, in batches. Over the room left: nothing is
 -- kept for it, and a `limit` event says so.
 CREATE OR REPLACE FUNCTION dbproxy.keep_rows(g bigint, rel oid, columns text[], room_rows bigint, room_bytes bigint,
                                              OUT rows bigint, OUT bytes bigint)
@@ -683,12 +691,9 @@ BEGIN
     key := ARRAY(SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY u(attnum, ord)
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
                  WHERE i.indrelid = rel AND i.indisprimary ORDER BY u.ord);
-    IF columns IS NULL OR cardinality(key) = 0 THEN
-        image := 'pg_catalog.to_json(x)::text';
-    ELSE
-        image := 'pg_catalog.json_build_object(' || (SELECT string_agg(quote_literal(c) || ', x.' || quote_ident(c), ', ')
-                 FROM unnest(ARRAY(SELECT DISTINCT u FROM unnest(key || columns) u)) c) || ')::text';
-    END IF;
+    -- Whole rows, also for column values: the key finds the row again, and the sandbox that
+    -- verifies the inverse needs the rows as they were (the table is locked by the DDL).
+    image := 'pg_catalog.to_json(dbproxy_row)::text';  -- an alias no column shadows
     info := jsonb_build_object('columns', to_jsonb(columns), 'key', to_jsonb(key));
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM ONLY %s LIMIT %s) s', rel::regclass, GREATEST(room_rows, 0) + 1) INTO n;
     IF n > room_rows THEN
@@ -697,7 +702,7 @@ BEGIN
         RETURN;
     END IF;
     FOR batch IN EXECUTE format('SELECT array_agg(img) AS imgs FROM (SELECT %s AS img, (row_number() OVER () - 1) / 1000 AS b '
-                                'FROM ONLY %s x) s GROUP BY b', image, rel::regclass) LOOP
+                                'FROM ONLY %s dbproxy_row) s GROUP BY b', image, rel::regclass) LOOP
         bytes := bytes + dbproxy.snapshot_rows(g, rel, op, info, batch.imgs);
         rows := rows + cardinality(batch.imgs);
         IF bytes > room_bytes THEN
@@ -722,7 +727,8 @@ DECLARE
 BEGIN
     EXECUTE format('SELECT pg_catalog.json_build_object(''last_value'', last_value, ''is_called'', is_called)::text '
                    'FROM %s', seq::regclass) INTO img;
-    PERFORM dbproxy.snapshot_rows(g, seq, 'S', jsonb_build_object('kind', 'sequence'), ARRAY[img]);
+    PERFORM dbproxy.snapshot_rows(g, seq, 'S', jsonb_build_object('kind', 'sequence', 'name', seq::regclass::text),
+                                  ARRAY[img]);
 EXCEPTION WHEN insufficient_privilege THEN
     PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'uncaptured', 'rel', seq,
         'reason', 'no privilege to read sequence ' || seq::regclass::text));
@@ -740,10 +746,11 @@ DECLARE
 BEGIN
     SELECT c.relispopulated INTO populated FROM pg_class c WHERE c.oid = mv;
     IF populated THEN
-        EXECUTE format('SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(x::text, E''\n'' ORDER BY x::text COLLATE "C"), '''')) '
-                       'FROM %s x', mv::regclass) INTO now_digest;
-        EXECUTE format('SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(x::text, E''\n'' ORDER BY x::text COLLATE "C"), '''')) '
-                       'FROM (%s) x', rtrim(pg_get_viewdef(mv), ';')) INTO query_digest;
+        EXECUTE format('SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text, E''\n'' ORDER BY '
+                       'dbproxy_row::text COLLATE "C"), '''')) FROM %s dbproxy_row', mv::regclass) INTO now_digest;
+        EXECUTE format('SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text, E''\n'' ORDER BY '
+                       'dbproxy_row::text COLLATE "C"), '''')) FROM (%s) dbproxy_row', rtrim(pg_get_viewdef(mv), ';'))
+                INTO query_digest;
     END IF;
     PERFORM dbproxy.snapshot_rows(g, mv, 'S', jsonb_build_object('kind', 'matview'), ARRAY[
         json_build_object('populated', populated, 'digest', now_digest, 'fresh', now_digest = query_digest)::text]);

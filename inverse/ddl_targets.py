@@ -309,6 +309,30 @@ def _parse(statement: str) -> ast.Node | None:
     return parsed[0].stmt
 
 
+def _role_names(node: object, out: set[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("@") == "RoleSpec" and node.get("rolename"):
+            out.add(str(node["rolename"]))
+        for v in node.values():
+            _role_names(v, out)
+    elif isinstance(node, list | tuple):
+        for v in node:
+            _role_names(v, out)
+
+
+@functools.lru_cache(maxsize=2048)
+def roles_named(sql: str) -> frozenset[str]:
+    """Roles a statement names (GRANT ... TO, OWNER TO, policies' TO, DEFAULT PRIVILEGES FOR)."""
+    try:
+        parsed = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return frozenset()
+    out: set[str] = set()
+    for raw in parsed:
+        _role_names(raw.stmt(skip_none=True), out)
+    return frozenset(out)
+
+
 def is_ddl(statement: str) -> bool:
     stmt = _parse(statement)
     return stmt is not None and targets(stmt) is not None

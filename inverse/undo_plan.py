@@ -137,13 +137,15 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
             steps.append(Step(d.seq, "ddl", d.sql))
     missing: set[int] = set()
     advanced: set[str] = set()
-    described = table_infos(changes) if not undo else {}
+    described = table_infos(changes)
     for c in changes:
         if c.op == "X" or c.op in SNAPSHOT_OPS or (undo and c.rel in created):
             continue  # rows of a table the transaction created go with the table (a redo re-creates it first)
         info = tables.get(c.rel) if c.rel is not None else None
-        if info is None and c.rel in created and c.rel is not None:
-            info = described.get(c.rel)  # a redo: the table comes back before its rows
+        if info is None and c.rel is not None:
+            # A table the transaction dropped (its undo makes it again before these rows come
+            # back), or created (a redo makes it again): as its DDL events described it.
+            info = described.get(c.rel)
         if info is None:
             missing.add(c.rel or 0)
             continue
@@ -203,7 +205,7 @@ def rebuild(steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
     after each DDL step so the remaining row steps name the table and columns as they now are."""
     out: list[Step] = []
     for s in steps:
-        info = tables.get(s.rel) if s.rel is not None and s.kind != "ddl" else None
+        info = tables.get(s.rel) if s.rel is not None and s.kind in ("remove", "restore", "revert") else None
         if info is not None:
             t = templates(info)
             s = replace(s, sql={"remove": t.remove, "restore": t.restore, "revert": t.revert}[s.kind], table=info.name)

@@ -285,7 +285,11 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     await _mask(con, samples, fks)
     sequences: dict[str, tuple[int, bool]] = {}
     for seq in sorted({q for s in samples.values() for q in s.info.sequences}):
-        row = await con.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+        try:
+            async with con.transaction():
+                row = await con.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+        except asyncpg.LockNotAvailableError:
+            continue  # dropped with its table by the transaction being verified: its copy's value stays
         if row is not None:
             sequences[seq] = (int(row[0]), bool(row[1]))
     return Sample(samples, sequences, options)

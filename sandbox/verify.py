@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.ddl_targets import before_ddl_sql, roles_named
 from inverse.images import (
     CAPTURE_COLUMNS,
     TABLE_INFO_SQL,
@@ -56,6 +58,7 @@ from sandbox.backends import LIMITS, Backend, BackendUnavailable
 from sandbox.sampler import Sample, SampleOptions, collect
 from sandbox.verdict import Verdict
 
+_ROW_KINDS = frozenset({"remove", "restore", "revert"})
 _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
 _DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
@@ -368,6 +371,26 @@ async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableI
         await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
 
 
+async def _roles(con: asyncpg.Connection, tx: Transaction, candidate: Candidate) -> None:
+    """Roles the statements and the inverse name (GRANT ... TO, OWNER TO, policies), made in the
+    sandbox server as NOLOGIN roles without privileges: the schema copy has no roles of its own,
+    and a statement naming a missing role fails where it did not upstream."""
+    texts = list(tx.statements or [])
+    if candidate.plan is not None:
+        texts += [s.sql for s in candidate.plan.steps if s.kind == "ddl"]
+    texts += list(candidate.statements)
+    names = sorted({n for t in texts for n in roles_named(t)})
+    for name in names:
+        exists = await con.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", name)
+        if exists:
+            continue
+        try:
+            async with con.transaction():
+                await con.execute(f"CREATE ROLE {quote_ident(name)} NOLOGIN")
+        except asyncpg.PostgresError:
+            continue  # another verification made it meanwhile, or a reserved name
+
+
 async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
     await con.execute("SELECT pg_catalog.set_config('session_replication_role', $1, true), "
                       "pg_catalog.set_config('dbproxy.capture', $2, true)",
@@ -385,6 +408,7 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await _settings(con, replica=True, capture=False)
         oids = await _sandbox_oids(con, sample, schema)
         infos = await _infos(con, oids, tx, set(oids))
+        await _roles(con, tx, candidate)
         t0 = time.perf_counter()
         loud = await _quiet(con, oids)  # loading rows fires no trigger
         await _load(con, sample, infos)
@@ -446,6 +470,10 @@ async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int
     await _settings(con, replica=False, capture=True)
     try:
         for sql in tx.statements:
+            # As the proxy runs it: DDL announced, so the state it destroys is kept here too.
+            call = before_ddl_sql(sql)
+            if call is not None:
+                await con.execute(call)
             await con.execute(sql)
     except asyncpg.PostgresError as e:
         await fwd.rollback()
@@ -453,10 +481,12 @@ async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int
     rows = await con.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
                            "WHERE xid = pg_catalog.txid_current() ORDER BY seq")
     sandbox_changes = [change_from_row(r) for r in rows]
-    local_names = {int(r[0]): f"{r[1]}.{r[2]}" for r in await con.fetch(
+    # Tables the statements dropped are gone from the sandbox's catalog: named as upstream.
+    local_names = {sb: f"{tx.tables[up].schema}.{tx.tables[up].table}" for up, sb in oids.items() if up in tx.tables}
+    local_names.update({int(r[0]): f"{r[1]}.{r[2]}" for r in await con.fetch(
         "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
-        sorted({c.rel for c in sandbox_changes if c.rel is not None}))}
+        sorted({c.rel for c in sandbox_changes if c.rel is not None}))})
     real = _effect(tx.changes, {oid: f"{t.schema}.{t.table}" for oid, t in tx.tables.items()})
     seen = _effect(sandbox_changes, local_names)
     if real[0] != seen[0]:
@@ -478,8 +508,8 @@ def _effect(changes: list[Change], names: dict[int, str]) -> tuple[Counter[tuple
     old: Counter[tuple[str, str, str]] = Counter()
     new: Counter[str] = Counter()
     for c in changes:
-        if c.rel is None or c.op == "X":
-            continue
+        if c.rel is None or not c.is_row:
+            continue  # DDL events and the state kept before DDL are not effects
         name = names.get(c.rel, str(c.rel))
         if c.op == "I":
             old[(name, "I", "")] += 1
@@ -525,6 +555,27 @@ async def _loud(con: asyncpg.Connection, loud: list[tuple[str, str, str]]) -> No
                 await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {quote_ident(name)}")
 
 
+_NAME = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
+_FOREIGN_KEY = re.compile(rf"^ALTER TABLE ({_NAME}(?:\.{_NAME})?) ADD CONSTRAINT ({_NAME}) FOREIGN KEY ")
+
+
+async def _foreign_key(con: asyncpg.Connection, sql: str) -> None:
+    """A foreign key the inverse adds back. A sample holds some rows of each table, so checking
+    every row against it says nothing here (upstream, undo checks it for real): on a violation
+    it is added NOT VALID and then marked valid, so the catalog is what the statement makes."""
+    try:
+        async with con.transaction():
+            await con.execute(sql)
+    except asyncpg.ForeignKeyViolationError:
+        m = _FOREIGN_KEY.match(sql)
+        assert m is not None
+        name = m.group(2)
+        name = name[1:-1].replace('""', '"') if name.startswith('"') else name
+        await con.execute(sql.rstrip() + " NOT VALID")
+        await con.execute("UPDATE pg_catalog.pg_constraint SET convalidated = true "
+                          "WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2", m.group(1), name)
+
+
 async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
     """The captured effect applied exactly (the redo plan), each step checked to find its row."""
     plan = build(tx.changes, tx.tables, direction="redo")
@@ -557,12 +608,31 @@ async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Tran
             for sql in candidate.statements:
                 await con.execute(sql)
             return None
-        steps: list[Step] = list(candidate.plan.steps)
+        steps: list[Step] = [s for s in candidate.plan.steps if s.kind != "written_since"]
         i = 0
         while i < len(steps):
             if i == 0 or steps[i - 1].kind == "ddl":
-                wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind != "ddl"}
+                wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind in _ROW_KINDS}
                 steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
+            if steps[i].kind == "remap":
+                # A table the inverse made again: later row steps address it under its new oid,
+                # and it is captured again (as undo does upstream).
+                new = await con.fetchval(steps[i].sql, *steps[i].params)
+                if new is not None and steps[i].rel is not None:
+                    oids[steps[i].rel] = int(new)
+                    await con.execute("SELECT dbproxy.attach($1::oid::regclass)", int(new))
+                i += 1
+                continue
+            if steps[i].kind == "ddl" and _FOREIGN_KEY.match(steps[i].sql):
+                await _foreign_key(con, steps[i].sql)
+                i += 1
+                continue
+            if steps[i].kind == "check":
+                problem = await con.fetchval(steps[i].sql, *steps[i].params)
+                if problem is not None:
+                    return f"the inverse's check failed on the sample: {problem}"
+                i += 1
+                continue
             # A run of row steps with the same SQL goes in one pipelined round trip; the digest
             # afterwards, not each step's row count, is what decides.
             j = i + 1

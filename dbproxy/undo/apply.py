@@ -296,6 +296,13 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         for old, new in run_.remap.items():
             await con.execute("INSERT INTO dbproxy.relation_map (old_oid, new_oid) VALUES ($1, $2) "
                               "ON CONFLICT (old_oid) DO UPDATE SET new_oid = excluded.new_oid, at = now()", old, new)
+            # Made again under the replication role, where event triggers do not fire: capture it
+            # (as the proxy's role; a table it may not put triggers on stays uncaptured, as at install).
+            try:
+                async with con.transaction():
+                    await con.execute("SELECT dbproxy.attach($1::oid::regclass)", new)
+            except asyncpg.PostgresError as e:
+                result.notes.append(f"{await _name(con, new)} was made again but is not captured: {e}")
         if result.conflicts or dry_run:
             await tx.rollback()
             return result
@@ -328,6 +335,10 @@ class _Run:
     xids: list[int] = field(default_factory=list)
     label: Label = xid_label
     remap: dict[int, int] = field(default_factory=dict)  # old table oid -> its re-created table's
+
+
+async def _name(con: asyncpg.Connection, oid: int) -> str:
+    return str(await con.fetchval("SELECT pg_catalog.format('%s', $1::oid::regclass)", oid))
 
 
 async def _refresh(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
