@@ -135,6 +135,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
     ORDER BY l.seq LIMIT max_rows
 $fn$;
 
+CREATE OR REPLACE FUNCTION dbproxy.captured_count() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT count(*) FROM dbproxy.capture_log l WHERE l.xid = pg_catalog.txid_current_if_assigned()
+$fn$;
+
 CREATE OR REPLACE FUNCTION dbproxy.mark_committed(agent text, session bigint, changes integer) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     INSERT INTO dbproxy.undo_records (xid, agent, session, changes)
@@ -171,8 +176,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dbproxy FROM PUBLIC;
 REVOKE CREATE ON SCHEMA dbproxy FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA dbproxy REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 GRANT USAGE ON SCHEMA dbproxy TO PUBLIC;
-GRANT EXECUTE ON FUNCTION dbproxy.captured_changes(integer, boolean), dbproxy.mark_committed(text, bigint, integer)
-    TO PUBLIC;
+GRANT EXECUTE ON FUNCTION dbproxy.captured_changes(integer, boolean), dbproxy.mark_committed(text, bigint, integer),
+    dbproxy.captured_count() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION {", ".join(ddl_state.AGENT_CALLABLE)} TO PUBLIC;
 """
 
@@ -318,7 +323,7 @@ END
 $do$;
 DROP FUNCTION IF EXISTS dbproxy.capture_row(), dbproxy.capture_truncate(), dbproxy.attach(regclass),
     dbproxy.capture_ddl(), dbproxy.capture_drop(), dbproxy.captured_changes(integer, boolean),
-    dbproxy.mark_committed(text, bigint, integer), {", ".join(ddl_state.FUNCTIONS)};
+    dbproxy.mark_committed(text, bigint, integer), dbproxy.captured_count(), {", ".join(ddl_state.FUNCTIONS)};
 DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version, dbproxy.relation_map;
 DROP SEQUENCE IF EXISTS dbproxy.ddl_epoch;
 """

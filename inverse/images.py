@@ -46,6 +46,8 @@ CAPTURE_LIMIT = 1000
 CAPTURE_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS}, epoch FROM dbproxy.captured_changes({CAPTURE_LIMIT + 1}, false)"
 #: Only the DDL events of the current transaction (when it has too many row changes to fetch).
 CAPTURE_DDL_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.captured_changes(2147483647, true)"
+#: How many changes the current transaction captured in all.
+CAPTURE_COUNT_SQL = "SELECT dbproxy.captured_count()"
 
 
 def change_from_row(row: tuple[Any, ...] | Any) -> Change:

@@ -27,6 +27,7 @@ class Verdict:
     masked: list[str] = field(default_factory=list)
     widened: bool = False
     cached: bool = False  # a verified result for the same statement shape and schema was reused
+    sampled: str = ""  # a bulk transaction verified on part of its changes: which ("1000 of 250000 ...")
     backend: str = ""
     source: str = "rules"  # who made the inverse
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -42,7 +43,8 @@ class Verdict:
         took = f" in {total:.0f} ms" if total is not None and not self.cached else ""
         cached = " (cached result for the same statement shape and schema)" if self.cached else ""
         why = f": {self.reason}" if self.reason else ""
-        return f"{self.status}{why}{took}{cached}"
+        sampled = f" (on a sample: {self.sampled})" if self.sampled else ""
+        return f"{self.status}{why}{sampled}{took}{cached}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -56,6 +56,7 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.capture_schema import CAPTURE_SETTING
+from inverse.ddl_targets import Limits
 from inverse.lexer import split_cached
 
 _ids = itertools.count(1)
@@ -119,6 +120,7 @@ class Session:
         self.keep_upstream = False
         self._hold: HoldSession | None = None
         self.capture = False  # undo mode with `dbproxy install` done in the database
+        self.capture_on = False  # capture is on in the upstream session (undo, or hold where installed)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -172,11 +174,15 @@ class Session:
             raise ClientRejected.fatal(SQLState.CANNOT_CONNECT_NOW,
                                        f"the review journal is unavailable, so {self.mode} mode cannot run")
         self.capture = False
+        self.capture_on = False
         if self.mode == "undo":
             assert self.server.pending is not None
             # In the startup packet, so RESET ALL and DISCARD ALL return to it.
             params[CAPTURE_SETTING] = "on"
             self.capture = await self.server.pending.capture_ready(login.database)
+            self.capture_on = self.capture
+        elif self.mode == "hold":
+            self.capture_on = await self._hold_capture(login.database, params)
         # The agent's own login role, acting as the agents' common role (in the startup packet, so
         # RESET ROLE returns to it): see dbproxy.backend.agent_roles.
         params["role"] = self.server.agent_role
@@ -202,6 +208,15 @@ class Session:
             self._start_relay(up, login)
         else:
             self._start_hold(up, login, notices)
+
+    async def _hold_capture(self, database: str, params: dict[str, str]) -> bool:
+        """Hold mode captures too where capture is installed: a transaction a reviewer commits is
+        then undoable like an undo-mode one, and can be verified for real while it waits."""
+        assert self.server.pending is not None
+        if not await self.server.pending.capture_ready(database):
+            return False
+        params[CAPTURE_SETTING] = "on"
+        return True
 
     async def _restart_notices(self, login: ClientLogin) -> list[bytes]:
         registry = self.server.pending
@@ -229,6 +244,8 @@ class Session:
                               login_role=self.server.agent_target(login.agent.name, login.database).user,
                               run_as=self.server.agent_role)
         held.state.capture = self.capture
+        held.state.ddl_capture = self.capture_on
+        held.state.ddl_limits = Limits(*self.server.settings.ddl_limits)
         leftover = up.reader.leftover()
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))

@@ -212,6 +212,8 @@ class HoldSession:
             self.client.write(self.first_notices)
             self.first_notices = b""
         chain_before = state.chain
+        if plan.ddl:
+            await self._before_ddl()
         router = await held.run(plan, hold_tail=True)
         if plan.passthrough:
             tail = held.take_tail()
@@ -256,6 +258,14 @@ class HoldSession:
             await held.inject("COMMIT")  # a chain with nothing in it (e.g. a SET outside BEGIN)
             held.reset_chain()
         self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
+
+    async def _before_ddl(self) -> None:
+        """Undo mode: the schema copy this transaction will be verified against is taken before
+        its DDL locks anything (see `Verification.ready_for_ddl`)."""
+        held = self.held
+        verification = held.registry.verification
+        if held.mode == "undo" and verification is not None:
+            await verification.ready_for_ddl(held.database)
 
     async def _after_commit(self, router: Router) -> bytes:
         """An agent transaction ended with COMMIT: hold it, or really commit when it wrote nothing."""

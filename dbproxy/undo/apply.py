@@ -335,6 +335,7 @@ class _Run:
     xids: list[int] = field(default_factory=list)
     label: Label = xid_label
     remap: dict[int, int] = field(default_factory=dict)  # old table oid -> its re-created table's
+    later: list[int] = field(default_factory=list)  # transactions found writing since (written_since)
 
 
 async def _name(con: asyncpg.Connection, oid: int) -> str:
@@ -363,8 +364,9 @@ async def _check(run: _Run, step: Step) -> str | None:
                 await con.execute(f"SET LOCAL ROLE {_ident(run.act_as)}")
         if not found:
             return None
+        run.later = [int(x) for x in found]
         who = ", ".join(run.label(int(x)) for x in found)
-        return f"{step.table} would be lost: written since by {who}"
+        return f"{step.table} would be lost: written since by {who} (undo those first, or use --force)"
     answer = await con.fetchval(step.sql, *step.params)
     return None if answer is None else str(answer)
 
@@ -390,7 +392,8 @@ async def _apply(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> 
             if step.kind in ("check", "written_since"):
                 problem = await _check(run, step)
                 if problem is not None:
-                    conflict = Conflict(step.seq, step.table, step.kind, None, [], problem)
+                    conflict = Conflict(step.seq, step.table, step.kind, None, [str(x) for x in run.later], problem)
+                    run.later = []
                     if force:
                         result.overridden.append(replace(conflict, message="overridden (--force): " + problem))
                         result.forced += 1
