@@ -149,8 +149,8 @@ def _chunks(images: list[str]) -> list[str]:
 
 
 def invert_group(g: Group, *, created_before: set[str], created_by: str | None = None) -> GroupInverse:
-    """The undo of one announced statement. `created_before`: keys of objects an earlier
-    statement of the same transaction created (dropping them again needs no inverse)."""
+    """The undo of one announced statement. `created_before`: keys of objects the transaction
+    both created and dropped again (nothing of them needs undoing)."""
     out = GroupInverse()
     for e in g.events:
         d = e.ddl or {}
@@ -192,7 +192,7 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
                 and (g.before.get(key) or {}).get("role") != "context" and render.alter(after, before).rebuild:
             skip |= _rebuild(key, before, after, g, rows_by_rel, pre, post, data, checks, remaps, out)
     for key in keys:
-        if key in skip:
+        if key in skip or key in created_before:
             continue
         ev = g.before.get(key) or {}
         if ev.get("role") == "context":
@@ -220,8 +220,6 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
             continue
         if after is None:
             # Dropped by the statement.
-            if key in created_before:
-                continue  # made earlier in this transaction: nothing to put back
             parts = _recreate(before, rows_by_rel, seq_state, matview_state, created_by, data, g)
             out.reasons += parts.reasons
             pre += parts.pre

@@ -41,6 +41,7 @@ _DROP_KIND = {
     "CREATE DOMAIN": "DOMAIN", "CREATE SCHEMA": "SCHEMA",
 }
 _OWN_TRIGGERS = frozenset({ROW_TRIGGER, TRUNCATE_TRIGGER})
+_PG_CLASS = 1259  # pg_class's oid: relations in DDL event keys
 #: Kinds whose CREATE OR REPLACE may overwrite an existing definition.
 _REPLACEABLE = frozenset({"FUNCTION", "PROCEDURE", "VIEW"})
 _OR_REPLACE = re.compile(r"\bor\s+replace\b", re.IGNORECASE)
@@ -75,10 +76,21 @@ def invert_all(changes: list[Change], *, direction: str = "undo") -> list[DdlInv
                 if d.sql is not None or d.reason is not None:
                     out.append(DdlInverse(d.seq, None, "redo of DDL run inside a function or DO block is not "
                                           "possible: its statement text was not kept", created=d.created))
-    created: set[str] = set()
+    # Objects made and dropped again within the transaction: nothing of them remains to undo.
+    first: dict[str, object] = {}
+    last: dict[str, object] = {}
     for g in announced:
-        inv = invert_group(g, created_before=created) if direction == "undo" else redo_group(g)
-        created |= {k for k, v in g.after.items() if k not in g.before and v is not None}
+        for k in dict.fromkeys([*g.before, *g.after]):
+            before = (g.before.get(k) or {}).get("desc")
+            first.setdefault(k, before)
+            last[k] = g.after[k] if k in g.after else before
+    transient = {k for k in first if first[k] is None and last.get(k) is None}
+    # Their rows went with them too.
+    gone = frozenset(int(k.split("/")[1]) for k in transient if k.startswith(f"{_PG_CLASS}/"))
+    for g in announced:
+        inv = invert_group(g, created_before=transient) if direction == "undo" else redo_group(g)
+        if direction == "undo":
+            inv.created_tables |= gone
         reason = "; ".join(inv.reasons) if inv.reasons else None
         out.append(DdlInverse(g.last, None, reason, query=g.statement, objects=inv.objects,
                               steps=tuple(inv.steps) if reason is None else (),
