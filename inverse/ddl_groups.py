@@ -37,7 +37,7 @@ CHUNK = 1000
 @dataclass(frozen=True)
 class DdlStep:
     seq: int
-    kind: str  # "ddl" | "data" | "check" | "remap"
+    kind: str  # "ddl" | "privileges" | "data" | "check" | "written_since" | "remap" (see inverse.undo_plan)
     sql: str
     params: tuple[str, ...] = ()
     table: str | None = None
@@ -298,7 +298,7 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
     steps += [DdlStep(top, "ddl", s) for _, s in pre]
     steps += remaps
     steps += data
-    steps += [DdlStep(bottom, "ddl", s) for _, s in post]
+    steps += [DdlStep(bottom, "privileges" if render.is_privileges(s) else "ddl", s) for _, s in post]
     out.steps = steps
     return out
 

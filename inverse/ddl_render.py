@@ -37,6 +37,15 @@ _PRIV = {"r": "SELECT", "w": "UPDATE", "a": "INSERT", "d": "DELETE", "D": "TRUNC
          "m": "MAINTAIN", "s": "SET", "A": "ALTER SYSTEM"}
 
 
+_PRIVILEGES = re.compile(r"^(GRANT |REVOKE |ALTER DEFAULT PRIVILEGES |ALTER .* OWNER TO )", re.DOTALL)
+
+
+def is_privileges(sql: str) -> bool:
+    """Owner and privilege statements: no user code runs in them, so an undo acting as the agents'
+    role may run them as the proxy's own when the agents' role may not (another owner)."""
+    return bool(_PRIVILEGES.match(sql))
+
+
 def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -177,13 +186,14 @@ def common_post(now: Desc | None, target: Desc, *, created_by: str | None = None
     """Owner, comment and privileges of `target` (from `now`'s, or from a freshly created
     object's: its creator owns it, no comment, default privileges, `created_by`)."""
     out: list[tuple[int, str]] = []
+    if (now or {}).get("comment") != target.get("comment"):
+        out.append((POST_LAST, f"COMMENT ON {_comment_on(target)} IS {literal(target.get('comment'))}"))
+    # The owner before the privileges: a new owner's default privileges are the base they start from.
     if now is None:
         if created_by is None or target.get("owner") != created_by:
             out.append((POST_LAST, f"ALTER {_owner_of(target)} OWNER TO {ident(str(target['owner']))}"))
     elif now.get("owner") != target.get("owner"):
         out.append((POST_LAST, f"ALTER {_owner_of(target)} OWNER TO {ident(str(target['owner']))}"))
-    if (now or {}).get("comment") != target.get("comment"):
-        out.append((POST_LAST, f"COMMENT ON {_comment_on(target)} IS {literal(target.get('comment'))}"))
     cur_acl = now.get("acl") if now is not None else None
     if now is not None and cur_acl is None:
         cur_acl = now.get("acl_default")

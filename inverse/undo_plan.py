@@ -25,8 +25,10 @@ from inverse.row_sql import render, templates
 #: remove/restore/revert: one row from one image to another (`inverse.row_sql`); ddl: a statement;
 #: data: a statement with bind parameters that puts back rows or values kept before DDL; check /
 #: written_since: conflict checks (a non-NULL answer is a conflict; `written_since` runs as the
-#: proxy's role, since it reads the capture log); remap: the table re-created under a new oid.
-StepKind = Literal["remove", "restore", "revert", "ddl", "data", "check", "written_since", "remap"]
+#: proxy's role, since it reads the capture log); remap: the table re-created under a new oid;
+#: privileges: owner and privilege statements (no user code runs in them: an undo acting as the
+#: agents' role runs them as the proxy's role when the agents' role may not).
+StepKind = Literal["remove", "restore", "revert", "ddl", "privileges", "data", "check", "written_since", "remap"]
 
 
 @dataclass(frozen=True, slots=True)

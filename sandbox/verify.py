@@ -390,7 +390,7 @@ async def _roles(con: asyncpg.Connection, tx: Transaction, candidate: Candidate)
     and a statement naming a missing role fails where it did not upstream."""
     texts = list(tx.statements or [])
     if candidate.plan is not None:
-        texts += [s.sql for s in candidate.plan.steps if s.kind == "ddl"]
+        texts += [s.sql for s in candidate.plan.steps if s.kind in ("ddl", "privileges")]
     texts += list(candidate.statements)
     names = sorted({n for t in texts for n in roles_named(t)})
     for name in names:

@@ -260,11 +260,12 @@ class HoldSession:
         self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
 
     async def _before_ddl(self) -> None:
-        """Undo mode: the schema copy this transaction will be verified against is taken before
-        its DDL locks anything (see `Verification.ready_for_ddl`)."""
+        """With capture on (undo mode, or hold mode where installed): the schema copy this
+        transaction will be verified against is taken before its DDL locks anything (see
+        `Verification.ready_for_ddl`)."""
         held = self.held
         verification = held.registry.verification
-        if held.mode == "undo" and verification is not None:
+        if held.state.ddl_capture and verification is not None:
             await verification.ready_for_ddl(held.database)
 
     async def _after_commit(self, router: Router) -> bytes:

@@ -120,7 +120,8 @@ SELECT DISTINCT ON (old_oid) old_oid, new_oid FROM m ORDER BY old_oid, depth DES
 async def load_tables(con: asyncpg.Connection, oids: set[int],
                       remap: dict[int, int] | None = None) -> dict[int, TableInfo]:
     """Catalog facts of tables by the oid their changes were captured under (a table an undo
-    re-created is found by its new oid, `dbproxy.relation_map`, or `remap` within this run)."""
+    re-created is found by its new oid: `remap`, else `dbproxy.relation_map`, which only the
+    proxy's role reads)."""
     if not oids:
         return {}
     rows = await con.fetch(TABLE_INFO_SQL, sorted(oids))
@@ -128,7 +129,7 @@ async def load_tables(con: asyncpg.Connection, oids: set[int],
     missing = oids - set(out)
     if missing:
         moved: dict[int, int] = {}
-        if await con.fetchval("SELECT pg_catalog.to_regclass('dbproxy.relation_map') IS NOT NULL"):
+        if remap is None and await con.fetchval("SELECT pg_catalog.to_regclass('dbproxy.relation_map') IS NOT NULL"):
             moved = {int(r[0]): int(r[1]) for r in await con.fetch(REMAP_SQL, sorted(missing))}
         for old, new in (remap or {}).items():
             if old in missing:
@@ -284,16 +285,21 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
         tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None and s.kind in _ROW_KINDS})
+        # Tables earlier undos made again, read now: later, acting as the agents' role, it cannot.
+        known = {int(r[0]): int(r[1]) for r in await con.fetch(
+            REMAP_SQL, sorted({s.rel for s in plan.steps if s.rel is not None}))}
         replica = await _replica(con)
         if act_as:
             await con.execute(f"SET LOCAL ROLE {_ident(act_as)}")
         result.triggers, enable = await quiet_triggers(con, {t.name for t in tables.values()}, replica=replica)
-        run_ = _Run(con, result, force=force, act_as=act_as, xids=xids, label=label)
+        run_ = _Run(con, result, force=force, act_as=act_as, xids=xids, label=label, remap=dict(known))
         await _apply(run_, plan.steps, tables)
         await enable_triggers(con, enable)
         if act_as:
             await con.execute("RESET ROLE")
         for old, new in run_.remap.items():
+            if known.get(old) == new:
+                continue
             await con.execute("INSERT INTO dbproxy.relation_map (old_oid, new_oid) VALUES ($1, $2) "
                               "ON CONFLICT (old_oid) DO UPDATE SET new_oid = excluded.new_oid, at = now()", old, new)
             # Made again under the replication role, where event triggers do not fire: capture it
@@ -371,6 +377,31 @@ async def _check(run: _Run, step: Step) -> str | None:
     return None if answer is None else str(answer)
 
 
+async def _privileges(run: _Run, step: Step) -> str | None:
+    """An owner or privilege statement (`ALTER ... OWNER TO`, GRANT, REVOKE): as the agents' role
+    when it may (it owns what it made again), else as the proxy's own role, which owns the undo.
+    No user code runs in these statements, so the proxy's role runs nothing an agent wrote.
+    Returns why it failed, or None."""
+    con = run.con
+    try:
+        async with con.transaction():
+            await con.execute(step.sql)
+        return None
+    except asyncpg.InsufficientPrivilegeError as e:
+        if not run.act_as:
+            return f"the statement {step.sql!r} failed: {e}"
+    try:
+        await con.execute("RESET ROLE")
+        async with con.transaction():
+            await con.execute(step.sql)
+        return None
+    except asyncpg.PostgresError as e:
+        return (f"the statement {step.sql!r} failed, as the agents' role and as the proxy's: {e} (restoring "
+                "an owner other than the agents' role needs a proxy role that may SET ROLE to it)")
+    finally:
+        await con.execute(f"SET LOCAL ROLE {_ident(run.act_as)}")
+
+
 async def _apply(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> None:
     con, result, force = run.con, run.result, run.force
     queue = list(steps)
@@ -405,6 +436,14 @@ async def _apply(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> 
                 if new is not None and step.rel is not None:
                     run.remap[step.rel] = int(new)
                 continue
+            if step.kind == "privileges":
+                problem = await _privileges(run, step)
+                show(step)
+                if problem is None:
+                    result.done += 1
+                    continue
+                result.conflicts.append(Conflict(step.seq, step.table, step.kind, None, [], problem))
+                return
             try:
                 async with con.transaction():
                     n = _count(await con.execute(step.sql, *step.params))
