@@ -183,6 +183,14 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     # when it renamed or altered a table and has not committed; tables it created are not here.
     tables = {int(r[0]): table_info_from_row(r) for r in await con.fetch(TABLE_INFO_SQL, sorted(wanted))}
     touched &= set(tables)
+    # The first image of a keyed row is how it was before: a row kept whole before DDL (a dropped
+    # or retyped column) and changed again after it appears twice, the second time without what
+    # the DDL took.
+    for oid, images in before.items():
+        key = tables[oid].key if oid in tables else ()
+        if key:
+            seen: set[str] = set()
+            before[oid] = [img for img in images if not (_key(img, key) in seen or seen.add(_key(img, key)))]
     wanted = {oid for oid in wanted if oid in tables and tables[oid].relkind in ("r", "p")}
     samples = {oid: TableSample(tables[oid], before=list(before.get(oid, [])),
                                 masked=is_masked(tables[oid], options.mask)) for oid in wanted}
