@@ -237,7 +237,8 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
         had = {int(c["attnum"]) for c in render._list(before, "columns")}
         added = sorted(str(c["name"]) for c in render._list(after, "columns") if int(c["attnum"]) not in had)
         if added and after.get("kind") == "table":
-            checks.append(_not_written_check(after, g.last, f"column(s) {', '.join(added)} of {after.get('qualified')}"))
+            what = f"column(s) {', '.join(added)} of {after.get('qualified')}"
+            checks.append(_not_written_check(after, g.last, what))
         if parts.rebuild:
             out.reasons.append(f"a column of {before.get('qualified')} comes back in the middle of the table, which "
                                "needs the table rebuilt (not supported yet)")
@@ -316,7 +317,8 @@ def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
     keep = render.ident(f"dbproxy_keep_{oid}")
     done = {key}
     context = {k: ev for k, ev in g.before.items() if str(ev.get("rebuild_of")) == str(oid) and k != key}
-    pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {keep} ON COMMIT DROP AS SELECT * FROM ONLY {now_name}"))
+    pre.append((render.PRE_SURVIVOR - 5,
+                f"CREATE TEMPORARY TABLE {keep} ON COMMIT DROP AS SELECT * FROM ONLY {now_name}"))
     sequences: list[tuple[str, str]] = []  # (temp table, sequence name afterwards)
     for col in render._list(after, "columns"):
         s = col.get("identity_sequence") or {}
@@ -382,8 +384,10 @@ def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
     kept = [(a, c) for c in render._list(before, "columns") if c.get("generated") != "s"
             for a in render._list(after, "columns") if a.get("attnum") == c.get("attnum")]
     override = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") for _, c in kept) else ""
-    pre.append((render.PRE_TABLE + 1, f"INSERT INTO {before['qualified']} ({', '.join(render.ident(c['name']) for _, c in kept)})"
-                                      f"{override} SELECT {', '.join(render.ident(a['name']) for a, _ in kept)} FROM {keep}"))
+    into = ", ".join(render.ident(c["name"]) for _, c in kept)
+    source = ", ".join(render.ident(a["name"]) for a, _ in kept)
+    pre.append((render.PRE_TABLE + 1,
+                f"INSERT INTO {before['qualified']} ({into}){override} SELECT {source} FROM {keep}"))
     data += _column_data(before, [c for c in back if c.get("generated") != "s"], rows_by_rel.get(oid, []), g, out,
                          checks)
     for temp, name in sequences:

@@ -345,8 +345,8 @@ def _trigger_state(table: str, t: Desc) -> list[tuple[int, str]]:
 def _policy_sql(table: str, p: Desc) -> str:
     cmd = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}[p.get("cmd", "*")]
     roles = ", ".join(p.get("roles") or ["public"])
-    out = (f"CREATE POLICY {ident(p['name'])} ON {table} AS {'PERMISSIVE' if p.get('permissive', True) else 'RESTRICTIVE'}"
-           f" FOR {cmd} TO {roles}")
+    kind = "PERMISSIVE" if p.get("permissive", True) else "RESTRICTIVE"
+    out = f"CREATE POLICY {ident(p['name'])} ON {table} AS {kind} FOR {cmd} TO {roles}"
     if p.get("using") is not None:
         out += f" USING ({p['using']})"
     if p.get("check") is not None:
@@ -403,7 +403,8 @@ def _relation_flags(table: str, now: Desc | None, d: Desc) -> list[tuple[int, st
     out: list[tuple[int, str]] = []
     n = now or {"rls": False, "force_rls": False, "replident": "d" if d.get("kind") == "table" else "n"}
     if bool(n.get("rls")) != bool(d.get("rls")):
-        out.append((POST_DEPENDENT, f"ALTER TABLE {table} {'ENABLE' if d.get('rls') else 'DISABLE'} ROW LEVEL SECURITY"))
+        rls = "ENABLE" if d.get("rls") else "DISABLE"
+        out.append((POST_DEPENDENT, f"ALTER TABLE {table} {rls} ROW LEVEL SECURITY"))
     if bool(n.get("force_rls")) != bool(d.get("force_rls")):
         out.append((POST_DEPENDENT, f"ALTER TABLE {table} {'FORCE' if d.get('force_rls') else 'NO FORCE'} ROW LEVEL "
                                     "SECURITY"))
@@ -541,7 +542,8 @@ def create_type(d: Desc, *, created_by: str | None = None) -> Parts:
         parts.pre.append((PRE_TYPE, f"CREATE TYPE {name} AS ({attrs})"))
         for a in _list(d, "attributes"):
             if a.get("comment") is not None:
-                parts.post.append((POST_LAST, f"COMMENT ON COLUMN {name}.{ident(a['name'])} IS {literal(a['comment'])}"))
+                parts.post.append((POST_LAST,
+                                   f"COMMENT ON COLUMN {name}.{ident(a['name'])} IS {literal(a['comment'])}"))
     elif kind == "domain":
         sql = f"CREATE DOMAIN {name} AS {d['base']}"
         if d.get("collation"):
@@ -835,7 +837,8 @@ def _alter_table(now: Desc, target: Desc) -> Parts:
         if target.get("options"):
             parts.post.append((POST_LAST, f"ALTER TABLE {table} SET ({', '.join(target['options'])})"))
     if now.get("persistence") != target.get("persistence") and target.get("persistence") in ("p", "u"):
-        parts.post.append((POST_LAST, f"ALTER TABLE {table} SET {'UNLOGGED' if target['persistence'] == 'u' else 'LOGGED'}"))
+        logged = "UNLOGGED" if target["persistence"] == "u" else "LOGGED"
+        parts.post.append((POST_LAST, f"ALTER TABLE {table} SET {logged}"))
     if now.get("tablespace") != target.get("tablespace"):
         parts.post.append((POST_LAST, f"ALTER TABLE {table} SET TABLESPACE {target.get('tablespace') or 'pg_default'}"))
     if any(now.get(k) != target.get(k) for k in ("partkey", "partition_of", "partbound", "inherits", "of_type")):
@@ -899,7 +902,8 @@ def _alter_column(table: str, now: Desc, target: Desc) -> Parts:
             parts.post.append((POST_KEY, f"{col} ADD {_identity_clause(target)}"))
         else:
             if now.get("identity") != target.get("identity"):
-                parts.post.append((POST_KEY, f"{col} SET GENERATED {'ALWAYS' if target['identity'] == 'a' else 'BY DEFAULT'}"))
+                how = "ALWAYS" if target["identity"] == "a" else "BY DEFAULT"
+                parts.post.append((POST_KEY, f"{col} SET GENERATED {how}"))
             ns, ts = now.get("identity_sequence") or {}, target.get("identity_sequence") or {}
             opts = [f"{word} {ts[key]}" for key, word in (("increment", "SET INCREMENT BY"), ("min", "SET MINVALUE"),
                                                           ("max", "SET MAXVALUE"), ("start", "SET START WITH"),
@@ -975,7 +979,8 @@ def _alter_view(now: Desc, target: Desc) -> Parts:
             parts.post.append((POST_DEPENDENT, f"ALTER VIEW {name} ALTER COLUMN {ident(c['name'])} " +
                                (f"SET DEFAULT {c['default']}" if c.get("default") is not None else "DROP DEFAULT")))
         if cur.get("comment") != c.get("comment"):
-            parts.post.append((POST_LAST, f"COMMENT ON COLUMN {name}.{ident(c['name'])} IS {literal(c.get('comment'))}"))
+            parts.post.append((POST_LAST,
+                               f"COMMENT ON COLUMN {name}.{ident(c['name'])} IS {literal(c.get('comment'))}"))
         if (cur.get("acl") or []) != (c.get("acl") or []):
             parts.post += [(POST_LAST, s) for s in acl_statements(f"TABLE {name}", cur.get("acl"), c.get("acl"),
                                                                   columns=ident(c["name"]))]

@@ -99,7 +99,8 @@ SELECT jsonb_build_object(
         'local', k.conislocal, 'inhcount', k.coninhcount, 'validated', k.convalidated,
         'comment', obj_description(k.oid, 'pg_constraint'), 'cloned', k.conparentid <> 0,
         'index', CASE WHEN k.contype IN ('p', 'u', 'x') AND k.conindid <> 0 THEN k.conindid::regclass::text END)
-      ORDER BY CASE k.contype WHEN 'p' THEN 0 WHEN 'u' THEN 1 WHEN 'x' THEN 2 WHEN 'c' THEN 3 WHEN 'f' THEN 5 ELSE 4 END,
+      ORDER BY CASE k.contype WHEN 'p' THEN 0 WHEN 'u' THEN 1 WHEN 'x' THEN 2 WHEN 'c' THEN 3 WHEN 'f' THEN 5
+                              ELSE 4 END,
                k.conname)
       FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype <> 'n'),
   'indexes', (SELECT jsonb_agg(jsonb_build_object(
@@ -421,7 +422,8 @@ BEGIN
     IF ddl->>'event' NOT IN ('data', 'limit', 'uncaptured') THEN
         RAISE EXCEPTION 'dbproxy.snapshot_event: not an event it writes';
     END IF;
-    INSERT INTO dbproxy.capture_log (rel, op, ddl) VALUES ((ddl->>'rel')::oid, 'X', ddl || jsonb_build_object('group', g));
+    INSERT INTO dbproxy.capture_log (rel, op, ddl)
+        VALUES ((ddl->>'rel')::oid, 'X', ddl || jsonb_build_object('group', g));
 END
 $fn$;
 
@@ -485,15 +487,17 @@ BEGIN
                       AND NOT a.attisdropped AND a.attnum > 0;
                     CONTINUE WHEN att IS NULL;
                     cols := cols || jsonb_build_array(jsonb_build_array(r.relid, t->>'column', t->>'op'));
-                    describe_only := describe_only || jsonb_build_array(jsonb_build_array('pg_class'::regclass::oid, r.relid));
+                    describe_only := describe_only
+                        || jsonb_build_array(jsonb_build_array('pg_class'::regclass::oid, r.relid));
                     IF t->>'op' = 'drop_column' THEN
-                        start := start || jsonb_build_array(jsonb_build_array('pg_class'::regclass::oid, r.relid, att,
-                                                                              COALESCE((t->>'cascade')::boolean, false)));
+                        start := start || jsonb_build_array(jsonb_build_array(
+                            'pg_class'::regclass::oid, r.relid, att, COALESCE((t->>'cascade')::boolean, false)));
                     END IF;
                 END LOOP;
             ELSIF t->>'op' = 'describe' AND t ? 'cls' THEN
                 CONTINUE WHEN (t->>'obj') IS NULL;
-                describe_only := describe_only || jsonb_build_array(jsonb_build_array((t->>'cls')::oid, (t->>'obj')::oid));
+                describe_only := describe_only
+                    || jsonb_build_array(jsonb_build_array((t->>'cls')::oid, (t->>'obj')::oid));
                 IF (t->>'cls')::oid = 'pg_class'::regclass::oid AND COALESCE((t->>'recurse')::boolean, false) THEN
                     FOR r IN SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = (t->>'obj')::oid LOOP
                         describe_only := describe_only || jsonb_build_array(jsonb_build_array('pg_class'::regclass::oid,
@@ -695,14 +699,17 @@ BEGIN
     -- verifies the inverse needs the rows as they were (the table is locked by the DDL).
     image := 'pg_catalog.to_json(dbproxy_row)::text';  -- an alias no column shadows
     info := jsonb_build_object('columns', to_jsonb(columns), 'key', to_jsonb(key));
-    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM ONLY %s LIMIT %s) s', rel::regclass, GREATEST(room_rows, 0) + 1) INTO n;
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM ONLY %s LIMIT %s) s', rel::regclass,
+                   GREATEST(room_rows, 0) + 1) INTO n;
     IF n > room_rows THEN
         PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'limit', 'rel', rel,
-            'what', CASE WHEN columns IS NULL THEN 'rows' ELSE 'column values' END, 'rows', n, 'limit_rows', room_rows));
+            'what', CASE WHEN columns IS NULL THEN 'rows' ELSE 'column values' END, 'rows', n,
+            'limit_rows', room_rows));
         RETURN;
     END IF;
-    FOR batch IN EXECUTE format('SELECT array_agg(img) AS imgs FROM (SELECT %s AS img, (row_number() OVER () - 1) / 1000 AS b '
-                                'FROM ONLY %s dbproxy_row) s GROUP BY b', image, rel::regclass) LOOP
+    FOR batch IN EXECUTE format('SELECT array_agg(img) AS imgs FROM (SELECT %s AS img, '
+                                '(row_number() OVER () - 1) / 1000 AS b FROM ONLY %s dbproxy_row) s GROUP BY b',
+                                image, rel::regclass) LOOP
         bytes := bytes + dbproxy.snapshot_rows(g, rel, op, info, batch.imgs);
         rows := rows + cardinality(batch.imgs);
         IF bytes > room_bytes THEN
@@ -764,7 +771,8 @@ $fn$;
 #: Everything above, and what `uninstall` drops.
 FUNCTIONS = (
     "dbproxy.describe_relation(oid)", "dbproxy.describe_function(oid)", "dbproxy.describe_type(oid)",
-    "dbproxy.describe_schema(oid)", "dbproxy.describe_defacl(oid, oid, \"char\")", "dbproxy.describe(oid, oid, integer)",
+    "dbproxy.describe_schema(oid)", "dbproxy.describe_defacl(oid, oid, \"char\")",
+    "dbproxy.describe(oid, oid, integer)",
     "dbproxy.root_of(oid, oid)", "dbproxy.dependents(jsonb, boolean)", "dbproxy.snapshot_begin(jsonb)",
     "dbproxy.snapshot_object(bigint, oid, oid, text, jsonb)", "dbproxy.snapshot_defacl(bigint, oid, oid, \"char\")",
     "dbproxy.snapshot_rows(bigint, oid, \"char\", jsonb, text[])", "dbproxy.snapshot_event(bigint, jsonb)",
@@ -779,7 +787,8 @@ AGENT_CALLABLE = (
     "dbproxy.keep_rows(bigint, oid, text[], bigint, bigint)", "dbproxy.keep_sequence(bigint, oid)",
     "dbproxy.keep_matview(bigint, oid)", "dbproxy.dependents(jsonb, boolean)", "dbproxy.root_of(oid, oid)",
     "dbproxy.snapshot_begin(jsonb)", "dbproxy.snapshot_object(bigint, oid, oid, text, jsonb)",
-    "dbproxy.snapshot_defacl(bigint, oid, oid, \"char\")", "dbproxy.snapshot_rows(bigint, oid, \"char\", jsonb, text[])",
+    "dbproxy.snapshot_defacl(bigint, oid, oid, \"char\")",
+    "dbproxy.snapshot_rows(bigint, oid, \"char\", jsonb, text[])",
     "dbproxy.snapshot_event(bigint, jsonb)", "dbproxy.snapshot_discard(bigint, oid)",
 )
 

@@ -30,10 +30,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from inverse.ddl_targets import prepared
-
 from dbproxy.undo.apply import load_changes, load_tables
 from dbproxy.undo.install import install
+from inverse.ddl_targets import prepared
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
 from sandbox import cache

@@ -406,7 +406,8 @@ CASES: list[Case] = [
         CREATE TABLE s1 (id serial PRIMARY KEY, v text DEFAULT 'd' CHECK (v <> ''));
         CREATE TABLE s2 (id int GENERATED ALWAYS AS IDENTITY (START 10 INCREMENT 5) PRIMARY KEY,
                          s1 int REFERENCES s1 ON DELETE SET NULL, j jsonb NOT NULL DEFAULT '{}');
-        INSERT INTO s1 (v) VALUES ('a'), ('b'), ('c'); INSERT INTO s2 (s1, j) VALUES (1, '{"a": [1, 2]}'), (NULL, 'null');
+        INSERT INTO s1 (v) VALUES ('a'), ('b'), ('c');
+        INSERT INTO s2 (s1, j) VALUES (1, '{"a": [1, 2]}'), (NULL, 'null');
         """, "DROP TABLE s2; DROP TABLE s1", ("s1", "s2"), ddl=True),
     Case("drop_column_last", T, "UPDATE t SET grp = 9 WHERE id = 1; ALTER TABLE t DROP COLUMN grp", ("t",), ddl=True),
     Case("drop_column_middle_with_dependants", T + "CREATE VIEW tv AS SELECT id, v FROM t; CREATE INDEX t_v ON t (v); "
@@ -418,7 +419,8 @@ CASES: list[Case] = [
          "ALTER TABLE nk DROP COLUMN b", ("nk",), ddl=True),
     Case("alter_type_lossy", T, "ALTER TABLE t ALTER COLUMN v TYPE varchar(2) USING left(v, 2)", ("t",), ddl=True),
     Case("alter_type_lossy_no_key", "CREATE TABLE nk (a int, ts timestamptz NOT NULL); "
-         "INSERT INTO nk VALUES (1, '2024-01-01 10:11:12+00'), (1, '2024-01-01 10:11:12+00'), (2, '2024-02-02 01:00+00');",
+         "INSERT INTO nk VALUES (1, '2024-01-01 10:11:12+00'), (1, '2024-01-01 10:11:12+00'), "
+         "(2, '2024-02-02 01:00+00');",
          "ALTER TABLE nk ALTER COLUMN ts TYPE date", ("nk",), ddl=True),
     Case("alter_type_same_type_using", "CREATE TABLE js (id int PRIMARY KEY, j jsonb); "
          "INSERT INTO js VALUES (1, '{\"a\": 1, \"b\": 2}'), (2, NULL);",
@@ -444,7 +446,8 @@ CASES: list[Case] = [
          "DROP FUNCTION f(int) CASCADE", ("t",), ddl=True),
     Case("drop_schema_cascade", """
         CREATE SCHEMA app; CREATE TYPE app.kind AS ENUM ('a', 'b');
-        CREATE TABLE app.items (id int PRIMARY KEY, k app.kind, note text); CREATE VIEW app.v AS SELECT * FROM app.items;
+        CREATE TABLE app.items (id int PRIMARY KEY, k app.kind, note text);
+        CREATE VIEW app.v AS SELECT * FROM app.items;
         INSERT INTO app.items VALUES (1, 'a', 'one'), (2, 'b', NULL);
         """, "DROP SCHEMA app CASCADE", ("app.items",), ddl=True, schema="app"),
     Case("drop_type_cascade_column", "CREATE TYPE mood AS ENUM ('sad', 'ok'); "
