@@ -158,7 +158,7 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
             what = d.get("what", "data")
             size = f"{d['rows']} rows" if d.get("rows") is not None else f"{d.get('bytes')} bytes"
             out.reasons.append(f"{g.statement or 'a DDL statement'}: the {what} it destroys ({size} of "
-                               f"relation oid {d.get('rel')}) exceed ddl_snapshot_limit, so they were not kept")
+                               f"{d.get('name') or 'a table'}) exceed ddl_snapshot_limit, so they were not kept")
         elif d.get("event") == "uncaptured":
             out.reasons.append(f"{g.statement or 'a DDL statement'}: the state before it could not be kept: "
                                f"{d.get('reason')}")
@@ -273,11 +273,11 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
                 post.append((render.POST_LAST, render.setval_sql(str((r.ddl or {})["name"]), st["last_value"],
                                                                  st["is_called"])))
     if g.kind == "RefreshMatViewStmt":
-        for oid, st in matview_state.items():
+        for st in matview_state.values():
             if st.get("populated") and not st.get("fresh"):
-                out.reasons.append(f"REFRESH MATERIALIZED VIEW replaced contents that its query no longer gives "
-                                   f"(relation oid {oid}); PostgreSQL can only recompute a materialized view, not "
-                                   "write rows into it")
+                out.reasons.append(f"REFRESH MATERIALIZED VIEW replaced contents of {st.get('name') or 'a view'} "
+                                   "that its query no longer gives; PostgreSQL can only recompute a materialized "
+                                   "view, not write rows into it")
     for e in g.events:
         d = e.ddl or {}
         if d.get("event") == "drop" and d.get("original"):

@@ -143,8 +143,9 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
                 continue
             what = ", ".join(f"{(e.ddl or {}).get('object_type')} {(e.ddl or {}).get('identity')}"
                              for e in group if (e.ddl or {}).get("original")) or "objects"
-            out.append(_sourced(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what}; dbproxy cannot "
-                                           "restore dropped objects yet"), group))
+            out.append(_sourced(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what} without "
+                                           "dbproxy keeping it first (DDL run inside a function or DO block, "
+                                           "or by a session the proxy does not announce DDL for)"), group))
             continue
         main = next((e for e in group if (e.ddl or {}).get("tag") in _DROP_KIND
                      and (e.ddl or {}).get("tag") not in _PART_TAGS), None) \

@@ -702,7 +702,7 @@ BEGIN
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM ONLY %s LIMIT %s) s', rel::regclass,
                    GREATEST(room_rows, 0) + 1) INTO n;
     IF n > room_rows THEN
-        PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'limit', 'rel', rel,
+        PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'limit', 'rel', rel, 'name', rel::regclass::text,
             'what', CASE WHEN columns IS NULL THEN 'rows' ELSE 'column values' END, 'rows', n,
             'limit_rows', room_rows));
         RETURN;
@@ -715,7 +715,8 @@ BEGIN
         IF bytes > room_bytes THEN
             PERFORM dbproxy.snapshot_discard(g, rel);
             PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'limit', 'rel', rel,
-                'what', CASE WHEN columns IS NULL THEN 'rows' ELSE 'column values' END, 'bytes', bytes,
+                'name', rel::regclass::text, 'what', CASE WHEN columns IS NULL THEN 'rows' ELSE 'column values' END,
+                'bytes', bytes,
                 'limit_bytes', room_bytes));
             rows := 0;
             bytes := 0;
@@ -760,7 +761,8 @@ BEGIN
                 INTO query_digest;
     END IF;
     PERFORM dbproxy.snapshot_rows(g, mv, 'S', jsonb_build_object('kind', 'matview'), ARRAY[
-        json_build_object('populated', populated, 'digest', now_digest, 'fresh', now_digest = query_digest)::text]);
+        json_build_object('populated', populated, 'digest', now_digest, 'fresh', now_digest = query_digest,
+                          'name', mv::regclass::text)::text]);
 EXCEPTION WHEN OTHERS THEN
     PERFORM dbproxy.snapshot_event(g, jsonb_build_object('event', 'uncaptured', 'rel', mv,
         'reason', 'materialized view ' || mv::regclass::text || ' could not be read: ' || SQLERRM));

@@ -49,8 +49,11 @@ CASES: tuple[Case, ...] = (
     _case("update_keyless_referrer", "no_primary_key", REV, "Rows without a key are matched by their full "
           "after-image; identical rows are interchangeable.",
           "UPDATE page_views SET referrer = 'direct' WHERE referrer IS NULL AND customer_id BETWEEN 1 AND 50"),
-    _case("page_views_to_date", "no_primary_key", IRR, "timestamptz -> date drops the time of every page view in a "
-          "rewrite that fires no row triggers.",
+    _case("page_views_to_date", "no_primary_key", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamptz -> date drops the time of every "
+          "page view in a rewrite that fires no row triggers): the old values of the retyped column are kept "
+          "before the rewrite (keyed by primary key, by the whole row without one), so the column is set back "
+          "to its type and exact old values.",
           "ALTER TABLE page_views ALTER COLUMN viewed_at TYPE date"),
     # --- foreign-key cascades -----------------------------------------------------------------------
     _case("delete_customer_cascade", "fk_cascade", REV, "Row triggers fire for the cascaded address deletes and the "
@@ -123,8 +126,10 @@ CASES: tuple[Case, ...] = (
           f"VALUES ('SKU-BIG', 'Big manual', 1.00, {_big(3000, 'b')})",
           f"UPDATE products SET description = {_big(500, 'c')} WHERE id = 4",
           "DELETE FROM products WHERE sku = 'SKU-BIG'"),
-    _case("big_description_then_drop_column", "toast", IRR, "Only product 1's description was captured (by the "
-          "UPDATE); the other 299 are destroyed by DROP COLUMN.",
+    _case("big_description_then_drop_column", "toast", IRR, "The dropped values are kept before the DROP "
+          "COLUMN, but description sits in the middle of products: putting it back in its place rebuilds the "
+          "table, which drops and re-makes its dependants, among them the stale materialized view "
+          "sales_by_category, whose contents PostgreSQL can only recompute (they exist nowhere else).",
           f"UPDATE products SET description = {_big(1000, 'd')} WHERE id = 1",
           "ALTER TABLE products DROP COLUMN description"),
     # --- TRUNCATE ---------------------------------------------------------------------------------------
@@ -158,13 +163,24 @@ CASES: tuple[Case, ...] = (
           "INSERT INTO shipments (order_id, carrier) SELECT id, 'UPS' FROM orders WHERE status = 'shipped' AND id < "
           "40"),
     # --- DROP with dependants ----------------------------------------------------------------------------
-    _case("drop_inventory_cascade", "drop_dependants", IRR, "DROP TABLE ... CASCADE destroys inventory's 300 rows (no "
-          "row trigger fires on DROP) along with the product_catalog view.",
+    _case("drop_inventory_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE ... CASCADE destroys inventory's "
+          "300 rows (no row trigger fires on DROP) along with the product_catalog view): the table's definition"
+          " (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row and of what its "
+          "CASCADE removes (foreign keys, views) are kept before the DROP, so it is re-made and refilled "
+          "exactly.",
           "DROP TABLE inventory CASCADE"),
-    _case("drop_email_column_cascade", "drop_dependants", IRR, "DROP COLUMN destroys every customer's email, which no "
-          "row image holds; the view order_summary goes with it.",
+    _case("drop_email_column_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys every customer's email, "
+          "which no row image holds; the view order_summary goes with it): every row's value of the dropped "
+          "column (keyed by primary key, by the whole row without one) and what its CASCADE removes is kept "
+          "before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "ALTER TABLE customers DROP COLUMN email CASCADE"),
-    _case("drop_page_views", "drop_dependants", IRR, "The table's rows are not captured by DROP TABLE.",
+    _case("drop_page_views", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the table's rows are not captured by DROP "
+          "TABLE): the table's definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) "
+          "and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE page_views"),
     _case("drop_view", "drop_dependants", REV, "A view holds no data; its definition is in the catalog from before.",
           "DROP VIEW order_summary"),
@@ -178,35 +194,55 @@ CASES: tuple[Case, ...] = (
     _case("drop_stale_materialized_view", "drop_dependants", IRR, "The materialized view's contents date from an "
           "earlier refresh; recreating it computes today's data, and the old contents were never captured.",
           "DROP MATERIALIZED VIEW sales_by_category"),
-    _case("drop_enum_cascade", "drop_dependants", IRR, "DROP TYPE ... CASCADE drops orders.status (and the view using "
-          "it); 1500 statuses are lost.",
+    _case("drop_enum_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TYPE ... CASCADE drops orders.status (and"
+          " the view using it); 1500 statuses are lost): the type's definition and the values of the columns "
+          "its CASCADE drops (with the views on them) are kept before the DROP, so all of it comes back with "
+          "its values.",
           "DROP TYPE order_status CASCADE"),
     _case("drop_generated_column_cascade", "drop_dependants", IRR, "Dropping line_total cascades to the stale "
-          "materialized view sales_by_category, whose contents exist nowhere else.",
+          "materialized view sales_by_category, whose contents exist nowhere else (a materialized view can only "
+          "be recomputed, not written to; issue 18's capture does not change that).",
           "ALTER TABLE order_items DROP COLUMN line_total CASCADE"),
-    _case("drop_categories_cascade", "drop_dependants", IRR, "CASCADE drops the foreign keys on products and the "
-          "product_catalog view, but the category rows themselves are destroyed uncaptured.",
+    _case("drop_categories_cascade", "drop_dependants", IRR, "The rows and definitions are kept before the "
+          "DROP (issue 18), but CASCADE also drops the stale materialized view sales_by_category (it joins "
+          "categories), whose contents PostgreSQL can only recompute, not write back.",
           "DROP TABLE categories CASCADE"),
     _case("drop_empty_audit_log", "drop_dependants", REV, "audit_log has no rows at the start, so nothing is lost: "
           "the before-catalog recreates the empty table (the trigger functions only name it in their bodies).",
           "DROP TABLE audit_log"),
     # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
-    _case("weight_numeric_round", "alter_type", IRR, "numeric(8,3) -> numeric(8,1) rounds every weight in a table "
-          "rewrite that fires no row triggers.",
+    _case("weight_numeric_round", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(8,3) -> numeric(8,1) rounds every "
+          "weight in a table rewrite that fires no row triggers): the old values of the retyped column are kept"
+          " before the rewrite (keyed by primary key, by the whole row without one), so the column is set back "
+          "to its type and exact old values.",
           "ALTER TABLE products ALTER COLUMN weight_kg TYPE numeric(8, 1)"),
-    _case("phone_to_varchar5", "alter_type", IRR, "USING left(phone, 5) truncates the phone numbers; the full values "
-          "are not captured.",
+    _case("phone_to_varchar5", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(phone, 5) truncates the phone "
+          "numbers; the full values are not captured): the old values of the retyped column are kept before the"
+          " rewrite (keyed by primary key, by the whole row without one), so the column is set back to its type"
+          " and exact old values.",
           "ALTER TABLE customers ALTER COLUMN phone TYPE varchar(5) USING left(phone, 5)"),
-    _case("placed_at_to_date", "alter_type", IRR, "timestamptz -> date drops the time of day of every order.",
+    _case("placed_at_to_date", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamptz -> date drops the time of day of "
+          "every order): the old values of the retyped column are kept before the rewrite (keyed by primary "
+          "key, by the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE orders ALTER COLUMN placed_at TYPE date"),
     _case("widen_postal_code", "alter_type", REV, "varchar(12) -> varchar(20) keeps every value; altering back to the "
           "before-catalog's type is exact.",
           "ALTER TABLE addresses ALTER COLUMN postal_code TYPE varchar(20)"),
-    _case("postal_code_prefix", "alter_type", IRR, "USING left(postal_code, 3) keeps only the first three digits of "
-          "every postal code.",
+    _case("postal_code_prefix", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(postal_code, 3) keeps only the "
+          "first three digits of every postal code): the old values of the retyped column are kept before the "
+          "rewrite (keyed by primary key, by the whole row without one), so the column is set back to its type "
+          "and exact old values.",
           "ALTER TABLE addresses ALTER COLUMN postal_code TYPE varchar(3) USING left(postal_code, 3)"),
-    _case("gateway_response_to_jsonb", "alter_type", IRR, "json -> jsonb normalises spacing and keeps only the last "
-          "of repeated keys: the verbatim gateway answers are lost.",
+    _case("gateway_response_to_jsonb", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: json -> jsonb normalises spacing and keeps "
+          "only the last of repeated keys: the verbatim gateway answers are lost): the old values of the "
+          "retyped column are kept before the rewrite (keyed by primary key, by the whole row without one), so "
+          "the column is set back to its type and exact old values.",
           "ALTER TABLE payments ALTER COLUMN gateway_response TYPE jsonb"),
     # --- functions -----------------------------------------------------------------------------------------
     _case("replace_function_body", "functions", REV, "CREATE OR REPLACE FUNCTION is undone by re-creating the old "
@@ -227,8 +263,11 @@ CASES: tuple[Case, ...] = (
           "SET loyalty_points = c.loyalty_points + 2 * floor(NEW.amount)::int FROM orders o WHERE o.id = NEW.order_id "
           "AND c.id = o.customer_id; RETURN NULL; END $$",
           "INSERT INTO payments (order_id, amount, method, reference) VALUES (16, 20.00, 'card', 'double-points')"),
-    _case("function_hidden_drop_column", "functions", IRR, "The DROP COLUMN run by the function through EXECUTE "
-          "destroys every review body.",
+    _case("function_hidden_drop_column", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; every review body is lost.",
           "CREATE FUNCTION strip_review_bodies() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER TABLE "
           "reviews DROP COLUMN body'; END $$",
           "SELECT strip_review_bodies()"),
@@ -257,31 +296,45 @@ CASES: tuple[Case, ...] = (
     _case("drop_check_constraint", "constraints_defaults", REV, "The dropped constraint's definition is in the "
           "before-catalog (pg_get_constraintdef); no row changes.",
           "ALTER TABLE customers DROP CONSTRAINT customers_loyalty_points_check"),
-    _case("drop_column_with_check", "constraints_defaults", IRR, "Dropping loyalty_points drops its CHECK too, and "
-          "the points of all 500 customers are lost uncaptured.",
+    _case("drop_column_with_check", "constraints_defaults", REV,
+          "Relabelled reversible for issue 18 (was irreversible: dropping loyalty_points drops its CHECK too, "
+          "and the points of all 500 customers are lost uncaptured): every row's value of the dropped column "
+          "(keyed by primary key, by the whole row without one) is kept before the DROP COLUMN, so the column "
+          "comes back in its place with its values, constraints and dependants.",
           "ALTER TABLE customers DROP COLUMN loyalty_points"),
     # --- mixed DML + DDL --------------------------------------------------------------------------------------
     _case("add_column_and_backfill", "mixed", REV, "The new column is dropped and the audit rows the backfill wrote "
           "are captured inserts.",
           "ALTER TABLE orders ADD COLUMN channel text",
           "UPDATE orders SET channel = 'web' WHERE id <= 100"),
-    _case("update_then_drop_column", "mixed", IRR, "Only ten rows' marketing_opt_in values were captured by the "
-          "UPDATE; the other 490 are lost with the column.",
+    _case("update_then_drop_column", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: only ten rows' marketing_opt_in values were "
+          "captured by the UPDATE; the other 490 are lost with the column): the DML before it is captured by "
+          "row images; every row's value of the dropped column (keyed by primary key, by the whole row without "
+          "one) is kept before the DROP COLUMN, so the column comes back in its place with its values, "
+          "constraints and dependants.",
           "UPDATE customers SET marketing_opt_in = true WHERE id <= 10",
           "ALTER TABLE customers DROP COLUMN marketing_opt_in"),
     _case("create_table_and_move_rows", "mixed", REV, "The new table is dropped and the moved rows are restored from "
           "the DELETE's images.",
           "CREATE TABLE archived_reviews (LIKE reviews INCLUDING ALL)",
           "WITH m AS (DELETE FROM reviews WHERE rating = 1 RETURNING *) INSERT INTO archived_reviews SELECT * FROM m"),
-    _case("insert_then_shorten_note", "mixed", IRR, "The inserted order is captured, but USING left(note, 4) then "
-          "truncates every existing note in an uncaptured rewrite.",
+    _case("insert_then_shorten_note", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the inserted order is captured, but USING "
+          "left(note, 4) then truncates every existing note in an uncaptured rewrite): the DML before it is "
+          "captured by row images; the old values of the retyped column are kept before the rewrite (keyed by "
+          "primary key, by the whole row without one), so the column is set back to its type and exact old "
+          "values.",
           "INSERT INTO orders (customer_id, status, note) VALUES (9, 'pending', 'leave at the door')",
           "ALTER TABLE orders ALTER COLUMN note TYPE varchar(4) USING left(note, 4)"),
     _case("rename_column_and_insert", "mixed", REV, "The rename is reversed and the inserted row deleted by its image.",
           "ALTER TABLE settings RENAME COLUMN value TO val",
           "INSERT INTO settings (key, val) VALUES ('theme', 'dark')"),
-    _case("insert_review_then_drop_table", "mixed", IRR, "The new review is captured, but DROP TABLE destroys the 600 "
-          "earlier ones.",
+    _case("insert_review_then_drop_table", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the new review is captured, but DROP TABLE "
+          "destroys the 600 earlier ones): the DML before it is captured by row images; the table's definition "
+          "(columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row are kept before "
+          "the DROP, so it is re-made and refilled exactly.",
           "INSERT INTO reviews (product_id, customer_id, rating, body) VALUES (2, 3, 4, 'Solid')",
           "DROP TABLE reviews"),
     _case("touch_all_then_round_weight", "mixed", REV, "The no-op UPDATE captured every product's before-image first, "
@@ -316,7 +369,10 @@ CASES: tuple[Case, ...] = (
           "= 'blue' AND id < 100"),
     _case("jsonb_remove_key", "jsonb_array", REV, "The before-image keeps the removed key.",
           "UPDATE products SET attributes = attributes - 'size' WHERE category_id = 7"),
-    _case("strip_attribute_tags_using", "jsonb_array", IRR, "ALTER ... TYPE jsonb USING attributes - 'tags' is an "
-          "update in disguise: the rewrite fires no row triggers and the tags are lost.",
+    _case("strip_attribute_tags_using", "jsonb_array", REV,
+          "Relabelled reversible for issue 18 (was irreversible: ALTER ... TYPE jsonb USING attributes - 'tags'"
+          " is an update in disguise: the rewrite fires no row triggers and the tags are lost): the old values "
+          "of the retyped column are kept before the rewrite (keyed by primary key, by the whole row without "
+          "one), so the column is set back to its type and exact old values.",
           "ALTER TABLE products ALTER COLUMN attributes TYPE jsonb USING attributes - 'tags'"),
 )

@@ -51,8 +51,11 @@ CASES: tuple[Case, ...] = (
     _case("redact_event_payloads", "no_primary_key", REV, "Keyless rows are matched by their whole after-image; "
           "identical rows are interchangeable.",
           "UPDATE events SET payload = payload || '{\"redacted\": true}' WHERE kind = 'login' AND tenant_id IN (1, 2)"),
-    _case("events_payload_rewrite_using", "no_primary_key", IRR, "A same-type ALTER with USING rewrites every payload "
-          "without row triggers; the removed key is lost.",
+    _case("events_payload_rewrite_using", "no_primary_key", REV,
+          "Relabelled reversible for issue 18 (was irreversible: A same-type ALTER with USING rewrites every "
+          "payload without row triggers; the removed key is lost): the old values of the retyped column are "
+          "kept before the rewrite (keyed by primary key, by the whole row without one), so the column is set "
+          "back to its type and exact old values.",
           "ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload - 'n'"),
     # --- foreign-key cascades -----------------------------------------------------------------------
     _case("delete_tenant_cascade", "fk_cascade", REV, "The cascade through users, projects, tasks, comments, "
@@ -110,8 +113,12 @@ CASES: tuple[Case, ...] = (
           "UPDATE tasks SET title = upper(title) WHERE project_id = 9"),
     _case("add_generated_email_domain", "generated_column", REV, "ADD COLUMN ... GENERATED is undone by DROP COLUMN.",
           "ALTER TABLE users ADD COLUMN email_domain text GENERATED ALWAYS AS (split_part(email, '@', 2)) STORED"),
-    _case("drop_title_cascade_generated", "generated_column", IRR, "Dropping title drops the generated search column "
-          "that depends on it (and the open_tasks view); every title is lost.",
+    _case("drop_title_cascade_generated", "generated_column", REV,
+          "Relabelled reversible for issue 18 (was irreversible: dropping title drops the generated search "
+          "column that depends on it (and the open_tasks view); every title is lost): every row's value of the "
+          "dropped column (keyed by primary key, by the whole row without one) and what its CASCADE removes is "
+          "kept before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "ALTER TABLE tasks DROP COLUMN title CASCADE"),
     # --- TOAST ------------------------------------------------------------------------------------------
     _case("replace_big_document", "toast", REV, "The 32 kB before-image and the 64 kB after-image are captured whole.",
@@ -123,8 +130,11 @@ CASES: tuple[Case, ...] = (
           "UPDATE documents SET meta = meta || '{\"reviewed\": true}' WHERE title IN ('Doc 20', 'Doc 30')"),
     _case("big_task_body", "toast", REV, "A 136 kB compressible body is captured whole.",
           "UPDATE tasks SET body = repeat(E'at frame.handle (app.js:42)\\n', 5000) WHERE id = 77"),
-    _case("drop_document_content", "toast", IRR, "DROP COLUMN destroys every document body (and their TOAST data) "
-          "without row images.",
+    _case("drop_document_content", "toast", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys every document body (and "
+          "their TOAST data) without row images): every row's value of the dropped column (keyed by primary "
+          "key, by the whole row without one) is kept before the DROP COLUMN, so the column comes back in its "
+          "place with its values, constraints and dependants.",
           "ALTER TABLE documents DROP COLUMN content"),
     # --- TRUNCATE ---------------------------------------------------------------------------------------
     _case("truncate_events", "truncate", REV, "The BEFORE TRUNCATE snapshot copies every keyless row, duplicates "
@@ -153,16 +163,27 @@ CASES: tuple[Case, ...] = (
           "follows the rename both ways.",
           "ALTER TABLE tasks RENAME COLUMN priority TO prio"),
     # --- DROP with dependants ----------------------------------------------------------------------------
-    _case("drop_comments_table", "drop_dependants", IRR, "DROP TABLE destroys 2000 comments that no row trigger "
-          "captured.",
+    _case("drop_comments_table", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE destroys 2000 comments that no row "
+          "trigger captured): the table's definition (columns, defaults, constraints, indexes, triggers, "
+          "comments, ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE comments"),
-    _case("drop_tags_column_cascade", "drop_dependants", IRR, "DROP COLUMN ... CASCADE destroys every task's tags, "
-          "with the GIN index and the open_tasks view.",
+    _case("drop_tags_column_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN ... CASCADE destroys every task's "
+          "tags, with the GIN index and the open_tasks view): every row's value of the dropped column (keyed by"
+          " primary key, by the whole row without one) and what its CASCADE removes is kept before the DROP "
+          "COLUMN, so the column comes back in its place with its values, constraints and dependants.",
           "ALTER TABLE tasks DROP COLUMN tags CASCADE"),
-    _case("drop_events_table", "drop_dependants", IRR, "The keyless events table's rows are not captured by DROP.",
+    _case("drop_events_table", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the keyless events table's rows are not "
+          "captured by DROP): the table's definition (columns, defaults, constraints, indexes, triggers, "
+          "comments, ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE events"),
-    _case("drop_plan_enum_cascade", "drop_dependants", IRR, "DROP TYPE ... CASCADE drops tenants.plan (and "
-          "tenant_overview); the plans are lost.",
+    _case("drop_plan_enum_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TYPE ... CASCADE drops tenants.plan (and "
+          "tenant_overview); the plans are lost): the type's definition and the values of the columns its "
+          "CASCADE drops (with the views on them) are kept before the DROP, so all of it comes back with its "
+          "values.",
           "DROP TYPE plan_tier CASCADE"),
     _case("drop_overview_view", "drop_dependants", REV, "A view holds no data; its definition is in the "
           "before-catalog.",
@@ -171,26 +192,49 @@ CASES: tuple[Case, ...] = (
           "the table definition is in the before-catalog.",
           "DELETE FROM feature_flags",
           "DROP TABLE feature_flags"),
-    _case("drop_tenants_cascade", "drop_dependants", IRR, "DROP TABLE ... CASCADE removes the foreign keys and the "
-          "view, but the 30 tenant rows themselves are destroyed uncaptured.",
+    _case("drop_tenants_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE ... CASCADE removes the foreign "
+          "keys and the view, but the 30 tenant rows themselves are destroyed uncaptured): the table's "
+          "definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row and of "
+          "what its CASCADE removes (foreign keys, views) are kept before the DROP, so it is re-made and "
+          "refilled exactly.",
           "DROP TABLE tenants CASCADE"),
-    _case("drop_api_keys", "drop_dependants", IRR, "The 90 key rows are destroyed by DROP TABLE, uncaptured.",
+    _case("drop_api_keys", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the 90 key rows are destroyed by DROP TABLE, "
+          "uncaptured): the table's definition (columns, defaults, constraints, indexes, triggers, comments, "
+          "ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE api_keys"),
-    _case("drop_comment_body", "drop_dependants", IRR, "DROP COLUMN destroys every comment body.",
+    _case("drop_comment_body", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys every comment body): "
+          "every row's value of the dropped column (keyed by primary key, by the whole row without one) is kept"
+          " before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "ALTER TABLE comments DROP COLUMN body"),
     # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
-    _case("estimate_round", "alter_type", IRR, "numeric(6,2) -> numeric(6,0) rounds the fractional estimates in an "
-          "uncaptured rewrite.",
+    _case("estimate_round", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(6,2) -> numeric(6,0) rounds the "
+          "fractional estimates in an uncaptured rewrite): the old values of the retyped column are kept before"
+          " the rewrite (keyed by primary key, by the whole row without one), so the column is set back to its "
+          "type and exact old values.",
           "ALTER TABLE tasks ALTER COLUMN estimate TYPE numeric(6, 0)"),
-    _case("display_name_varchar5", "alter_type", IRR, "USING left(display_name, 5) truncates every name.",
+    _case("display_name_varchar5", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(display_name, 5) truncates every "
+          "name): the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE users ALTER COLUMN display_name TYPE varchar(5) USING left(display_name, 5)"),
-    _case("last_login_to_date", "alter_type", IRR, "timestamptz -> date drops the time of every login.",
+    _case("last_login_to_date", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamptz -> date drops the time of every "
+          "login): the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE users ALTER COLUMN last_login TYPE date"),
     _case("payload_jsonb_to_text", "alter_type", REV, "jsonb's text output is canonical: casting the text back to "
           "jsonb gives the same values, and the before-catalog has the type.",
           "ALTER TABLE events ALTER COLUMN payload TYPE text"),
-    _case("scopes_keep_first", "alter_type", IRR, "USING scopes[1] keeps only the first scope of each key; the others "
-          "are lost.",
+    _case("scopes_keep_first", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING scopes[1] keeps only the first scope of "
+          "each key; the others are lost): the old values of the retyped column are kept before the rewrite "
+          "(keyed by primary key, by the whole row without one), so the column is set back to its type and "
+          "exact old values.",
           "ALTER TABLE api_keys ALTER COLUMN scopes DROP DEFAULT",
           "ALTER TABLE api_keys ALTER COLUMN scopes TYPE text USING scopes[1]"),
     # --- functions -----------------------------------------------------------------------------------------
@@ -208,8 +252,11 @@ CASES: tuple[Case, ...] = (
     _case("do_block_hidden_add_column", "functions", REV, "The ADD COLUMN run through EXECUTE is still an ADD COLUMN: "
           "the before-catalog has no such column, so DROP COLUMN undoes it.",
           "DO $$ BEGIN EXECUTE 'ALTER TABLE tenants ADD COLUMN billing_email text'; END $$"),
-    _case("do_block_hidden_drop_column", "functions", IRR, "The DROP COLUMN hidden in EXECUTE destroys every event "
-          "payload.",
+    _case("do_block_hidden_drop_column", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; every event payload is lost.",
           "DO $$ BEGIN EXECUTE 'ALTER TABLE events DROP COLUMN payload'; END $$"),
     _case("create_and_call_sql_function", "functions", REV, "The new function is dropped; its updates are captured "
           "rows.",
@@ -242,8 +289,12 @@ CASES: tuple[Case, ...] = (
           "captured.",
           "ALTER TABLE tenants ADD COLUMN theme text",
           "UPDATE tenants SET theme = settings->>'theme'"),
-    _case("update_then_drop_due_date", "mixed", IRR, "Only the done tasks' due dates were captured by the UPDATE; the "
-          "others are destroyed by DROP COLUMN.",
+    _case("update_then_drop_due_date", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: only the done tasks' due dates were captured "
+          "by the UPDATE; the others are destroyed by DROP COLUMN): the DML before it is captured by row "
+          "images; every row's value of the dropped column (keyed by primary key, by the whole row without one)"
+          " is kept before the DROP COLUMN, so the column comes back in its place with its values, constraints "
+          "and dependants.",
           "UPDATE tasks SET due_date = NULL WHERE status = 'done'",
           "ALTER TABLE tasks DROP COLUMN due_date"),
     _case("archive_tasks_to_new_table", "mixed", REV, "The new table is dropped and the moved tasks (with cascaded "
@@ -251,16 +302,26 @@ CASES: tuple[Case, ...] = (
           "CREATE TABLE archived_tasks (LIKE tasks INCLUDING DEFAULTS)",
           "WITH m AS (DELETE FROM tasks WHERE project_id = 18 AND status = 'done' RETURNING *) INSERT INTO "
           "archived_tasks SELECT * FROM m"),
-    _case("insert_then_events_at_to_date", "mixed", IRR, "The inserted event is captured, but the rewrite to date "
-          "destroys the time of every other event.",
+    _case("insert_then_events_at_to_date", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the inserted event is captured, but the "
+          "rewrite to date destroys the time of every other event): the DML before it is captured by row "
+          "images; the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "INSERT INTO events (tenant_id, kind, at) VALUES (1, 'maintenance', '2024-09-01 03:00:00+00')",
           "ALTER TABLE events ALTER COLUMN at TYPE date"),
-    _case("archive_project_then_drop_settings", "mixed", IRR, "The function's writes are captured, but DROP COLUMN "
-          "destroys the settings of the other 149 projects.",
+    _case("archive_project_then_drop_settings", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the function's writes are captured, but DROP "
+          "COLUMN destroys the settings of the other 149 projects): the DML before it is captured by row "
+          "images; every row's value of the dropped column (keyed by primary key, by the whole row without one)"
+          " is kept before the DROP COLUMN, so the column comes back in its place with its values, constraints "
+          "and dependants.",
           "SELECT archive_project(5)",
           "ALTER TABLE projects DROP COLUMN settings"),
-    _case("edit_document_then_drop_table", "mixed", IRR, "One document's change is captured; the other 99 (some "
-          "TOASTed) are destroyed by DROP TABLE.",
+    _case("edit_document_then_drop_table", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: one document's change is captured; the other "
+          "99 (some TOASTed) are destroyed by DROP TABLE): the DML before it is captured by row images; the "
+          "table's definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row"
+          " are kept before the DROP, so it is re-made and refilled exactly.",
           "UPDATE documents SET title = 'Doc 10 (final)' WHERE title = 'Doc 10'",
           "DROP TABLE documents"),
     _case("touch_all_then_login_date", "mixed", REV, "The no-op UPDATE captured every user's last_login first, so "
@@ -301,7 +362,10 @@ CASES: tuple[Case, ...] = (
     _case("jsonb_null_vs_missing", "jsonb_array", REV, "A JSON null member is a value the images keep apart from a "
           "missing key and from SQL NULL.",
           "UPDATE tasks SET settings = settings || '{\"reviewer\": null}', estimate = NULL WHERE id <= 5"),
-    _case("preferences_drop_timezone_using", "jsonb_array", IRR, "ALTER ... TYPE jsonb USING preferences - 'timezone' "
-          "is an uncaptured rewrite of every row: the timezones are gone.",
+    _case("preferences_drop_timezone_using", "jsonb_array", REV,
+          "Relabelled reversible for issue 18 (was irreversible: ALTER ... TYPE jsonb USING preferences - "
+          "'timezone' is an uncaptured rewrite of every row: the timezones are gone): the old values of the "
+          "retyped column are kept before the rewrite (keyed by primary key, by the whole row without one), so "
+          "the column is set back to its type and exact old values.",
           "ALTER TABLE users ALTER COLUMN preferences TYPE jsonb USING preferences - 'timezone'"),
 )

@@ -47,8 +47,11 @@ CASES: tuple[Case, ...] = (
     _case("history_date_to_date", "no_primary_key", REV, "Every h_date is at midnight, so timestamp -> date loses "
           "nothing and altering back to the before-catalog's type restores each value exactly.",
           "ALTER TABLE history ALTER COLUMN h_date TYPE date"),
-    _case("history_data_truncated", "no_primary_key", IRR, "USING left(h_data, 7) cuts every keyless history row's "
-          "data in an uncaptured rewrite.",
+    _case("history_data_truncated", "no_primary_key", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(h_data, 7) cuts every keyless "
+          "history row's data in an uncaptured rewrite): the old values of the retyped column are kept before "
+          "the rewrite (keyed by primary key, by the whole row without one), so the column is set back to its "
+          "type and exact old values.",
           "ALTER TABLE history ALTER COLUMN h_data TYPE varchar(7) USING left(h_data, 7)"),
     # --- foreign-key cascades -----------------------------------------------------------------------
     _case("delete_order_cascade", "fk_cascade", REV, "The cascaded new_order and order_line deletes are captured by "
@@ -94,8 +97,11 @@ CASES: tuple[Case, ...] = (
     _case("delete_restock_requests", "identity_always", REV, "The deleted rows come back with OVERRIDING SYSTEM VALUE "
           "from their before-images.",
           "DELETE FROM restock_request WHERE w_id = 1"),
-    _case("drop_restock_id", "identity_always", IRR, "DROP COLUMN destroys the identity values (the key) of every "
-          "restock request.",
+    _case("drop_restock_id", "identity_always", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys the identity values (the "
+          "key) of every restock request): every row's value of the dropped column (keyed by primary key, by "
+          "the whole row without one) is kept before the DROP COLUMN, so the column comes back in its place "
+          "with its values, constraints and dependants.",
           "ALTER TABLE restock_request DROP COLUMN id"),
     # --- generated columns ----------------------------------------------------------------------------
     _case("stock_low_flag", "generated_column", REV, "The STORED s_low follows the restored quantity; the restock "
@@ -138,13 +144,23 @@ CASES: tuple[Case, ...] = (
           "CREATE MATERIALIZED VIEW district_revenue AS SELECT ol_w_id, ol_d_id, sum(ol_amount) AS revenue FROM "
           "order_line GROUP BY ol_w_id, ol_d_id"),
     # --- DROP with dependants ----------------------------------------------------------------------------
-    _case("drop_history", "drop_dependants", IRR, "DROP TABLE destroys the history rows uncaptured.",
+    _case("drop_history", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE destroys the history rows "
+          "uncaptured): the table's definition (columns, defaults, constraints, indexes, triggers, comments, "
+          "ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE history"),
-    _case("drop_item_cascade", "drop_dependants", IRR, "DROP TABLE item CASCADE drops the foreign keys from stock and "
-          "order_line and the stock_level view, and the 1000 items are lost.",
+    _case("drop_item_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE item CASCADE drops the foreign keys"
+          " from stock and order_line and the stock_level view, and the 1000 items are lost): the table's "
+          "definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row and of "
+          "what its CASCADE removes (foreign keys, views) are kept before the DROP, so it is re-made and "
+          "refilled exactly.",
           "DROP TABLE item CASCADE"),
-    _case("drop_c_last_cascade", "drop_dependants", IRR, "DROP COLUMN ... CASCADE destroys every last name (with the "
-          "index and the customer_balance view).",
+    _case("drop_c_last_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN ... CASCADE destroys every last "
+          "name (with the index and the customer_balance view)): every row's value of the dropped column (keyed"
+          " by primary key, by the whole row without one) and what its CASCADE removes is kept before the DROP "
+          "COLUMN, so the column comes back in its place with its values, constraints and dependants.",
           "ALTER TABLE customer DROP COLUMN c_last CASCADE"),
     _case("drop_stock_level_view", "drop_dependants", REV, "A view holds no data; its definition is in the "
           "before-catalog.",
@@ -153,33 +169,56 @@ CASES: tuple[Case, ...] = (
           "definition is in the before-catalog.",
           "DELETE FROM new_order",
           "DROP TABLE new_order"),
-    _case("drop_order_line", "drop_dependants", IRR, "About 6000 order lines are destroyed without row images.",
+    _case("drop_order_line", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: about 6000 order lines are destroyed without "
+          "row images): the table's definition (columns, defaults, constraints, indexes, triggers, comments, "
+          "ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE order_line"),
     _case("drop_payment_function", "drop_dependants", REV, "A function is recreated from its definition in the "
           "before-catalog.",
           "DROP FUNCTION payment(int, int, int, numeric)"),
-    _case("drop_orders_cascade", "drop_dependants", IRR, "CASCADE drops the foreign keys of new_order and order_line, "
-          "but the 600 orders are destroyed uncaptured.",
+    _case("drop_orders_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: CASCADE drops the foreign keys of new_order "
+          "and order_line, but the 600 orders are destroyed uncaptured): the table's definition (columns, "
+          "defaults, constraints, indexes, triggers, comments, ACLs) and every row and of what its CASCADE "
+          "removes (foreign keys, views) are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE orders CASCADE"),
-    _case("drop_schema_public_cascade", "drop_dependants", IRR, "DROP SCHEMA public CASCADE destroys every table of "
-          "the schema with its rows.",
+    _case("drop_schema_public_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP SCHEMA public CASCADE destroys every "
+          "table of the schema with its rows): every object of the schema, with every table's rows, is kept "
+          "before DROP SCHEMA ... CASCADE and re-made in dependency order.",
           "DROP SCHEMA public CASCADE"),
     # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
-    _case("ol_amount_round", "alter_type", IRR, "numeric(6,2) -> numeric(6,0) rounds the amounts in an uncaptured "
-          "rewrite.",
+    _case("ol_amount_round", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(6,2) -> numeric(6,0) rounds the "
+          "amounts in an uncaptured rewrite): the old values of the retyped column are kept before the rewrite "
+          "(keyed by primary key, by the whole row without one), so the column is set back to its type and "
+          "exact old values.",
           "ALTER TABLE order_line ALTER COLUMN ol_amount TYPE numeric(6, 0)"),
-    _case("c_since_to_date", "alter_type", IRR, "timestamp -> date drops the hour of every c_since.",
+    _case("c_since_to_date", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamp -> date drops the hour of every "
+          "c_since): the old values of the retyped column are kept before the rewrite (keyed by primary key, by"
+          " the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_since TYPE date"),
-    _case("c_first_varchar3", "alter_type", IRR, "USING left(c_first, 3) truncates every first name.",
+    _case("c_first_varchar3", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(c_first, 3) truncates every first "
+          "name): the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_first TYPE varchar(3) USING left(c_first, 3)"),
-    _case("discount_fewer_digits", "alter_type", IRR, "numeric(4,4) -> numeric(4,2) rounds the discounts.",
+    _case("discount_fewer_digits", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(4,4) -> numeric(4,2) rounds the "
+          "discounts): the old values of the retyped column are kept before the rewrite (keyed by primary key, "
+          "by the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_discount TYPE numeric(4, 2)"),
     _case("widen_w_ytd", "alter_type", REV, "numeric(12,2) -> numeric(14,2) keeps every value, which fit back.",
           "ALTER TABLE warehouse ALTER COLUMN w_ytd TYPE numeric(14, 2)"),
     _case("item_price_to_real", "alter_type", REV, "Every numeric(5,2) value (at most 5 significant digits) "
           "round-trips through real exactly, so altering back to the before-catalog's type restores it.",
           "ALTER TABLE item ALTER COLUMN i_price TYPE real"),
-    _case("s_data_varchar10", "alter_type", IRR, "USING left(s_data, 10) cuts the stock data strings.",
+    _case("s_data_varchar10", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(s_data, 10) cuts the stock data "
+          "strings): the old values of the retyped column are kept before the rewrite (keyed by primary key, by"
+          " the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE stock ALTER COLUMN s_data TYPE varchar(10) USING left(s_data, 10)"),
     # --- functions -----------------------------------------------------------------------------------------
     _case("call_new_order", "functions", REV, "The function's district, orders, new_order, stock and order_line "
@@ -202,13 +241,19 @@ CASES: tuple[Case, ...] = (
     _case("do_block_payments", "functions", REV, "Writes from a loop of function calls in a DO block are ordinary "
           "captured rows.",
           "DO $$ BEGIN FOR c IN 1 .. 5 LOOP PERFORM payment(1, 9, c, 1.00 * c); END LOOP; END $$"),
-    _case("hidden_drop_in_function", "functions", IRR, "The DROP TABLE run through EXECUTE destroys the history rows "
-          "uncaptured.",
+    _case("hidden_drop_in_function", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; the history rows are lost.",
           "CREATE FUNCTION purge_history() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DROP TABLE history'; "
           "END $$",
           "SELECT purge_history()"),
-    _case("do_block_truncate_dist_info", "functions", IRR, "The ALTER run through EXECUTE cuts every s_dist_info to 4 "
-          "characters without row images.",
+    _case("do_block_truncate_dist_info", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; every s_dist_info is cut to 4 characters.",
           "DO $$ BEGIN EXECUTE 'ALTER TABLE stock ALTER COLUMN s_dist_info TYPE char(4) USING left(s_dist_info, 4)'; "
           "END $$"),
     # --- grants ---------------------------------------------------------------------------------------------
@@ -240,12 +285,19 @@ CASES: tuple[Case, ...] = (
           "ALTER TABLE district ADD COLUMN d_open_orders int",
           "UPDATE district d SET d_open_orders = (SELECT count(*) FROM new_order n WHERE n.no_w_id = d.d_w_id AND "
           "n.no_d_id = d.d_id)"),
-    _case("payment_then_drop_c_data", "mixed", IRR, "The payment's rows are captured, but DROP COLUMN destroys every "
-          "other customer's c_data.",
+    _case("payment_then_drop_c_data", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the payment's rows are captured, but DROP "
+          "COLUMN destroys every other customer's c_data): the DML before it is captured by row images; every "
+          "row's value of the dropped column (keyed by primary key, by the whole row without one) is kept "
+          "before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "SELECT payment(1, 2, 3, 5.00)",
           "ALTER TABLE customer DROP COLUMN c_data"),
-    _case("delivery_then_date_only", "mixed", IRR, "The delivery is captured, but timestamp -> date drops the "
-          "delivery times of all earlier order lines.",
+    _case("delivery_then_date_only", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the delivery is captured, but timestamp -> "
+          "date drops the delivery times of all earlier order lines): the DML before it is captured by row "
+          "images; the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "SELECT delivery(2, 4)",
           "ALTER TABLE order_line ALTER COLUMN ol_delivery_d TYPE date"),
     _case("move_history_to_new_table", "mixed", REV, "The new table is dropped and the moved rows restored from "
