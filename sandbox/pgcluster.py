@@ -7,10 +7,17 @@ keep warm, and what the test suite starts. The binaries come from the `pgserver`
 
 PostgreSQL refuses to run as root. When we are root (containers, CI), the cluster runs as a
 dedicated system user (`dbproxy-pg`), created on first use, and the data directory is owned by it.
+
+A cluster started with `watchdog=True` does not outlive the process that started it: a small
+watchdog process (`sandbox/watchdog.py`), started just before the postmaster, stops it when this
+process ends, however it ends, and the starting process is written to `<data_dir>.owner`. Such a
+start that finds the cluster already running for a process that is gone (a stale cluster) stops
+it and starts afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -18,11 +25,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from sandbox.watchdog import STAND_DOWN, process_start_time
 
 SYSTEM_USER = "dbproxy-pg"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
@@ -64,6 +74,7 @@ class LocalCluster:
     superuser: str = "postgres"
     settings: dict[str, str] | None = None
     bin: Path | None = None  # another PostgreSQL's bin/ (e.g. to match a server's major version)
+    _watchdog: tuple[subprocess.Popen[bytes], int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -130,7 +141,24 @@ class LocalCluster:
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\ninclude_if_exists = 'dbproxy.conf'\n")
 
-    def start(self, timeout: float = 60) -> None:
+    @property
+    def owner_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.owner"
+
+    def owner_alive(self) -> bool:
+        """Is the process that started the running cluster with a watchdog still there?"""
+        try:
+            pid_s, start = self.owner_file.read_text().split()
+        except (OSError, ValueError):
+            return False
+        return process_start_time(int(pid_s)) == start
+
+    def start(self, timeout: float = 60, *, watchdog: bool = False, options: str | None = None) -> None:
+        """Start the server (no-op when it runs). `watchdog`: tie its life to this process (see the
+        module docstring); a running cluster whose owner is gone is stopped first. `options`: extra
+        `postgres` command-line options for this run only (never written to the configuration)."""
+        if watchdog and self.is_running() and not self.owner_alive():
+            self.stop()  # stale: left by a process that died without stopping it
         if self.is_running():
             return
         sock = self.socket_dir
@@ -150,18 +178,57 @@ class LocalCluster:
         conf_path.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
         self._own(conf_path, mode=0o600)
         log = self.data_dir / "server.log"
+        if watchdog:
+            self._watch()  # first: a death while the server starts is covered too
         try:
             self._run(
                 "pg_ctl", "start", "-w", "-t", str(int(timeout)), "-D", str(self.data_dir),
-                "-l", str(log),
+                "-l", str(log), *(("-o", options) if options else ()),
             )
         except ClusterError as e:
+            self._unwatch()
             raise ClusterError(f"{e}\n--- server log ---\n{self.log_tail()}") from None
 
-    def stop(self, mode: str = "fast") -> None:
-        if not self.is_running():
+    def _watch(self) -> None:
+        """Start the watchdog of this data directory and record this process as the owner."""
+        me = process_start_time(os.getpid())
+        if me is None:
+            return  # no /proc: the cluster is stopped by `stop()` only
+        self._unwatch()
+        read_end, write_end = os.pipe()  # not inheritable: no other child of ours holds the write end
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(self.data_dir)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watchdog = (proc, write_end)
+        self.owner_file.write_text(f"{os.getpid()} {me}\n")
+
+    def _unwatch(self) -> None:
+        """The cluster was stopped here (or never started): the watchdog stands down."""
+        watched, self._watchdog = self._watchdog, None
+        if watched is None:
             return
-        self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
+        proc, write_end = watched
+        with contextlib.suppress(OSError):
+            os.write(write_end, STAND_DOWN)
+        os.close(write_end)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.owner_file.unlink(missing_ok=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.is_running():
+            self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
+        self._unwatch()
 
     def is_running(self) -> bool:
         pid = self.postmaster_pid()
@@ -211,6 +278,9 @@ class LocalCluster:
         cmd = [str((self.bin or bin_dir()) / program), *args]
         identity: dict[str, object] = {}
         if self._run_as is not None:
+            # Again each time: something may have taken the search bit away since (pytest, for one,
+            # resets /tmp/pytest-of-USER to 0700 whenever a session starts).
+            _allow_traversal(self.data_dir.parent)
             # Drop root's groups too: a process left in group root gets a directory's group
             # bits (often none) instead of the "others" search bit we granted.
             entry = pwd.getpwnam(self._run_as)
