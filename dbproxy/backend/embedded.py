@@ -8,16 +8,24 @@ Agents' sessions do not run as the cluster's superuser: functions and DO blocks 
 superuser could act outside any transaction (server programs, server files), which hold mode
 cannot stop. The proxy logs in as `dbproxy_agents`, an ordinary role that owns the `postgres`
 database and its `public` schema; the superuser is used only to set that role up.
+
+The cluster is tied to the process that starts it (`LocalCluster.start(watchdog=True)`): a proxy
+that is killed does not leave it running. `running_for_people` gives a person (`dbproxy psql`, the
+offline journal reader) the cluster while no proxy runs: under the data directory's lock, started
+for as long as they need it and stopped again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from dbproxy.config.datadir import DataDirBusy, DataDirLock, holder_of
 from sandbox.pgcluster import ClusterError, LocalCluster, bin_dir
 
 AGENT_ROLE = "dbproxy_agents"
@@ -30,8 +38,11 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         self.cluster.init()
-        self.cluster.start()
+        self.cluster.start(watchdog=True)
         self._ensure_role()
+
+    def exists(self) -> bool:
+        return self.cluster.is_initialized()
 
     def stop(self) -> None:
         self.cluster.stop()
@@ -66,3 +77,46 @@ ALTER SCHEMA public OWNER TO {AGENT_ROLE};
                               input=sql, capture_output=True, text=True, check=False, timeout=60)
         if proc.returncode != 0:
             raise ClusterError(f"could not set up the {AGENT_ROLE} role: {proc.stderr.strip()}")
+
+
+class NoEmbedded(Exception):
+    """The data directory has no embedded PostgreSQL, or it cannot be reached; the message says why."""
+
+
+@contextlib.contextmanager
+def running_for_people(data_dir: Path, command: str, *, while_proxy_runs: bool) -> Iterator[EmbeddedPostgres]:
+    """The embedded cluster of `data_dir`, running, for a person's command (`command` names it in
+    the data directory's lock).
+
+    While a proxy holds the data directory its cluster is running: with `while_proxy_runs` it is
+    used as it is, otherwise DataDirBusy is raised (the proxy's API is the way then). With no proxy,
+    the data directory's lock is taken for the duration; a cluster that is not running is started
+    (tied to this process: it stops if this process is killed) and stopped again at the end."""
+    embedded = EmbeddedPostgres(data_dir)
+    if not embedded.exists():
+        raise NoEmbedded(f"{data_dir} has no embedded PostgreSQL (it is created by the first `dbproxy serve` "
+                         "without an upstream)")
+    busy = holder_of(data_dir)
+    lock = DataDirLock(data_dir, command)
+    if busy is None:
+        try:
+            lock.acquire()
+        except DataDirBusy as e:  # a proxy started just now
+            busy = e
+    if busy is not None:
+        if not while_proxy_runs:
+            raise busy
+        if not embedded.cluster.is_running():
+            raise NoEmbedded(f"{busy}, but its embedded PostgreSQL is not running (is it still starting?)")
+        yield embedded
+        return
+    started = False
+    try:
+        if not embedded.cluster.is_running():
+            embedded.cluster.start(watchdog=True)
+            started = True
+        yield embedded
+    finally:
+        if started:
+            embedded.cluster.stop()
+        lock.release()

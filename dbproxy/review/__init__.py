@@ -6,6 +6,9 @@
 - `api`: the admin HTTP API serving a `ReviewService`.
 - `cli`: the reviewer's commands (`dbproxy pending|show|commit|...`), clients of the API.
 - `diff`: the row-level diff of a held transaction and the sessions it blocks.
+- `present`: statements as reviewers see them (secrets redacted, read-only ones marked).
+- `jsonio`: JSON whose numbers keep PostgreSQL's digits.
+- `offline`: `log` and `show` straight from the journal while the proxy is stopped.
 
 May import: `protocol`, `config`, `net`, `auth`, `backend`, `journal`.
 """

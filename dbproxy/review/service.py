@@ -60,3 +60,8 @@ class ReviewService(Protocol):
                   before_id: int | None = None) -> list[TransactionRecord]:
         """The journal, newest first."""
         ...
+
+    async def health(self) -> list[str]:
+        """What is wrong, for `/v1/health`: empty when the upstream and the journal answer, else
+        one sentence per problem (naming hosts and ports, never credentials)."""
+        ...
