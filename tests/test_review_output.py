@@ -142,18 +142,20 @@ def test_parameter_values_are_shown_and_secrets_redacted(hold_proxy: RunningProx
         for i in json.loads(cli(hold_proxy, tmp_path, "pending", "--json").stdout):
             decide(hold_proxy, i["id"], "rollback")
 
-    # Pass-through agents' statements keep their values too.
-    with psycopg.connect(proxy.url(), autocommit=True) as c:
+    # Pass-through agents' statements keep their values too (a big one cut at once).
+    with psycopg.connect(proxy.url()) as c:
         c.execute(f"insert into {prices} values (%s, %s, %s)", (7, "1.25", "passthrough value"))
+        c.execute(f"insert into {prices} values (%s, %s, %s)", (8, "2", "x" * 10_000))
     deadline = time.monotonic() + 10
     found: list[Any] = []
     while time.monotonic() < deadline and not found:
-        log = json.loads(cli(proxy, tmp_path, "log", "--json", "--limit", "20").stdout)
-        for r in log:
+        log = json.loads(cli(proxy, tmp_path, "log", "--json", "--limit", "10").stdout)
+        for r in (r for r in log if r["mode"] == "passthrough"):
             statements = show_json(proxy, tmp_path, r["id"])["statements"]
             found += [s for s in statements if s["sql"].startswith(f"insert into {prices}")]
         time.sleep(0.1)
-    assert found and found[0]["params"] == ["7", "1.25", "passthrough value"], found
+    assert [s["params"] for s in found][:2] == [["7", "1.25", "passthrough value"],
+                                                ["8", "2", "x" * 200 + "… (10000 bytes)"]], found
 
 
 def test_rollback_by_disconnect_is_marked(hold_proxy: RunningProxy, proxy: RunningProxy, prices: str,

@@ -46,7 +46,11 @@ SERVER_TYPES = frozenset(b"CIEZt")
 #: The marker statement of an agent transaction rolled back because the agent disconnected inside it.
 DISCONNECTED = "-- dbproxy: the agent disconnected inside this transaction; it was rolled back"
 #: A statement's SQL, and the Bind of its portal with the parameter types of its Parse.
-_Stmt = tuple[str, tuple[Bind, tuple[int, ...]] | None]
+_Bound = tuple[Bind, tuple[int, ...]]
+_Stmt = tuple[str, _Bound | None]
+#: A statement whose values are bigger than this (bytes) keeps them cut at once, not whole until its
+#: transaction ends (a long bulk load must not hold every value it sent in memory).
+KEEP_BIND_BYTES = 4096
 
 
 class PassthroughLog:
@@ -57,7 +61,7 @@ class PassthroughLog:
         self._open: list[_Stmt] = []  # Executes since the last Sync
         self._cycles: deque[list[_Stmt]] = deque()  # statements still to be answered, per cycle
         self._records: list[tuple[int, str, str | None, ErrorResponse | None, float,
-                                  tuple[Bind, tuple[int, ...]] | None]] = []
+                                  _Bound | list[str | None] | None]] = []
         self._wrote = False
         self._failed = False
         self._tx_no = 1
@@ -124,10 +128,12 @@ class PassthroughLog:
         if tag in ("COMMIT", "ROLLBACK"):
             self._tx_no += 1
 
-    def _add(self, sql: str, tag: str | None, err: ErrorResponse | None,
-             bind: tuple[Bind, tuple[int, ...]] | None) -> None:
+    def _add(self, sql: str, tag: str | None, err: ErrorResponse | None, bind: _Bound | None) -> None:
         # Plain tuples on the hot path; records are built only for transactions that wrote.
-        self._records.append((self._tx_no, sql, tag, err, time.time(), bind))
+        values: _Bound | list[str | None] | None = bind
+        if bind is not None and sum(len(v) for v in bind[0].params if v) > KEEP_BIND_BYTES:
+            values = journal_params(sql, *bind)
+        self._records.append((self._tx_no, sql, tag, err, time.time(), values))
 
     def disconnected(self) -> None:
         """The client left while the server was idle (nothing in flight): a transaction it had
@@ -146,7 +152,7 @@ class PassthroughLog:
                 StatementRecord(seq=i, tx_no=tx_no, sql=sql, tag=tag, rows=tag_rows(tag),
                                 sqlstate=err.sqlstate if err else None, error=err.message if err else None,
                                 at=datetime.fromtimestamp(at, UTC),
-                                params=journal_params(sql, *bind) if bind else None)
+                                params=journal_params(sql, *bind) if isinstance(bind, tuple) else bind)
                 for i, (tx_no, sql, tag, err, at, bind) in enumerate(self._records, 1)], outcome)
         if self._records:
             self._records = []
