@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -151,7 +152,13 @@ def test_a_stale_sandbox_cluster_is_stopped_at_start(pg: Any, data: Path) -> Non
     assert first.stop()[0] == 0
     stale = sandbox_cluster(data)
     assert not stale.is_running()
-    stale.start()  # running, owned by no proxy: what a killed proxy of an older version left
+    # Started by a process that then ends without stopping it (as a killed proxy of an older
+    # version, or one killed while its watchdog could not act, leaves it).
+    start = ("import sys; from pathlib import Path; from sandbox.backends import LOCAL_SETTINGS; "
+             "from sandbox.pgcluster import LocalCluster; "
+             "LocalCluster(Path(sys.argv[1]), host=None, port=int(sys.argv[2]), settings=LOCAL_SETTINGS).start()")
+    subprocess.run([sys.executable, "-c", start, str(stale.data_dir), str(stale.port)], check=True, timeout=120)
+    assert stale.is_running() and not stale.owner_alive()
     stale_pid = stale.postmaster_pid()
     second = Served(data, "--mode", "undo", env=env)
     try:
