@@ -7,7 +7,9 @@ and a way back after a crash (`recover`). Three kinds, chosen by configuration:
 - `local` (default): a cluster of our own in a data directory, from binaries matching the
   upstream's major version when some are installed (PATH, /usr/lib/postgresql/N/bin), else the
   bundled ones. Started on first use, kept warm, reused across proxy restarts; `recover` starts it
-  again after a crash, or re-creates it when its data directory is beyond repair.
+  again after a crash, or re-creates it when its data directory is beyond repair. With
+  `stop_on_close` (the proxy's way) it is also tied to the process: a watchdog stops it when the
+  process dies, and a start that finds one left running by a dead process stops that first.
 - `server`: scratch databases on a PostgreSQL server you name (its URL needs CREATEDB).
 - `testcontainers`: a `postgres:<major>` container, where a Docker engine is reachable.
 
@@ -127,6 +129,7 @@ class LocalBackend(Backend):
         self.stop_on_close = stop_on_close
         self.cluster: LocalCluster | None = None
         self._started_here = False  # stop it on close only if this backend started it
+        self._starting: asyncio.Future[None] | None = None  # a start under way in a thread
         self._lock = asyncio.Lock()
 
     def _make(self) -> LocalCluster:
@@ -144,15 +147,23 @@ class LocalBackend(Backend):
         async with self._lock:
             if self.cluster is None:
                 self.cluster = await asyncio.to_thread(self._make)
+            if self.stop_on_close and self.cluster.is_running() and not self.cluster.owner_alive():
+                # Left running by a proxy that was killed: stop it, and start one tied to us.
+                await asyncio.to_thread(self.cluster.stop)
             if not self.cluster.is_running():
-                await asyncio.to_thread(self._start_or_rebuild, self.cluster)
                 self._started_here = True
+                # Shielded: a start cancelled half way (the proxy stopping) still finishes in its
+                # thread, and `close` waits for it before stopping what it started.
+                self._starting = asyncio.ensure_future(
+                    asyncio.to_thread(self._start_or_rebuild, self.cluster, self.stop_on_close))
+                await asyncio.shield(self._starting)
 
     @staticmethod
-    def _start_or_rebuild(cluster: LocalCluster) -> None:
+    def _start_or_rebuild(cluster: LocalCluster, watchdog: bool = False) -> None:
+        # watchdog: a cluster that stops with its owner must not outlive it either (kill -9).
         try:
             cluster.init()
-            cluster.start()
+            cluster.start(watchdog=watchdog)
             return
         except ClusterError:
             pass
@@ -161,7 +172,7 @@ class LocalBackend(Backend):
         cluster.destroy()
         try:
             cluster.init()
-            cluster.start()
+            cluster.start(watchdog=watchdog)
         except ClusterError as e:
             raise BackendUnavailable(f"the local sandbox cluster in {cluster.data_dir} will not start: {e}") from e
 
@@ -170,6 +181,8 @@ class LocalBackend(Backend):
         return self.cluster.url(database)
 
     async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait([self._starting])
         if self.stop_on_close and self._started_here and self.cluster is not None:
             await asyncio.to_thread(self.cluster.stop)
             self._started_here = False

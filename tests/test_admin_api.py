@@ -93,6 +93,7 @@ class MemoryReviewService:
         self.log_calls: list[dict[str, Any]] = []
         self.show_calls: list[dict[str, Any]] = []
         self.reasons: list[str | None] = []
+        self.problems: list[str] = []  # what `health` reports
 
     async def pending(self) -> list[TransactionRecord]:
         return sorted((r for r in self.records.values() if r.outcome in ("open", "pending")), key=lambda r: r.id)
@@ -138,6 +139,9 @@ class MemoryReviewService:
                 if (outcome is None or r.outcome == outcome) and (agent is None or r.agent == agent)
                 and (before_id is None or r.id < before_id)]
         return rows[:limit]
+
+    async def health(self) -> list[str]:
+        return list(self.problems)
 
 
 class Api:

@@ -38,13 +38,34 @@ def _default_data_dir() -> Path:
 
 
 def parse_host_port(value: str, *, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
+    host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"{what} must look like HOST:PORT, got {value!r}")
     n = int(port)
     if not 0 <= n <= 65535:
         raise ValueError(f"{what} port {n} is out of range 0-65535")
     return host.strip("[]") or "127.0.0.1", n
+
+
+def admin_host_port(value: str) -> str:
+    """The review API's address as HOST:PORT, also when written as a URL (`http://HOST:PORT/`),
+    which is how people tend to write the address of an HTTP API."""
+    value = value.strip()
+    if "://" not in value:
+        parse_host_port(value, what="address")
+        return value
+    try:
+        parts = urlsplit(value)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise ValueError(f"address {value!r} is not a valid URL: {e}") from None
+    if parts.scheme != "http":
+        raise ValueError(f"the review API speaks plain http://, got {value!r}")
+    if not host or port is None:
+        raise ValueError(f"address must name a host and a port, e.g. http://127.0.0.1:6433, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"address must be just http://HOST:PORT, got {value!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class AgentSettings(BaseModel):
@@ -158,6 +179,8 @@ class Settings(BaseModel):
         default=None, description="postgresql:// URL of the database holding the journal (`dbproxy` schema); "
         "default: the upstream database")
     data_dir: Path = Field(default_factory=_default_data_dir)
+    password_file: Path | None = Field(
+        default=None, description="write a generated agent password to this file (mode 600) instead of printing it")
     agents: dict[str, AgentSettings] = Field(default_factory=dict)
     agent_role: str = Field(
         default="dbproxy_agents", min_length=1, max_length=63,
@@ -173,7 +196,8 @@ class Settings(BaseModel):
     shutdown_grace: float = Field(default=30.0, ge=0)
     max_sessions: int = Field(default=100, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="`auto`: readable text when stderr is a terminal, JSON lines otherwise")
     log_statements: bool = False
     sandbox: Literal["local", "server", "testcontainers", "off"] = Field(
         default="local", description="where inverses are verified before undo mode trusts them: `local` (a warm "
@@ -202,11 +226,16 @@ class Settings(BaseModel):
     def _split_mask(cls, v: object) -> object:
         return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
 
-    @field_validator("listen", "admin")
+    @field_validator("listen")
     @classmethod
     def _check_host_port(cls, v: str) -> str:
         parse_host_port(v, what="address")
         return v
+
+    @field_validator("admin")
+    @classmethod
+    def _check_admin(cls, v: str) -> str:
+        return admin_host_port(v)
 
     @field_validator("upstream", "state_database", "sandbox_server")
     @classmethod
@@ -328,11 +357,12 @@ def _holds_secrets(data: dict[str, Any]) -> bool:
 
 
 def _explain(e: ValidationError) -> str:
-    lines = ["invalid settings:"]
+    """One line: `invalid settings: listen: ...; max_sessions: ...`."""
+    problems = []
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {msg}")
+    return f"invalid setting{'s' if len(problems) > 1 else ''}: " + "; ".join(problems)

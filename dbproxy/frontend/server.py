@@ -37,6 +37,7 @@ from dbproxy.backend.agent_roles import RoleError
 from dbproxy.backend.embedded import EmbeddedPostgres
 from dbproxy.backend.upstream import UpstreamError, UpstreamTarget
 from dbproxy.config import log
+from dbproxy.config.datadir import DataDirBusy, DataDirLock
 from dbproxy.config.settings import Settings
 from dbproxy.frontend.handshake import HandshakeConfig
 from dbproxy.frontend.session import Session
@@ -183,7 +184,8 @@ class ProxyServer:
             return
         self.pending = PendingRegistry(self.journal, target_for=self.target_for,
                                        dsn_for=lambda db: self.target_for(db).url(),
-                                       hold_timeout=settings.hold_timeout, agent_role=self.agent_role)
+                                       hold_timeout=settings.hold_timeout, agent_role=self.agent_role,
+                                       database=self.target.database)
 
         self.pending.verification = Verification(
             backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
@@ -349,17 +351,23 @@ def _tls(settings: Settings) -> tuple[ssl.SSLContext | None, bytes | None]:
 
 
 def build_registry(settings: Settings, *, announce: bool = True, database: str = "postgres") -> AgentRegistry:
-    """Agents from settings and the store; creates a first agent when there is none at all."""
+    """Agents from settings and the store; creates a first agent when there is none at all. Its
+    password is printed once, or written to `password_file` (mode 600) when that is set."""
     if not settings.agents and not load_store(settings.data_dir):
-        password = add_to_store(settings.data_dir, "agent")
+        password = add_to_store(settings.data_dir, "agent", password_file=settings.password_file)
         if announce:
             host, port = settings.listen_address
-            print(
-                "Created agent 'agent'. Its password is shown only this once (the proxy keeps "
-                f"just a SCRAM verifier):\n  {password}\n"
-                f"  postgresql://agent:{password}@{host}:{port}/{database}",
-                file=sys.stdout, flush=True,
-            )
+            if settings.password_file is not None:
+                print(f"Created agent 'agent'. Its password is in {settings.password_file} (mode 600; the proxy "
+                      f"keeps just a SCRAM verifier):\n  postgresql://agent:PASSWORD@{host}:{port}/{database}",
+                      file=sys.stdout, flush=True)
+            else:
+                print(
+                    "Created agent 'agent'. Its password is shown only this once (the proxy keeps "
+                    f"just a SCRAM verifier):\n  {password}\n"
+                    f"  postgresql://agent:{password}@{host}:{port}/{database}",
+                    file=sys.stdout, flush=True,
+                )
     return AgentRegistry.build(settings.agents, settings.data_dir)
 
 
@@ -378,8 +386,33 @@ async def _install_embedded(embedded: EmbeddedPostgres) -> None:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT. Returns the process exit code."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Run until SIGTERM/SIGINT. Returns the process exit code.
+
+    First of all it takes the data directory's lock (`dbproxy.config.datadir`), held until the
+    process ends: a second proxy on the same data directory stops here, having touched nothing."""
+    lock = DataDirLock(settings.data_dir, "dbproxy serve")
+    try:
+        lock.acquire()
+    except DataDirBusy as e:
+        print(f"dbproxy: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"dbproxy: cannot use the data directory {settings.data_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:
+        return await _serve(settings)
+    finally:
+        lock.release()
+
+
+async def _serve(settings: Settings) -> int:
+    # First: SIGTERM/SIGINT during the start (a supervisor that gives up waiting, a test that saw
+    # the log line it wanted) must still end in a clean stop, never in the default hard exit.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.upstream is None:
@@ -409,11 +442,6 @@ async def serve(settings: Settings) -> int:
           f"(token in {settings.data_dir / 'admin-token'} unless configured)\n"
           f"  review console: {console_url(proxy.admin_address)}/ (sign in with that token)",
           flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await proxy.shutdown()
     if embedded is not None:

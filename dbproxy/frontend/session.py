@@ -433,6 +433,8 @@ class Session:
 
     async def _cleanup(self) -> None:
         self.server.unregister(self)
+        if self._passlog is not None and self.status in ("T", "E") and not (self.outstanding or self.unanswered):
+            self._passlog.disconnected()  # what it wrote is rolled back as the connection closes
         up = self.upstream
         if up is not None and not up.is_closing() and not self.keep_upstream and self._hold is not None:
             self._hold.held.close()

@@ -31,6 +31,8 @@ from dbproxy.hold.protocol import (
     StatementResult,
     injected_script,
 )
+from dbproxy.journal.params import journal_params
+from dbproxy.journal.passlog import DISCONNECTED
 from dbproxy.journal.records import StatementRecord
 from dbproxy.journal.tags import tag_rows, wrote_by_tag
 from dbproxy.net.endpoint import ConnectionClosed, Endpoint
@@ -208,10 +210,16 @@ class HeldConnection:
         for r in results:
             rec = StatementRecord(
                 seq=len(self.statements) + 1, tx_no=r.tx_no, sql=r.sql, tag=r.tag, rows=tag_rows(r.tag),
-                sqlstate=r.error.sqlstate if r.error else None, error=r.error.message if r.error else None, at=now)
+                sqlstate=r.error.sqlstate if r.error else None, error=r.error.message if r.error else None, at=now,
+                params=journal_params(r.sql, *r.bind) if r.bind is not None else None)
             self.statements.append(rec)
             if self.id is not None:
                 self.registry.journal_statement(self.id, rec)
+
+    def note_disconnect(self) -> None:
+        """The agent left inside a transaction, which the proxy is about to roll back: say so in its
+        statement list, where a reviewer would otherwise take its statements for held ones."""
+        self.record([StatementResult(DISCONNECTED, self.state.tx_no, tag="ROLLBACK")])
 
     def end_unheld(self, outcome: str) -> None:
         """A chain ended before anything in it was held: journal it if it tried to write, then

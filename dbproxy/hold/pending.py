@@ -51,13 +51,17 @@ DIFF_WORK_MEM = "64MB"
 JOURNAL_WAIT = 10.0
 #: Finished pass-through transactions waiting for the journal beyond this are dropped (and logged).
 MAX_FINISHED_BACKLOG = 100_000
+#: `/v1/health` reuses a check this many seconds old, and each check waits this long at most.
+HEALTH_EVERY = 2.0
+HEALTH_TIMEOUT = 3.0
 
 
 class PendingRegistry:
     def __init__(self, journal: Journal, *, target_for: Callable[[str], UpstreamTarget],
                  dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = DIFF_PAGE,
-                 agent_role: str | None = None) -> None:
+                 agent_role: str | None = None, database: str = "postgres") -> None:
         self.journal = journal
+        self.database = database  # the upstream URL's database, which the health check connects to
         self.target_for = target_for
         self.dsn_for = dsn_for
         self.hold_timeout = hold_timeout
@@ -74,6 +78,8 @@ class PendingRegistry:
         self._finished_dropped = 0
         #: what happens to transactions under review, for metrics, notifications and live pages
         self.events = EventHub()
+        self._health: tuple[float, list[str]] | None = None  # (monotonic time, reasons) of the last check
+        self._health_check: asyncio.Task[list[str]] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -204,7 +210,7 @@ class PendingRegistry:
             self._announce(held, "statements", tx_id, statements=1)
         # Credentials in statements never reach the journal (nor `show`, which reads it back).
         self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=log.redact_sql(rec.sql), tag=rec.tag,
-                                      rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error)
+                                      rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error, params=rec.params)
 
     def chain_grew(self, held: HeldConnection) -> None:
         if held.id is not None:
@@ -279,6 +285,33 @@ class PendingRegistry:
                 e.tables = tables.get(pid, []) if pid is not None else []
                 e.blocking = blocking.get(pid, 0) if pid is not None else 0
         return entries
+
+    async def health(self) -> list[str]:
+        """The upstream and the journal answer? Checked at most every HEALTH_EVERY seconds (the
+        endpoint needs no token, so asking often must not mean connecting often), one check at a
+        time."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_EVERY:
+            return self._health[1]
+        if self._health_check is None or self._health_check.done():
+            self._health_check = asyncio.get_running_loop().create_task(self._check_health())
+        reasons = await asyncio.shield(self._health_check)
+        self._health = (time.monotonic(), reasons)
+        return reasons
+
+    async def _check_health(self) -> list[str]:
+        async def upstream() -> str | None:
+            display = self.target_for(self.database).display
+            try:
+                conn = await asyncpg.connect(self.dsn_for(self.database), timeout=HEALTH_TIMEOUT)
+            except Exception as e:
+                what = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+                return f"the upstream at {display} is unreachable: {what}"
+            await conn.close()
+            return None
+
+        found = await asyncio.gather(upstream(), self.journal.ping(HEALTH_TIMEOUT))
+        return [r for r in found if r]
 
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
                   before_id: int | None = None, table: str | None = None, search: str | None = None,

@@ -41,6 +41,7 @@ from dbproxy.protocol.messages import (
     Execute,
     Flush,
     NoticeResponse,
+    ParameterDescription,
     Parse,
     Query,
     Sync,
@@ -51,6 +52,9 @@ from inverse.classify import Classification, Kind, classify
 from inverse.identity import identity_change
 from inverse.images import CAPTURE_FETCH_SQL
 from inverse.lexer import lex, split_cached
+
+#: A portal's Bind and the parameter type OIDs of its statement's Parse (for the journal).
+BoundValues = tuple[Bind, tuple[int, ...]]
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
@@ -107,6 +111,7 @@ def guard_sql(login_role: str, *, run_as: str = "", capture: bool = False, basel
 T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
 T_ROWDESC, T_NODATA, T_ERROR, T_NOTICE, T_READY = ord("T"), ord("n"), ord("E"), ord("N"), ord("Z")
+T_PARAMDESC = ord("t")
 T_DATAROW, T_COPY_IN = ord("D"), ord("G")
 
 _AFTER_EXECUTE = frozenset({T_COMMAND, T_EMPTY, T_SUSPENDED})
@@ -295,6 +300,8 @@ class Step:
     synthetic: bytes = b""  # sent to the client when the step is reached; no upstream answer
     effects: tuple[Effect, ...] = ()
     sql: str | None = None  # a client statement, for the journal
+    bind: BoundValues | None = None  # ... and its portal's Bind with the Parse's parameter types
+    describe: str | None = None  # a Describe of this statement name: learn its parameter types
     final: bool = False  # the ReadyForQuery step
     skipped: bool = False  # upstream will not answer (it is skipping to Sync after an error)
     name: str | None = None  # a named CAPTURE: its value goes to `Router.named`, not `captured`
@@ -573,6 +580,8 @@ class PreparedStatements:
 
     statements: dict[str, Classification | None] = field(default_factory=dict)
     portals: dict[str, Classification | None] = field(default_factory=dict)
+    types: dict[str, tuple[int, ...]] = field(default_factory=dict)  # statement -> its Parse's parameter types
+    binds: dict[str, BoundValues] = field(default_factory=dict)  # portal -> its values, when it had any
 
 
 _UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
@@ -585,6 +594,15 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
             and isinstance(msgs[-1], Sync) and (after := _read_only_cycle(state, prepared, msgs)) is not None:
         # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
         prepared.statements, prepared.portals = after.statements, after.portals
+        for m in msgs:  # what these messages name no longer carries earlier values or types
+            if isinstance(m, Bind):
+                prepared.binds.pop(m.portal, None)
+            elif isinstance(m, Parse):
+                prepared.types.pop(m.name, None)
+                if m.param_types:
+                    prepared.types[m.name] = m.param_types
+            elif isinstance(m, Close):
+                (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
         return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
     b = _Builder(state, simple=False)
     if b.sim.chain and not state.error_pending:
@@ -596,6 +614,10 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
         if isinstance(m, Parse):
             c = classify_cached(m.sql)
             error = refusal(c, b.sim)
+            if m.param_types:
+                prepared.types[m.name] = m.param_types
+            else:
+                prepared.types.pop(m.name, None)
             if error is not None:
                 prepared.statements[m.name] = None
                 b.refuse(error, m.sql)
@@ -605,13 +627,18 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                 b.steps.append(Step(frozenset({T_PARSE_COMPLETE})))
         elif isinstance(m, Bind):
             prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+            if m.params:
+                prepared.binds[m.portal] = (m, prepared.types.get(m.statement, ()))
+            else:
+                prepared.binds.pop(m.portal, None)
             b.out.append(f.raw)
             b.steps.append(Step(frozenset({T_BIND_COMPLETE})))
         elif isinstance(m, Describe):
             b.out.append(f.raw)
-            b.steps.append(Step(_AFTER_DESCRIBE))
+            b.steps.append(Step(_AFTER_DESCRIBE, describe=m.name if m.kind == "S" else None))
         elif isinstance(m, Close):
             (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
+            (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
             b.out.append(f.raw)
             b.steps.append(Step(frozenset({T_CLOSE_COMPLETE})))
         elif isinstance(m, Execute):
@@ -620,10 +647,12 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                 b.out.append(f.raw)
                 b.steps.append(Step(_AFTER_EXECUTE))
             else:
+                portal_bind = prepared.binds.get(m.portal)
+
                 def emit(action: Action, tag: str | None, effects: tuple[Effect, ...],
-                         raw: bytes = f.raw, sql: str = c.sql) -> None:
+                         raw: bytes = f.raw, sql: str = c.sql, bind: BoundValues | None = portal_bind) -> None:
                     b.out.append(raw)
-                    b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql))
+                    b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql, bind=bind))
                 b.client_statement(c, emit)
         elif isinstance(m, Sync):
             b.finish_implicit()
@@ -682,6 +711,7 @@ class StatementResult:
     tx_no: int
     tag: str | None = None
     error: ErrorResponse | None = None
+    bind: BoundValues | None = None
 
 
 class Router:
@@ -706,6 +736,7 @@ class Router:
         self.committed_any = False  # an agent transaction ended with COMMIT in this cycle
         self.committed_writes = 0  # ... of which this many had statements that may write
         self.notified = False  # NOTIFY / pg_notify ran: worth holding even without a transaction id
+        self.described: dict[str, tuple[int, ...]] = {}  # statement name -> parameter types the server named
         self._rows: list[bytes] = []
 
     def start(self) -> bytes:
@@ -775,7 +806,7 @@ class Router:
                 self.error = shown
             out.append(shown.encode())
             if step.sql is not None:
-                self.results.append(StatementResult(step.sql, self.state.tx_no, error=shown))
+                self.results.append(StatementResult(step.sql, self.state.tx_no, error=shown, bind=step.bind))
             # The server skips the rest until Sync (extended) or the end of the query (simple).
             self.i += 1
             steps = self.plan.steps
@@ -822,13 +853,18 @@ class Router:
                     self.captured.append(first)
                     self.tags.append(tag or "")
                 self._rows.clear()
-            if step.sql is not None and t != T_SUSPENDED:
-                self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag))
+            # Effects first: an agent BEGIN belongs to the transaction it begins (its number).
             self._apply(step)
+            if step.sql is not None and t != T_SUSPENDED:
+                self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag, bind=step.bind))
             self.i += 1
             self._advance(out)
             return
         # Non-terminal answers of the current step (RowDescription, ParameterDescription, CopyIn...).
+        if t == T_PARAMDESC and step.describe is not None:
+            desc = decode_backend(f)
+            assert isinstance(desc, ParameterDescription)
+            self.described[step.describe] = desc.types
         if step.action in (Action.FORWARD, Action.RETAG):
             out.append(f.raw)
 

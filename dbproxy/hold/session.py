@@ -213,6 +213,9 @@ class HoldSession:
             self.first_notices = b""
         chain_before = state.chain
         router = await held.run(plan, hold_tail=True)
+        # Parameter types the server named (clients such as asyncpg leave them to it): the journal
+        # shows binary values by their type.
+        self.prepared.types.update(router.described)
         if plan.passthrough:
             tail = held.take_tail()
             if router.ready_status is not None:
@@ -368,6 +371,8 @@ class HoldSession:
         async with held.lock:
             try:
                 if held.state.agent_tx is not AgentTx.NONE or (held.state.chain and not held.state.held):
+                    if held.state.agent_tx is not AgentTx.NONE and held.state.chain:
+                        held.note_disconnect()
                     await held.rollback_agent_tx()
             except ConnectionClosed:
                 return False

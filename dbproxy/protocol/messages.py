@@ -420,6 +420,21 @@ class ReadyForQuery(Message):
 
 
 @dataclass(frozen=True)
+class ParameterDescription(Message):
+    """The parameter type OIDs of a statement, the server's answer to Describe (statement)."""
+
+    type: ClassVar[bytes] = b"t"
+    types: tuple[int, ...] = ()
+
+    def body(self) -> bytes:
+        return _I16.pack(len(self.types)) + b"".join(_U32.pack(t) for t in self.types)
+
+    @classmethod
+    def decode_body(cls, r: _Reader) -> ParameterDescription:
+        return cls(tuple(r.int32() & 0xFFFFFFFF for _ in range(r.count())))
+
+
+@dataclass(frozen=True)
 class CommandComplete(Message):
     type: ClassVar[bytes] = b"C"
     tag: str
@@ -522,7 +537,7 @@ BACKEND: dict[int, type[Message]] = {
     m.type[0]: m
     for m in (Authentication, ParameterStatus, BackendKeyData, ReadyForQuery, CommandComplete,
               ErrorResponse, NoticeResponse, NotificationResponse, NegotiateProtocolVersion,
-              CopyData, CopyDone)
+              CopyData, CopyDone, ParameterDescription)
 }
 
 

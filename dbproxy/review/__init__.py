@@ -10,6 +10,9 @@
 - `events`: what happens to transactions under review (held, decided, undone, ...), fanned out to
   `metrics` (Prometheus, `GET /metrics`), `notify` (webhooks) and the console's live pages.
 - `console/`: the review console, web pages served by the admin server.
+- `present`: statements as reviewers see them (secrets redacted, read-only ones marked).
+- `jsonio`: JSON whose numbers keep PostgreSQL's digits.
+- `offline`: `log` and `show` straight from the journal while the proxy is stopped.
 
 May import: `protocol`, `config`, `net`, `auth`, `backend`, `journal`.
 """

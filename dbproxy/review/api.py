@@ -5,7 +5,8 @@ agent listener, on the same event loop. It serves a `dbproxy.review.ReviewServic
 live held transactions and its journal) as JSON over HTTP; the `dbproxy pending|show|commit|
 rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer likes talk to it.
 
-    GET  /v1/health                         {"status": "ok"}                 (no token needed)
+    GET  /v1/health                         {"status": "ok"}, or 503 {"status": "degraded", "reasons": [...]}
+                                            when the upstream or the journal is unreachable (no token needed)
     GET  /v1/pending                        [TransactionRecord]   waiting for a decision, oldest first
     GET  /v1/transactions?outcome=&agent=&limit=&before=
                                             [TransactionRecord]   the journal, newest first
@@ -23,7 +24,9 @@ rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer like
     /console/...                            the review console's pages (`dbproxy.review.console`;
                                             signed in with a session cookie, not the bearer token)
 
-Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`. Every
+Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`, written by
+`dbproxy.review.jsonio` (numbers in row diffs keep PostgreSQL's digits: `27.00`); statements are
+shown through `dbproxy.review.present` (secrets redacted, read-only ones marked). Every
 endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
 `admin_token` setting or, by default, from `DATA_DIR/admin-token`, created (mode 0600) at the
 first start by `load_or_create_token`. Errors are JSON too: `{"error": MESSAGE, "sqlstate": ...}`
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -45,7 +47,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +56,7 @@ from pydantic.json_schema import JsonSchemaMode
 from dbproxy.auth.reviewers import Reviewers
 from dbproxy.config import log
 from dbproxy.journal.records import Outcome, TransactionRecord
+from dbproxy.review import jsonio, present
 from dbproxy.review.console.pages import Console
 from dbproxy.review.events import EventHub
 from dbproxy.review.metrics import CONTENT_TYPE, ProxyMetrics
@@ -170,8 +173,13 @@ class ErrorBody(BaseModel):
     sqlstate: str | None = Field(default=None, description="SQLSTATE when the upstream database refused or failed")
 
 
+#: A health check waits this long for its answer before reporting the check itself as failing.
+HEALTH_TIMEOUT = 5.0
+
+
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] | None = Field(default=None, description="degraded: what is unreachable (upstream, journal)")
 
 
 class _BadRequest(Exception):
@@ -185,7 +193,7 @@ def _error(status: int, message: str, *, sqlstate: str | None = None,
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    return web.json_response(data, status=status, dumps=jsonio.dumps)
 
 
 def _dump_list(items: list[BaseModel]) -> list[dict[str, Any]]:
@@ -350,7 +358,13 @@ class AdminServer:
     # endpoints
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json(Health().model_dump(mode="json"))
+        try:
+            reasons = await asyncio.wait_for(self._service.health(), HEALTH_TIMEOUT)
+        except TimeoutError:
+            reasons = [f"the health check did not finish within {HEALTH_TIMEOUT:g} s"]
+        if not reasons:
+            return _json(Health().model_dump(mode="json", exclude_none=True))
+        return _json(Health(status="degraded", reasons=reasons).model_dump(mode="json"), status=503)
 
     async def _pending(self, request: web.Request) -> web.Response:
         return _json(_dump_list(await self._service.pending()))
@@ -388,7 +402,7 @@ class AdminServer:
             raise _BadRequest(f"table must be at most {MAX_TABLE_LENGTH} characters")
         assert offset is not None and limit is not None
         detail = await self._service.show(_parse_id(request), offset=offset, limit=limit, table=table)
-        return _json(detail.model_dump(mode="json"))
+        return _json(present.detail_data(detail))
 
     async def _commit(self, request: web.Request) -> web.Response:
         return await self._decide(request, "commit")
@@ -543,8 +557,10 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/health": {
             "get": {
-                "operationId": "health", "summary": "liveness check (no token needed)", "security": [],
-                "responses": {"200": body(ref(Health), "the API is up")},
+                "operationId": "health", "summary": "health check (no token needed)", "security": [],
+                "responses": {"200": body(ref(Health), "the API is up, the upstream and the journal reachable"),
+                              "503": body(ref(Health), "degraded: the upstream or the journal is unreachable "
+                                          "(`reasons` says which)")},
             }
         },
         "/v1/pending": {

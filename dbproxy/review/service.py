@@ -76,3 +76,8 @@ class ReviewService(Protocol):
         """The journal, newest first; `table` and `search`: a statement mentions it; `since`/`until`:
         started in that time."""
         ...
+
+    async def health(self) -> list[str]:
+        """What is wrong, for `/v1/health`: empty when the upstream and the journal answer, else
+        one sentence per problem (naming hosts and ports, never credentials)."""
+        ...

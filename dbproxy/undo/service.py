@@ -122,7 +122,8 @@ async def _journal(journal: Journal, records: list[TransactionRecord], reviewer:
                f"{result.skipped} already in place, {result.forced} forced; triggers: {result.triggers}")
     records_out = [StatementRecord(seq=1, tx_no=1, sql=summary, at=now)]
     tx = FinishedTransaction(f"reviewer:{reviewer}", 0, records[0].database, "undo", None, now, now, "committed", 1,
-                             None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}))
+                             None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}),
+                             decided_by=reviewer)
     try:
         (entry,) = await journal.insert_finished([tx])
         await journal.update(entry, decided_by=reviewer, reason=reason)
