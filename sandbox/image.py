@@ -20,6 +20,7 @@ testcontainers brings), so no `docker` command is needed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -45,7 +46,13 @@ BUILD_LABEL = "org.dbproxy.build"
 
 
 class ImageError(Exception):
-    """An image could not be built; the message says why (and what to do when we know)."""
+    """An image could not be built; the message says why (and what to do when we know).
+    `usage`: the fault is in how it was asked or where it runs (no engine, not root, a base that
+    is not there), not in the build itself."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass
@@ -121,12 +128,12 @@ def build_base(client: Any, *, suite: str = DEFAULT_SUITE, mirror: str | None = 
     mirror = mirror or debian_mirror()
     if os.geteuid() != 0:
         raise ImageError("building the base image runs debootstrap, which needs root; run as root, "
-                         "or give an existing Debian image with --base")
+                         "or give an existing Debian image with --base", usage=True)
     debootstrap = shutil.which("debootstrap") or ("/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists()
                                                   else None)
     if debootstrap is None:
         raise ImageError("building the base image needs debootstrap (apt-get install debootstrap), "
-                         "or give an existing Debian image with --base")
+                         "or give an existing Debian image with --base", usage=True)
     say(f"base image {tag}: debootstrap --variant=minbase {suite} from {mirror} ...")
     with tempfile.TemporaryDirectory(prefix="dbproxy-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
@@ -145,7 +152,7 @@ def build_base(client: Any, *, suite: str = DEFAULT_SUITE, mirror: str | None = 
     return Built(tag, "built", time.monotonic() - t0, f"debootstrap --variant=minbase {suite} from {mirror}")
 
 
-def build_postgres(client: Any, *, base: str, rebuild: bool = False,
+def build_postgres(client: Any, *, base: str, rebuild: bool = False, cache: bool = True,
                    say: Callable[[str], None] = print) -> Built:
     install, libs, version = bundled_postgres()
     major = int(version.split(".")[0])
@@ -153,10 +160,12 @@ def build_postgres(client: Any, *, base: str, rebuild: bool = False,
     ident = build_id(version, base)
     t0 = time.monotonic()
     labels = _labels(client, tag)
+    previous = client.images.get(tag).id if labels is not None else None
     if not rebuild and labels is not None and labels.get(BUILD_LABEL) == ident:
         return Built(tag, "already there", 0.0, f"PostgreSQL {version}")
     if _labels(client, base) is None:
-        raise ImageError(f"the base image {base} is not here; build it (without --base) or pull it first")
+        raise ImageError(f"the base image {base} is not here; build it (without --base) or pull it first",
+                         usage=True)
     say(f"PostgreSQL image {tag}: PostgreSQL {version} from {install} on {base} ...")
     with tempfile.TemporaryDirectory(prefix="dbproxy-pgimage-") as tmp:
         ctx = Path(tmp)
@@ -170,7 +179,7 @@ def build_postgres(client: Any, *, base: str, rebuild: bool = False,
         log: list[str] = []
         try:
             for chunk in client.api.build(path=str(ctx), tag=tag, rm=True, forcerm=True, pull=False, decode=True,
-                                          network_mode="host",
+                                          network_mode="host", nocache=not cache,
                                           buildargs={"BASE": base, "PG_MAJOR": str(major), "PG_VERSION": version,
                                                      "BUILD_ID": ident}):
                 if "stream" in chunk:
@@ -182,7 +191,11 @@ def build_postgres(client: Any, *, base: str, rebuild: bool = False,
             raise
         except Exception as e:
             raise ImageError(f"docker build of {tag} failed: {e}") from None
-    client.images.get(tag).tag(BUILT_REPOSITORY, tag=version)
+    new = client.images.get(tag)
+    new.tag(BUILT_REPOSITORY, tag=version)
+    if previous is not None and previous != new.id:
+        with contextlib.suppress(Exception):  # what the tag named before (kept while a container runs it)
+            client.images.remove(previous)
     return Built(tag, "built", time.monotonic() - t0, f"PostgreSQL {version}")
 
 
@@ -192,7 +205,7 @@ def build_all(*, base: str | None = None, suite: str = DEFAULT_SUITE, mirror: st
     try:
         client = docker_client()
     except BackendUnavailable as e:
-        raise ImageError(str(e)) from None
+        raise ImageError(str(e), usage=True) from None
     try:
         done = []
         if base is None:

@@ -2,7 +2,8 @@
 # Starts PostgreSQL the way the official postgres image does, for the parts dbproxy uses:
 # POSTGRES_PASSWORD (required), POSTGRES_USER (default postgres), POSTGRES_DB (default the
 # user's name), and on the first start the scripts in /docker-entrypoint-initdb.d (*.sh run, or
-# sourced when not executable; *.sql fed to psql). Arguments starting with "-" go to postgres.
+# sourced when not executable; *.sql fed to psql). Arguments starting with "-" go to postgres;
+# `postgres --version` (or --help, -C) runs without initializing anything.
 # Local (Unix socket) connections inside the container are trusted; TCP needs SCRAM passwords.
 set -eu
 
@@ -10,7 +11,12 @@ if [ "${1#-}" != "$1" ]; then
     set -- postgres "$@"
 fi
 
-if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+want_help=
+for arg in "$@"; do
+    case "$arg" in -V|--version|-'?'|--help|--describe-config|-C) want_help=1 ;; esac
+done
+
+if [ "$1" = postgres ] && [ -z "$want_help" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
     POSTGRES_USER="${POSTGRES_USER:-postgres}"
     POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
