@@ -106,6 +106,7 @@ class Verification:
         self._copying: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._epoch: dict[str, str] = {}
+        self._announced = ""
 
     @property
     def enabled(self) -> bool:
@@ -120,13 +121,19 @@ class Verification:
         try:
             verifier = await self._get(database)
             await verifier.backend.start()
-            if isinstance(verifier.backend, AutoBackend):
-                log.event("sandbox.auto", chose=verifier.backend.name, why=verifier.backend.choice)
+            self._announce()
             log.event("sandbox.ready", backend=verifier.backend.describe())
         except Exception as e:
             log.event("sandbox.unavailable", reason=str(e), level=logging.WARNING)
             return
         self.schema_moved(database)
+
+    def _announce(self) -> None:
+        """Log `auto`'s choice, once per choice (it falls back to local if containers fail later)."""
+        backend = self._verifier.backend if self._verifier is not None else None
+        if isinstance(backend, AutoBackend) and backend.choice and backend.choice != self._announced:
+            self._announced = backend.choice
+            log.event("sandbox.auto", chose=backend.name, why=backend.choice.split(": ", 1)[1])
 
     def schema_moved(self, database: str) -> None:
         """Copy `database`'s schema into the sandbox again, in the background (at most one copy
@@ -198,7 +205,9 @@ class Verification:
     async def verify(self, database: str, tx: Transaction, candidate: Candidate) -> Verdict:
         try:
             async with self._sampling(database, tx) as (verifier, con, tx):
-                return await verifier.verify(con, self.dsn_for(database), tx, candidate)
+                verdict = await verifier.verify(con, self.dsn_for(database), tx, candidate)
+            self._announce()
+            return verdict
         except BackendUnavailable as e:
             return Verdict.could_not(str(e), backend=self.backend_name)
         except (OSError, asyncpg.PostgresError) as e:
