@@ -60,6 +60,15 @@ async def prepare(admin: asyncpg.Connection, secret: str) -> Runner | None:
         return None
     password = runner_password(secret)
     limits = "; ".join(f"ALTER ROLE {RUNNER} SET {k} = '{v}'" for k, v in ROLE_LIMITS.items())
+    async with admin.transaction():
+        # Several proxies may share a sandbox server: one at a time (roles are cluster-wide, and
+        # concurrent ALTER ROLE of the same role fails).
+        await admin.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('dbproxy sandbox roles'))")
+        await _create(admin, password, limits)
+    return Runner(RUNNER, password)
+
+
+async def _create(admin: asyncpg.Connection, password: str, limits: str) -> None:
     # Role DDL takes no bind parameters; the password is hex, the names are ours.
     await admin.execute(f"""
         DO $$ BEGIN
@@ -80,7 +89,6 @@ async def prepare(admin: asyncpg.Connection, secret: str) -> Runner | None:
                                 "ON r.oid = m.roleid WHERE m.member = $1::regrole", RUNNER)
     for (role,) in granted:
         await admin.execute(f'REVOKE "{role}" FROM {RUNNER}')
-    return Runner(RUNNER, password)
 
 
 async def adopt(copy: asyncpg.Connection) -> None:

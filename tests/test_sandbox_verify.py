@@ -458,21 +458,29 @@ async def test_agent_statements_replay_unprivileged(shop_db: str, any_verifier: 
 
 async def test_sandbox_roles(shop_db: str, any_verifier: Verifier) -> None:
     """Who the sandbox connections are: the runner logs in as itself (no superuser, no server
-    file or program roles) and owns the schema copy it verifies on."""
+    file or program roles, even if someone granted it one) and owns the schema copy it verifies on."""
+    backend = any_verifier.backend
     async with upstream(shop_db) as up, agent_tx(shop_db, "UPDATE acct SET v = 7 WHERE id = 4") as agent:
-        verdict = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
-        copy = await any_verifier.prepare(up, shop_db)
-    assert verdict.verified, verdict.summary()
-    pool = await any_verifier._pool(copy)
-    who = await pool.fetchrow(
-        "SELECT session_user::text AS s, current_user::text AS c, r.rolsuper, "
-        "pg_has_role(session_user, 'pg_read_server_files', 'USAGE') OR "
-        "pg_has_role(session_user, 'pg_write_server_files', 'USAGE') OR "
-        "pg_has_role(session_user, 'pg_execute_server_program', 'USAGE') AS files, "
-        "(SELECT d.datdba::regrole::text FROM pg_database d WHERE d.datname = current_database()) AS db_owner, "
-        "(SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = 'public.acct'::regclass) AS table_owner, "
-        "current_setting('temp_file_limit') AS temp_limit "
-        "FROM pg_roles r WHERE r.rolname = session_user")
+        first = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
+        admin = await asyncpg.connect(backend.url("postgres"))
+        try:
+            await admin.execute("GRANT pg_execute_server_program TO dbproxy_sandbox_runner")
+        finally:
+            await admin.close()
+        async with verifier_on(backend) as again:  # type: ignore[arg-type]
+            verdict = await again.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
+            copy = await again.prepare(up, shop_db)
+            pool = await again._pool(copy)
+            who = await pool.fetchrow(
+                "SELECT session_user::text AS s, current_user::text AS c, r.rolsuper, "
+                "pg_has_role(session_user, 'pg_read_server_files', 'USAGE') OR "
+                "pg_has_role(session_user, 'pg_write_server_files', 'USAGE') OR "
+                "pg_has_role(session_user, 'pg_execute_server_program', 'USAGE') AS files, "
+                "(SELECT d.datdba::regrole::text FROM pg_database d WHERE d.datname = current_database()) AS db_owner, "
+                "(SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = 'public.acct'::regclass) "
+                "AS table_owner, current_setting('temp_file_limit') AS temp_limit "
+                "FROM pg_roles r WHERE r.rolname = session_user")
+    assert first.verified and verdict.verified, verdict.summary()
     assert dict(who) == {"s": "dbproxy_sandbox_runner", "c": "dbproxy_sandbox_runner", "rolsuper": False,
                          "files": False, "db_owner": "dbproxy_sandbox_runner",
                          "table_owner": "dbproxy_sandbox_runner", "temp_limit": "1GB"}
