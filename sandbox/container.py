@@ -158,8 +158,7 @@ class ContainerBackend(Backend):
             return
         async with self._lock:
             if self._container is None:
-                await asyncio.to_thread(self._run)
-                await self._read_major()
+                await self._start_new()
 
     async def recover(self) -> None:
         """After a lost connection: a container that is gone or stopped is replaced; a running one
@@ -167,10 +166,19 @@ class ContainerBackend(Backend):
         async with self._lock:
             if self._container is None or not await asyncio.to_thread(self._running):
                 await asyncio.to_thread(self._remove)
-                await asyncio.to_thread(self._run)
-                await self._read_major()
+                await self._start_new()
             else:
                 await asyncio.to_thread(self._container._connect)
+
+    async def _start_new(self) -> None:
+        try:
+            await asyncio.to_thread(self._run)
+            await self._read_major()
+        except BackendUnavailable:
+            raise
+        except Exception as e:  # the engine's own errors (API, connection) say "could not verify" too
+            await asyncio.to_thread(self._remove)
+            raise BackendUnavailable(f"the Docker engine could not run the sandbox container: {_short(e)}") from e
 
     def url(self, database: str = "postgres") -> str:
         assert self._url, "start() first"

@@ -69,8 +69,10 @@ def build_proxy_image() -> tuple[str, bool]:
             wheels = ctx / "docker" / "wheels"
             wheels.mkdir(parents=True, exist_ok=True)
             print(f"{tag}: pip wheel (dbproxy and its dependencies) ...", flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(ctx)],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            made = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(ctx)],
+                                  capture_output=True, text=True, check=False)
+            if made.returncode != 0:
+                raise RuntimeError(f"pip wheel failed (exit {made.returncode}): {made.stderr[-2000:]}")
             print(f"{tag}: docker build from docker/Dockerfile on {BASE} ...", flush=True)
             log: list[str] = []
             for chunk in client.api.build(path=str(ctx), dockerfile="docker/Dockerfile", tag=tag, rm=True,
