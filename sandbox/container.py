@@ -54,11 +54,15 @@ def docker_client(timeout: float = 10) -> Any:
         import docker
     except ImportError as e:
         raise BackendUnavailable("the testcontainers backend needs `pip install testcontainers[postgres]`") from e
+    address = _engine_address()
+    socket = address.removeprefix("unix://") if address.startswith("unix://") else None
+    if socket is not None and not os.path.exists(socket):
+        raise BackendUnavailable(f"no Docker engine answers at {address}: there is no socket (is dockerd running?)")
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as e:
-        raise BackendUnavailable(f"no Docker engine answers at {_engine_address()}: {_short(e)}") from None
+        raise BackendUnavailable(f"no Docker engine answers at {address}: {_short(e)}") from None
     return client
 
 
