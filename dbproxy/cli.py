@@ -11,6 +11,7 @@
     dbproxy psql [--data-dir PATH] [-- PSQL ARGS]   psql on the embedded PostgreSQL, as its superuser
     dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
     dbproxy bench proxy [proxy-overhead options]
+    dbproxy sandbox build-image [--base IMAGE] [--suite SUITE] [--mirror URL] [--rebuild]
     dbproxy version
 
 Every `serve` option also has a config-file key and a `DBPROXY_...` environment variable
@@ -126,6 +127,16 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL ARGS",
                     help="passed to psql, e.g. -- -c 'select 1'")
 
+    sb = sub.add_parser("sandbox", help="the verification sandbox's container images")
+    sbsub = sb.add_subparsers(dest="sandbox_command", required=True)
+    what = ("build a PostgreSQL image for the testcontainers sandbox without any registry: the bundled "
+            "PostgreSQL on a minimal Debian base made with debootstrap from this system's mirror")
+    bi = sbsub.add_parser("build-image", help=what, description=what)
+    bi.add_argument("--base", help="an existing Debian-based image to build on instead of making one")
+    bi.add_argument("--suite", default="bookworm", help="Debian release of the base (default bookworm)")
+    bi.add_argument("--mirror", help="Debian mirror URL (default: the one apt uses here)")
+    bi.add_argument("--rebuild", action="store_true", help="build again even if the images are there")
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args)
+    if args.command == "sandbox":
+        return _build_image(args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items()
                            if k not in ("command", "config", "agent_command", "reviewer_command", "name",
                                         "password", "psql_args")}
@@ -196,6 +209,23 @@ async def _install(command: str, settings: Settings) -> int:
     finally:
         await con.close()
     print("\n".join(lines))
+    return 0
+
+
+def _build_image(args: argparse.Namespace) -> int:
+    from sandbox.image import ImageError, build_all
+
+    try:
+        done = build_all(base=args.base, suite=args.suite, mirror=args.mirror, rebuild=args.rebuild)
+    except ImageError as e:
+        print(f"dbproxy: {e}", file=sys.stderr)
+        return 2 if e.usage else 1
+    for b in done:
+        took = f" in {b.seconds:.0f} s" if b.action == "built" else ""
+        print(f"{b.tag}: {b.action}{took}" + (f" ({b.detail})" if b.detail else ""))
+    major = done[-1].tag.rsplit(":", 1)[1]
+    print(f"The testcontainers sandbox (sandbox = \"testcontainers\" or \"auto\") uses {done[-1].tag} when "
+          f"postgres:{major} cannot be pulled.")
     return 0
 
 

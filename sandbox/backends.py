@@ -11,11 +11,14 @@ and a way back after a crash (`recover`). Three kinds, chosen by configuration:
   `stop_on_close` (the proxy's way) it is also tied to the process: a watchdog stops it when the
   process dies, and a start that finds one left running by a dead process stops that first.
 - `server`: scratch databases on a PostgreSQL server you name (its URL needs CREATEDB).
-- `testcontainers`: a `postgres:<major>` container, where a Docker engine is reachable.
+- `testcontainers`: a `postgres:<major>` container on a Docker engine (`sandbox.container`).
+
+`sandbox.auto` picks one (`auto`: a container when a Docker engine answers, else local) and makes it.
 
 Sandboxes never receive the upstream's credentials: only schema text and sampled rows go in.
-Every sandbox connection runs with `LIMITS` (statement timeout, memory for sorts and temporary
-files), and the local cluster itself is small (`LOCAL_SETTINGS`).
+`url` is the backend's admin role; the SQL under test runs as an unprivileged role the verifier
+sets up with it (`sandbox.roles`). Every sandbox connection runs with `LIMITS` (statement
+timeout, memory for sorts and temporary files), and servers we start are small (`LOCAL_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from sandbox.pgcluster import ClusterError, LocalCluster, bin_dir, free_port
 
@@ -93,6 +94,13 @@ def pick_bins(major: int | None) -> tuple[Path, int]:
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + database))
+
+
+def with_login(url: str, user: str, password: str) -> str:
+    """`url` with another role's name and password (host, port, database and query kept)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
 
 
 class Backend(ABC):
@@ -198,6 +206,10 @@ class ServerBackend(Backend):
         self.bin_dir = bin_dir()
 
     async def start(self) -> None:
+        if not self.major:  # checked once; a lost server is found by `recover`
+            await self.recover()
+
+    async def recover(self) -> None:
         import asyncpg
 
         try:
@@ -211,70 +223,3 @@ class ServerBackend(Backend):
 
     def url(self, database: str = "postgres") -> str:
         return with_database(self._url, database)
-
-
-class ContainerBackend(Backend):
-    """A `postgres:<major>` container through testcontainers (needs a Docker engine)."""
-
-    name = "testcontainers"
-
-    def __init__(self, *, upstream_major: int | None = None) -> None:
-        self.major = upstream_major or 16
-        self.bin_dir = bin_dir()
-        self._container: Any = None
-        self._url = ""
-
-    async def start(self) -> None:
-        if self._container is not None:
-            return
-        try:
-            from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
-        except ImportError as e:
-            raise BackendUnavailable("the testcontainers backend needs `pip install testcontainers[postgres]`") from e
-        problem = docker_problem()
-        if problem:
-            raise BackendUnavailable(f"the testcontainers backend needs a Docker engine: {problem}")
-
-        def run() -> Any:
-            c = PostgresContainer(f"postgres:{self.major}", driver=None)
-            c.start()
-            return c
-
-        try:
-            self._container = await asyncio.to_thread(run)
-        except Exception as e:
-            raise BackendUnavailable(f"could not start a postgres:{self.major} container: {e}") from e
-        self._url = self._container.get_connection_url()
-
-    def url(self, database: str = "postgres") -> str:
-        return with_database(self._url, database)
-
-    async def close(self) -> None:
-        if self._container is not None:
-            await asyncio.to_thread(self._container.stop)
-            self._container = None
-
-
-def docker_problem() -> str | None:
-    """Why no Docker engine is reachable (None: one is)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://") or not host:
-        sock = host.removeprefix("unix://") or "/var/run/docker.sock"
-        if not Path(sock).exists():
-            return f"no Docker socket at {sock} (and DOCKER_HOST names no other engine)"
-    if shutil.which("docker") is None and not host:
-        return "no docker command and no DOCKER_HOST"
-    return None
-
-
-def make_backend(kind: str, *, data_dir: Path, server_url: str | None = None,
-                 upstream_major: int | None = None, stop_on_close: bool = False) -> Backend:
-    if kind == "local":
-        return LocalBackend(data_dir, upstream_major=upstream_major, stop_on_close=stop_on_close)
-    if kind == "server":
-        if not server_url:
-            raise BackendUnavailable("sandbox backend `server` needs sandbox.server_url")
-        return ServerBackend(server_url)
-    if kind == "testcontainers":
-        return ContainerBackend(upstream_major=upstream_major)
-    raise BackendUnavailable(f"unknown sandbox backend {kind!r} (local, server, testcontainers)")

@@ -37,8 +37,9 @@ from dbproxy.config.settings import load_settings
 from dbproxy.frontend.server import ProxyServer, build_registry
 from sandbox.pgcluster import LocalCluster, bin_dir, free_port
 
-#: The scripted OpenAI-compatible endpoint (`fake_llm` fixture), the suite's only test double.
-pytest_plugins = ["tests.fake_llm"]
+#: The scripted OpenAI-compatible endpoint (`fake_llm` fixture), the suite's only test double; the
+#: Docker engine, images and warm sandbox container of the container tests (`docker_fixtures`).
+pytest_plugins = ["tests.fake_llm", "tests.docker_fixtures"]
 
 AGENT = "agent"
 
@@ -248,6 +249,8 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
         "admin_token": ADMIN_TOKEN,
         # Existing suites test the transparent relay; hold-mode tests ask for mode="hold".
         "mode": "passthrough",
+        # The suite's warm local sandbox; tests of `auto` and containers ask for them.
+        "sandbox": "local",
     }
     if "path" in SANDBOX_DIR:
         cli["sandbox_dir"] = str(SANDBOX_DIR["path"])

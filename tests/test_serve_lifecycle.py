@@ -35,6 +35,10 @@ from sandbox.watchdog import process_start_time
 from tests.conftest import RunningProxy
 from tests.test_cli_and_settings import DBPROXY, Served
 
+#: These tests are about the clusters a proxy runs itself, so the sandbox is the local cluster
+#: (the default `auto` would pick a container when a Docker engine answers).
+LOCAL_SANDBOX = {**os.environ, "DBPROXY_SANDBOX": "local"}
+
 
 def alive(pid: int | None) -> bool:
     return pid is not None and process_start_time(pid) is not None and not _zombie(pid)
@@ -86,7 +90,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_second_serve_on_the_same_data_directory_is_refused(data: Path) -> None:
-    first = Served(data, "--mode", "undo")  # embedded upstream, capture installed, sandbox started
+    first = Served(data, "--mode", "undo", env=LOCAL_SANDBOX)  # embedded upstream, capture installed, sandbox started
     try:
         sandbox = sandbox_cluster(data)
         assert wait_until(sandbox.is_running), "the sandbox cluster did not start"
@@ -125,7 +129,7 @@ def _started(data: Path) -> str:
 
 
 def test_kill_9_leaves_no_sandbox_and_no_lock_behind(pg: Any, data: Path) -> None:
-    env = {**os.environ, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
+    env = {**LOCAL_SANDBOX, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
     first = Served(data, "--mode", "undo", env=env)
     sandbox = sandbox_cluster(data)
     assert wait_until(sandbox.is_running), "the sandbox cluster did not start"
@@ -146,7 +150,7 @@ def test_kill_9_leaves_no_sandbox_and_no_lock_behind(pg: Any, data: Path) -> Non
 
 
 def test_a_stale_sandbox_cluster_is_stopped_at_start(pg: Any, data: Path) -> None:
-    env = {**os.environ, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
+    env = {**LOCAL_SANDBOX, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
     first = Served(data, "--mode", "undo", env=env)  # creates the sandbox cluster
     assert wait_until(sandbox_cluster(data).is_running)
     assert first.stop()[0] == 0
@@ -206,7 +210,7 @@ def test_health_is_degraded_while_the_upstream_is_down(own_upstream: LocalCluste
 
 def test_a_clean_stop_leaves_a_lock_file_that_blocks_nothing(data: Path, pg: Any) -> None:
     """The lock file stays after a clean stop too; only the kernel's flock counts."""
-    env = {**os.environ, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
+    env = {**LOCAL_SANDBOX, "DBPROXY_UPSTREAM": pg.url, "DBPROXY_AGENT": "bot=bot-secret"}
     first = Served(data, env=env)
     assert first.stop()[0] == 0
     assert (data / "dbproxy.lock").exists()

@@ -199,10 +199,14 @@ class Settings(BaseModel):
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="`auto`: readable text when stderr is a terminal, JSON lines otherwise")
     log_statements: bool = False
-    sandbox: Literal["local", "server", "testcontainers", "off"] = Field(
-        default="local", description="where inverses are verified before undo mode trusts them: `local` (a warm "
-        "PostgreSQL cluster of our own), `server` (scratch databases on `sandbox_server`), `testcontainers` "
-        "(a Docker container), `off` (commit with unverified rule-made inverses)")
+    sandbox: Literal["auto", "local", "server", "testcontainers", "off"] = Field(
+        default="auto", description="where inverses are verified before undo mode trusts them: `auto` "
+        "(testcontainers when a Docker engine answers, else local), `local` (a warm PostgreSQL cluster of our "
+        "own), `server` (scratch databases on `sandbox_server`), `testcontainers` (a Docker container), `off` "
+        "(commit with unverified rule-made inverses)")
+    sandbox_image: str | None = Field(
+        default=None, description="image of the testcontainers backend (`{major}` is replaced by the upstream's "
+        "major version); default postgres:{major}, else the one `dbproxy sandbox build-image` built")
     sandbox_server: SecretStr | None = Field(
         default=None, description="postgresql:// URL of a scratch server for `sandbox = server` (needs CREATEDB; "
         "never the upstream)")

@@ -193,7 +193,7 @@ class ProxyServer:
             dsn_for=self.pending.dsn_for, timeout=settings.sandbox_timeout, cache=settings.verify_cache,
             options=SampleOptions(random_rows=settings.sandbox_sample_rows, neighbours=settings.sandbox_neighbours,
                                   mask=frozenset(settings.sandbox_mask)),
-            llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts)
+            llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts, image=settings.sandbox_image)
         if "undo" in modes:
             self.pending.verification.warm(self.target.database)
 

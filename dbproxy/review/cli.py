@@ -758,10 +758,13 @@ def render_verdict(console: Console, v: Any) -> None:
         line.append(f": {v['reason']}")
     console.print(line)
     how = []
+    on = f" on {v['backend']}" if v.get("backend") else ""  # which sandbox backend verified
     if v.get("cached"):
-        how.append(f"cached result for the same statement shape and schema (verified {v.get('at', '')})")
+        how.append(f"cached result for the same statement shape and schema (verified {v.get('at', '')}{on})")
     elif v.get("timings_ms", {}).get("total") is not None:
-        how.append(f"{v['timings_ms']['total']:.0f} ms on {v.get('backend') or 'the sandbox'}")
+        how.append(f"{v['timings_ms']['total']:.0f} ms{on or ' in the sandbox'}")
+    elif on:
+        how.append(on.strip())
     if v.get("forward"):
         how.append(f"forward from {v['forward']}")
     if v.get("sample"):
