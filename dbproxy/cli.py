@@ -175,15 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_install(args.command, settings))
     if args.command == "psql":
         return _psql(settings, args.psql_args)
+    from dbproxy.policy.rules import contradictions
+
+    problems = contradictions([*settings.agents, ""], settings)
+    if problems:
+        print(f"dbproxy: {problems[0]}", file=sys.stderr)
+        return 2
     log.setup(settings.log_level, settings.log_format)
     from dbproxy.frontend.server import serve
+
+    def reloader() -> Settings:
+        return load_settings(args.config, cli)
 
     try:
         import uvloop
 
-        return uvloop.run(serve(settings))
+        return uvloop.run(serve(settings, reloader))
     except ImportError:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, reloader))
 
 
 async def _install(command: str, settings: Settings) -> int:

@@ -59,7 +59,7 @@ class ReviewQueue(Protocol):
     def upstream_lost(self, held: HeldConnection) -> None: ...
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None: ...
     def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str, *,
-                         xid: int | None = None, undo: str | None = None) -> None: ...
+                         xid: int | None = None, undo: str | None = None, decided_by: str = "agent") -> None: ...
     async def hold(self, held: HeldConnection, *, undo: str | None = None) -> int: ...
     def chain_grew(self, held: HeldConnection) -> None: ...
     async def chain_broken(self, held: HeldConnection, reason: str) -> None: ...
@@ -105,6 +105,7 @@ class HeldConnection:
         self.xid: int | None = None
         self.statements: list[StatementRecord] = []
         self.undo: dict[str, object] | None = None  # undo mode: the inverse and why it was not enough
+        self.policy: str | None = None  # which rule or grant decided the chain at the agent's COMMIT
         self.started_at: datetime | None = None
         self.held_at: datetime | None = None
         self.held_monotonic = 0.0
@@ -233,7 +234,7 @@ class HeldConnection:
         st = self.state
         st.chain, st.held, st.agent_tx, st.failed, st.wrote, st.tx_no = False, 0, AgentTx.NONE, False, False, 0
         st.error_pending, st.identity_baseline = False, None
-        self.id, self.xid, self.statements, self.undo = None, None, [], None
+        self.id, self.xid, self.statements, self.undo, self.policy = None, None, [], None, None
         self.started_at = self.held_at = None
 
     @property
