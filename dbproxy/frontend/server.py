@@ -42,6 +42,7 @@ from dbproxy.config.datadir import DataDirBusy, DataDirLock
 from dbproxy.config.settings import Settings, SettingsError
 from dbproxy.frontend.handshake import HandshakeConfig
 from dbproxy.frontend.session import Session
+from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.pending import PendingRegistry
 from dbproxy.journal.store import Journal, JournalError
 from dbproxy.net.endpoint import Endpoint
@@ -204,6 +205,7 @@ class ProxyServer:
             log.event("policy.overlap", note=note, level=logging.WARNING)
         await self.policy.start()
         self.pending.policy = self.policy
+        self.pending.lock_watch = LockWatch(self.pending.live, lambda: self.target.url(), settings.held_lock_timeout)
 
         self.pending.verification = Verification(
             backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
@@ -212,7 +214,8 @@ class ProxyServer:
             options=SampleOptions(random_rows=settings.sandbox_sample_rows, neighbours=settings.sandbox_neighbours,
                                   mask=frozenset(settings.sandbox_mask)),
             llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts, image=settings.sandbox_image)
-        if "undo" in modes:
+        rules = bool(settings.rules) or any(a.rules for a in settings.agents.values()) or self.policy.any_permanent()
+        if "undo" in modes or rules:  # rules allow commits with verified inverses in hold mode too
             self.pending.verification.warm(self.target.database)
 
         async def xact_status(xid: int) -> str | None:
@@ -359,6 +362,8 @@ class ProxyServer:
                 self.policy.settings = self.settings
             if self.pending is not None:
                 self.pending.hold_timeout = self.settings.hold_timeout
+                if self.pending.lock_watch is not None:
+                    self.pending.lock_watch.timeout = self.settings.held_lock_timeout
             changed = sorted(n for n in set(before) & set(registry.agents)
                              if old.agents.get(n) != new.agents.get(n))
             report = ReloadReport(

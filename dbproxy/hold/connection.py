@@ -49,11 +49,18 @@ _UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
 _TX_TAGS = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
 
 
+class LockWatcher(Protocol):
+    """Looks at a client cycle that runs long (`dbproxy.hold.lockwatch.LockWatch`)."""
+
+    def arm(self, held: HeldConnection, router: Router) -> asyncio.TimerHandle: ...
+
+
 class ReviewQueue(Protocol):
     """What a held connection and its session need of the review queue."""
 
     verification: Verification | None  # undo mode: the sandbox gate (None: not configured)
     tables: TableCache  # undo mode: catalog facts per database
+    lock_watch: LockWatcher | None  # cycles stuck behind a pending chain's locks fail (55P03)
 
     def target_for(self, database: str) -> UpstreamTarget: ...
     def upstream_lost(self, held: HeldConnection) -> None: ...
@@ -99,6 +106,7 @@ class HeldConnection:
         self.tail = b""  # the client's last answer of a cycle, not sent yet (see `run`)
         self._hold_tail = False
         self._waiter: asyncio.Future[None] | None = None
+        self.lock_timer: asyncio.TimerHandle | None = None  # see LockWatcher
         self.lost = False
         # The chain: journal id once held, statements so far, timestamps.
         self.id: int | None = None
@@ -172,6 +180,9 @@ class HeldConnection:
                 self._waiter = asyncio.get_running_loop().create_future()
                 self.endpoint.write(plan.upstream)
                 if not router.done:
+                    watch = self.registry.lock_watch if to_client else None
+                    if watch is not None:
+                        self.lock_timer = watch.arm(self, router)
                     await self._waiter
             else:
                 router.done = True
@@ -180,6 +191,9 @@ class HeldConnection:
                 sink(self.take_tail())
             raise
         finally:
+            if self.lock_timer is not None:
+                self.lock_timer.cancel()
+                self.lock_timer = None
             self.router = None
             self._waiter = None
             self.sink = saved_sink

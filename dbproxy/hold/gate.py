@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dbproxy.config import log
@@ -54,6 +55,24 @@ _MENTIONS_PROXY = re.compile(rb"[dD][bB][pP][rR][oO][xX][yY]\.")
 _Q, _P, _B, _E = ord("Q"), ord("P"), ord("B"), ord("E")
 
 
+@dataclass(frozen=True)
+class Executed:
+    """A statement a cycle executes: its SQL and, with parameters, its Bind and their types."""
+
+    sql: str
+    bind: Bind | None = None
+    types: tuple[int, ...] = ()
+
+    def shown(self) -> str:
+        """As a reviewer sees it in a request: credentials redacted, parameters listed."""
+        text = log.redact_sql(self.sql)
+        if self.bind is None:
+            return text
+        values = journal_params(self.sql, self.bind, self.types) or []
+        return text + "\n-- " + ", ".join(f"${i} = {'NULL' if v is None else repr(v)}"
+                                           for i, v in enumerate(values, 1))
+
+
 class PendingView:
     """What `SHOW dbproxy.status` lists of a held transaction."""
 
@@ -75,30 +94,33 @@ class PolicyGate:
 
     # -- before a cycle -----------------------------------------------------------------------
 
-    def executed(self, cycle: Sequence[bytes | Frame]) -> list[tuple[str, Bind | None]]:
-        """The SQL each statement of the cycle executes, with its Bind when it has parameters."""
+    def executed(self, cycle: Sequence[bytes | Frame]) -> list[Executed]:
+        """The SQL each statement of the cycle executes, with its Bind and parameter types when it
+        has parameters."""
         frames = [f for f in cycle if isinstance(f, Frame)]
         if frames and frames[-1].type == _Q:
             msg = decode_frontend(frames[-1])
             assert isinstance(msg, Query)
-            return [(s, None) for s in split_cached(msg.sql)]
-        statements = {name: c.sql for name, c in self.prepared.statements.items() if c is not None}
-        portals: dict[str, tuple[str, Bind | None]] = {}
-        for name, c in self.prepared.portals.items():
+            return [Executed(s) for s in split_cached(msg.sql)]
+        prepared = self.prepared
+        statements = {name: (c.sql, prepared.types.get(name, ())) for name, c in prepared.statements.items()
+                      if c is not None}
+        portals: dict[str, Executed] = {}
+        for name, c in prepared.portals.items():
             if c is not None:
-                bound = self.prepared.binds.get(name)
-                portals[name] = (c.sql, bound[0] if bound else None)
-        out: list[tuple[str, Bind | None]] = []
+                bound = prepared.binds.get(name)
+                portals[name] = Executed(c.sql, *bound) if bound else Executed(c.sql)
+        out: list[Executed] = []
         for f in frames:
             if f.type not in (_P, _B, _E):
                 continue
             m = decode_frontend(f)
             if isinstance(m, Parse):
-                statements[m.name] = m.sql
+                statements[m.name] = (m.sql, m.param_types)
             elif isinstance(m, Bind):
-                sql = statements.get(m.statement)
-                if sql is not None:
-                    portals[m.portal] = (sql, m if m.params else None)
+                known = statements.get(m.statement)
+                if known is not None:
+                    portals[m.portal] = Executed(known[0], m, known[1]) if m.params else Executed(known[0])
                 else:
                     portals.pop(m.portal, None)
             elif isinstance(m, Execute) and m.portal in portals:
@@ -122,25 +144,24 @@ class PolicyGate:
         if policy is None or not policy.active(self.agent, self.session):
             return answers
         executed = self.executed(cycle)
-        paused: list[tuple[str, Bind | None, Verdict]] = []
-        for sql, bind in executed:
-            if proxy_show(sql) is not None:
+        paused: list[tuple[Executed, Verdict]] = []
+        for ex in executed:
+            if proxy_show(ex.sql) is not None:
                 continue
-            verdict = policy.at_statement(self.agent, self.session, actions(sql))
+            verdict = policy.at_statement(self.agent, self.session, actions(ex.sql))
             if verdict.decision == "ask" and verdict.ask == "pause":
-                paused.append((sql, bind, verdict))
+                paused.append((ex, verdict))
         if paused:
             await self._pause(executed, paused)
             if self.refused:
                 answers = self.answers() if answers else answers
         return answers
 
-    async def _pause(self, executed: list[tuple[str, Bind | None]],
-                     paused: list[tuple[str, Bind | None, Verdict]]) -> None:
+    async def _pause(self, executed: list[Executed], paused: list[tuple[Executed, Verdict]]) -> None:
         assert self.policy is not None
-        shown = [_shown(sql, bind, self.prepared) for sql, bind in executed]
-        acts = sorted({a for _, _, v in paused for a in v.actions})
-        rule = "; ".join(dict.fromkeys(r for _, _, v in paused for r in v.reasons))
+        shown = [ex.shown() for ex in executed]
+        acts = sorted({a for _, v in paused for a in v.actions})
+        rule = "; ".join(dict.fromkeys(r for _, v in paused for r in v.reasons))
         waiting = await self.policy.ask(agent=self.agent, session=self.session, database=self.database,
                                         statements=shown, actions=acts, rule=rule)
         n = waiting.record.id
@@ -162,8 +183,8 @@ class PolicyGate:
             "42501", f"dbproxy: request #{n} was {why}" + (f": {answer.reason}" if answer.reason else ""),
             detail=f"{rule}. The statement did not run.",
             hint="SHOW dbproxy.status lists what waits for a reviewer; SHOW dbproxy.rules the rules.")
-        for sql, _, _ in paused:
-            self.refused[sql] = error
+        for ex, _ in paused:
+            self.refused[ex.sql] = error
         log.event("policy.refused_request", session=self.session, id=n, state=answer.state)
 
     # -- while planning ----------------------------------------------------------------------
@@ -261,15 +282,6 @@ class PolicyGate:
                          str(r.max_rows) if r.max_rows is not None else None))
         rows.append((str(len(rules) + 1), "(no rule matches)", f"{self.mode} mode decides", None, "*", "*", None))
         return ProxyResult(PROXY_COLUMNS["rules"], rows)
-
-
-def _shown(sql: str, bind: Bind | None, prepared: PreparedStatements) -> str:
-    """A statement as a reviewer sees it in a request: credentials redacted, parameters listed."""
-    text = log.redact_sql(sql)
-    if bind is None:
-        return text
-    values = journal_params(sql, bind, prepared.types.get(bind.statement, ())) or []
-    return text + "\n-- " + ", ".join(f"${i} = {'NULL' if v is None else repr(v)}" for i, v in enumerate(values, 1))
 
 
 def _same_object(a: str, b: str) -> bool:

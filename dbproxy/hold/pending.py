@@ -28,6 +28,7 @@ from dbproxy.backend.upstream import UpstreamTarget
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
 from dbproxy.hold.gate import PendingView
+from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.protocol import AgentTx, notice
 from dbproxy.hold.reverify import verify_held
 from dbproxy.journal.records import StatementRecord, TransactionRecord
@@ -74,6 +75,7 @@ class PendingRegistry:
         self.tables = TableCache()  # undo mode: catalog facts per database
         self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
         self.policy: Policy | None = None  # rules and grants (a commit may add a grant)
+        self.lock_watch: LockWatch | None = None  # agents' statements stuck behind pending chains fail
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,6 +106,8 @@ class PendingRegistry:
                                           reason="the proxy shut down; the upstream rolled the transaction back")
             held.close()
         self.live.clear()
+        if self.lock_watch is not None:
+            await self.lock_watch.close()
         if self._finished_task is not None:
             await asyncio.wait({self._finished_task}, timeout=5)
         if self._tasks:
@@ -358,13 +362,13 @@ class PendingRegistry:
             found = await self.journal_get(tx_id)
             record, statements = found
             detail = TransactionDetail(transaction=record, statements=statements)
-            if record.mode == "undo" and record.outcome == "committed" and record.xid is not None \
+            if record.outcome == "committed" and record.xid is not None \
                     and (record.undo or {}).get("direction"):
                 detail.diff, detail.diff_note = await self._image_diff(record, offset=offset, limit=limit,
                                                                         table=table)
             else:
                 detail.diff_note = ("the transaction has ended; row-level diffs exist only while it is held, "
-                                    "and afterwards for transactions committed in undo mode")
+                                    "and afterwards for transactions committed with their inverse")
             return detail
         detail = TransactionDetail(
             transaction=self._record(held),
@@ -665,7 +669,7 @@ class PendingRegistry:
             mode=held.mode,  # type: ignore[arg-type]
             backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
             outcome="pending", statements=len(held.statements), agent_transactions=held.state.held,
-            undo=held.undo)
+            undo=held.undo, policy=held.policy)
 
     async def _expire_loop(self) -> None:
         while True:

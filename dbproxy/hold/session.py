@@ -348,7 +348,12 @@ class HoldSession:
             return await self._deny(verdict)
         if verdict.decision == "ask":
             return await self._hold(router, why=verdict.reasons, because="a rule asks a reviewer first")
-        return await self._commit_with_undo(router, decision, allowed=verdict)
+        # What a person approved statement by statement (pause, approve once) commits even without
+        # an exact inverse: that approval was the ask. Rules and standing grants cover only what can
+        # be undone.
+        approved = bool(verdict.grants) and all(g.scope == "once" for g in verdict.grants) \
+            and all(src.startswith("grant #") for src in verdict.sources)
+        return await self._commit_with_undo(router, decision, allowed=verdict, approved=approved)
 
     async def _deny(self, verdict: Verdict) -> bytes:
         """A deny rule matched what the transaction did (seen by capture, e.g. inside a function):
@@ -356,7 +361,10 @@ class HoldSession:
         held = self.held
         log.event("policy.denied", session=self.session.id, agent=held.agent, reason=verdict.reasons[0])
         await held.inject("ROLLBACK")
-        held.end_unheld("rolled back")
+        # Journaled whatever its command tags say: what it did was seen by capture.
+        held.registry.journal_finished(held, list(held.statements), "rolled back",
+                                       decided_by=verdict.rule.source if verdict.rule is not None else "policy")
+        held.reset_chain()
         return ErrorResponse.make("42501", f"dbproxy denied this transaction: {verdict.reasons[0]}",
                                   detail="It was rolled back; nothing of it was committed.",
                                   hint="SHOW dbproxy.rules lists this agent's rules.").encode()
@@ -398,7 +406,7 @@ class HoldSession:
                       hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
 
     async def _commit_with_undo(self, router: Router, decision: undo_commit.Decision | None = None, *,
-                                allowed: Verdict | None = None) -> bytes:
+                                allowed: Verdict | None = None, approved: bool = False) -> bytes:
         """Commit the agent's transaction (which wrote, or notified) with its inverse, or hold it
         (`dbproxy.undo.commit` decides): undo mode, and what a rule or grant allows in any mode."""
         held = self.held
@@ -410,13 +418,32 @@ class HoldSession:
             statements=held.statements, tables=held.registry.tables, verification=held.registry.verification,
             session=self.session.id, decision=decision)
         if isinstance(choice, undo_commit.Hold):
+            if approved and allowed is not None:
+                return await self._commit_approved(allowed, choice)
             if allowed is not None:
                 # Allowed, but without an exact verified inverse: an allow covers only what can be undone.
-                held.policy = f"ask: {allowed.by}, but {choice.because}"
+                held.policy = f"ask: {allowed.by}, but {choice.because}: {'; '.join(choice.why)}"
                 return await self._hold(router, why=choice.why, undo=choice.undo,
                                         because=f"a rule or grant allows it, but {choice.because}")
             return await self._hold(router, why=choice.why, because=choice.because, undo=choice.undo)
         return await self._commit_decided(choice, allowed=allowed)
+
+    async def _commit_approved(self, verdict: Verdict, choice: undo_commit.Hold) -> bytes:
+        """Commit what a reviewer approved statement by statement, though it has no exact inverse
+        (journaled with why not, so nobody takes it for undoable)."""
+        held = self.held
+        r = await held.inject("COMMIT")
+        if r.error is not None:
+            held.reset_chain()
+            return ErrorResponse.make(r.error.sqlstate, r.error.message,
+                                      detail="dbproxy: the transaction was not committed").encode()
+        by = ", ".join(f"{g.granted_by} (request #{g.request})" for g in verdict.grants)
+        held.policy = f"allow: approved by {by}; no exact inverse: {'; '.join(choice.why)}"
+        held.registry.journal_finished(held, list(held.statements), "committed", xid=held.xid, undo=choice.undo,
+                                       decided_by=", ".join(g.granted_by for g in verdict.grants))
+        held.reset_chain()
+        return notice("dbproxy: committed as approved; it cannot be undone exactly",
+                      detail="; ".join(choice.why))
 
     async def _commit_decided(self, choice: undo_commit.Commit, *, allowed: Verdict | None = None) -> bytes:
         """Commit the agent's transaction with its undo marker; journal the inverse (and, when a rule

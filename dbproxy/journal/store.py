@@ -941,7 +941,7 @@ class Journal:
         """Transactions committed with an undo from `tx_id` on, newest first (whether they were
         undone already is known upstream, in `dbproxy.undo_records`)."""
         rows = await self._call("undoable_since", lambda con: con.fetch(
-            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 AND mode = 'undo' "
+            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 "
             "AND outcome = 'committed' AND xid IS NOT NULL AND undo ? 'direction' ORDER BY id DESC", tx_id))
         return [TransactionRecord(**dict(r)) for r in rows]
 

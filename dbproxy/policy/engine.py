@@ -55,7 +55,8 @@ def write_actions(statements: Iterable[str]) -> list[Action]:
 
 
 def qualified(acts: Iterable[Action]) -> list[Action]:
-    return sorted({Action(a.op, qualify(a.object)) for a in acts})
+    """Objects as schema-qualified names (a NOTIFY channel is not in a schema)."""
+    return sorted({Action(a.op, a.object if a.op == "notify" else qualify(a.object)) for a in acts})
 
 
 def at_statement(rules: Sequence[Rule], grants: Sequence[GrantRecord], acts: Iterable[Action]) -> Verdict:
@@ -95,7 +96,7 @@ def at_commit(rules: Sequence[Rule], grants: Sequence[GrantRecord], rows: Mappin
     asks: list[tuple[str, Rule | None]] = []
     unruled: list[Action] = []
     sources: list[str] = []
-    acts = {Action(a.op, qualify(a.object)): n for a, n in rows.items() if a.op != "read"}
+    acts = {q: n for a, n in rows.items() if a.op != "read" for q in qualified([a])}
     for action, n in sorted(acts.items()):
         rule, over = _deciding(rules, action, n)
         if rule is not None and rule.decision == "deny":

@@ -127,6 +127,10 @@ class Policy:
         info = self._sessions.get(session)
         return bool(self.rules(agent) or self._permanent.get(agent) or (info is not None and info.grants))
 
+    def any_permanent(self) -> bool:
+        """Are there permanent grants (which let transactions commit with their inverses)?"""
+        return any(self._permanent.values())
+
     def grants(self, agent: str, session: int) -> list[GrantRecord]:
         """The standing grants (permanent and this session's) that apply to `agent` now."""
         info = self._sessions.get(session)

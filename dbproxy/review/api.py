@@ -630,7 +630,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/transactions/{id}/commit": decision("commit", "Commit"),
         "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
-        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed in undo mode (or a range)"),
+        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed with its inverse (or a range)"),
         "/v1/transactions/{id}/redo": undo_redo("redo", "Apply an undone transaction again"),
         "/v1/transactions/{id}/verify": {
             "post": {

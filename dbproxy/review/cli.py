@@ -9,7 +9,7 @@
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
                                          the journal, newest first: outcome, who decided (and why),
                                          undone/redone, the sandbox's verdict
-    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
+    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed with its inverse
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
     dbproxy verify ID                    prove its inverse in the sandbox again (exit 1 unless verified)
 
@@ -150,7 +150,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                         "reason is told to the agent)")
     verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
     verify.add_argument("id", type=_tx_id, metavar="ID")
-    for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
+    for name, what in (("undo", "undo a transaction committed with its inverse (checks no row changed since)"),
                        ("redo", "apply an undone transaction again")):
         sp = review(name, what)
         sp.add_argument("id", type=_tx_id, metavar="ID")

@@ -60,7 +60,7 @@ class ReviewService(Protocol):
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    since: bool = False, reason: str | None = None) -> UndoOutcome:
-        """Undo a transaction committed in undo mode (or, `since`, it and every later one, newest
+        """Undo a transaction committed with its inverse (or, `since`, it and every later one, newest
         first) in one upstream transaction. Conflicts: nothing applied, listed in the outcome."""
         ...
 

@@ -139,11 +139,12 @@ def by_agent_transaction(statements: list[StatementRecord]) -> list[tuple[int, l
 
 
 def undo_state(r: TransactionRecord) -> str | None:
-    """'undone', 'committed with an inverse', or None (not an undo-mode transaction with one)."""
+    """'undone', 'committed with an inverse', or None (not committed with one: undo mode, or an
+    allow rule in any mode, commit with one)."""
     doc = r.undo or {}
     if doc.get("action"):
         return f"{doc['action']} of #" + ", #".join(map(str, doc.get("of", [])))
-    if r.mode != "undo" or r.outcome != "committed" or not doc.get("direction"):
+    if r.outcome != "committed" or not doc.get("direction"):
         return None
     history = doc.get("history") or []
     if doc.get("undone"):
@@ -158,7 +159,7 @@ def verdict_of(r: TransactionRecord) -> dict[str, Any] | str | None:
 
 def reversible(r: TransactionRecord) -> str:
     doc = r.undo
-    if r.mode != "undo" or doc is None:
+    if doc is None:
         return "-"
     return "no" if doc.get("irreversible") else "yes"
 
