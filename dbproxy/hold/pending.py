@@ -665,7 +665,7 @@ class PendingRegistry:
             mode=held.mode,  # type: ignore[arg-type]
             backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
             outcome="pending", statements=len(held.statements), agent_transactions=held.state.held,
-            undo=held.undo)
+            undo=held.undo, policy=held.policy)
 
     async def _expire_loop(self) -> None:
         while True:
