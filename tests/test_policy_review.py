@@ -298,8 +298,14 @@ def test_grants_are_given_listed_refused_and_revoked(acct: str, make_proxy: Call
         assert r.code == 1 and f"agent {BOT}'s identity may not grant itself permissions" in one_line(r.err), r
         r = dbproxy(proxy, "grant", BOT, "delete", "ON", "public.acct", "--scope", "session", "--session", "99999")
         assert r.code == 1 and f"agent {BOT} has no session 99999 (its sessions now: " in one_line(r.err), r
-        r = dbproxy(proxy, "grant", BOT, "delete", "ON", "Public.Acct!", "--scope", "permanent")
-        assert r.code == 2 and "malformed object pattern 'Public.Acct!'" in one_line(r.err), r
+        # Mistakes the command line finds itself: exit 2, one line, nothing sent.
+        for args, why in ((("delete", "ON", "Public.Acct!", "--scope", "permanent"),
+                           "malformed object pattern 'Public.Acct!'"),
+                          (("remove", "ON", "acct", "--scope", "permanent"), "unknown operation class 'remove'"),
+                          (("delete", "ON", "acct", "--scope", "session"), "--scope session needs --session N"),
+                          (("delete", "ON", "acct", "--scope", "once"), "a once grant comes only with an approval")):
+            r = dbproxy(proxy, "grant", BOT, *args)
+            assert r.code == 2 and r.out == "" and why in one_line(r.err), r
 
         # A session grant with a row limit: one row commits at once, two are held as usual.
         session = bot.session()
