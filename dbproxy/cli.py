@@ -8,6 +8,9 @@
     dbproxy pending | show ID | commit ID | rollback ID | log [--outcome X] [--agent A] [--limit N]
                   [--admin HOST:PORT] [--admin-token TOKEN] [--reason TEXT] [--json]
                   [--state-database URL]   (log, show: read the journal directly, proxy stopped)
+    dbproxy grant AGENT OPS ON OBJECTS --scope session|permanent | grants | revoke ID
+                  | requests | approve REQUEST [--scope once|session|permanent] | reject REQUEST
+                  --reason TEXT | reload | commit ID --grant session|permanent
     dbproxy psql [--data-dir PATH] [-- PSQL ARGS]   psql on the embedded PostgreSQL, as its superuser
     dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
     dbproxy bench proxy [proxy-overhead options]

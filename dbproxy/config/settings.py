@@ -100,25 +100,36 @@ class RuleSettings(BaseModel):
     @field_validator("ops")
     @classmethod
     def _check_ops(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("name at least one operation class")
-        ops = [o.lower() for o in v]
-        unknown = [o for o in ops if o != "*" and o not in OP_CLASSES]
-        if unknown:
-            raise ValueError(f"unknown operation class {unknown[0]!r}; the classes are {', '.join(OP_CLASSES)} "
-                             "(or \"*\")")
-        return list(OP_CLASSES) if "*" in ops else list(dict.fromkeys(ops))
+        return operation_classes(v)
 
     @field_validator("objects")
     @classmethod
     def _check_objects(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("name at least one object pattern (\"*\" for all)")
-        for pattern in v:
-            if not _GLOB.fullmatch(pattern):
-                raise ValueError(f"malformed object pattern {pattern!r}: use schema.name with * and ? globs, "
-                                 "e.g. public.orders, sales.*, *")
-        return [p.lower() for p in v]
+        return object_patterns(v)
+
+
+def operation_classes(v: list[str]) -> list[str]:
+    """Operation classes as a rule or grant names them (`*`: all), checked and lower-cased."""
+    if not v:
+        raise ValueError("name at least one operation class")
+    ops = [o.lower() for o in v]
+    unknown = [o for o in ops if o != "*" and o not in OP_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown operation class {unknown[0]!r}; the classes are {', '.join(OP_CLASSES)} "
+                         "(or \"*\")")
+    return list(OP_CLASSES) if "*" in ops else list(dict.fromkeys(ops))
+
+
+def object_patterns(v: list[str]) -> list[str]:
+    """Object patterns as a rule or grant names them, checked and lower-cased (names match
+    lower-cased)."""
+    if not v:
+        raise ValueError("name at least one object pattern (\"*\" for all)")
+    for pattern in v:
+        if not _GLOB.fullmatch(pattern):
+            raise ValueError(f"malformed object pattern {pattern!r}: use schema.name with * and ? globs, "
+                             "e.g. public.orders, sales.*, *")
+    return [p.lower() for p in v]
 
 
 class AgentSettings(BaseModel):

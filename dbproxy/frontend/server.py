@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 
@@ -47,11 +48,12 @@ from dbproxy.hold.pending import PendingRegistry
 from dbproxy.journal.store import Journal, JournalError
 from dbproxy.net.endpoint import Endpoint
 from dbproxy.policy.rules import contradictions, overlaps
-from dbproxy.policy.service import Policy, PolicyError
+from dbproxy.policy.service import Policy, PolicyError, age
 from dbproxy.policy.store import PolicyStore
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
 from dbproxy.review.api import AdminServer, load_or_create_token
+from dbproxy.review.events import LIVE_KINDS, EventHub, Kind, ReviewEvent
 from dbproxy.review.metrics import ProxyMetrics
 from dbproxy.review.notify import Notifier
 from dbproxy.review.policy_api import ReloadReport
@@ -206,6 +208,7 @@ class ProxyServer:
         await self.policy.start()
         self.pending.policy = self.policy
         self.pending.lock_watch = LockWatch(self.pending.live, lambda: self.target.url(), settings.held_lock_timeout)
+        bridge_policy_events(self.policy, self.pending.events, self.mode_of)
 
         self.pending.verification = Verification(
             backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
@@ -263,6 +266,15 @@ class ProxyServer:
 
     def journal_backlog(self) -> tuple[int, float]:
         return self.journal.backlog() if self.journal is not None else (0, 0.0)
+
+    def requests_waiting(self) -> list[tuple[str, float]]:
+        if self.policy is None:
+            return []
+        return [(r.agent, age(r.created_at)) for r in self.policy.waiting_requests()]
+
+    def mode_of(self, agent: str) -> str:
+        known = self.registry.get(agent)
+        return (known.mode if known is not None else None) or self.settings.mode
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint("client")
@@ -460,6 +472,24 @@ def build_registry(settings: Settings, *, announce: bool = True, database: str =
                     file=sys.stdout, flush=True,
                 )
     return AgentRegistry.build(settings.agents, settings.data_dir)
+
+
+def bridge_policy_events(policy: Policy, hub: EventHub, mode_of: Callable[[str], str]) -> None:
+    """What the policy does (a statement waits for approval, a request is decided, a grant is
+    given or revoked) becomes review events: the console follows them live, the webhook tells
+    people a statement waits, the metrics count them. Request events also say how many requests
+    wait now (`waiting`, for the console's navigation)."""
+
+    def relay(kind: str, fields: dict[str, object]) -> None:
+        record = fields.get("request") if kind.startswith("request") else fields.get("grant")
+        if kind not in LIVE_KINDS or not isinstance(record, dict):
+            return
+        agent = str(record.get("agent") or "")
+        extra = {"waiting": len(policy.waiting_requests())} if kind.startswith("request") else {}
+        hub.publish(ReviewEvent(cast(Kind, kind), None, agent, str(record.get("database") or ""), mode_of(agent),
+                                fields={**fields, **extra}))
+
+    policy.listeners.append(relay)
 
 
 async def _install_embedded(embedded: EmbeddedPostgres) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dbproxy.config.settings import object_patterns
 from dbproxy.policy.rules import matches
 from inverse.opclass import OP_CLASSES, Action
 
@@ -93,6 +94,12 @@ class GrantBody(BaseModel):
         if bad:
             raise ValueError(f"unknown operation class {bad[0]!r}; the classes are {', '.join(OP_CLASSES)}")
         return list(OP_CLASSES) if "*" in ops else list(dict.fromkeys(ops))
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, v: list[str]) -> list[str]:
+        # As a rule's: a malformed glob, or one with capitals, would never match anything.
+        return object_patterns([o.strip() for o in v])
 
 
 class ApproveBody(BaseModel):

@@ -62,6 +62,7 @@ from dbproxy.journal.records import Outcome, TransactionRecord
 from dbproxy.policy.service import Policy, PolicyError
 from dbproxy.review import jsonio, present
 from dbproxy.review.console.pages import Console
+from dbproxy.review.console.policy_pages import PolicyPages
 from dbproxy.review.events import EventHub
 from dbproxy.review.metrics import CONTENT_TYPE, ProxyMetrics
 from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
@@ -262,6 +263,7 @@ class AdminServer:
         self.events = events if events is not None else EventHub()
         self.metrics = metrics
         self.console = Console(service, self._reviewers.who, self.events)
+        self.policy_pages = PolicyPages(self.console, policy) if policy is not None else None
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -293,6 +295,8 @@ class AdminServer:
         aiohttp's test server)."""
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
         self.console.add_to(app)
+        if self.policy_pages is not None:
+            self.policy_pages.add_to(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/pending", self._pending)
