@@ -1,20 +1,24 @@
-"""How long does sandbox verification take, by transaction size, with a warm local sandbox?
+"""How long does sandbox verification take, by transaction size, with a warm sandbox, per backend?
 
-Run:  python -m benchmarks.verification [--rounds N] [--upstream URL]
+Run:  python -m benchmarks.verification [--rounds N] [--upstream URL] [--backends local,testcontainers]
 
 Starts a throw-away upstream PostgreSQL (bundled binaries) unless `--upstream` names one (a
 superuser URL; a scratch database `dbproxy_verify_bench` is created there and dropped), creates
 an e-commerce schema (customers, orders with ON DELETE CASCADE items, a trigger keeping order
-totals, products) with seed data, runs `dbproxy install`, and starts a local sandbox backend in a
-temporary directory. Then, for each transaction size, N times: the agent's statements run in an
+totals, products) with seed data, runs `dbproxy install`, and starts each sandbox backend asked
+for (`local`: a cluster in a temporary directory; `testcontainers`: a container on the Docker
+engine, needs one). Then, for each transaction size, N times: the agent's statements run in an
 open, captured upstream transaction; its changes and catalog facts are read there; the inverse
-is built; and `sandbox.verify` proves it, sampling through a second connection, exactly as the
-proxy does at an agent's COMMIT. The transaction is then rolled back, so every round starts from
-the same data. The first verification (schema copy built) is reported apart.
+is built; and `sandbox.verify` proves it on every backend in turn (the same statements, so the
+backends are compared on the same work, interleaved), sampling through a second connection,
+exactly as the proxy does at an agent's COMMIT. The transaction is then rolled back, so every
+round starts from the same data. The first verification per backend (server started, schema
+copied) is reported apart.
 
-Reports p50/p95 per size and the time split (schema lookup, sampling upstream, load, forward,
-inverse, digests). Targets (issue 5): p50 <= 100 ms and p95 <= 500 ms for transactions of up to
-10 statements and 1,000 rows. For scale: GoEx's reversibility check takes >= 10 s per dry run.
+Reports p50/p95 per size and backend and the time split (schema lookup, sampling upstream, load,
+forward, inverse, digests). Targets (issue 5): p50 <= 100 ms and p95 <= 500 ms for transactions
+of up to 10 statements and 1,000 rows. For scale: GoEx's reversibility check takes >= 10 s per
+dry run.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import asyncpg
 from dbproxy.undo.apply import load_changes, load_tables
 from dbproxy.undo.install import install
 from inverse.undo_plan import build
-from sandbox.backends import LocalBackend
+from sandbox.auto import make_backend
 from sandbox.pgcluster import LocalCluster, free_port
 from sandbox.verify import Candidate, Transaction, Verifier
 
@@ -106,77 +110,93 @@ SIZES: list[Size] = [("1 statement, 1 row", one_row), ("3 statements, ~5 rows", 
                      ("3 statements, ~1000 rows", thousand_rows)]
 
 
-async def one(agent: asyncpg.Connection, sampler: asyncpg.Connection, url: str, verifier: Verifier,
-              stmts: list[str]) -> tuple[float, int, dict[str, float], str]:
+Result = tuple[float, int, dict[str, float]]  # ms, row changes, the verdict's time split
+
+
+async def one(agent: asyncpg.Connection, sampler: asyncpg.Connection, url: str, verifiers: dict[str, Verifier],
+              stmts: list[str]) -> dict[str, Result]:
+    """The statements in one open upstream transaction, verified on each backend in turn."""
     tx = agent.transaction()
     await tx.start()
+    out: dict[str, Result] = {}
     try:
         for s in stmts:
             await agent.execute(s)
         changes = await load_changes(agent, int(await agent.fetchval("SELECT txid_current()")))
         tables = await load_tables(agent, {c.rel for c in changes if c.rel is not None})
         plan = build(changes, tables)
-        t0 = time.perf_counter()
-        verdict = await verifier.verify(sampler, url, Transaction(changes, tables, statements=stmts), Candidate(plan))
-        ms = (time.perf_counter() - t0) * 1000
+        for name, verifier in verifiers.items():
+            t0 = time.perf_counter()
+            verdict = await verifier.verify(sampler, url, Transaction(changes, tables, statements=stmts),
+                                            Candidate(plan))
+            ms = (time.perf_counter() - t0) * 1000
+            if not verdict.verified:
+                raise SystemExit(f"verification on {name} did not pass: {verdict.summary()} {verdict.diff[:3]}")
+            out[name] = (ms, len(changes), verdict.timings_ms)
     finally:
         await tx.rollback()
-    if not verdict.verified:
-        raise SystemExit(f"verification did not pass: {verdict.summary()} {verdict.diff[:3]}")
-    return ms, len(changes), verdict.timings_ms, verdict.forward
+    return out
 
 
 def q95(v: list[float]) -> float:
     return statistics.quantiles(v, n=20)[-1] if len(v) >= 2 else v[0]
 
 
-async def measure(url: str, rounds: int, sandbox_dir: Path) -> None:
+async def measure(url: str, rounds: int, sandbox_dir: Path, backends: list[str]) -> None:
     admin = await asyncpg.connect(url)
     await admin.execute(SCHEMA)
     await install(admin)
     agent = await asyncpg.connect(url, server_settings={"dbproxy.capture": "on"})
-    verifier = Verifier(LocalBackend(sandbox_dir, stop_on_close=True))
+    major = int(await admin.fetchval("SHOW server_version_num")) // 10000
+    verifiers = {name: Verifier(make_backend(name, data_dir=sandbox_dir / name, upstream_major=major,
+                                             stop_on_close=True)) for name in backends}
     r = random.Random(5)
-    t0 = time.perf_counter()
-    cold, _, cold_t, _ = await one(agent, admin, url, verifier, one_row(r))
-    print(f"first verification (sandbox cluster started, schema copied): {cold:.0f} ms "
-          f"(schema {cold_t.get('schema', 0):.0f} ms); wall {time.perf_counter() - t0:.1f} s")
-    print()
-    print("| transaction | row changes (median) | p50 ms | p95 ms | sample / load / forward / inverse / digests "
-          "(median ms) |")
-    print("|---|---:|---:|---:|---|")
-    all_ms: list[float] = []
-    for label, make in SIZES:
-        times: list[float] = []
-        counts: list[int] = []
-        parts: dict[str, list[float]] = {}
-        for _ in range(rounds):
-            ms, n, t, _fwd = await one(agent, admin, url, verifier, make(r))
-            times.append(ms)
-            counts.append(n)
-            for k, v in t.items():
-                parts.setdefault(k, []).append(v)
-        all_ms += times
+    try:
+        for name, verifier in verifiers.items():
+            t0 = time.perf_counter()
+            cold = (await one(agent, admin, url, {name: verifier}, one_row(r)))[name]
+            print(f"{name}: first verification (sandbox server started, schema copied): {cold[0]:.0f} ms "
+                  f"(schema {cold[2].get('schema', 0):.0f} ms); wall {time.perf_counter() - t0:.1f} s; "
+                  f"{verifier.backend.describe()}")
+        print()
+        print("| transaction | backend | row changes (median) | p50 ms | p95 ms | sample / load / forward / inverse / "
+              "digests (median ms) |")
+        print("|---|---|---:|---:|---:|---|")
+        all_ms: dict[str, list[float]] = {name: [] for name in verifiers}
+        for label, make in SIZES:
+            results: dict[str, list[Result]] = {name: [] for name in verifiers}
+            for _ in range(rounds):
+                for name, res in (await one(agent, admin, url, verifiers, make(r))).items():
+                    results[name].append(res)
+            for name, rs in results.items():
+                times = [ms for ms, _, _ in rs]
+                all_ms[name] += times
 
-        def med(k: str, parts: dict[str, list[float]] = parts) -> float:
-            return statistics.median(parts.get(k, [0.0]))
+                def med(k: str, rs: list[Result] = rs) -> float:
+                    return statistics.median(t.get(k, 0.0) for _, _, t in rs)
 
-        print(f"| {label} | {statistics.median(counts):.0f} | {statistics.median(times):.1f} | {q95(times):.1f} | "
-              f"{med('sample'):.1f} / {med('load'):.1f} / {med('forward'):.1f} / {med('inverse'):.1f} / "
-              f"{med('digest'):.1f} |")
-    print()
-    print(f"all sizes: p50 {statistics.median(all_ms):.1f} ms, p95 {q95(all_ms):.1f} ms "
-          "(targets: p50 <= 100 ms, p95 <= 500 ms; GoEx: >= 10,000 ms per dry run)")
-    await verifier.close()
-    await agent.close()
-    await admin.close()
+                print(f"| {label} | {name} | {statistics.median(n for _, n, _ in rs):.0f} | "
+                      f"{statistics.median(times):.1f} | {q95(times):.1f} | {med('sample'):.1f} / {med('load'):.1f} / "
+                      f"{med('forward'):.1f} / {med('inverse'):.1f} / {med('digest'):.1f} |")
+        print()
+        for name, ms in all_ms.items():
+            print(f"{name}: all sizes p50 {statistics.median(ms):.1f} ms, p95 {q95(ms):.1f} ms "
+                  "(targets: p50 <= 100 ms, p95 <= 500 ms; GoEx: >= 10,000 ms per dry run)")
+    finally:
+        for verifier in verifiers.values():
+            await verifier.close()
+        await agent.close()
+        await admin.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.verification", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=30, help="verifications per transaction size")
     p.add_argument("--upstream", help="superuser URL of an existing server")
+    p.add_argument("--backends", default="local", help="comma-separated sandbox backends to compare in the same "
+                   "run: local, testcontainers (needs a Docker engine), auto (default: local)")
     args = p.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     root = Path(tempfile.mkdtemp(prefix="dbproxy-verify-"))
     if args.upstream:
         async def go() -> None:
@@ -184,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             await c.execute("DROP DATABASE IF EXISTS dbproxy_verify_bench WITH (FORCE)")
             await c.execute("CREATE DATABASE dbproxy_verify_bench")
             try:
-                await measure(args.upstream.rsplit("/", 1)[0] + "/dbproxy_verify_bench", args.rounds, root / "sbx")
+                await measure(args.upstream.rsplit("/", 1)[0] + "/dbproxy_verify_bench", args.rounds, root / "sbx",
+                              backends)
             finally:
                 await c.execute("DROP DATABASE IF EXISTS dbproxy_verify_bench WITH (FORCE)")
                 await c.close()
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.init()
     cluster.start()
     try:
-        asyncio.run(measure(cluster.url(), args.rounds, root / "sbx"))
+        asyncio.run(measure(cluster.url(), args.rounds, root / "sbx", backends))
     finally:
         cluster.stop(mode="immediate")
         cluster.destroy()

@@ -1,6 +1,6 @@
 """The SQL that `dbproxy install` runs in a target database so agent writes can be undone exactly.
 
-DESIGN.md decision 5. Objects (all in the `dbproxy` schema, all removed by `uninstall_sql`):
+README, design decision 5. Objects (all in the `dbproxy` schema, all removed by `uninstall_sql`):
 
 - `dbproxy.capture_log`: one row per row change made by an agent session (op I/U/D, the old and
   new row images as `json`), per table emptied by TRUNCATE (op T, one row per removed row) and per

@@ -33,7 +33,7 @@ Kinds:
   (CALL, DO, SELECT my_function()).
 
 Known limits (the proxy should cross-check with the server: an assigned transaction id after a
-"read-only" statement means it wrote, see DESIGN.md decision 4):
+"read-only" statement means it wrote, see README, design decision 4):
 - Only the statement text is seen. A SELECT from a view, a user-defined operator or cast spelled
   like a built-in one, attribute notation (`t.f` calling `f(t)`), row-level security policies and
   plan-time folding of IMMUTABLE user functions can run user code that writes.

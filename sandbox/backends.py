@@ -7,13 +7,18 @@ and a way back after a crash (`recover`). Three kinds, chosen by configuration:
 - `local` (default): a cluster of our own in a data directory, from binaries matching the
   upstream's major version when some are installed (PATH, /usr/lib/postgresql/N/bin), else the
   bundled ones. Started on first use, kept warm, reused across proxy restarts; `recover` starts it
-  again after a crash, or re-creates it when its data directory is beyond repair.
+  again after a crash, or re-creates it when its data directory is beyond repair. With
+  `stop_on_close` (the proxy's way) it is also tied to the process: a watchdog stops it when the
+  process dies, and a start that finds one left running by a dead process stops that first.
 - `server`: scratch databases on a PostgreSQL server you name (its URL needs CREATEDB).
-- `testcontainers`: a `postgres:<major>` container, where a Docker engine is reachable.
+- `testcontainers`: a `postgres:<major>` container on a Docker engine (`sandbox.container`).
+
+`sandbox.auto` picks one (`auto`: a container when a Docker engine answers, else local) and makes it.
 
 Sandboxes never receive the upstream's credentials: only schema text and sampled rows go in.
-Every sandbox connection runs with `LIMITS` (statement timeout, memory for sorts and temporary
-files), and the local cluster itself is small (`LOCAL_SETTINGS`).
+`url` is the backend's admin role; the SQL under test runs as an unprivileged role the verifier
+sets up with it (`sandbox.roles`). Every sandbox connection runs with `LIMITS` (statement
+timeout, memory for sorts and temporary files), and servers we start are small (`LOCAL_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from sandbox.pgcluster import ClusterError, LocalCluster, bin_dir, free_port
 
@@ -93,6 +96,13 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def with_login(url: str, user: str, password: str) -> str:
+    """`url` with another role's name and password (host, port, database and query kept)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
 class Backend(ABC):
     name: str = ""
     bin_dir: Path
@@ -127,6 +137,7 @@ class LocalBackend(Backend):
         self.stop_on_close = stop_on_close
         self.cluster: LocalCluster | None = None
         self._started_here = False  # stop it on close only if this backend started it
+        self._starting: asyncio.Future[None] | None = None  # a start under way in a thread
         self._lock = asyncio.Lock()
 
     def _make(self) -> LocalCluster:
@@ -144,15 +155,23 @@ class LocalBackend(Backend):
         async with self._lock:
             if self.cluster is None:
                 self.cluster = await asyncio.to_thread(self._make)
+            if self.stop_on_close and self.cluster.is_running() and not self.cluster.owner_alive():
+                # Left running by a proxy that was killed: stop it, and start one tied to us.
+                await asyncio.to_thread(self.cluster.stop)
             if not self.cluster.is_running():
-                await asyncio.to_thread(self._start_or_rebuild, self.cluster)
                 self._started_here = True
+                # Shielded: a start cancelled half way (the proxy stopping) still finishes in its
+                # thread, and `close` waits for it before stopping what it started.
+                self._starting = asyncio.ensure_future(
+                    asyncio.to_thread(self._start_or_rebuild, self.cluster, self.stop_on_close))
+                await asyncio.shield(self._starting)
 
     @staticmethod
-    def _start_or_rebuild(cluster: LocalCluster) -> None:
+    def _start_or_rebuild(cluster: LocalCluster, watchdog: bool = False) -> None:
+        # watchdog: a cluster that stops with its owner must not outlive it either (kill -9).
         try:
             cluster.init()
-            cluster.start()
+            cluster.start(watchdog=watchdog)
             return
         except ClusterError:
             pass
@@ -161,7 +180,7 @@ class LocalBackend(Backend):
         cluster.destroy()
         try:
             cluster.init()
-            cluster.start()
+            cluster.start(watchdog=watchdog)
         except ClusterError as e:
             raise BackendUnavailable(f"the local sandbox cluster in {cluster.data_dir} will not start: {e}") from e
 
@@ -170,6 +189,8 @@ class LocalBackend(Backend):
         return self.cluster.url(database)
 
     async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait([self._starting])
         if self.stop_on_close and self._started_here and self.cluster is not None:
             await asyncio.to_thread(self.cluster.stop)
             self._started_here = False
@@ -185,6 +206,10 @@ class ServerBackend(Backend):
         self.bin_dir = bin_dir()
 
     async def start(self) -> None:
+        if not self.major:  # checked once; a lost server is found by `recover`
+            await self.recover()
+
+    async def recover(self) -> None:
         import asyncpg
 
         try:
@@ -198,70 +223,3 @@ class ServerBackend(Backend):
 
     def url(self, database: str = "postgres") -> str:
         return with_database(self._url, database)
-
-
-class ContainerBackend(Backend):
-    """A `postgres:<major>` container through testcontainers (needs a Docker engine)."""
-
-    name = "testcontainers"
-
-    def __init__(self, *, upstream_major: int | None = None) -> None:
-        self.major = upstream_major or 16
-        self.bin_dir = bin_dir()
-        self._container: Any = None
-        self._url = ""
-
-    async def start(self) -> None:
-        if self._container is not None:
-            return
-        try:
-            from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
-        except ImportError as e:
-            raise BackendUnavailable("the testcontainers backend needs `pip install testcontainers[postgres]`") from e
-        problem = docker_problem()
-        if problem:
-            raise BackendUnavailable(f"the testcontainers backend needs a Docker engine: {problem}")
-
-        def run() -> Any:
-            c = PostgresContainer(f"postgres:{self.major}", driver=None)
-            c.start()
-            return c
-
-        try:
-            self._container = await asyncio.to_thread(run)
-        except Exception as e:
-            raise BackendUnavailable(f"could not start a postgres:{self.major} container: {e}") from e
-        self._url = self._container.get_connection_url()
-
-    def url(self, database: str = "postgres") -> str:
-        return with_database(self._url, database)
-
-    async def close(self) -> None:
-        if self._container is not None:
-            await asyncio.to_thread(self._container.stop)
-            self._container = None
-
-
-def docker_problem() -> str | None:
-    """Why no Docker engine is reachable (None: one is)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://") or not host:
-        sock = host.removeprefix("unix://") or "/var/run/docker.sock"
-        if not Path(sock).exists():
-            return f"no Docker socket at {sock} (and DOCKER_HOST names no other engine)"
-    if shutil.which("docker") is None and not host:
-        return "no docker command and no DOCKER_HOST"
-    return None
-
-
-def make_backend(kind: str, *, data_dir: Path, server_url: str | None = None,
-                 upstream_major: int | None = None, stop_on_close: bool = False) -> Backend:
-    if kind == "local":
-        return LocalBackend(data_dir, upstream_major=upstream_major, stop_on_close=stop_on_close)
-    if kind == "server":
-        if not server_url:
-            raise BackendUnavailable("sandbox backend `server` needs sandbox.server_url")
-        return ServerBackend(server_url)
-    if kind == "testcontainers":
-        return ContainerBackend(upstream_major=upstream_major)
-    raise BackendUnavailable(f"unknown sandbox backend {kind!r} (local, server, testcontainers)")

@@ -7,10 +7,17 @@ keep warm, and what the test suite starts. The binaries come from the `pgserver`
 
 PostgreSQL refuses to run as root. When we are root (containers, CI), the cluster runs as a
 dedicated system user (`dbproxy-pg`), created on first use, and the data directory is owned by it.
+
+The process that starts a cluster is written to `<data_dir>.owner`. A cluster started with
+`watchdog=True` does not outlive that process: a small watchdog process (`sandbox/watchdog.py`),
+started just before the postmaster, stops it when the process ends, however it ends. Such a start
+that finds the cluster already running for a process that is gone (a stale cluster) stops it and
+starts afresh; one running for a live process (another user of a shared sandbox) is used as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -18,11 +25,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from sandbox.watchdog import STAND_DOWN, process_start_time
 
 SYSTEM_USER = "dbproxy-pg"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
@@ -64,6 +74,8 @@ class LocalCluster:
     superuser: str = "postgres"
     settings: dict[str, str] | None = None
     bin: Path | None = None  # another PostgreSQL's bin/ (e.g. to match a server's major version)
+    _watchdog: tuple[subprocess.Popen[bytes], int] | None = field(default=None, init=False, repr=False)
+    _owner_token: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -130,7 +142,26 @@ class LocalCluster:
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\ninclude_if_exists = 'dbproxy.conf'\n")
 
-    def start(self, timeout: float = 60) -> None:
+    @property
+    def owner_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.owner"
+
+    def owner_alive(self) -> bool:
+        """Is the process that started the running cluster still there? (False when no start
+        recorded one: a cluster left by an older version, or by a process that is gone.)"""
+        try:
+            pid_s, start, *_ = self.owner_file.read_text().split()
+            return process_start_time(int(pid_s)) == start
+        except (OSError, ValueError):
+            return False
+
+    def start(self, timeout: float = 60, *, watchdog: bool = False, options: str | None = None) -> None:
+        """Start the server (no-op when it runs); this process is recorded as its owner. `watchdog`:
+        tie its life to this process (see the module docstring); a running cluster whose owner is
+        gone is stopped first. `options`: extra `postgres` command-line options for this run only
+        (never written to the configuration)."""
+        if watchdog and self.is_running() and not self.owner_alive():
+            self.stop()  # stale: left by a process that died without stopping it
         if self.is_running():
             return
         sock = self.socket_dir
@@ -150,18 +181,64 @@ class LocalCluster:
         conf_path.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
         self._own(conf_path, mode=0o600)
         log = self.data_dir / "server.log"
+        self._own_it(watchdog)  # first: a death while the server starts is covered too
         try:
             self._run(
                 "pg_ctl", "start", "-w", "-t", str(int(timeout)), "-D", str(self.data_dir),
-                "-l", str(log),
+                "-l", str(log), *(("-o", options) if options else ()),
             )
         except ClusterError as e:
+            self._disown()
             raise ClusterError(f"{e}\n--- server log ---\n{self.log_tail()}") from None
 
+    def _own_it(self, watchdog: bool) -> None:
+        """Record this process as the owner (and, with `watchdog`, start the watchdog)."""
+        me = process_start_time(os.getpid())
+        if me is None:
+            return  # no /proc: no owner to record; the cluster is stopped by `stop()` only
+        self._disown()
+        if watchdog:
+            read_end, write_end = os.pipe()  # not inheritable: no other child of ours holds the write end
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(self.data_dir)],
+                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True, close_fds=True)
+            except OSError:
+                os.close(write_end)
+                raise
+            finally:
+                os.close(read_end)
+            self._watchdog = (proc, write_end)
+        # The token tells this start from another one of the same process (one cluster shared by
+        # several users in one process): only the start that wrote the file removes it.
+        self._owner_token = secrets.token_hex(8)
+        self.owner_file.write_text(f"{os.getpid()} {me} {self._owner_token}\n")
+
+    def _disown(self) -> None:
+        """The cluster was stopped here (or never started): the watchdog stands down, the owner
+        record goes."""
+        watched, self._watchdog = self._watchdog, None
+        if watched is not None:
+            proc, write_end = watched
+            with contextlib.suppress(OSError):
+                os.write(write_end, STAND_DOWN)
+            os.close(write_end)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        token, self._owner_token = self._owner_token, None
+        if token is not None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if self.owner_file.read_text().split()[2] == token:
+                    self.owner_file.unlink()
+
     def stop(self, mode: str = "fast") -> None:
-        if not self.is_running():
-            return
-        self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
+        if self.is_running():
+            self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
+        self._disown()
 
     def is_running(self) -> bool:
         pid = self.postmaster_pid()
@@ -211,6 +288,9 @@ class LocalCluster:
         cmd = [str((self.bin or bin_dir()) / program), *args]
         identity: dict[str, object] = {}
         if self._run_as is not None:
+            # Again each time: something may have taken the search bit away since (pytest, for one,
+            # resets /tmp/pytest-of-USER to 0700 whenever a session starts).
+            _allow_traversal(self.data_dir.parent)
             # Drop root's groups too: a process left in group root gets a directory's group
             # bits (often none) instead of the "others" search bit we granted.
             entry = pwd.getpwnam(self._run_as)

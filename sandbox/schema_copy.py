@@ -159,10 +159,13 @@ async def dump(upstream_url: str, bin_dir: Path, *, available_extensions: set[st
     return SchemaDump(sql.decode(), left_out)
 
 
-async def load(sandbox_url: str, bin_dir: Path, schema: SchemaDump) -> list[str]:
-    """Replay `schema` into the (empty) sandbox database; returns the errors, one line each,
-    with the statement that failed, so the objects that did not load can be named."""
+async def load(sandbox_url: str, bin_dir: Path, schema: SchemaDump, *, role: str | None = None) -> list[str]:
+    """Replay `schema` into the (empty) sandbox database, as `role` when given (`SET ROLE` at
+    connection start); returns the errors, one line each, with the statement that failed, so
+    the objects that did not load can be named."""
     url, env = split_password(sandbox_url)
+    if role:
+        env["PGOPTIONS"] = f"-c role={role}"
     code, _out, err = await _run(
         [str(bin_dir / "psql"), "--no-psqlrc", "-q", "-X", "-v", "ON_ERROR_STOP=0", "-d", url, "-f", "-"],
         env=env, stdin=schema.sql.encode())
@@ -179,14 +182,15 @@ async def load(sandbox_url: str, bin_dir: Path, schema: SchemaDump) -> list[str]
     return errors
 
 
-async def ddl_text(sandbox_url: str, bin_dir: Path) -> str:
+async def ddl_text(sandbox_url: str, bin_dir: Path, *, exclude_schema: str | None = None) -> str:
     """A schema copy's DDL as plain SQL (`pg_dump --schema-only` of the sandbox database, without
     owners, privileges or comments' noise): the "before" catalog an inverse's proposer reads. It
     comes from the sandbox, never the upstream, so it carries no credentials and takes no locks
     on the real tables."""
     url, env = split_password(sandbox_url)
+    exclude = [f"--exclude-schema={exclude_schema}"] if exclude_schema else []
     code, out, err = await _run([str(bin_dir / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
-                                 "--dbname", url], env=env)
+                                 *exclude, "--dbname", url], env=env)
     if code != 0:
         raise SchemaError("pg_dump could not read the schema copy: " + err.decode(errors="replace").strip())
     return out.decode()

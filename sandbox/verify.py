@@ -21,9 +21,13 @@
    again. Equal digests (and catalog shape, for DDL) mean verified; otherwise failed, with the
    rows that differ.
 
-A sandbox that dies is brought back (`Backend.recover`) and the verification tried once more;
-one that hangs is stopped by the statement timeout and an overall deadline. Either way the
-verdict is "could not verify", never "verified".
+Steps 3 to 5 run on a connection that logs in as an unprivileged role (`sandbox.roles`): the
+agent's statements and the inverse, which a model may have written, cannot reach the sandbox
+server's files or programs, nor climb back to a superuser.
+
+A sandbox that dies is brought back (`Backend.recover`; a replaced container gets the schema
+copied again) and the verification tried once more; one that hangs is stopped by the statement
+timeout and an overall deadline. Either way the verdict is "could not verify", never "verified".
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -53,14 +58,16 @@ from inverse.images import (
 )
 from inverse.lexer import lex
 from inverse.undo_plan import Plan, Step, build, rebuild
-from sandbox import digest, schema_copy
-from sandbox.backends import LIMITS, Backend, BackendUnavailable
+from sandbox import digest, roles, schema_copy
+from sandbox.backends import LIMITS, Backend, BackendUnavailable, with_login
 from sandbox.sampler import Sample, SampleOptions, collect
 from sandbox.verdict import Verdict
 
 _ROW_KINDS = frozenset({"remove", "restore", "revert"})
 _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+#: Part of every schema copy's name: copies made before the runner role existed are not reused.
+COPY_FORMAT = "2"
 _DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
               "reset", "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare",
               "execute", "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
@@ -133,6 +140,8 @@ class Verifier:
         self._pools: dict[str, asyncpg.Pool] = {}
         self._build_lock = asyncio.Lock()
         self._ddl: dict[str, str] = {}
+        self._runner: roles.Runner | None = None
+        self._runner_known = False  # `_runner` was looked up on the current server
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
@@ -177,7 +186,8 @@ class Verifier:
             sample = await collect(upstream, tx.changes, read_tables=tx.read_tables, options=options)
             timings["sample"] = _ms(t0)
             try:
-                verdict = await self._in_sandbox(schema, tx, candidate, sample, timings)
+                verdict = await self._in_sandbox(schema, tx, candidate, sample, timings,
+                                                 lambda: self._schema(upstream, upstream_url))
             except _Unrepresentative as e:
                 if attempt == 0:
                     options = options.widened()
@@ -214,7 +224,8 @@ class Verifier:
         schema = await self._schema(upstream, upstream_url)
         text = self._ddl.get(schema.database)
         if text is None:
-            text = await schema_copy.ddl_text(self.backend.url(schema.database), self.backend.bin_dir)
+            text = await schema_copy.ddl_text(self.backend.url(schema.database), self.backend.bin_dir,
+                                              exclude_schema=roles.HELPER_SCHEMA)
             self._ddl = {schema.database: text}  # older copies' text is stale
         return text
 
@@ -229,15 +240,18 @@ class Verifier:
         await self.backend.start()
         fp = await schema_copy.fingerprint(upstream)
         ident = hashlib.md5(upstream_identity(upstream_url).encode()).hexdigest()[:8]
-        name = f"dbproxy_sbx_{ident}_{fp[:16]}"
+        name = f"dbproxy_sbx_{ident}_{hashlib.md5((fp + COPY_FORMAT).encode()).hexdigest()[:16]}"
         known = self._schemas.get(name)
         if known is not None:
             return known
         async with self._build_lock:
             if name in self._schemas:
                 return self._schemas[name]
-            admin = await asyncpg.connect(self.backend.url("postgres"), timeout=10)
+            admin = await self._admin()
             try:
+                if not self._runner_known:
+                    self._runner = await roles.prepare(admin, self._secret())
+                    self._runner_known = True
                 comment = await admin.fetchval(
                     "SELECT pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d "
                     "WHERE d.datname = $1", name)
@@ -250,13 +264,34 @@ class Verifier:
             self._schemas[name] = schema
             return schema
 
+    async def _admin(self) -> asyncpg.Connection:
+        """A connection as the backend's admin role; a server found dead is brought back first."""
+        try:
+            return await asyncpg.connect(self.backend.url("postgres"), timeout=10)
+        except _LOST:
+            await self._forget_server()
+            await self.backend.recover()
+            return await asyncpg.connect(self.backend.url("postgres"), timeout=10)
+
+    def _secret(self) -> str:
+        return unquote(urlsplit(self.backend.url("postgres")).password or "")
+
     async def _build(self, admin: asyncpg.Connection, name: str, upstream_url: str, ident: str) -> _Schema:
         available = {r[0] for r in await admin.fetch("SELECT name FROM pg_catalog.pg_available_extensions")}
         dump = await schema_copy.dump(upstream_url, self.backend.bin_dir, available_extensions=available)
         building = name[:50] + "_new"
+        owner = f" OWNER {self._runner.name}" if self._runner else ""
         await admin.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{building}" TEMPLATE template0 ENCODING \'UTF8\' LOCALE \'C\'')
-        errors = await schema_copy.load(self.backend.url(building), self.backend.bin_dir, dump)
+        await admin.execute(f'CREATE DATABASE "{building}"{owner} TEMPLATE template0 ENCODING \'UTF8\' LOCALE \'C\'')
+        copy = await asyncpg.connect(self.backend.url(building), timeout=10)
+        try:
+            await copy.execute(roles.HELPER_SQL)
+            errors = await schema_copy.load(self.backend.url(building), self.backend.bin_dir, dump,
+                                            role=roles.LOADER if self._runner else None)
+            if self._runner:
+                await roles.adopt(copy)
+        finally:
+            await copy.close()
         problems = [f"left out: {x}" for x in dump.left_out] + errors
         text = json.dumps(problems).replace("'", "''")
         await admin.execute(f"COMMENT ON DATABASE \"{building}\" IS '{text}'")
@@ -273,10 +308,14 @@ class Verifier:
         return _Schema(name, problems)
 
     async def _pool(self, database: str) -> asyncpg.Pool:
+        """Connections for the SQL under test: as the runner role when there is one."""
         pool = self._pools.get(database)
         if pool is None:
-            pool = await asyncpg.create_pool(self.backend.url(database), min_size=1, max_size=4,
-                                             server_settings=LIMITS, timeout=10)
+            url, limits = self.backend.url(database), LIMITS
+            if self._runner is not None:
+                url = with_login(url, self._runner.name, self._runner.password)
+                limits = {k: v for k, v in LIMITS.items() if k not in roles.ROLE_LIMITS}
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=4, server_settings=limits, timeout=10)
             self._pools[database] = pool
         return pool
 
@@ -285,34 +324,30 @@ class Verifier:
         for p in pools.values():
             p.terminate()
         self._schemas.clear()
+        self._runner_known = False  # a replaced server has no roles yet
 
     # -- one verification in the sandbox ------------------------------------------------------
 
     async def _in_sandbox(self, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
-                          timings: dict[str, float]) -> Verdict:
+                          timings: dict[str, float], again: Callable[[], Awaitable[_Schema]]) -> Verdict:
         for attempt in range(2):
             try:
                 pool = await self._pool(schema.database)
                 async with pool.acquire() as con:
                     return await _run(con, schema, tx, candidate, sample, timings)
             except _LOST as e:
-                # The sandbox died under us: bring it back (its databases may be gone) and retry.
+                # The sandbox died under us: bring it back and retry. A restarted cluster still
+                # has its schema copy; a replaced container gets the schema copied again (`again`).
                 await self._forget_server()
                 if attempt == 1:
                     raise _CouldNot(f"the sandbox server was lost during verification: {e}") from e
                 await self.backend.recover()
-                schema.database = (await self._rebuild_after_loss(schema)).database
+                try:
+                    schema = await again()
+                except schema_copy.SchemaError as err:
+                    raise _CouldNot(f"the sandbox server was re-created and the schema could not be copied "
+                                    f"again: {err}") from err
         raise AssertionError("unreachable")
-
-    async def _rebuild_after_loss(self, schema: _Schema) -> _Schema:
-        admin = await asyncpg.connect(self.backend.url("postgres"), timeout=10)
-        try:
-            exists = await admin.fetchval("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", schema.database)
-        finally:
-            await admin.close()
-        if exists:
-            return schema
-        raise _CouldNot("the sandbox server was re-created and lost its schema copy; verify again")
 
 
 def _ms(t0: float) -> float:
@@ -405,9 +440,9 @@ async def _roles(con: asyncpg.Connection, tx: Transaction, candidate: Candidate)
 
 
 async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
-    await con.execute("SELECT pg_catalog.set_config('session_replication_role', $1, true), "
-                      "pg_catalog.set_config('dbproxy.capture', $2, true)",
-                      "replica" if replica else "origin", "on" if capture else "off")
+    # session_replication_role is a superuser's setting: the copy's helper sets it for the runner.
+    await con.execute(f"SELECT {roles.HELPER_SCHEMA}.replication_role($1), "
+                      "pg_catalog.set_config('dbproxy.capture', $2, true)", replica, "on" if capture else "off")
 
 
 async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,

@@ -1,6 +1,6 @@
 """The only test double in the suite: a local OpenAI-compatible endpoint with scripted answers.
 
-DESIGN.md ("How we test"): no hosted model, ever. `FakeLlm` is a real HTTP server (stdlib
+README, "Tests": no hosted model, ever. `FakeLlm` is a real HTTP server (stdlib
 `ThreadingHTTPServer` on its own thread, so a test's event loop and a proxy running on another
 thread can both reach it) that implements `POST /v1/chat/completions` and answers each request
 with the next scripted response:

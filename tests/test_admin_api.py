@@ -93,6 +93,7 @@ class MemoryReviewService:
         self.log_calls: list[dict[str, Any]] = []
         self.show_calls: list[dict[str, Any]] = []
         self.reasons: list[str | None] = []
+        self.problems: list[str] = []  # what `health` reports
 
     async def pending(self) -> list[TransactionRecord]:
         return sorted((r for r in self.records.values() if r.outcome in ("open", "pending")), key=lambda r: r.id)
@@ -122,7 +123,8 @@ class MemoryReviewService:
         record.outcome, record.decided_by, record.reason = outcome, reviewer, reason  # type: ignore[assignment]
         return Decision(id=tx_id, outcome=outcome, decided_by=reviewer, reason=reason)  # type: ignore[arg-type]
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: str | None = None) -> Decision:
         self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "committed", reason)
 
@@ -138,6 +140,9 @@ class MemoryReviewService:
                 if (outcome is None or r.outcome == outcome) and (agent is None or r.agent == agent)
                 and (before_id is None or r.id < before_id)]
         return rows[:limit]
+
+    async def health(self) -> list[str]:
+        return list(self.problems)
 
 
 class Api:
@@ -380,6 +385,9 @@ async def test_openapi_document_is_complete_and_resolves(api: Api):
         "/v1/transactions/{id}/rollback": {"post"}, "/v1/transactions/{id}/undo": {"post"},
         "/v1/transactions/{id}/redo": {"post"}, "/v1/transactions/{id}/verify": {"post"},
         "/openapi.json": {"get"},
+        # the policy (dbproxy.review.policy_api)
+        "/v1/grants": {"get", "post"}, "/v1/grants/{id}/revoke": {"post"}, "/v1/requests": {"get"},
+        "/v1/requests/{id}/approve": {"post"}, "/v1/requests/{id}/reject": {"post"}, "/v1/reload": {"post"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     refs = _refs(doc)
@@ -388,7 +396,8 @@ async def test_openapi_document_is_complete_and_resolves(api: Api):
         assert isinstance(_resolve(doc, ref), dict)
     schemas = doc["components"]["schemas"]
     for name in ("TransactionRecord", "TransactionDetail", "StatementRecord", "TableDiff", "RowChange",
-                 "BlockedSession", "Decision", "DecisionRequest", "ErrorBody"):
+                 "BlockedSession", "Decision", "DecisionRequest", "ErrorBody", "GrantRecord", "GrantBody",
+                 "RequestRecord", "ApproveBody", "ReasonBody", "ReloadReport"):
         assert name in schemas and "$defs" not in schemas[name]
     assert "$defs" not in json.dumps(doc)
     op_ids = []

@@ -646,7 +646,7 @@ def test_known_writes_are_not_read_only(scratch: psycopg.Connection) -> None:
 def test_documented_limit_view_calling_writer(scratch: psycopg.Connection) -> None:
     """A known gap, kept visible: the text of `select * from v_bump` cannot show that the view calls
     a writing function. The classifier says read-only; the server's transaction id says otherwise,
-    which is why the proxy must cross-check (DESIGN.md decision 4). Update this test if the gap closes."""
+    which is why the proxy must cross-check (README, design decision 4). Update this test if the gap closes."""
     sql = "select * from v_bump"
     assert classify(sql).read_only
     assert _xid_after(scratch, sql) is not None

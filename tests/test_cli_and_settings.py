@@ -182,6 +182,19 @@ def test_llm_settings_sources(tmp_path: Path):
         load_settings(None, {}, environ={"DBPROXY_LLM_MAX_ATTEMPTS": "0"})
 
 
+def test_sandbox_settings():
+    """`auto` is the default; the container image comes from the environment; a backend name
+    that does not exist is refused with the choices."""
+    s = load_settings(None, {}, environ={})
+    assert (s.sandbox, s.sandbox_image) == ("auto", None)
+    s = load_settings(None, {}, environ={"DBPROXY_SANDBOX": "testcontainers",
+                                         "DBPROXY_SANDBOX_IMAGE": "mirror.example/postgres:{major}"})
+    assert (s.sandbox, s.sandbox_image) == ("testcontainers", "mirror.example/postgres:{major}")
+    with pytest.raises(SettingsError, match=re.escape("sandbox: Input should be 'auto', 'local', 'server', "
+                                                      "'testcontainers' or 'off'")):
+        load_settings(None, {}, environ={"DBPROXY_SANDBOX": "docker"})
+
+
 def test_agents_from_file_and_cli(tmp_path: Path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[agents.a]\nverifier = "{Verifier.from_password("pw-a")}"\ndatabases = ["app"]\n')

@@ -363,7 +363,7 @@ async def test_committed_undo_mode_transaction_keeps_its_diff_and_undoes(undo_co
         assert "computed from the row images captured at its commit" in page
         assert "1 inserted" in page and "60 updated" in page and "1 deleted" in page
         assert "rows 1–50 of 62" in page and "<script>alert" not in page
-        assert "<del>100.0</del>" in page and "<ins>99.0</ins>" in page  # changed cell, before and after
+        assert "<del>100.00</del>" in page and "<ins>99.00</ins>" in page  # changed cell, before and after
         assert "Preview undo (dry run)" in page and "Inverse SQL" in page
 
         _, preview = await con.post(f"/console/tx/{tx}/undo", {"csrf": csrf, "preview": "1"}, status=200)

@@ -1,8 +1,10 @@
 """Sandbox verification against real PostgreSQL: every kind of forward transaction verifies with
-its rule-made inverse; wrong inverses fail with a diff naming the table; samples that cannot show
-the effect say "could not verify"; masked tables keep their secrets upstream; backends that are
-down, slow or foreign say "could not verify" and never "verified"; the local backend survives
-reuse, a killed server and a ruined data directory.
+its rule-made inverse; wrong inverses fail with a diff naming the table; SQL under test cannot
+reach the sandbox server's files or programs; samples that cannot show the effect say "could not
+verify"; masked tables keep their secrets upstream; backends that are down, slow or foreign say
+"could not verify" and never "verified"; the local backend survives reuse, a killed server and a
+ruined data directory. The coverage list, the wrong inverses and the privilege checks run on the
+local backend and on the testcontainers backend (a warm container on a real Docker engine).
 
 Most verifications run the way the proxy runs them at commit time: the agent's transaction is
 open (capture on), its changes and table facts are read inside it, and the verifier samples the
@@ -21,7 +23,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -36,7 +40,7 @@ from inverse.ddl_targets import prepared
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, build
 from sandbox import cache
-from sandbox.backends import ContainerBackend, LocalBackend, ServerBackend, docker_problem
+from sandbox.backends import Backend, LocalBackend, ServerBackend
 from sandbox.sampler import SampleOptions, collect
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate, Transaction, Verifier, upstream_identity
@@ -64,6 +68,20 @@ async def verifier_on(backend: LocalBackend, *, options: SampleOptions | None = 
 @pytest.fixture
 async def verifier(backend: LocalBackend) -> AsyncIterator[Verifier]:
     async with verifier_on(backend, deadline=60) as v:
+        yield v
+
+
+@pytest.fixture(scope="module", params=["local", "testcontainers"])
+def any_backend(request: pytest.FixtureRequest, backend: LocalBackend) -> Backend:
+    """Each backend in turn: the suite's local cluster, then the session's warm container."""
+    if request.param == "local":
+        return backend
+    return request.getfixturevalue("container_backend")
+
+
+@pytest.fixture
+async def any_verifier(any_backend: Backend) -> AsyncIterator[Verifier]:
+    async with verifier_on(any_backend, deadline=60) as v:  # type: ignore[arg-type]
         yield v
 
 
@@ -182,14 +200,15 @@ def _schema(case: Case) -> str:
 
 
 @pytest.fixture(scope="module")
-def coverage_db(pg: Postgres, backend: LocalBackend) -> Iterator[str]:
+def coverage_db(pg: Postgres, any_backend: Backend) -> Iterator[str]:
+    """The coverage cases' database, one per backend (the row-change cases commit their forward)."""
     setup = WARM + "".join(f"CREATE SCHEMA {_schema(c)}; SET search_path = {_schema(c)}; {c.setup}; "
                            "RESET search_path;\n" for c in COVERAGE)
     with database(pg, "sbx_cov", setup) as url:
         # Build the schema copy now, while nothing holds a lock pg_dump would wait for (the
         # ALTER TABLE cases hold one while they are verified).
         async def warm() -> Verdict:
-            async with upstream(url) as up, verifier_on(backend) as v, agent_tx(
+            async with upstream(url) as up, verifier_on(any_backend) as v, agent_tx(  # type: ignore[arg-type]
                     url, "UPDATE warm.w SET v = 2") as agent:
                 return await v.verify(up, url, agent.tx(), Candidate(agent.plan))
 
@@ -204,7 +223,8 @@ async def _oids(con: asyncpg.Connection, schema: str, names: tuple[str, ...]) ->
 
 
 @pytest.mark.parametrize("case", COVERAGE, ids=[c.id for c in COVERAGE])
-async def test_rule_inverse_verifies(coverage_db: str, verifier: Verifier, case: Case) -> None:
+async def test_rule_inverse_verifies(coverage_db: str, any_verifier: Verifier, case: Case) -> None:
+    verifier = any_verifier
     schema = _schema(case)
     path = f"SET LOCAL search_path = {schema}"
     async with upstream(coverage_db) as up:
@@ -239,7 +259,7 @@ async def test_rule_inverse_verifies(coverage_db: str, verifier: Verifier, case:
                 changes, tables, statements=statements, not_replayable="" if statements else "no statement text",
                 read_tables=read), Candidate(plan))
     assert plan.reversible and plan.steps
-    assert verdict.backend == "local" and verdict.source == "rules"
+    assert verdict.backend == verifier.backend.name and verdict.source == "rules"
     if case.id in CANNOT_VERIFY and not verdict.verified:
         assert verdict.status == "could not verify", verdict.summary()
         assert CANNOT_VERIFY[case.id] in verdict.reason, verdict.summary()
@@ -360,14 +380,15 @@ WRONG = {
 
 
 @pytest.mark.parametrize("name", list(WRONG))
-async def test_wrong_inverse_fails(shop_db: str, verifier: Verifier, name: str) -> None:
+async def test_wrong_inverse_fails(shop_db: str, any_verifier: Verifier, name: str) -> None:
+    verifier = any_verifier
     sql, wrong, table, evidence = WRONG[name]
     async with upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
         right = await verifier.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
         verdict = await verifier.verify(up, shop_db, agent.tx(), wrong(agent.plan))
     assert right.verified, (right.summary(), right.diff)  # the same sample proves the right inverse
     assert verdict.status == "failed", verdict.summary()
-    assert verdict.source == "test"
+    assert verdict.source == "test" and verdict.backend == verifier.backend.name
     assert table in verdict.reason
     assert verdict.diff and all(line.startswith(table + ":") for line in verdict.diff), verdict.diff
     assert any(evidence in line for line in verdict.diff), verdict.diff
@@ -385,6 +406,90 @@ async def test_inverse_that_raises_fails_with_the_error(shop_db: str, verifier: 
     assert verdict.status == "failed", verdict.summary()
     assert "UndefinedColumnError" in verdict.reason and "nosuch" in verdict.reason
     assert verdict.source == "llm"
+
+
+# --- 2b. SQL under test runs unprivileged ----------------------------------------------------------
+
+#: Inverses (as a model might propose them) that would reach the sandbox server's files or
+#: programs, or climb back to a superuser, and the error each must end in.
+ESCAPES = {
+    "pg_read_file": ("SELECT pg_read_file('/etc/passwd')", "permission denied for function pg_read_file"),
+    "copy_to_program": ("COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+                        "permission denied to COPY to or from an external program"),
+    "copy_to_file": ("COPY acct TO '{marker}'", "permission denied to COPY to a file"),
+    "lo_export": ("SELECT lo_export(lo_from_bytea(0, 'x'), '{marker}')", "permission denied for function lo_export"),
+    "reset_role": ("RESET ROLE; COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+                   "permission denied to COPY to or from an external program"),
+    "session_authorization": ("SET SESSION AUTHORIZATION DEFAULT; DO $$ BEGIN EXECUTE format("
+                              "'SET SESSION AUTHORIZATION %I', (SELECT min(rolname) FROM pg_roles WHERE rolsuper)); "
+                              "END $$", "permission denied to set session authorization"),
+    "raise_limits": ("SET temp_file_limit = -1", 'permission denied to set parameter "temp_file_limit"'),
+}
+
+
+@pytest.mark.parametrize("name", list(ESCAPES))
+async def test_sql_under_test_cannot_reach_server_files_or_programs(shop_db: str, any_verifier: Verifier,
+                                                                      name: str) -> None:
+    """The inverse runs as a role that is no superuser: each escape fails with PostgreSQL's own
+    error, the verdict is "failed", and nothing happened on the server's machine."""
+    where = tempfile.mkdtemp(prefix="dbproxy-escape-")
+    os.chmod(where, 0o777)  # were the local sandbox server (another OS user) to write here, it could
+    marker = os.path.join(where, name)
+    sql, error = ESCAPES[name]
+    try:
+        async with upstream(shop_db) as up, agent_tx(shop_db, "UPDATE acct SET v = 5 WHERE id = 1") as agent:
+            inverse = (sql.format(marker=marker), "UPDATE acct SET v = 1 WHERE id = 1")
+            verdict = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(statements=inverse, source="llm"))
+            right = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(
+                statements=("UPDATE acct SET v = 1 WHERE id = 1",), source="llm"))
+        escaped = os.listdir(where)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    assert right.verified, right.summary()  # the same proposal without the escape is fine
+    assert verdict.status == "failed", verdict.summary()
+    assert "InsufficientPrivilegeError" in verdict.reason and error in verdict.reason, verdict.reason
+    assert escaped == []
+
+
+async def test_agent_statements_replay_unprivileged(shop_db: str, any_verifier: Verifier) -> None:
+    """The agent's own statements run as the same role: a statement that reads a server file
+    (which worked upstream, where this test's role is a superuser) cannot run in the sandbox,
+    and the verdict says so instead of "verified"."""
+    sql = "UPDATE acct SET w = length(pg_read_file('/etc/hostname')) WHERE id = 2"
+    async with upstream(shop_db) as up, agent_tx(shop_db, sql) as agent:
+        verdict = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
+    assert verdict.status == "could not verify", verdict.summary()
+    assert "permission denied for function pg_read_file" in verdict.reason, verdict.reason
+
+
+async def test_sandbox_roles(shop_db: str, any_verifier: Verifier) -> None:
+    """Who the sandbox connections are: the runner logs in as itself (no superuser, no server
+    file or program roles, even if someone granted it one) and owns the schema copy it verifies on."""
+    backend = any_verifier.backend
+    async with upstream(shop_db) as up, agent_tx(shop_db, "UPDATE acct SET v = 7 WHERE id = 4") as agent:
+        first = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
+        admin = await asyncpg.connect(backend.url("postgres"))
+        try:
+            await admin.execute("GRANT pg_execute_server_program TO dbproxy_sandbox_runner")
+        finally:
+            await admin.close()
+        async with verifier_on(backend) as again:  # type: ignore[arg-type]
+            verdict = await again.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
+            copy = await again.prepare(up, shop_db)
+            pool = await again._pool(copy)
+            who = await pool.fetchrow(
+                "SELECT session_user::text AS s, current_user::text AS c, r.rolsuper, "
+                "pg_has_role(session_user, 'pg_read_server_files', 'USAGE') OR "
+                "pg_has_role(session_user, 'pg_write_server_files', 'USAGE') OR "
+                "pg_has_role(session_user, 'pg_execute_server_program', 'USAGE') AS files, "
+                "(SELECT d.datdba::regrole::text FROM pg_database d WHERE d.datname = current_database()) AS db_owner, "
+                "(SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = 'public.acct'::regclass) "
+                "AS table_owner, current_setting('temp_file_limit') AS temp_limit "
+                "FROM pg_roles r WHERE r.rolname = session_user")
+    assert first.verified and verdict.verified, verdict.summary()
+    assert dict(who) == {"s": "dbproxy_sandbox_runner", "c": "dbproxy_sandbox_runner", "rolsuper": False,
+                         "files": False, "db_owner": "dbproxy_sandbox_runner",
+                         "table_owner": "dbproxy_sandbox_runner", "temp_limit": "1GB"}
 
 
 # --- 3. representativeness ------------------------------------------------------------------------
@@ -677,22 +782,6 @@ async def _wait_gone(pid: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"process {pid} did not exit")
-
-
-# --- 7. testcontainers -------------------------------------------------------------------------------
-
-async def test_container_backend(shop_db: str) -> None:
-    reason = docker_problem()
-    if reason:
-        pytest.skip(f"no Docker engine: {reason}")
-    v = Verifier(ContainerBackend(upstream_major=16), timeout=180)
-    try:
-        async with upstream(shop_db) as up, agent_tx(shop_db, "DELETE FROM parent WHERE id = 2") as agent:
-            verdict = await v.verify(up, shop_db, agent.tx(), Candidate(agent.plan))
-    finally:
-        await v.close()
-    assert verdict.verified, verdict.summary()
-    assert verdict.backend == "testcontainers"
 
 
 # --- 8. the verdict cache ------------------------------------------------------------------------------

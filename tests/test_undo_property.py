@@ -1,4 +1,4 @@
-"""Property tests for exact undo (DESIGN.md decision 5, "How we test"): forward then undo restores
+"""Property tests for exact undo (README, design decision 5, and "Tests"): forward then undo restores
 every table's digest; forward, undo, redo gives the digest from after the forward.
 
 Hypothesis draws a small random schema (2-4 tables; an int, composite or no primary key, so some

@@ -123,12 +123,33 @@ def load_store(data_dir: Path) -> dict[str, Verifier]:
     return {name: Verifier.parse(v) for name, v in data.get("agents", {}).items()}
 
 
-def add_to_store(data_dir: Path, name: str, password: str | None = None) -> str:
-    """Create (or replace) a stored agent; returns its password, which is not kept anywhere."""
-    password = password or secrets.token_urlsafe(18)
-    stored = {n: str(v) for n, v in load_store(data_dir).items()}
-    stored[name] = str(Verifier.from_password(password))
-    _write_private(data_dir / STORE_NAME, json.dumps({"agents": stored}, indent=2) + "\n")
+def add_to_store(data_dir: Path, name: str, password: str | None = None, *,
+                 password_file: Path | None = None) -> str:
+    """Create (or replace) a stored agent; returns its password, which is not kept anywhere (but
+    in `password_file`, when given: written with mode 600, so that the password need not pass
+    through a terminal or a service log). The file is opened before the agent is created, so a
+    file that cannot be written costs nothing."""
+    fd = None
+    if password_file is not None:
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if fd is not None:
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        password = password or secrets.token_urlsafe(18)
+        stored = {n: str(v) for n, v in load_store(data_dir).items()}
+        stored[name] = str(Verifier.from_password(password))
+        _write_private(data_dir / STORE_NAME, json.dumps({"agents": stored}, indent=2) + "\n")
+        if fd is not None:
+            os.write(fd, (password + "\n").encode())
+    except BaseException:
+        if fd is not None and password_file is not None:
+            os.close(fd)
+            fd = None
+            password_file.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
     return password
 
 

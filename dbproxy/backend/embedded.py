@@ -13,13 +13,21 @@ outside any transaction (server programs, server files), which hold mode cannot 
 Earlier versions logged agents in as `dbproxy_agents` itself, which then created and owned the
 journal: `start` gives whatever `dbproxy_agents` owns in the `dbproxy` schema to the superuser, so
 an upgraded data directory keeps its journal and the agents lose access to it.
+
+The cluster is tied to the process that starts it (`LocalCluster.start(watchdog=True)`): a proxy
+that is killed does not leave it running. `running_for_people` gives a person (`dbproxy psql`, the
+offline journal reader) the cluster while no proxy runs: under the data directory's lock, started
+for as long as they need it and stopped again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+from dbproxy.config.datadir import DataDirBusy, DataDirLock, holder_of
 from sandbox.pgcluster import ClusterError, LocalCluster, bin_dir
 
 AGENT_ROLE = "dbproxy_agents"
@@ -65,8 +73,11 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         self.cluster.init()
-        self.cluster.start()
+        self.cluster.start(watchdog=True)
         self._set_up_roles()
+
+    def exists(self) -> bool:
+        return self.cluster.is_initialized()
 
     def stop(self) -> None:
         self.cluster.stop()
@@ -85,3 +96,46 @@ class EmbeddedPostgres:
         if proc.returncode != 0:
             raise ClusterError(f"could not set up the {role} role: {proc.stderr.strip()}")
         self._old_role_password.unlink(missing_ok=True)
+
+
+class NoEmbedded(Exception):
+    """The data directory has no embedded PostgreSQL, or it cannot be reached; the message says why."""
+
+
+@contextlib.contextmanager
+def running_for_people(data_dir: Path, command: str, *, while_proxy_runs: bool) -> Iterator[EmbeddedPostgres]:
+    """The embedded cluster of `data_dir`, running, for a person's command (`command` names it in
+    the data directory's lock).
+
+    While a proxy holds the data directory its cluster is running: with `while_proxy_runs` it is
+    used as it is, otherwise DataDirBusy is raised (the proxy's API is the way then). With no proxy,
+    the data directory's lock is taken for the duration; a cluster that is not running is started
+    (tied to this process: it stops if this process is killed) and stopped again at the end."""
+    embedded = EmbeddedPostgres(data_dir)
+    if not embedded.exists():
+        raise NoEmbedded(f"{data_dir} has no embedded PostgreSQL (it is created by the first `dbproxy serve` "
+                         "without an upstream)")
+    busy = holder_of(data_dir)
+    lock = DataDirLock(data_dir, command)
+    if busy is None:
+        try:
+            lock.acquire()
+        except DataDirBusy as e:  # a proxy started just now
+            busy = e
+    if busy is not None:
+        if not while_proxy_runs:
+            raise busy
+        if not embedded.cluster.is_running():
+            raise NoEmbedded(f"{busy}, but its embedded PostgreSQL is not running (is it still starting?)")
+        yield embedded
+        return
+    started = False
+    try:
+        if not embedded.cluster.is_running():
+            embedded.cluster.start(watchdog=True)
+            started = True
+        yield embedded
+    finally:
+        if started:
+            embedded.cluster.stop()
+        lock.release()

@@ -2,7 +2,9 @@
 
 - `settings`: one pydantic model filled from defaults, a TOML file, the environment and the
   command line.
-- `log`: structured logging (`log.event`) and the redaction of secrets before anything is logged.
+- `log`: structured logging (`log.event`) and the redaction of secrets before anything is logged
+  or shown (`redact_statement`).
+- `datadir`: one data directory, one proxy (the `flock` on `DATA_DIR/dbproxy.lock`).
 
 Imports nothing from dbproxy.
 """

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from inverse.opclass import OP_CLASSES
+
 ENV_PREFIX = "DBPROXY_"
 
 #: hold: writes wait for a reviewer; undo: commit with an exact inverse (or hold what has none);
@@ -39,13 +41,95 @@ def _default_data_dir() -> Path:
 
 
 def parse_host_port(value: str, *, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
+    host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"{what} must look like HOST:PORT, got {value!r}")
     n = int(port)
     if not 0 <= n <= 65535:
         raise ValueError(f"{what} port {n} is out of range 0-65535")
     return host.strip("[]") or "127.0.0.1", n
+
+
+def admin_host_port(value: str) -> str:
+    """The review API's address as HOST:PORT, also when written as a URL (`http://HOST:PORT/`),
+    which is how people tend to write the address of an HTTP API."""
+    value = value.strip()
+    if "://" not in value:
+        parse_host_port(value, what="address")
+        return value
+    try:
+        parts = urlsplit(value)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise ValueError(f"address {value!r} is not a valid URL: {e}") from None
+    if parts.scheme != "http":
+        raise ValueError(f"the review API speaks plain http://, got {value!r}")
+    if not host or port is None:
+        raise ValueError(f"address must name a host and a port, e.g. http://127.0.0.1:6433, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"address must be just http://HOST:PORT, got {value!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+#: An object pattern: `*`, a name glob (`orders`, `ord*`), or schema.name globs (`sales.*`, `public.orders`).
+_GLOB = re.compile(r"\*|[A-Za-z_*?][A-Za-z0-9_$*?\-]*(\.[A-Za-z_*?][A-Za-z0-9_$*?\-]*)?")
+
+
+class RuleSettings(BaseModel):
+    """One rule: `decision` for operation classes `ops` on objects matching `objects`. The first
+    matching rule wins, in file order (an agent's own rules first, then the default `rules`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ops: list[str] = Field(description=f"operation classes ({', '.join(OP_CLASSES)}), or \"*\" for all; a "
+                           "comma-separated string works too")
+    objects: list[str] = Field(default_factory=lambda: ["*"], description="schema.name globs (`public.orders`, "
+                               "`sales.*`, `*`); a name without a schema matches it in any schema")
+    decision: Literal["allow", "ask", "deny"]
+    ask: Literal["hold", "pause"] = Field(default="hold", description="how `ask` asks: hold the transaction for a "
+                                          "reviewer, or pause the statement until one approves it")
+    max_rows: int | None = Field(default=None, ge=0, description="an `allow` covers a transaction only while it "
+                                 "changed at most this many rows of the matching objects (cascades and trigger "
+                                 "writes included); above it, the rule asks")
+
+    @field_validator("ops", "objects", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("ops")
+    @classmethod
+    def _check_ops(cls, v: list[str]) -> list[str]:
+        return operation_classes(v)
+
+    @field_validator("objects")
+    @classmethod
+    def _check_objects(cls, v: list[str]) -> list[str]:
+        return object_patterns(v)
+
+
+def operation_classes(v: list[str]) -> list[str]:
+    """Operation classes as a rule or grant names them (`*`: all), checked and lower-cased."""
+    if not v:
+        raise ValueError("name at least one operation class")
+    ops = [o.lower() for o in v]
+    unknown = [o for o in ops if o != "*" and o not in OP_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown operation class {unknown[0]!r}; the classes are {', '.join(OP_CLASSES)} "
+                         "(or \"*\")")
+    return list(OP_CLASSES) if "*" in ops else list(dict.fromkeys(ops))
+
+
+def object_patterns(v: list[str]) -> list[str]:
+    """Object patterns as a rule or grant names them, checked and lower-cased (names match
+    lower-cased)."""
+    if not v:
+        raise ValueError("name at least one object pattern (\"*\" for all)")
+    for pattern in v:
+        if not _GLOB.fullmatch(pattern):
+            raise ValueError(f"malformed object pattern {pattern!r}: use schema.name with * and ? globs, "
+                             "e.g. public.orders, sales.*, *")
+    return [p.lower() for p in v]
 
 
 class AgentSettings(BaseModel):
@@ -62,6 +146,8 @@ class AgentSettings(BaseModel):
         '["*"] means any',
     )
     mode: Mode | None = Field(default=None, description="this agent's mode; default: the `mode` setting")
+    rules: list[RuleSettings] = Field(default_factory=list, description="this agent's rules, before the default "
+                                      "`rules` (`[[agents.NAME.rules]]`)")
     upstream_role: str | None = Field(
         default=None, min_length=1, max_length=63,
         description="the upstream login role this agent's sessions use (created and managed by the proxy); "
@@ -159,11 +245,19 @@ class Settings(BaseModel):
         default=None, description="postgresql:// URL of the database holding the journal (`dbproxy` schema); "
         "default: the upstream database")
     data_dir: Path = Field(default_factory=_default_data_dir)
+    password_file: Path | None = Field(
+        default=None, description="write a generated agent password to this file (mode 600) instead of printing it")
     agents: dict[str, AgentSettings] = Field(default_factory=dict)
     agent_role: str = Field(
         default="dbproxy_agents", min_length=1, max_length=63,
         description="the upstream role agents act as (it holds their table privileges); each agent logs in as a "
         "role of its own that is a member of it")
+    rules: list[RuleSettings] = Field(default_factory=list, description="rules for every agent, after its own "
+                                      "(`[[rules]]`)")
+    approval_timeout: float = Field(default=300.0, gt=0, description="seconds a paused statement waits for a "
+                                    "reviewer's approval before the agent gets 42501")
+    held_lock_timeout: float = Field(default=5.0, gt=0, description="seconds an agent's statement may wait on a "
+                                     "lock that a pending transaction holds before it fails with 55P03")
     agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -174,12 +268,17 @@ class Settings(BaseModel):
     shutdown_grace: float = Field(default=30.0, ge=0)
     max_sessions: int = Field(default=100, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="`auto`: readable text when stderr is a terminal, JSON lines otherwise")
     log_statements: bool = False
-    sandbox: Literal["local", "server", "testcontainers", "off"] = Field(
-        default="local", description="where inverses are verified before undo mode trusts them: `local` (a warm "
-        "PostgreSQL cluster of our own), `server` (scratch databases on `sandbox_server`), `testcontainers` "
-        "(a Docker container), `off` (commit with unverified rule-made inverses)")
+    sandbox: Literal["auto", "local", "server", "testcontainers", "off"] = Field(
+        default="auto", description="where inverses are verified before undo mode trusts them: `auto` "
+        "(testcontainers when a Docker engine answers, else local), `local` (a warm PostgreSQL cluster of our "
+        "own), `server` (scratch databases on `sandbox_server`), `testcontainers` (a Docker container), `off` "
+        "(commit with unverified rule-made inverses)")
+    sandbox_image: str | None = Field(
+        default=None, description="image of the testcontainers backend (`{major}` is replaced by the upstream's "
+        "major version); default postgres:{major}, else the one `dbproxy sandbox build-image` built")
     sandbox_server: SecretStr | None = Field(
         default=None, description="postgresql:// URL of a scratch server for `sandbox = server` (needs CREATEDB; "
         "never the upstream)")
@@ -217,11 +316,16 @@ class Settings(BaseModel):
         """`ddl_snapshot_limit` as (rows, bytes)."""
         return snapshot_limit(self.ddl_snapshot_limit)
 
-    @field_validator("listen", "admin")
+    @field_validator("listen")
     @classmethod
     def _check_host_port(cls, v: str) -> str:
         parse_host_port(v, what="address")
         return v
+
+    @field_validator("admin")
+    @classmethod
+    def _check_admin(cls, v: str) -> str:
+        return admin_host_port(v)
 
     @field_validator("upstream", "state_database", "sandbox_server")
     @classmethod
@@ -264,7 +368,7 @@ def snapshot_limit(text: str) -> tuple[int, int]:
     return rows, size
 
 
-_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify")]
+_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify", "rules")]
 _LLM_ENV_FALLBACK = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}
 
 
@@ -365,11 +469,12 @@ def _holds_secrets(data: dict[str, Any]) -> bool:
 
 
 def _explain(e: ValidationError) -> str:
-    lines = ["invalid settings:"]
+    """One line: `invalid settings: listen: ...; max_sessions: ...`."""
+    problems = []
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {msg}")
+    return f"invalid setting{'s' if len(problems) > 1 else ''}: " + "; ".join(problems)

@@ -39,6 +39,7 @@ from dbproxy.config import log
 from dbproxy.config.settings import Settings
 from dbproxy.frontend.handshake import ClientLogin, ClientRejected, HandshakeConfig, client_handshake
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.gate import PolicyGate
 from dbproxy.hold.pending import PendingRegistry
 from dbproxy.hold.protocol import identity_refusal, notice, refusal_sql
 from dbproxy.hold.session import HoldSession
@@ -119,8 +120,7 @@ class Session:
         self._passlog: PassthroughLog | None = None
         self.keep_upstream = False
         self._hold: HoldSession | None = None
-        self.capture = False  # undo mode with `dbproxy install` done in the database
-        self.capture_on = False  # capture is on in the upstream session (undo, or hold where installed)
+        self.capture = False  # undo or hold mode with `dbproxy install` done in the database
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -174,15 +174,12 @@ class Session:
             raise ClientRejected.fatal(SQLState.CANNOT_CONNECT_NOW,
                                        f"the review journal is unavailable, so {self.mode} mode cannot run")
         self.capture = False
-        self.capture_on = False
-        if self.mode == "undo":
+        if self.mode in ("undo", "hold"):
             assert self.server.pending is not None
-            # In the startup packet, so RESET ALL and DISCARD ALL return to it.
+            # In the startup packet, so RESET ALL and DISCARD ALL return to it. Hold mode captures
+            # too: what a rule allows commits at once, with its inverse.
             params[CAPTURE_SETTING] = "on"
             self.capture = await self.server.pending.capture_ready(login.database)
-            self.capture_on = self.capture
-        elif self.mode == "hold":
-            self.capture_on = await self._hold_capture(login.database, params)
         # The agent's own login role, acting as the agents' common role (in the startup packet, so
         # RESET ROLE returns to it): see dbproxy.backend.agent_roles.
         params["role"] = self.server.agent_role
@@ -208,15 +205,6 @@ class Session:
             self._start_relay(up, login)
         else:
             self._start_hold(up, login, notices)
-
-    async def _hold_capture(self, database: str, params: dict[str, str]) -> bool:
-        """Hold mode captures too where capture is installed: a transaction a reviewer commits is
-        then undoable like an undo-mode one, and can be verified for real while it waits."""
-        assert self.server.pending is not None
-        if not await self.server.pending.capture_ready(database):
-            return False
-        params[CAPTURE_SETTING] = "on"
-        return True
 
     async def _restart_notices(self, login: ClientLogin) -> list[bytes]:
         registry = self.server.pending
@@ -244,14 +232,23 @@ class Session:
                               login_role=self.server.agent_target(login.agent.name, login.database).user,
                               run_as=self.server.agent_role)
         held.state.capture = self.capture
-        held.state.ddl_capture = self.capture_on
+        held.state.ddl_capture = self.capture
         held.state.ddl_limits = Limits(*self.server.settings.ddl_limits)
         leftover = up.reader.leftover()
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))
         held.attach()
+        policy = self.server.policy
+        gate = None
+        if policy is not None:
+            registry = self.server.pending
+            assert registry is not None
+            agent = login.agent.name
+            policy.session_started(self.id, agent, login.database)
+            gate = PolicyGate(policy, agent=agent, session=self.id, database=login.database, mode=self.mode,
+                              pending=lambda: registry.held_by(agent), write=self.client.write)
         self._hold = HoldSession(self, held, max_message_bytes=self.server.settings.max_message_bytes,
-                                 log_statements=self._log_statements)
+                                 log_statements=self._log_statements, gate=gate)
         # Told with the first answer rather than during login, when most drivers have no notice
         # handler installed yet.
         self._hold.first_notices = b"".join(notices)
@@ -450,6 +447,10 @@ class Session:
 
     async def _cleanup(self) -> None:
         self.server.unregister(self)
+        if self._hold is not None and self.server.policy is not None:
+            await self.server.policy.session_ended(self.id)  # session grants end, a waiting request is cancelled
+        if self._passlog is not None and self.status in ("T", "E") and not (self.outstanding or self.unanswered):
+            self._passlog.disconnected()  # what it wrote is rolled back as the connection closes
         up = self.upstream
         if up is not None and not up.is_closing() and not self.keep_upstream and self._hold is not None:
             self._hold.held.close()

@@ -20,17 +20,22 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import asyncpg
 
 from dbproxy.backend.upstream import UpstreamTarget
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.gate import PendingView
+from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.protocol import AgentTx, notice
 from dbproxy.hold.reverify import verify_held
 from dbproxy.journal.records import StatementRecord, TransactionRecord
 from dbproxy.journal.store import LINGER, FinishedTransaction, Journal
 from dbproxy.net.endpoint import ConnectionClosed
+from dbproxy.policy.engine import write_actions
+from dbproxy.policy.service import Policy, PolicyError
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import diff
 from dbproxy.review.events import EventHub, ReviewEvent
@@ -42,7 +47,7 @@ from dbproxy.undo import service as undo_service
 from dbproxy.undo.commit import TableCache
 from dbproxy.undo.commit import decide as undo_decide
 from dbproxy.undo.commit import mark as undo_mark
-from dbproxy.undo.install import installed_version
+from dbproxy.undo.install import event_triggers_installed, installed_version
 from dbproxy.undo.verification import Verification
 from inverse.capture_schema import CAPTURE_VERSION
 from inverse.images import CAPTURE_FETCH_SQL, CAPTURE_LIMIT
@@ -54,13 +59,17 @@ DIFF_WORK_MEM = "64MB"
 JOURNAL_WAIT = 10.0
 #: Finished pass-through transactions waiting for the journal beyond this are dropped (and logged).
 MAX_FINISHED_BACKLOG = 100_000
+#: `/v1/health` reuses a check this many seconds old, and each check waits this long at most.
+HEALTH_EVERY = 2.0
+HEALTH_TIMEOUT = 3.0
 
 
 class PendingRegistry:
     def __init__(self, journal: Journal, *, target_for: Callable[[str], UpstreamTarget],
                  dsn_for: Callable[[str], str], hold_timeout: float, diff_rows: int = DIFF_PAGE,
-                 agent_role: str | None = None) -> None:
+                 agent_role: str | None = None, database: str = "postgres") -> None:
         self.journal = journal
+        self.database = database  # the upstream URL's database, which the health check connects to
         self.target_for = target_for
         self.dsn_for = dsn_for
         self.hold_timeout = hold_timeout
@@ -68,6 +77,8 @@ class PendingRegistry:
         self.agent_role = agent_role  # undo and redo change user tables as this role, never as the proxy's
         self.tables = TableCache()  # undo mode: catalog facts per database
         self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
+        self.policy: Policy | None = None  # rules and grants (a commit may add a grant)
+        self.lock_watch: LockWatch | None = None  # agents' statements stuck behind pending chains fail
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,6 +88,8 @@ class PendingRegistry:
         self._finished_dropped = 0
         #: what happens to transactions under review, for metrics, notifications and live pages
         self.events = EventHub()
+        self._health: tuple[float, list[str]] | None = None  # (monotonic time, reasons) of the last check
+        self._health_check: asyncio.Task[list[str]] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -96,6 +109,8 @@ class PendingRegistry:
                                           reason="the proxy shut down; the upstream rolled the transaction back")
             held.close()
         self.live.clear()
+        if self.lock_watch is not None:
+            await self.lock_watch.close()
         if self._finished_task is not None:
             await asyncio.wait({self._finished_task}, timeout=5)
         if self._tasks:
@@ -113,7 +128,7 @@ class PendingRegistry:
         `undo`: in undo mode, the inverse and why it was not enough (JSON), for the reviewer."""
         tx_id = await self.journal.start(agent=held.agent, session=held.session_id, database=held.database,
                                          mode=held.mode, backend_pid=held.backend_pid, pending=True,
-                                         pending_xid=held.xid)
+                                         pending_xid=held.xid, policy=held.policy)
         if undo is not None:
             held.undo = json.loads(undo)
             await self._quiet_update(tx_id, undo=undo)
@@ -158,17 +173,38 @@ class PendingRegistry:
         self._capture[database] = ready
         return ready
 
+    async def capture_state(self, database: str) -> tuple[bool, bool]:
+        """(row capture, DDL capture) installed in `database`: what decides whether an operation
+        has an exact inverse there, and so whether it may be granted permanently."""
+        if not await self.capture_ready(database):
+            return False, False
+        try:
+            conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
+            try:
+                return True, await event_triggers_installed(conn)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError) as e:
+            log.event("undo.capture_check_failed", database=database, reason=str(e), level=logging.WARNING)
+            return True, False
+
     def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str, *,
-                         xid: int | None = None, undo: str | None = None) -> None:
-        """A chain that was never held (the agent rolled it back, or undo mode committed it with
-        its inverse) is journaled too."""
+                         xid: int | None = None, undo: str | None = None, decided_by: str = "agent") -> None:
+        """A chain that was never held (the agent rolled it back, a rule denied it, undo mode or an
+        allow rule committed it with its inverse) is journaled too, with what decided it."""
         self.journal_passthrough(agent=held.agent, session=held.session_id, database=held.database,
                                  backend_pid=held.backend_pid, records=records, outcome=outcome, mode=held.mode,
-                                 xid=xid, undo=undo)
+                                 xid=xid, undo=undo, decided_by=decided_by, policy=held.policy)
+
+    def held_by(self, agent: str) -> list[PendingView]:
+        """The agent's transactions waiting for a reviewer (for `SHOW dbproxy.status`)."""
+        return [PendingView(tx_id, h.held_at, len(h.statements), h.policy)
+                for tx_id, h in sorted(self.live.items()) if h.agent == agent]
 
     def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
                             records: list[StatementRecord], outcome: str, mode: str = "passthrough",
-                            xid: int | None = None, undo: str | None = None) -> None:
+                            xid: int | None = None, undo: str | None = None, decided_by: str = "agent",
+                            policy: str | None = None) -> None:
         """An agent transaction that wrote has ended: record it (after the fact, in batches, so
         that a busy trusted agent costs the journal one round trip per batch)."""
         if not records:
@@ -177,7 +213,7 @@ class PendingRegistry:
             self._finished_dropped += 1
             return
         tx = FinishedTransaction(agent, session, database, mode, backend_pid, records[0].at, records[-1].at,
-                                 outcome, max(r.tx_no for r in records), xid, undo)
+                                 outcome, max(r.tx_no for r in records), xid, undo, decided_by, policy)
         self._finished.append((tx, records))
         self._announce(None, "statements", None, agent=agent, database=database, mode=mode, statements=len(records))
         if undo is not None and outcome == "committed":
@@ -207,7 +243,7 @@ class PendingRegistry:
             self._announce(held, "statements", tx_id, statements=1)
         # Credentials in statements never reach the journal (nor `show`, which reads it back).
         self.journal.record_statement(tx_id, tx_no=rec.tx_no, sql=log.redact_sql(rec.sql), tag=rec.tag,
-                                      rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error)
+                                      rows=rec.rows, sqlstate=rec.sqlstate, error=rec.error, params=rec.params)
 
     def chain_grew(self, held: HeldConnection) -> None:
         if held.id is not None:
@@ -283,6 +319,33 @@ class PendingRegistry:
                 e.blocking = blocking.get(pid, 0) if pid is not None else 0
         return entries
 
+    async def health(self) -> list[str]:
+        """The upstream and the journal answer? Checked at most every HEALTH_EVERY seconds (the
+        endpoint needs no token, so asking often must not mean connecting often), one check at a
+        time."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_EVERY:
+            return self._health[1]
+        if self._health_check is None or self._health_check.done():
+            self._health_check = asyncio.get_running_loop().create_task(self._check_health())
+        reasons = await asyncio.shield(self._health_check)
+        self._health = (time.monotonic(), reasons)
+        return reasons
+
+    async def _check_health(self) -> list[str]:
+        async def upstream() -> str | None:
+            display = self.target_for(self.database).display
+            try:
+                conn = await asyncpg.connect(self.dsn_for(self.database), timeout=HEALTH_TIMEOUT)
+            except Exception as e:
+                what = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+                return f"the upstream at {display} is unreachable: {what}"
+            await conn.close()
+            return None
+
+        found = await asyncio.gather(upstream(), self.journal.ping(HEALTH_TIMEOUT))
+        return [r for r in found if r]
+
     async def log(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
                   before_id: int | None = None, table: str | None = None, search: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
@@ -302,13 +365,13 @@ class PendingRegistry:
             found = await self.journal_get(tx_id)
             record, statements = found
             detail = TransactionDetail(transaction=record, statements=statements)
-            if record.mode == "undo" and record.outcome == "committed" and record.xid is not None \
+            if record.outcome == "committed" and record.xid is not None \
                     and (record.undo or {}).get("direction"):
                 detail.diff, detail.diff_note = await self._image_diff(record, offset=offset, limit=limit,
                                                                         table=table)
             else:
                 detail.diff_note = ("the transaction has ended; row-level diffs exist only while it is held, "
-                                    "and afterwards for transactions committed in undo mode")
+                                    "and afterwards for transactions committed with their inverse")
             return detail
         detail = TransactionDetail(
             transaction=self._record(held),
@@ -381,7 +444,10 @@ class PendingRegistry:
         finally:
             held.lock.release()
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: Literal["session", "permanent"] | None = None) -> Decision:
+        if grant is not None:
+            return await self._commit_granting(tx_id, reviewer, reason=reason, scope=grant)
         held = await self._live_or_explain(tx_id, "commit")
         await self._acquire(held, tx_id)
         try:
@@ -468,6 +534,33 @@ class PendingRegistry:
         except Exception as e:  # a bug here must not cost the reviewer's commit
             log.event("hold.undo_marker_failed", id=tx_id, reason=repr(e), level=logging.ERROR, exc_info=True)
             return json.dumps({"irreversible": [f"internal error while building the inverse: {e!r}"]})
+
+    async def _commit_granting(self, tx_id: int, reviewer: str, *, reason: str | None,
+                               scope: Literal["session", "permanent"]) -> Decision:
+        """Commit, and grant the agent what the transaction did (its operation classes on the
+        objects it wrote) for its session or permanently. The grant is checked first: one that
+        would be refused leaves the transaction pending."""
+        held = await self._live_or_explain(tx_id, "commit")
+        if self.policy is None:
+            raise ReviewError(409, "this proxy keeps no grants (its journal is unavailable)")
+        acts = write_actions(r.sql for r in held.statements if r.sqlstate is None)
+        if not acts:
+            raise ReviewError(409, f"#{tx_id} wrote nothing a grant could name")
+        ops = sorted({a.op for a in acts})
+        objects = sorted({a.object or "*" for a in acts})
+        agent, session, database = held.agent, held.session_id, held.database
+        try:
+            await self.policy.check_grant(agent=agent, ops=ops, scope=scope, reviewer=reviewer, session=session,
+                                          database=database)
+        except PolicyError as e:
+            raise ReviewError(e.status, f"#{tx_id} was not committed: {e.message}") from None
+        decision = await self.commit(tx_id, reviewer, reason=reason)
+        try:
+            g = await self.policy.grant(agent=agent, ops=ops, objects=objects, scope=scope, reviewer=reviewer,
+                                        session=session, reason=reason, transaction=tx_id, database=database)
+        except PolicyError as e:
+            raise ReviewError(e.status, f"#{tx_id} was committed, but the grant was refused: {e.message}") from None
+        return decision.model_copy(update={"grant": g.id})
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
         held = await self._live_or_explain(tx_id, "roll back")
@@ -610,7 +703,7 @@ class PendingRegistry:
             mode=held.mode,  # type: ignore[arg-type]
             backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
             outcome="pending", statements=len(held.statements), agent_transactions=held.state.held,
-            undo=held.undo)
+            undo=held.undo, policy=held.policy)
 
     async def _expire_loop(self) -> None:
         while True:

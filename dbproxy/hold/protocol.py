@@ -36,13 +36,16 @@ from dbproxy.protocol.messages import (
     Bind,
     Close,
     CommandComplete,
+    DataRow,
     Describe,
     ErrorResponse,
     Execute,
     Flush,
     NoticeResponse,
+    ParameterDescription,
     Parse,
     Query,
+    RowDescription,
     Sync,
     decode_backend,
     decode_frontend,
@@ -52,6 +55,9 @@ from inverse.ddl_targets import Limits, before_ddl_sql
 from inverse.identity import identity_change
 from inverse.images import CAPTURE_FETCH_SQL
 from inverse.lexer import lex, split_cached
+
+#: A portal's Bind and the parameter type OIDs of its statement's Parse (for the journal).
+BoundValues = tuple[Bind, tuple[int, ...]]
 
 SAVEPOINT = "dbproxy_tx"
 _STMT = "dbproxy_stmt"
@@ -108,6 +114,7 @@ def guard_sql(login_role: str, *, run_as: str = "", capture: bool = False, basel
 T_PARSE_COMPLETE, T_BIND_COMPLETE, T_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 T_COMMAND, T_EMPTY, T_SUSPENDED = ord("C"), ord("I"), ord("s")
 T_ROWDESC, T_NODATA, T_ERROR, T_NOTICE, T_READY = ord("T"), ord("n"), ord("E"), ord("N"), ord("Z")
+T_PARAMDESC = ord("t")
 T_DATAROW, T_COPY_IN = ord("D"), ord("G")
 
 _AFTER_EXECUTE = frozenset({T_COMMAND, T_EMPTY, T_SUSPENDED})
@@ -173,6 +180,10 @@ def refusal(c: Classification, state: HoldState) -> ErrorResponse | None:
     identity = identity_refusal(c.sql, state.run_as)
     if identity is not None:
         return identity
+    if state.policy_refusal is not None and c.tx is None:
+        denied = state.policy_refusal(c.sql)
+        if denied is not None:
+            return denied
     if c.escape and not c.escape.startswith(_CALL_ESCAPE):
         # A CALL is let through: hold mode runs it inside a transaction block, where PostgreSQL
         # itself refuses a procedure's COMMIT/ROLLBACK (2D000), so it cannot end the chain.
@@ -237,6 +248,39 @@ def _raise_sql(sqlstate: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_PROXY_SHOW = re.compile(r"\s*show\s+dbproxy\.(status|rules)\s*;?\s*", re.IGNORECASE)
+
+
+def proxy_show(sql: str) -> str | None:
+    """`status` or `rules` for `SHOW dbproxy.status` / `SHOW dbproxy.rules`, which the proxy answers
+    itself (never sent upstream), else None."""
+    if "dbproxy" not in sql and "DBPROXY" not in sql.upper():
+        return None
+    m = _PROXY_SHOW.fullmatch(sql)
+    return m.group(1).lower() if m else None
+
+
+@dataclass
+class ProxyResult:
+    """A result the proxy answers itself: text columns and rows."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+
+    def description(self) -> bytes:
+        return RowDescription(tuple((c, 25) for c in self.columns)).encode()  # 25: text
+
+    def data(self) -> bytes:
+        return b"".join(DataRow(r).encode() for r in self.rows) + _cc("SHOW")
+
+
+#: The columns of the proxy's answers, known before the rows are (a Describe comes first).
+PROXY_COLUMNS = {
+    "status": ("kind", "id", "state", "since", "age_seconds", "detail", "next"),
+    "rules": ("position", "source", "decision", "ask", "ops", "objects", "max_rows"),
+}
+
+
 class AgentTx(enum.Enum):
     NONE = 0
     IMPLICIT = 1  # statements outside BEGIN, until Sync / end of the simple query
@@ -263,6 +307,11 @@ class HoldState:
     ddl_capture: bool = False
     ddl_limits: Limits = field(default_factory=Limits)
     identity_baseline: int | None = None  # role-catalog writes counted when the chain began (see guard_sql)
+    # The policy's say on a statement before it runs (a deny rule, or a reviewer's rejection):
+    # the error the agent gets instead, or None. Set by the session when a policy applies.
+    policy_refusal: Callable[[str], ErrorResponse | None] | None = None
+    # The proxy's own answers to `SHOW dbproxy.status|rules` in the cycle being planned.
+    answers: dict[str, ProxyResult] = field(default_factory=dict)
 
     @property
     def agent_status(self) -> str:
@@ -301,6 +350,8 @@ class Step:
     synthetic: bytes = b""  # sent to the client when the step is reached; no upstream answer
     effects: tuple[Effect, ...] = ()
     sql: str | None = None  # a client statement, for the journal
+    bind: BoundValues | None = None  # ... and its portal's Bind with the Parse's parameter types
+    describe: str | None = None  # a Describe of this statement name: learn its parameter types
     final: bool = False  # the ReadyForQuery step
     skipped: bool = False  # upstream will not answer (it is skipping to Sync after an error)
     name: str | None = None  # a named CAPTURE: its value goes to `Router.named`, not `captured`
@@ -561,7 +612,8 @@ def plan_query(state: HoldState, sql: str) -> Plan:
     """A simple Query: statements split and planned one by one, sent as one query string."""
     statements = split_cached(sql)
     classes = [classify_cached(s) for s in statements]
-    if not state.chain and state.agent_tx is AgentTx.NONE and all(
+    shows = [proxy_show(s) for s in statements]
+    if not state.chain and state.agent_tx is AgentTx.NONE and not any(shows) and all(
         c.read_only and c.tx is None and refusal(c, state) is None for c in classes
     ):
         return Plan(Query(sql).encode(), [], passthrough=True)
@@ -576,7 +628,12 @@ def plan_query(state: HoldState, sql: str) -> Plan:
                     Step(frozenset({T_READY}), Action.SWALLOW)]
         b.sim.agent_tx, b.sim.wrote = AgentTx.IMPLICIT, False
         b.sim.tx_no += 1
-    for c in classes:
+    for c, show in zip(classes, shows, strict=True):
+        if show is not None:
+            answer = state.answers.get(show) or ProxyResult(PROXY_COLUMNS[show])
+            b.synthetic(answer.description() + answer.data())
+            continue
+
         def emit(action: Action, tag: str | None, effects: tuple[Effect, ...], c: Classification = c) -> None:
             b.stmt(c.sql, action, tag=tag, effects=effects, record=c.sql)
         b.client_statement(c, emit)
@@ -595,6 +652,24 @@ class PreparedStatements:
 
     statements: dict[str, Classification | None] = field(default_factory=dict)
     portals: dict[str, Classification | None] = field(default_factory=dict)
+    types: dict[str, tuple[int, ...]] = field(default_factory=dict)  # statement -> its Parse's parameter types
+    binds: dict[str, BoundValues] = field(default_factory=dict)  # portal -> its values, when it had any
+    # Statements and portals the proxy answers itself (`SHOW dbproxy.status`): name -> what they show.
+    # They never exist upstream.
+    proxy: dict[str, str] = field(default_factory=dict)
+    proxy_portals: dict[str, str] = field(default_factory=dict)
+
+    def names_proxy(self, m: object) -> bool:
+        """Does this message name something the proxy answers itself?"""
+        if isinstance(m, Parse):
+            return proxy_show(m.sql) is not None
+        if isinstance(m, Bind):
+            return m.statement in self.proxy
+        if isinstance(m, Describe | Close):
+            return m.name in (self.proxy if m.kind == "S" else self.proxy_portals)
+        if isinstance(m, Execute):
+            return m.portal in self.proxy_portals
+        return False
 
 
 _UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
@@ -604,9 +679,21 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
     msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
     if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
-            and isinstance(msgs[-1], Sync) and (after := _read_only_cycle(state, prepared, msgs)) is not None:
+            and isinstance(msgs[-1], Sync) and not any(prepared.names_proxy(m) for m in msgs) \
+            and (after := _read_only_cycle(state, prepared, msgs)) is not None:
         # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
         prepared.statements, prepared.portals = after.statements, after.portals
+        for m in msgs:  # what these messages name no longer carries earlier values or types
+            if isinstance(m, Bind):
+                prepared.binds.pop(m.portal, None)
+                prepared.proxy_portals.pop(m.portal, None)
+            elif isinstance(m, Parse):
+                prepared.proxy.pop(m.name, None)
+                prepared.types.pop(m.name, None)
+                if m.param_types:
+                    prepared.types[m.name] = m.param_types
+            elif isinstance(m, Close):
+                (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
         return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
     b = _Builder(state, simple=False)
     if b.sim.chain and not state.error_pending:
@@ -615,9 +702,16 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     ends_with_sync = False
     for f, m in zip(frames, msgs, strict=True):
         start = len(b.steps)
-        if isinstance(m, Parse):
+        if prepared.names_proxy(m):
+            _proxy_message(b, prepared, state, m)
+        elif isinstance(m, Parse):
             c = classify_cached(m.sql)
+            prepared.proxy.pop(m.name, None)
             error = refusal(c, b.sim)
+            if m.param_types:
+                prepared.types[m.name] = m.param_types
+            else:
+                prepared.types.pop(m.name, None)
             if error is not None:
                 prepared.statements[m.name] = None
                 b.refuse(error, m.sql)
@@ -627,13 +721,19 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                 b.steps.append(Step(frozenset({T_PARSE_COMPLETE})))
         elif isinstance(m, Bind):
             prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+            prepared.proxy_portals.pop(m.portal, None)
+            if m.params:
+                prepared.binds[m.portal] = (m, prepared.types.get(m.statement, ()))
+            else:
+                prepared.binds.pop(m.portal, None)
             b.out.append(f.raw)
             b.steps.append(Step(frozenset({T_BIND_COMPLETE})))
         elif isinstance(m, Describe):
             b.out.append(f.raw)
-            b.steps.append(Step(_AFTER_DESCRIBE))
+            b.steps.append(Step(_AFTER_DESCRIBE, describe=m.name if m.kind == "S" else None))
         elif isinstance(m, Close):
             (prepared.statements if m.kind == "S" else prepared.portals).pop(m.name, None)
+            (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
             b.out.append(f.raw)
             b.steps.append(Step(frozenset({T_CLOSE_COMPLETE})))
         elif isinstance(m, Execute):
@@ -642,10 +742,12 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                 b.out.append(f.raw)
                 b.steps.append(Step(_AFTER_EXECUTE))
             else:
+                portal_bind = prepared.binds.get(m.portal)
+
                 def emit(action: Action, tag: str | None, effects: tuple[Effect, ...],
-                         raw: bytes = f.raw, sql: str = c.sql) -> None:
+                         raw: bytes = f.raw, sql: str = c.sql, bind: BoundValues | None = portal_bind) -> None:
                     b.out.append(raw)
-                    b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql))
+                    b.steps.append(Step(_AFTER_EXECUTE, action, tag=tag, effects=effects, sql=sql, bind=bind))
                 b.client_statement(c, emit)
         elif isinstance(m, Sync):
             b.finish_implicit()
@@ -664,6 +766,34 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused, ddl=b.ddl)
 
 
+_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = frame(b"1", b""), frame(b"2", b""), frame(b"3", b"")
+
+
+def _proxy_message(b: _Builder, prepared: PreparedStatements, state: HoldState, m: object) -> None:
+    """A message about a statement the proxy answers itself: answered here, never sent upstream."""
+    if isinstance(m, Parse):
+        kind = proxy_show(m.sql)
+        assert kind is not None
+        prepared.proxy[m.name] = kind
+        prepared.statements.pop(m.name, None)
+        b.synthetic(_PARSE_COMPLETE)
+    elif isinstance(m, Bind):
+        prepared.proxy_portals[m.portal] = prepared.proxy[m.statement]
+        prepared.portals.pop(m.portal, None)
+        prepared.binds.pop(m.portal, None)
+        b.synthetic(_BIND_COMPLETE)
+    elif isinstance(m, Describe):
+        kind = (prepared.proxy if m.kind == "S" else prepared.proxy_portals)[m.name]
+        columns = ProxyResult(PROXY_COLUMNS[kind]).description()
+        b.synthetic((ParameterDescription(()).encode() if m.kind == "S" else b"") + columns)
+    elif isinstance(m, Close):
+        (prepared.proxy if m.kind == "S" else prepared.proxy_portals).pop(m.name, None)
+        b.synthetic(_CLOSE_COMPLETE)
+    elif isinstance(m, Execute):
+        kind = prepared.proxy_portals[m.portal]
+        b.synthetic((state.answers.get(kind) or ProxyResult(PROXY_COLUMNS[kind])).data())
+
+
 def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
                      msgs: list[object]) -> PreparedStatements | None:
     """The statement and portal names after `msgs` when every statement they parse or run is
@@ -677,6 +807,9 @@ def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
                 return None
         elif isinstance(m, Execute):
             c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
+            # Checked again when run: a rule reloaded since its Parse may deny it now.
+            if c is not None and refusal(c, state) is not None:
+                return None
         else:
             continue
         if c is None or not c.read_only or c.tx is not None:
@@ -704,6 +837,7 @@ class StatementResult:
     tx_no: int
     tag: str | None = None
     error: ErrorResponse | None = None
+    bind: BoundValues | None = None
 
 
 class Router:
@@ -728,6 +862,10 @@ class Router:
         self.committed_any = False  # an agent transaction ended with COMMIT in this cycle
         self.committed_writes = 0  # ... of which this many had statements that may write
         self.notified = False  # NOTIFY / pg_notify ran: worth holding even without a transaction id
+        self.described: dict[str, tuple[int, ...]] = {}  # statement name -> parameter types the server named
+        # Set when the proxy cancelled a statement that waited on a lock of a held transaction: the
+        # agent gets this instead of the server's "canceling statement due to user request".
+        self.lock_error: ErrorResponse | None = None
         self._rows: list[bytes] = []
 
     def start(self) -> bytes:
@@ -793,11 +931,13 @@ class Router:
             assert isinstance(err, ErrorResponse)
             self.copy_in = False
             shown = step.error if step.error is not None else err
+            if self.lock_error is not None and err.sqlstate == "57014":
+                shown = self.lock_error
             if self.error is None:
                 self.error = shown
             out.append(shown.encode())
             if step.sql is not None:
-                self.results.append(StatementResult(step.sql, self.state.tx_no, error=shown))
+                self.results.append(StatementResult(step.sql, self.state.tx_no, error=shown, bind=step.bind))
             # The server skips the rest until Sync (extended) or the end of the query (simple).
             self.i += 1
             steps = self.plan.steps
@@ -844,13 +984,18 @@ class Router:
                     self.captured.append(first)
                     self.tags.append(tag or "")
                 self._rows.clear()
-            if step.sql is not None and t != T_SUSPENDED:
-                self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag))
+            # Effects first: an agent BEGIN belongs to the transaction it begins (its number).
             self._apply(step)
+            if step.sql is not None and t != T_SUSPENDED:
+                self.results.append(StatementResult(step.sql, self.state.tx_no, tag=tag, bind=step.bind))
             self.i += 1
             self._advance(out)
             return
         # Non-terminal answers of the current step (RowDescription, ParameterDescription, CopyIn...).
+        if t == T_PARAMDESC and step.describe is not None:
+            desc = decode_backend(f)
+            assert isinstance(desc, ParameterDescription)
+            self.described[step.describe] = desc.types
         if step.action in (Action.FORWARD, Action.RETAG):
             out.append(f.raw)
 

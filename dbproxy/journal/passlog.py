@@ -5,7 +5,9 @@ is still recorded.
 the server's CommandComplete/EmptyQuery/Error/ReadyForQuery frames, and it calls `on_done` with
 the statements of every agent transaction that wrote, when the server reports the transaction
 over, with its outcome. Statements are matched to their answers in protocol order: a simple
-query's statements (split like PostgreSQL does) one answer each, an Execute one answer.
+query's statements (split like PostgreSQL does) one answer each, an Execute one answer (with the
+values of the Bind that made its portal, `dbproxy.journal.params`). A client that disconnects
+inside a transaction that wrote (`disconnected`) has it journaled as rolled back, with a marker.
 
 Pass-through journaling is written after the fact: a proxy crash between the upstream COMMIT and
 the journal write loses that entry (hold mode journals before anything commits).
@@ -18,30 +20,52 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from dbproxy.journal.params import journal_params
 from dbproxy.journal.records import StatementRecord
 from dbproxy.journal.tags import tag_rows, wrote_by_tag
 from dbproxy.protocol.framing import Frame
-from dbproxy.protocol.messages import Bind, Close, ErrorResponse, Execute, Parse, Query, decode_backend, decode_frontend
+from dbproxy.protocol.messages import (
+    Bind,
+    Close,
+    Describe,
+    ErrorResponse,
+    Execute,
+    ParameterDescription,
+    Parse,
+    Query,
+    decode_backend,
+    decode_frontend,
+)
 from inverse.lexer import split_cached
 
 Done = Callable[[list[StatementRecord], str], None]
 
-_T_COMMAND, _T_EMPTY, _T_ERROR, _T_READY = ord("C"), ord("I"), ord("E"), ord("Z")
-CLIENT_TYPES = frozenset(b"QPBECS")
-SERVER_TYPES = frozenset(b"CIEZ")
+_T_COMMAND, _T_EMPTY, _T_ERROR, _T_READY, _T_PARAMDESC = ord("C"), ord("I"), ord("E"), ord("Z"), ord("t")
+CLIENT_TYPES = frozenset(b"QPBDECS")
+SERVER_TYPES = frozenset(b"CIEZt")
+#: The marker statement of an agent transaction rolled back because the agent disconnected inside it.
+DISCONNECTED = "-- dbproxy: the agent disconnected inside this transaction; it was rolled back"
+#: A statement's SQL, and the Bind of its portal with the parameter types of its Parse.
+_Bound = tuple[Bind, tuple[int, ...]]
+_Stmt = tuple[str, _Bound | None]
+#: A statement whose values are bigger than this (bytes) keeps them cut at once, not whole until its
+#: transaction ends (a long bulk load must not hold every value it sent in memory).
+KEEP_BIND_BYTES = 4096
 
 
 class PassthroughLog:
     def __init__(self, on_done: Done) -> None:
         self.on_done = on_done
-        self._statements: dict[str, str] = {}
-        self._portals: dict[str, str] = {}
-        self._open: list[str] = []  # Executes since the last Sync
-        self._cycles: deque[list[str]] = deque()  # statements still to be answered, per cycle
-        self._records: list[tuple[int, str, str | None, ErrorResponse | None, float]] = []
+        self._statements: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._portals: dict[str, _Stmt] = {}
+        self._open: list[_Stmt] = []  # Executes since the last Sync
+        self._cycles: deque[list[_Stmt]] = deque()  # statements still to be answered, per cycle
+        self._records: list[tuple[int, str, str | None, ErrorResponse | None, float,
+                                  _Bound | list[str | None] | None]] = []
         self._wrote = False
         self._failed = False
         self._tx_no = 1
+        self._described: deque[str] = deque()  # statements Described since the last ReadyForQuery
 
     def client(self, f: Frame) -> None:
         t = f.type
@@ -54,32 +78,45 @@ class PassthroughLog:
             sql = m.sql
             # Splitting costs a lexer pass; a string without a second ';' is one statement.
             single = ";" not in sql.rstrip().rstrip(";")
-            self._cycles.append([sql] if single else list(split_cached(sql)) or [""])
+            self._cycles.append([(sql, None)] if single else [(s, None) for s in split_cached(sql)] or [("", None)])
         elif isinstance(m, Parse):
-            self._statements[m.name] = m.sql
+            self._statements[m.name] = (m.sql, m.param_types)
         elif isinstance(m, Bind):
-            self._portals[m.portal] = self._statements.get(m.statement, "")
+            sql, types = self._statements.get(m.statement, ("", ()))
+            self._portals[m.portal] = (sql, (m, types) if m.params else None)
         elif isinstance(m, Execute):
-            self._open.append(self._portals.get(m.portal, ""))
+            self._open.append(self._portals.get(m.portal, ("", None)))
+        elif isinstance(m, Describe):
+            if m.kind == "S":
+                self._described.append(m.name)
         elif isinstance(m, Close):
             (self._statements if m.kind == "S" else self._portals).pop(m.name, None)
 
     def server(self, f: Frame) -> None:
         t = f.type
+        if t == _T_PARAMDESC:
+            # Parameter types the server named for a Described statement (asyncpg leaves them to it).
+            desc = decode_backend(f)
+            if self._described and isinstance(desc, ParameterDescription):
+                name = self._described.popleft()
+                if name in self._statements:
+                    self._statements[name] = (self._statements[name][0], desc.types)
+            return
         if t == _T_READY:
+            self._described.clear()
             if self._cycles:
                 self._cycles.popleft()
             if f.raw[5] == ord("I"):
                 self._end()
             return
         cycle = self._cycles[0] if self._cycles else self._open
-        sql = cycle.pop(0) if cycle else ""
+        sql, bind = cycle.pop(0) if cycle else ("", None)
         if t == _T_EMPTY:
             return
         if t == _T_ERROR:
             err = decode_backend(f)
             assert isinstance(err, ErrorResponse)
-            self._add(sql, None, err)
+            self._add(sql, None, err, bind)
             self._failed = True
             cycle.clear()  # the server skips the rest of the query string / until Sync
             return
@@ -87,13 +124,24 @@ class PassthroughLog:
         tag = getattr(cc, "tag", "")
         if wrote_by_tag(tag, sql):
             self._wrote = True
-        self._add(sql, tag, None)
+        self._add(sql, tag, None, bind)
         if tag in ("COMMIT", "ROLLBACK"):
             self._tx_no += 1
 
-    def _add(self, sql: str, tag: str | None, err: ErrorResponse | None) -> None:
+    def _add(self, sql: str, tag: str | None, err: ErrorResponse | None, bind: _Bound | None) -> None:
         # Plain tuples on the hot path; records are built only for transactions that wrote.
-        self._records.append((self._tx_no, sql, tag, err, time.time()))
+        values: _Bound | list[str | None] | None = bind
+        if bind is not None and sum(len(v) for v in bind[0].params if v) > KEEP_BIND_BYTES:
+            values = journal_params(sql, *bind)
+        self._records.append((self._tx_no, sql, tag, err, time.time(), values))
+
+    def disconnected(self) -> None:
+        """The client left while the server was idle (nothing in flight): a transaction it had
+        open is rolled back by the server when the connection closes. Journal it as such."""
+        if self._wrote and self._records:
+            self._add(DISCONNECTED, "ROLLBACK", None, None)
+            self._failed = True
+        self._end()
 
     def _end(self) -> None:
         """The server says no transaction is open: the last one committed or rolled back."""
@@ -103,8 +151,9 @@ class PassthroughLog:
             self.on_done([
                 StatementRecord(seq=i, tx_no=tx_no, sql=sql, tag=tag, rows=tag_rows(tag),
                                 sqlstate=err.sqlstate if err else None, error=err.message if err else None,
-                                at=datetime.fromtimestamp(at, UTC))
-                for i, (tx_no, sql, tag, err, at) in enumerate(self._records, 1)], outcome)
+                                at=datetime.fromtimestamp(at, UTC),
+                                params=journal_params(sql, *bind) if isinstance(bind, tuple) else bind)
+                for i, (tx_no, sql, tag, err, at, bind) in enumerate(self._records, 1)], outcome)
         if self._records:
             self._records = []
         self._wrote = self._failed = False

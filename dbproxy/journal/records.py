@@ -34,6 +34,17 @@ class StatementRecord(BaseModel):
     sqlstate: str | None = Field(default=None, description="SQLSTATE when the statement failed")
     error: str | None = None
     at: datetime
+    params: list[str | None] | None = Field(
+        default=None, description="bind parameter values ($1, $2, ...) as text: binary ones as \\x hex, long ones "
+        "cut, secrets redacted; None for a statement without parameters")
+    effect: Literal["read-only", "setting"] | None = Field(
+        default=None, description="when shown for review: 'read-only' (changed nothing) or 'setting' (a session "
+        "setting, changed no data); None when it may have written, or for transaction control. Not stored")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_json(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
 
 
 class TransactionRecord(BaseModel):
@@ -54,6 +65,8 @@ class TransactionRecord(BaseModel):
     statements_lost: int = Field(default=0, description="statements recorded but lost before the journal could "
                                  "store them (the statement list has gaps)")
     agent_transactions: int = 0
+    policy: str | None = Field(default=None, description="which rule or grant decided it at the agent's COMMIT "
+                               "(allowed, asked, denied), or that no rule matched and the agent's mode decided")
     undo: dict[str, Any] | None = Field(
         default=None, description="undo mode: the inverse (steps, irreversible reasons, notes), its verification, "
         "and undo/redo history")

@@ -1,7 +1,7 @@
 """The journal: the durable record of every agent transaction, in PostgreSQL.
 
 It lives in a `dbproxy` schema (in the upstream database or a separate state database), so several
-proxy instances can share it and nothing is lost when one restarts. Tables (schema version 1):
+proxy instances can share it and nothing is lost when one restarts. Tables (schema version 4):
 
 - `dbproxy.schema_version (component, version, updated_at)`: one row per component that keeps
   tables in the schema (`journal` here), so later versions can migrate.
@@ -9,7 +9,14 @@ proxy instances can share it and nothing is lost when one restarts. Tables (sche
   one row per proxy process. `last_seen` is refreshed every `heartbeat_seconds`; an instance whose
   heartbeat is older than three periods, or that stopped cleanly, is *gone*.
 - `dbproxy.transactions`: one row per unit a reviewer decides on (see `dbproxy.journal.records`).
-- `dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at)`: what ran in it.
+- `dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at, params)`: what ran
+  in it; `params` (version 3) is a JSON array of its bind parameter values as text, secrets
+  redacted (`dbproxy.journal.params`), or NULL for a statement without any.
+
+Version 2 added `transactions.undo`, version 3 `statements.params`, version 4 `transactions.policy`
+(which rule or grant decided the transaction at the agent's COMMIT); `Journal.open` migrates an
+older schema under an advisory lock. `fetch_transactions` and `fetch_transaction` read it over
+any connection, so the offline reader (`dbproxy log` with the proxy stopped) shares the queries.
 
 Hot path: `record_statement` only appends to a bounded in-memory buffer; a background task writes
 batches in order (one round trip per batch) and retries with backoff while the database is away.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -39,7 +47,7 @@ import asyncpg
 from dbproxy.config.log import event
 from dbproxy.journal.records import FINAL_OUTCOMES, Mode, Outcome, StatementRecord, TransactionRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 COMPONENT = "journal"
 #: Key of the advisory lock held while creating or migrating the schema.
 _SCHEMA_LOCK = 0x6462_7078_6A6E_6C31  # "dbpxjnl1"
@@ -123,25 +131,37 @@ CREATE TABLE IF NOT EXISTS dbproxy.statements (
 
 _TX_COLUMNS = (
     "id, agent, session, database, mode, backend_pid, xid, started_at, held_at, ended_at, outcome, "
-    "decided_by, reason, statements, statements_lost, agent_transactions, undo::text AS undo"
+    "decided_by, reason, statements, statements_lost, agent_transactions, undo::text AS undo, policy"
 )
+
+
+def _tx_columns(version: int) -> str:
+    """The transaction columns a journal of schema `version` has (the offline reader reads old ones)."""
+    return _TX_COLUMNS if version >= 4 else _TX_COLUMNS.removesuffix(", policy")
 #: Version 2 (undo mode): the inverse, its verification and undo/redo history, as JSON.
 _DDL_V2 = "ALTER TABLE dbproxy.transactions ADD COLUMN IF NOT EXISTS undo jsonb;"
+#: Version 3: bind parameter values of each statement (JSON array of text, NULL for none).
+_DDL_V3 = "ALTER TABLE dbproxy.statements ADD COLUMN IF NOT EXISTS params jsonb;"
+#: Version 4: which rule or grant decided the transaction (`dbproxy.policy`), in words.
+_DDL_V4 = "ALTER TABLE dbproxy.transactions ADD COLUMN IF NOT EXISTS policy text;"
+_STMT_COLUMNS = "seq, tx_no, sql, tag, rows, sqlstate, error, at"
 
 # One round trip per batch: insert the statements (a retried batch skips rows already there) and
 # bump the per-transaction statement and lost counters.
 _WRITE_BATCH = """
 WITH ins AS (
-    INSERT INTO dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at)
-    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
-                         $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
+    INSERT INTO dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at, params)
+    SELECT t, s, n, q, g, r, st, e, a, p::jsonb
+    FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
+                $6::bigint[], $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+         AS u(t, s, n, q, g, r, st, e, a, p)
     ON CONFLICT DO NOTHING
     RETURNING tx_id
 ), per_tx AS (
     SELECT tx_id, sum(n)::integer AS n, sum(lost)::integer AS lost FROM (
         SELECT tx_id, 1 AS n, 0 AS lost FROM ins
         UNION ALL
-        SELECT l.tx_id, 0, l.lost FROM unnest($10::bigint[], $11::integer[]) AS l(tx_id, lost)
+        SELECT l.tx_id, 0, l.lost FROM unnest($11::bigint[], $12::integer[]) AS l(tx_id, lost)
     ) c GROUP BY tx_id
 ), upd AS (
     UPDATE dbproxy.transactions t
@@ -170,6 +190,8 @@ class FinishedTransaction(NamedTuple):
     agent_transactions: int
     xid: int | None = None
     undo: str | None = None  # JSON text (undo mode: the inverse)
+    decided_by: str = "agent"  # the reviewer, for the journal entry of an undo or redo
+    policy: str | None = None  # which rule or grant decided it (dbproxy.policy)
 
 
 class JournalError(Exception):
@@ -188,6 +210,7 @@ class _Record(NamedTuple):
     sqlstate: str | None
     error: str | None
     at: datetime
+    params: str | None = None  # JSON array text
 
 
 class _Batch:
@@ -205,7 +228,7 @@ async def _no_reset(con: asyncpg.Connection) -> None:
     """Pool reset hook: the journal leaves no session state behind, so skip the RESET ALL round trip."""
 
 
-def _display(dsn: str) -> str:
+def display_of(dsn: str) -> str:
     """host:port (or the socket) of a libpq URL, safe to show."""
     try:
         parts = urlsplit(dsn)
@@ -219,7 +242,7 @@ def _display(dsn: str) -> str:
     return f"{host}:{port}"
 
 
-def _asyncpg_dsn(dsn: str) -> tuple[str, float]:
+def asyncpg_dsn(dsn: str) -> tuple[str, float]:
     """Drop libpq client-only URL parameters asyncpg would send to the server as settings; return
     the URL and the connect timeout (`connect_timeout`, default 10 s)."""
     parts = urlsplit(dsn)
@@ -291,6 +314,59 @@ def _clean(s: str | None) -> str | None:
     return s
 
 
+def _chars(rec: _Record) -> int:
+    """What a buffered record counts against the buffer's and a batch's character budget."""
+    return len(rec.sql) + (len(rec.params) if rec.params is not None else 0)
+
+
+async def schema_version(con: asyncpg.Connection) -> int | None:
+    """The journal's schema version in the database `con` is connected to (None: no journal)."""
+    if not await con.fetchval("SELECT to_regclass('dbproxy.schema_version') IS NOT NULL"):
+        return None
+    return await con.fetchval("SELECT version FROM dbproxy.schema_version WHERE component = $1", COMPONENT)
+
+
+async def fetch_transaction(con: asyncpg.Connection, tx_id: int, *,
+                            version: int = SCHEMA_VERSION) -> tuple[TransactionRecord, list[StatementRecord]] | None:
+    """A transaction and its statements in order, read in one read-only snapshot, or None.
+    `version`: the schema version of the journal read (older ones lack some columns)."""
+    columns = _STMT_COLUMNS + (", params::text AS params" if version >= 3 else "")
+    async with con.transaction(isolation="repeatable_read", readonly=True):
+        tx = await con.fetchrow(f"SELECT {_tx_columns(version)} FROM dbproxy.transactions WHERE id = $1", tx_id)
+        if tx is None:
+            return None
+        stmts = await con.fetch(f"SELECT {columns} FROM dbproxy.statements WHERE tx_id = $1 ORDER BY seq", tx_id)
+    return TransactionRecord(**dict(tx)), [StatementRecord(**dict(s)) for s in stmts]
+
+
+async def fetch_transactions(con: asyncpg.Connection, *, outcome: str | None = None, agent: str | None = None,
+                             limit: int = 100, before_id: int | None = None, table: str | None = None,
+                             search: str | None = None, since: datetime | None = None,
+                             until: datetime | None = None, version: int = SCHEMA_VERSION) -> list[TransactionRecord]:
+    """Transactions, newest first; `before_id` pages on (ids smaller than it). `table`: one of its
+    statements mentions that text; `search`: a statement, the reason or the decider does
+    (case-insensitive); `since`/`until`: it started in that time."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    where, args = [], []
+    for column, value, op in (("outcome", outcome, "="), ("agent", agent, "="), ("id", before_id, "<"),
+                              ("started_at", since, ">="), ("started_at", until, "<")):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} {op} ${len(args)}")
+    for text, also in ((table, ""), (search, " OR t.reason ILIKE $N OR t.decided_by ILIKE $N")):
+        if text:
+            args.append("%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+            n = f"${len(args)}"
+            where.append(f"(EXISTS (SELECT 1 FROM dbproxy.statements s WHERE s.tx_id = t.id AND s.sql ILIKE {n})"
+                         + also.replace("$N", n) + ")")
+    args.append(limit)
+    sql = (f"SELECT {_tx_columns(version)} FROM dbproxy.transactions t"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY id DESC LIMIT ${len(args)}")
+    return [TransactionRecord(**dict(r)) for r in await con.fetch(sql, *args)]
+
+
 def _cap(s: str, limit: int) -> str:
     if len(s) <= limit:
         return s
@@ -338,10 +414,10 @@ class Journal:
             raise ValueError("max_buffer must be at least 1")
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
-        display = _display(dsn)
+        display = display_of(dsn)
         secret = _password(dsn)
         try:
-            url, timeout = _asyncpg_dsn(dsn)
+            url, timeout = asyncpg_dsn(dsn)
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=4, reset=_no_reset, timeout=timeout, command_timeout=30,
                 max_inactive_connection_lifetime=300,
@@ -393,14 +469,21 @@ class Journal:
             if version is None:
                 await con.execute(_DDL_V1)
                 await con.execute(_DDL_V2)
+                await con.execute(_DDL_V3)
+                await con.execute(_DDL_V4)
                 await con.execute("INSERT INTO dbproxy.schema_version (component, version) VALUES ($1, $2)",
                                   COMPONENT, SCHEMA_VERSION)
                 event("journal_schema_created", database=self.display, version=SCHEMA_VERSION)
-            elif version < 2:
-                await con.execute(_DDL_V2)
+            elif version < SCHEMA_VERSION:
+                if version < 2:
+                    await con.execute(_DDL_V2)
+                if version < 3:
+                    await con.execute(_DDL_V3)
+                if version < 4:
+                    await con.execute(_DDL_V4)
                 await con.execute("UPDATE dbproxy.schema_version SET version = $2, updated_at = now() "
                                   "WHERE component = $1", COMPONENT, SCHEMA_VERSION)
-                event("journal_schema_migrated", database=self.display, version=SCHEMA_VERSION)
+                event("journal_schema_migrated", database=self.display, version=SCHEMA_VERSION, was=version)
 
     async def close(self, grace: float = 5.0) -> None:
         """Write what is buffered (waiting at most `grace` seconds), mark this instance stopped
@@ -432,10 +515,22 @@ class Journal:
             self._pool.terminate()
         event("journal_closed", instance=self.instance)
 
+    async def ping(self, within: float = 3.0) -> str | None:
+        """None when the journal database answers within `within` seconds, else why not (no credentials)."""
+        if self._closed:
+            return "the journal is closed"
+        try:
+            await asyncio.wait_for(self._pool.fetchval("SELECT 1"), within)
+        except TimeoutError:
+            return f"the journal database at {self.display} did not answer within {within:g} s"
+        except Exception as e:
+            return f"the journal database at {self.display} is unreachable: {_describe(e)}"
+        return None
+
     # -- transactions -------------------------------------------------------------------------
 
     async def start(self, *, agent: str, session: int, database: str, mode: str, backend_pid: int | None,
-                    pending_xid: int | None = None, pending: bool = False) -> int:
+                    pending_xid: int | None = None, pending: bool = False, policy: str | None = None) -> int:
         """Record a new transaction; returns its id. One round trip. Its outcome is 'open', or with
         `pending` 'pending' at once (held_at now, `pending_xid`, one agent transaction): a hold
         needs no second round trip."""
@@ -445,10 +540,10 @@ class Journal:
             "start",
             lambda con: con.fetchval(
                 "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, outcome, "
-                "xid, held_at, agent_transactions) VALUES ($1, $2, $3, $4, $5, $6, "
+                "xid, held_at, agent_transactions, policy) VALUES ($1, $2, $3, $4, $5, $6, "
                 "CASE WHEN $7 THEN 'pending' ELSE 'open' END, $8, CASE WHEN $7 THEN now() END, "
-                "CASE WHEN $7 THEN 1 ELSE 0 END) RETURNING id",
-                self.instance, agent, session, database, mode, backend_pid, pending, pending_xid),
+                "CASE WHEN $7 THEN 1 ELSE 0 END, $9) RETURNING id",
+                self.instance, agent, session, database, mode, backend_pid, pending, pending_xid, policy),
             idempotent=False)
 
     async def insert_finished(self, txs: list[FinishedTransaction]) -> list[int]:
@@ -460,21 +555,23 @@ class Journal:
             if t.mode not in _MODES or t.outcome not in FINAL_OUTCOMES:
                 raise ValueError(f"bad finished transaction {t!r}")
         cols = list(zip(*((t.agent, t.session, t.database, t.mode, t.backend_pid, t.started_at, t.ended_at,
-                           t.outcome, t.agent_transactions, t.xid, t.undo) for t in txs), strict=True))
+                           t.outcome, t.agent_transactions, t.xid, t.undo, t.decided_by, t.policy) for t in txs),
+                        strict=True))
         ids = await self._call("insert_finished", lambda con: con.fetch(
             "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, started_at, "
-            "ended_at, outcome, decided_by, agent_transactions, xid, undo) "
-            "SELECT $1, a, s, d, m, p, st, en, o, 'agent', n, x, j::jsonb FROM unnest($2::text[], $3::bigint[], "
+            "ended_at, outcome, decided_by, agent_transactions, xid, undo, policy) "
+            "SELECT $1, a, s, d, m, p, st, en, o, b, n, x, j::jsonb, pol FROM unnest($2::text[], $3::bigint[], "
             "$4::text[], $5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
-            "$11::bigint[], $12::text[]) "
-            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, ord) ORDER BY ord RETURNING id",
+            "$11::bigint[], $12::text[], $13::text[], $14::text[]) "
+            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, b, pol, ord) ORDER BY ord RETURNING id",
             self.instance, *(list(c) for c in cols)), idempotent=False)
         # Ids come from one sequence in row order, so sorted ids line up with `txs`.
         return sorted(r["id"] for r in ids)
 
     async def update(self, tx_id: int, *, outcome: str | None = None, xid: int | None = None, held: bool = False,
                      decided_by: str | None = None, reason: str | None = None,
-                     agent_transactions: int | None = None, undo: str | None = None) -> bool:
+                     agent_transactions: int | None = None, undo: str | None = None,
+                     policy: str | None = None) -> bool:
         """Change a transaction. Fields left None are kept. `held` sets held_at (once); a final
         outcome sets ended_at. Returns False, changing nothing, when an outcome is given but the
         transaction already has a final one. Raises JournalError for an unknown id."""
@@ -501,6 +598,8 @@ class Journal:
             put("reason", reason)
         if agent_transactions is not None:
             put("agent_transactions", agent_transactions)
+        if policy is not None:
+            put("policy", policy)
         if undo is not None:
             args.append(undo)
             sets.append(f"undo = ${len(args)}::jsonb")
@@ -539,9 +638,11 @@ class Journal:
     # -- statements (hot path) ----------------------------------------------------------------
 
     def record_statement(self, tx_id: int, *, tx_no: int, sql: str, tag: str | None, rows: int | None,
-                         sqlstate: str | None = None, error: str | None = None) -> None:
-        """Queue a statement for the journal. Never blocks and never raises: the background writer
-        makes it durable (see `flush`)."""
+                         sqlstate: str | None = None, error: str | None = None,
+                         params: list[str | None] | None = None) -> None:
+        """Queue a statement for the journal (`params`: its bind parameter values as text, already
+        cut and redacted). Never blocks and never raises: the background writer makes it durable
+        (see `flush`)."""
         try:
             if self._closed:
                 return
@@ -555,9 +656,10 @@ class Journal:
             if error is not None and len(error) > MAX_ERROR_CHARS:
                 error = _cap(error, MAX_ERROR_CHARS)
             self._recorded += 1
-            self._buf.append(_Record(self._recorded, tx_id, seq, tx_no, sql, tag, rows, sqlstate, error,
-                                     datetime.now(UTC)))
-            self._buf_chars += len(sql)
+            rec = _Record(self._recorded, tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, datetime.now(UTC),
+                          json.dumps(params, ensure_ascii=False) if params is not None else None)
+            self._buf.append(rec)
+            self._buf_chars += _chars(rec)
             if len(self._buf) > self._max_buffer or self._buf_chars > MAX_BUFFER_CHARS:
                 self._overflow()
             self._wake.set()
@@ -568,7 +670,7 @@ class Journal:
         dropped = 0
         while len(self._buf) > 1 and (len(self._buf) > self._max_buffer or self._buf_chars > MAX_BUFFER_CHARS):
             old = self._buf.popleft()
-            self._buf_chars -= len(old.sql)
+            self._buf_chars -= _chars(old)
             self._lost[old.tx_id] = self._lost.get(old.tx_id, 0) + 1
             dropped += 1
         self._drops += dropped
@@ -647,8 +749,8 @@ class Journal:
         chars = 0
         while self._buf and len(records) < BATCH_RECORDS and (not records or chars < BATCH_CHARS):
             rec = self._buf.popleft()
-            self._buf_chars -= len(rec.sql)
-            chars += len(rec.sql)
+            self._buf_chars -= _chars(rec)
+            chars += _chars(rec)
             records.append(rec)
         lost, self._lost = self._lost, {}
         return _Batch(records, lost, self._drops)
@@ -671,7 +773,8 @@ class Journal:
                 rec = batch.records[0]
                 try:
                     await self._insert(con, [rec._replace(sql=_clean(rec.sql) or "", tag=_clean(rec.tag),
-                                                          error=_clean(rec.error), sqlstate=_clean(rec.sqlstate))],
+                                                          error=_clean(rec.error), sqlstate=_clean(rec.sqlstate),
+                                                          params=_clean(rec.params))],
                                        {})
                 except Exception as e:
                     if _transient(e):
@@ -694,14 +797,14 @@ class Journal:
                 await self._pool.release(con)
 
     async def _insert(self, con: asyncpg.Connection, records: list[_Record], lost: dict[int, int]) -> None:
-        cols: list[list[Any]] = [[] for _ in range(9)]
+        cols: list[list[Any]] = [[] for _ in range(10)]
         for r in records:
             sql, error = r.sql, r.error
             if "\x00" in sql:
                 sql = sql.replace("\x00", "\\0")
             if error is not None and "\x00" in error:
                 error = error.replace("\x00", "\\0")
-            for i, v in enumerate((r.tx_id, r.seq, r.tx_no, sql, r.tag, r.rows, r.sqlstate, error, r.at)):
+            for i, v in enumerate((r.tx_id, r.seq, r.tx_no, sql, r.tag, r.rows, r.sqlstate, error, r.at, r.params)):
                 cols[i].append(v)
         inserted = await con.fetchval(_WRITE_BATCH, *cols, list(lost), list(lost.values()), timeout=60)
         if inserted != len(records):
@@ -812,47 +915,15 @@ class Journal:
     async def get(self, tx_id: int) -> tuple[TransactionRecord, list[StatementRecord]] | None:
         """A transaction and its durable statements in order (call `flush` first to include
         statements still buffered), or None."""
-        async def run(con: asyncpg.Connection) -> tuple[Any, Any]:
-            async with con.transaction(isolation="repeatable_read", readonly=True):
-                tx = await con.fetchrow(f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id = $1", tx_id)
-                if tx is None:
-                    return None, []
-                stmts = await con.fetch(
-                    "SELECT seq, tx_no, sql, tag, rows, sqlstate, error, at FROM dbproxy.statements "
-                    "WHERE tx_id = $1 ORDER BY seq", tx_id)
-                return tx, stmts
-
-        tx, stmts = await self._call("get", run)
-        if tx is None:
-            return None
-        return TransactionRecord(**dict(tx)), [StatementRecord(**dict(s)) for s in stmts]
+        return await self._call("get", lambda con: fetch_transaction(con, tx_id))
 
     async def list(self, *, outcome: str | None = None, agent: str | None = None, limit: int = 100,
                    before_id: int | None = None, table: str | None = None, search: str | None = None,
                    since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
-        """Transactions, newest first; `before_id` pages on (ids smaller than it). `table`: one of its
-        statements mentions that text; `search`: a statement, the reason or the decider does
-        (case-insensitive); `since`/`until`: it started in that time."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        where, args = [], []
-        for column, value, op in (("outcome", outcome, "="), ("agent", agent, "="), ("id", before_id, "<"),
-                                  ("started_at", since, ">="), ("started_at", until, "<")):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} {op} ${len(args)}")
-        for text, also in ((table, ""), (search, " OR t.reason ILIKE $N OR t.decided_by ILIKE $N")):
-            if text:
-                args.append("%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-                n = f"${len(args)}"
-                where.append(f"(EXISTS (SELECT 1 FROM dbproxy.statements s WHERE s.tx_id = t.id AND s.sql ILIKE {n})"
-                             + also.replace("$N", n) + ")")
-        args.append(limit)
-        sql = (f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions t"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + f" ORDER BY id DESC LIMIT ${len(args)}")
-        rows = await self._call("list", lambda con: con.fetch(sql, *args))
-        return [TransactionRecord(**dict(r)) for r in rows]
+        """Transactions, newest first (see `fetch_transactions`)."""
+        return await self._call("list", lambda con: fetch_transactions(
+            con, outcome=outcome, agent=agent, limit=limit, before_id=before_id, table=table, search=search,
+            since=since, until=until))
 
     def backlog(self) -> tuple[int, float]:
         """Statements recorded but not yet durable, and the age in seconds of the oldest of them
@@ -871,7 +942,7 @@ class Journal:
         undone already is known upstream, in `dbproxy.undo_records`): undo-mode ones, and hold-mode
         ones a reviewer committed with capture on."""
         rows = await self._call("undoable_since", lambda con: con.fetch(
-            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 AND mode IN ('undo', 'hold') "
+            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 "
             "AND outcome = 'committed' AND xid IS NOT NULL AND undo ? 'direction' ORDER BY id DESC", tx_id))
         return [TransactionRecord(**dict(r)) for r in rows]
 
@@ -884,6 +955,12 @@ class Journal:
         return {int(r[0]): int(r[1]) for r in rows}
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    async def run(self, what: str, fn: Callable[[asyncpg.Connection], Awaitable[Any]], *,
+                  idempotent: bool = True) -> Any:
+        """Run `fn` on a connection to the state database, with the journal's retry rules: for
+        other components that keep state there (`dbproxy.policy.store`)."""
+        return await self._call(what, fn, idempotent=idempotent)
 
     async def _call(self, what: str, fn: Callable[[asyncpg.Connection], Awaitable[Any]], *,
                     idempotent: bool = True) -> Any:

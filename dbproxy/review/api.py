@@ -5,39 +5,44 @@ agent listener, on the same event loop. It serves a `dbproxy.review.ReviewServic
 live held transactions and its journal) as JSON over HTTP; the `dbproxy pending|show|commit|
 rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer likes talk to it.
 
-    GET  /v1/health                         {"status": "ok"}                 (no token needed)
+    GET  /v1/health                         {"status": "ok"}, or 503 {"status": "degraded", "reasons": [...]}
+                                            when the upstream or the journal is unreachable (no token needed)
     GET  /v1/pending                        [TransactionRecord]   waiting for a decision, oldest first
     GET  /v1/transactions?outcome=&agent=&limit=&before=
                                             [TransactionRecord]   the journal, newest first
     GET  /v1/transactions/{id}?offset=&limit=&table=
                                             TransactionDetail     statements, row diff (paged per table),
                                                                   blocked sessions
-    POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT}, optional
+    POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT, "grant": G}, optional;
+                                                                  G (session|permanent) covers what it wrote
     POST /v1/transactions/{id}/rollback     Decision              (the reason is journaled and told to the agent)
     POST /v1/transactions/{id}/undo         UndoOutcome           body {"reason", "force", "dry_run", "since"}
     POST /v1/transactions/{id}/redo         UndoOutcome           body {"reason", "force", "dry_run"}
     POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
+    /v1/grants, /v1/requests, /v1/reload    the policy: grants, paused statements, reloading the settings
+                                            (`dbproxy.review.policy_api`)
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
     GET  /metrics                           Prometheus text format (no token needed; counts and agent
                                             names only, see `dbproxy.review.metrics`)
     /console/...                            the review console's pages (`dbproxy.review.console`;
                                             signed in with a session cookie, not the bearer token)
 
-Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`. Every
+Bodies are the pydantic models of `dbproxy.review.models` as `model_dump(mode="json")`, written by
+`dbproxy.review.jsonio` (numbers in row diffs keep PostgreSQL's digits: `27.00`); statements are
+shown through `dbproxy.review.present` (secrets redacted, read-only ones marked). Every
 endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
 `admin_token` setting or, by default, from `DATA_DIR/admin-token`, created (mode 0600) at the
 first start by `load_or_create_token`. Errors are JSON too: `{"error": MESSAGE, "sqlstate": ...}`
-with the `ReviewError`'s status (404 unknown id, 409 wrong state, 502 upstream failure, 503
-journal unavailable), 400 for malformed ids and parameters, 401 for a missing or wrong token, 404
-for unknown routes and 500, with a generic message and the details only in the proxy's log, for
-anything unexpected.
+with the `ReviewError`'s (or `PolicyError`'s) status (404 unknown id, 409 wrong state, 422 refused
+by the rules of permanence, 502 upstream failure, 503 journal unavailable), 400 for malformed ids
+and parameters, 401 for a missing or wrong token, 404 for unknown routes and 500, with a generic
+message and the details only in the proxy's log, for anything unexpected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -45,7 +50,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,10 +59,14 @@ from pydantic.json_schema import JsonSchemaMode
 from dbproxy.auth.reviewers import Reviewers
 from dbproxy.config import log
 from dbproxy.journal.records import Outcome, TransactionRecord
+from dbproxy.policy.service import Policy, PolicyError
+from dbproxy.review import jsonio, present
 from dbproxy.review.console.pages import Console
+from dbproxy.review.console.policy_pages import PolicyPages
 from dbproxy.review.events import EventHub
 from dbproxy.review.metrics import CONTENT_TYPE, ProxyMetrics
 from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
+from dbproxy.review.policy_api import PolicyRoutes, Reloader, openapi_paths
 from dbproxy.review.service import DIFF_PAGE, MAX_DIFF_PAGE, ReviewError, ReviewService
 
 TOKEN_FILE = "admin-token"
@@ -163,6 +172,10 @@ class DecisionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
                                description="why; journaled with the decision, shown by show and log and told "
                                "to the agent")
+    grant: Literal["session", "permanent"] | None = Field(
+        default=None, description="commit only: also grant the agent what this transaction did (its operation "
+        "classes on the objects it wrote), for the rest of its session or permanently (refused with 422 for what "
+        "has no exact inverse)")
 
 
 class ErrorBody(BaseModel):
@@ -170,8 +183,13 @@ class ErrorBody(BaseModel):
     sqlstate: str | None = Field(default=None, description="SQLSTATE when the upstream database refused or failed")
 
 
+#: A health check waits this long for its answer before reporting the check itself as failing.
+HEALTH_TIMEOUT = 5.0
+
+
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] | None = Field(default=None, description="degraded: what is unreachable (upstream, journal)")
 
 
 class _BadRequest(Exception):
@@ -185,7 +203,7 @@ def _error(status: int, message: str, *, sqlstate: str | None = None,
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    return web.json_response(data, status=status, dumps=jsonio.dumps)
 
 
 def _dump_list(items: list[BaseModel]) -> list[dict[str, Any]]:
@@ -234,7 +252,8 @@ class AdminServer:
 
     def __init__(self, service: ReviewService, token: str, *, host: str, port: int,
                  events: EventHub | None = None, metrics: ProxyMetrics | None = None,
-                 reviewers: Reviewers | None = None) -> None:
+                 reviewers: Reviewers | None = None, policy: Policy | None = None,
+                 reload: Reloader | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a non-empty token")
         self._service = service
@@ -244,11 +263,14 @@ class AdminServer:
         self.events = events if events is not None else EventHub()
         self.metrics = metrics
         self.console = Console(service, self._reviewers.who, self.events)
+        self.policy_pages = PolicyPages(self.console, policy) if policy is not None else None
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self._openapi_doc: dict[str, Any] | None = None
+        self.policy = policy
+        self._reload = reload
 
     # lifecycle
 
@@ -273,6 +295,8 @@ class AdminServer:
         aiohttp's test server)."""
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
         self.console.add_to(app)
+        if self.policy_pages is not None:
+            self.policy_pages.add_to(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/pending", self._pending)
@@ -284,6 +308,8 @@ class AdminServer:
         app.router.add_post("/v1/transactions/{id}/redo", self._redo)
         app.router.add_post("/v1/transactions/{id}/verify", self._verify)
         app.router.add_get("/openapi.json", self._openapi)
+        if self.policy is not None:
+            PolicyRoutes(self.policy, reviewer=lambda r: self._claimed(r, None), reload=self._reload).add_to(app)
         return app
 
     async def stop(self) -> None:
@@ -310,6 +336,8 @@ class AdminServer:
         except ReviewError as e:
             status = e.status if isinstance(e.status, int) and 400 <= e.status <= 599 else 500
             return _error(status, e.message, sqlstate=e.sqlstate)
+        except PolicyError as e:
+            return _error(e.status if 400 <= e.status <= 599 else 500, e.message)
         except _BadRequest as e:
             return _error(400, str(e))
         except web.HTTPNotFound:
@@ -350,7 +378,13 @@ class AdminServer:
     # endpoints
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json(Health().model_dump(mode="json"))
+        try:
+            reasons = await asyncio.wait_for(self._service.health(), HEALTH_TIMEOUT)
+        except TimeoutError:
+            reasons = [f"the health check did not finish within {HEALTH_TIMEOUT:g} s"]
+        if not reasons:
+            return _json(Health().model_dump(mode="json", exclude_none=True))
+        return _json(Health(status="degraded", reasons=reasons).model_dump(mode="json"), status=503)
 
     async def _pending(self, request: web.Request) -> web.Response:
         return _json(_dump_list(await self._service.pending()))
@@ -388,7 +422,7 @@ class AdminServer:
             raise _BadRequest(f"table must be at most {MAX_TABLE_LENGTH} characters")
         assert offset is not None and limit is not None
         detail = await self._service.show(_parse_id(request), offset=offset, limit=limit, table=table)
-        return _json(detail.model_dump(mode="json"))
+        return _json(present.detail_data(detail))
 
     async def _commit(self, request: web.Request) -> web.Response:
         return await self._decide(request, "commit")
@@ -398,10 +432,14 @@ class AdminServer:
 
     async def _decide(self, request: web.Request, action: str) -> web.Response:
         tx_id = _parse_id(request)
-        reviewer, reason = await self._reviewer(request)
-        call = self._service.commit if action == "commit" else self._service.rollback
+        reviewer, reason, grant = await self._reviewer(request)
+        if grant is not None and action != "commit":
+            raise _BadRequest("only a commit can add a grant")
         # A reviewer hanging up must not cut a COMMIT or ROLLBACK off half way.
-        decision = await asyncio.shield(call(tx_id, reviewer, reason=reason))
+        if action == "commit":
+            decision = await asyncio.shield(self._service.commit(tx_id, reviewer, reason=reason, grant=grant))
+        else:
+            decision = await asyncio.shield(self._service.rollback(tx_id, reviewer, reason=reason))
         log.event("admin.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome,
                   remote=request.remote, sqlstate=decision.sqlstate)
         return _json(decision.model_dump(mode="json"))
@@ -441,8 +479,8 @@ class AdminServer:
                   dry_run=body.dry_run, force=body.force, conflicts=len(outcome.conflicts), remote=request.remote)
         return _json(outcome.model_dump(mode="json"))
 
-    async def _reviewer(self, request: web.Request) -> tuple[str, str | None]:
-        """Who decides (the token's reviewer) and why (optional)."""
+    async def _reviewer(self, request: web.Request) -> tuple[str, str | None, Literal["session", "permanent"] | None]:
+        """Who decides (the token's reviewer), why (optional) and what it grants along (optional)."""
         raw = await request.read()
         body = DecisionRequest()
         if raw.strip():
@@ -453,7 +491,7 @@ class AdminServer:
                     f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
                 )
                 raise _BadRequest(f'the body must be empty or {{"reason": TEXT}} ({problems})') from None
-        return self._claimed(request, body.reviewer), _clean_reason(body.reason)
+        return self._claimed(request, body.reviewer), _clean_reason(body.reason), body.grant
 
     @staticmethod
     def _claimed(request: web.Request, named: str | None) -> str:
@@ -500,6 +538,7 @@ def openapi_document() -> dict[str, Any]:
             403: "the body or header names a reviewer other than the token's",
             404: "no transaction with this id",
             409: "the transaction is not in a state that allows this",
+            422: "refused: a permanent grant for what has no exact inverse",
             500: "unexpected error (details in the proxy's log)",
             502: "the upstream database refused or failed; `sqlstate` says how",
             503: "the journal is unavailable",
@@ -525,7 +564,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": False,
                                 "content": {"application/json": {"schema": ref(DecisionRequest, "validation")}}},
                 "responses": {"200": body(ref(Decision), "the decision and the resulting outcome"),
-                              **errors(400, 403, 404, 409, 502)},
+                              **errors(400, 403, 404, 409, 422, 502)},
             }
         }
 
@@ -543,8 +582,10 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/health": {
             "get": {
-                "operationId": "health", "summary": "liveness check (no token needed)", "security": [],
-                "responses": {"200": body(ref(Health), "the API is up")},
+                "operationId": "health", "summary": "health check (no token needed)", "security": [],
+                "responses": {"200": body(ref(Health), "the API is up, the upstream and the journal reachable"),
+                              "503": body(ref(Health), "degraded: the upstream or the journal is unreachable "
+                                          "(`reasons` says which)")},
             }
         },
         "/v1/pending": {
@@ -593,7 +634,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/transactions/{id}/commit": decision("commit", "Commit"),
         "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
-        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed in undo mode (or a range)"),
+        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed with its inverse (or a range)"),
         "/v1/transactions/{id}/redo": undo_redo("redo", "Apply an undone transaction again"),
         "/v1/transactions/{id}/verify": {
             "post": {
@@ -603,6 +644,7 @@ def openapi_document() -> dict[str, Any]:
                               **errors(400, 404, 409, 502)},
             }
         },
+        **openapi_paths(ref, body, errors),
         "/openapi.json": {
             "get": {
                 "operationId": "openapi", "summary": "this document",

@@ -1,26 +1,41 @@
-"""The reviewer's commands: `dbproxy pending|show|commit|rollback|log`, clients of the admin API.
+"""The reviewer's commands: `dbproxy pending|show|commit|rollback|log|...`, clients of the admin API.
 
     dbproxy pending                      held transactions waiting for a decision
     dbproxy show ID [--offset N] [--limit N] [--table T]
                                          statements by agent transaction, row changes (paged per
                                          table), blocked sessions
-    dbproxy commit ID [--reason TEXT]    commit it upstream (recorded under your token's reviewer)
+    dbproxy commit ID [--reason TEXT] [--grant session|permanent]
+                                         commit it upstream (recorded under your token's reviewer);
+                                         --grant also grants the agent what it did
     dbproxy rollback ID [--reason TEXT]  the reason is journaled and told to the agent
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
-    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
+                                         the journal, newest first: outcome, who decided (and why),
+                                         which rule or grant decided, undone/redone, the sandbox's verdict
+    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed with its inverse
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
     dbproxy verify ID                    prove its inverse in the sandbox again (exit 1 unless verified)
+    dbproxy grant|grants|revoke|requests|approve|reject|reload
+                                         the policy: grants and approval requests
+                                         (`dbproxy.review.policy_cli`)
 
-Common options: `--admin HOST:PORT` (the `admin` setting, env `DBPROXY_ADMIN`, default
-127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the `admin_token` setting, else
-`DATA_DIR/admin-token`, which `dbproxy serve` creates), `--data-dir`, `--config`, and `--json` to
-print the API's JSON instead of tables.
+Common options: `--admin HOST:PORT` or `http://HOST:PORT` (the `admin` setting, env
+`DBPROXY_ADMIN`, default 127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the
+`admin_token` setting, else `DATA_DIR/admin-token`, which `dbproxy serve` creates), `--data-dir`,
+`--config`, and `--json` to print the API's JSON instead of tables.
+
+With the proxy stopped (its API unreachable, or no token to talk to it), `log` and `show` read
+the journal directly, read-only (`dbproxy.review.offline`); `--state-database URL` asks for that
+outright.
 
 They talk to a running `dbproxy serve` over HTTP (`dbproxy.review.api`) with the standard library's
 urllib, never through an HTTP proxy from the environment (the token must not leave for one).
-Exit codes: 0 done; 1 the API refused (unknown id, wrong state, upstream failure: the message and
-SQLSTATE are printed); 2 the API cannot be reached, the token is missing or refused, or a setting
-is wrong.
+Exit codes: 0 done; 1 the API refused what was asked of something that exists or existed: unknown
+id, agent, request or grant (404), already decided, ended or expired (409), not this reviewer's to
+decide (403), upstream failure (the message and SQLSTATE are printed); 2 a mistake in what was
+asked: a malformed command line or request (400), a grant the rules of permanence refuse (422:
+nothing without an exact inverse may be granted permanently), the API cannot be reached (nor the
+journal, for `log` and `show`), the token is missing or refused, or a setting is wrong. Every
+message is one line.
 """
 
 from __future__ import annotations
@@ -35,7 +50,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
@@ -47,8 +63,10 @@ from rich.table import Table
 from rich.text import Text
 
 from dbproxy import __version__
-from dbproxy.config.settings import SettingsError, load_settings
+from dbproxy.config.settings import Settings, SettingsError, load_settings
+from dbproxy.journal.passlog import DISCONNECTED
 from dbproxy.journal.records import FINAL_OUTCOMES, Outcome, StatementRecord, TransactionRecord
+from dbproxy.review import jsonio, offline, policy_cli, present
 from dbproxy.review.api import TOKEN_FILE, read_token_file
 from dbproxy.review.models import (
     BlockedSession,
@@ -59,9 +77,16 @@ from dbproxy.review.models import (
     UndoOutcome,
     VerifyOutcome,
 )
+from dbproxy.review.textout import aware, fmt_duration, fmt_time, make_console
+from dbproxy.review.textout import now as _now
 from inverse.undo_plan import Step
 
-COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify")
+COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify", *policy_cli.COMMANDS)
+#: API answers that mean the request itself was a mistake (exit code 2): malformed, or a grant the
+#: rules of permanence refuse.
+_MISTAKES = (400, 422)
+#: Commands that can read the journal directly when the proxy is stopped.
+OFFLINE_COMMANDS = ("log", "show")
 TOKEN_ENV = "DBPROXY_ADMIN_TOKEN"
 TIMEOUT = 60.0
 _RECORDS = TypeAdapter(list[TransactionRecord])
@@ -74,6 +99,14 @@ class _Fail(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _NoApi(_Fail):
+    """The API cannot be used at all (not running, no token): `log` and `show` read the journal
+    directly instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
 
 
 # --- argument parsing --------------------------------------------------------------------------
@@ -108,10 +141,15 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         sp.add_argument("--admin-token", dest="admin_token", metavar="TOKEN",
                         help=f"bearer token (env {TOKEN_ENV}; default: read DATA_DIR/{TOKEN_FILE})")
         sp.add_argument("--json", dest="as_json", action="store_true", help="print the API's JSON")
+        if name in OFFLINE_COMMANDS:
+            sp.add_argument("--state-database", dest="state_database", metavar="URL",
+                            help="read the journal from this database directly, read-only (with the proxy "
+                            "stopped; default then: the state_database or upstream setting, else the "
+                            "embedded PostgreSQL in the data directory)")
         return sp
 
     review("pending", "list transactions waiting for a decision")
-    show = review("show", "show one transaction: statements, row changes, blocked sessions")
+    show = review("show", "show one transaction: statements (with parameter values), row changes, blocked sessions")
     show.add_argument("id", type=_tx_id, metavar="ID")
     show.add_argument("--offset", type=_offset, default=0, metavar="N",
                       help="skip the first N changed rows of each table (default 0)")
@@ -124,9 +162,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         sp.add_argument("id", type=_tx_id, metavar="ID")
         sp.add_argument("--reason", metavar="TEXT", help="why (journaled, shown by show and log; a rollback's "
                         "reason is told to the agent)")
+        if name == "commit":
+            sp.add_argument("--grant", choices=("session", "permanent"), default=None,
+                            help="also grant the agent what this transaction did (its operation classes on the "
+                            "objects it wrote) for the rest of its session, or permanently (refused, leaving it "
+                            "pending, for what has no exact inverse)")
     verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
     verify.add_argument("id", type=_tx_id, metavar="ID")
-    for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
+    for name, what in (("undo", "undo a transaction committed with its inverse (checks no row changed since)"),
                        ("redo", "apply an undone transaction again")):
         sp = review(name, what)
         sp.add_argument("id", type=_tx_id, metavar="ID")
@@ -142,6 +185,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     lg.add_argument("--agent", dest="agent_filter", metavar="AGENT", help="only this agent's transactions")
     lg.add_argument("--limit", type=_limit, default=None, metavar="N", help="at most N (default 100, max 1000)")
     lg.add_argument("--before", type=_tx_id, default=None, metavar="ID", help="only ids below this one")
+    policy_cli.add_parsers(review)
 
 
 # --- the HTTP client ---------------------------------------------------------------------------
@@ -192,13 +236,15 @@ class ApiClient:
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError):
                 raise _Fail(f"the review API at {self.display} did not answer within {self.timeout:g} s", 2) from None
-            raise _Fail(unreachable, 2) from None
+            raise _NoApi(unreachable) from None
         except TimeoutError:
             raise _Fail(f"the review API at {self.display} did not answer within {self.timeout:g} s", 2) from None
         except (OSError, http.client.HTTPException):
-            raise _Fail(unreachable, 2) from None
+            raise _NoApi(unreachable) from None
+        except ValueError as e:  # a malformed address that got this far
+            raise _Fail(f"the review API address {self.display} is not usable: {e}", 2) from None
         try:
-            return json.loads(raw)
+            return jsonio.loads(raw)
         except ValueError:
             raise _Fail(f"the review API at {self.display} sent an answer that is not JSON", 2) from None
 
@@ -222,26 +268,47 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        client = _client(args)
-        return _dispatch(args, client, out)
+        planned = policy_cli.plan(args) if args.command in policy_cli.COMMANDS else None
+        settings = _settings(args)
+        if getattr(args, "state_database", None):
+            return _offline(args, settings, out)
+        try:
+            client = _client(args, settings)
+            if planned is not None:
+                return _policy(args, planned, client, out)
+            return _dispatch(args, client, out)
+        except _NoApi as e:
+            if args.command not in OFFLINE_COMMANDS:
+                raise
+            try:
+                code = _offline(args, settings, out, why=str(e), err=err)
+            except _Fail as off:
+                raise _Fail(f"{e}; and the journal cannot be read directly: {off}", off.code) from None
+            return code
     except _Fail as e:
         print(f"dbproxy: {e}", file=err)
         return e.code
+    except policy_cli.Mistake as e:
+        print(f"dbproxy {args.command}: {e}", file=err)
+        return 2
     except ApiError as e:
         if e.status == 401:
             print(f"dbproxy: the admin token was refused; pass --admin-token, set {TOKEN_ENV}, "
                   f"or use the DATA_DIR/{TOKEN_FILE} of the running proxy", file=err)
             return 2
         sqlstate = f" (SQLSTATE {e.sqlstate})" if e.sqlstate else ""
-        print(f"dbproxy: {e.message}{sqlstate}", file=err)
-        return 1
+        print(f"dbproxy: {' '.join(e.message.split())}{sqlstate}", file=err)
+        return 2 if e.status in _MISTAKES else 1
 
 
-def _client(args: argparse.Namespace) -> ApiClient:
+def _settings(args: argparse.Namespace) -> Settings:
     try:
-        settings = load_settings(args.config, {"admin": args.admin, "data_dir": args.data_dir})
+        return load_settings(args.config, {"admin": args.admin, "data_dir": args.data_dir})
     except SettingsError as e:
         raise _Fail(str(e), 2) from None
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> ApiClient:
     host, port = settings.admin_address
     # A server bound to every interface is reached on the loopback.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
@@ -261,12 +328,24 @@ def _token(args: argparse.Namespace, settings: Any) -> str:
         except ValueError as e:
             raise _Fail(str(e), 2) from None
         if token is None:
-            raise _Fail(f"no admin token: pass --admin-token, set {TOKEN_ENV}, or run where `dbproxy serve` "
-                        f"keeps its data directory ({path} does not exist)", 2)
+            raise _NoApi(f"no admin token: pass --admin-token, set {TOKEN_ENV}, or run where `dbproxy serve` "
+                         f"keeps its data directory ({path} does not exist)")
     token = token.strip()
     if not token.isascii() or not token.isprintable():
         raise _Fail("the admin token must be printable ASCII", 2)
     return token
+
+
+def _policy(args: argparse.Namespace, planned: policy_cli.Planned, client: ApiClient, out: TextIO) -> int:
+    data = planned.send(client)
+    if args.as_json:
+        print(jsonio.dumps(data, indent=2), file=out)
+        return 0
+    try:
+        return policy_cli.render(args, data, make_console(out))
+    except ValidationError as e:
+        raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
+                    f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
 
 
 def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
@@ -286,11 +365,13 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
         if cmd == "undo":
             body["since"] = args.since
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", body)
+    elif cmd == "commit" and args.grant is not None:
+        data = client.post(f"/v1/transactions/{args.id}/commit", {"reason": args.reason, "grant": args.grant})
     else:
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reason": args.reason})
 
     if args.as_json:
-        print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
+        print(jsonio.dumps(data, indent=2), file=out)
         if cmd in ("commit", "rollback") and isinstance(data, dict) and data.get("error"):
             return 1
         if cmd in ("undo", "redo") and isinstance(data, dict) and data.get("conflicts"):
@@ -307,6 +388,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                 console.print("no pending transactions" if cmd == "pending" else "no transactions")
             else:
                 console.print(records_table(records, with_decider=cmd == "log"))
+                for line in reasons(records) if cmd == "log" else []:
+                    console.print(line)
         elif cmd == "show":
             render_detail(console, TransactionDetail.model_validate(data), show_id=args.id)
         elif cmd in ("undo", "redo"):
@@ -323,59 +406,59 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                 raise _Fail(f"#{decision.id} {decision.outcome}: {decision.error}{sqlstate}", 1)
             console.print(Text(f"#{decision.id} {decision.outcome} by {decision.decided_by}"
                                + (f": {decision.reason}" if decision.reason else "")))
+            if decision.grant is not None:
+                console.print(Text(f"grant #{decision.grant} ({args.grant}): the agent may do what #{decision.id} did "
+                                   f"{'for the rest of its session' if args.grant == 'session' else 'until revoked'}"
+                                   f" (dbproxy grants; dbproxy revoke {decision.grant})"))
     except ValidationError as e:
         raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
                     f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
     return 0
 
 
-# --- human output ------------------------------------------------------------------------------
-
-
-def make_console(file: TextIO) -> Console:
-    """Colours only on a terminal (and not with NO_COLOR); 120 columns when not a terminal."""
+def _offline(args: argparse.Namespace, settings: Settings, out: TextIO, *, why: str | None = None,
+             err: TextIO | None = None) -> int:
+    """`log` or `show` straight from the journal (the proxy is stopped; `dbproxy.review.offline`)."""
+    state_url = getattr(args, "state_database", None)
     try:
-        tty = file.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    width = None
-    if not tty:
-        columns = os.environ.get("COLUMNS", "")
-        width = int(columns) if columns.isdigit() and int(columns) > 20 else 120
-    return Console(file=file, width=width, no_color=not tty or "NO_COLOR" in os.environ,
-                   highlight=False, emoji=False, soft_wrap=False)
+        if args.command == "log":
+            records, where = offline.log(settings, state_url, outcome=args.outcome, agent=args.agent_filter,
+                                         limit=args.limit or 100, before_id=args.before)
+            data: Any = [r.model_dump(mode="json") for r in records]
+        else:
+            detail, where = offline.show(settings, state_url, args.id)
+            if detail is None:
+                raise _Fail(f"no transaction #{args.id}", 1)
+            data = present.detail_data(detail)
+    except offline.OfflineError as e:
+        raise _Fail(str(e), 2) from None
+    if why is not None and err is not None:
+        print(f"dbproxy: {why}; read the journal at {where} directly (read-only)", file=err)
+    if args.as_json:
+        print(jsonio.dumps(data, indent=2), file=out)
+        return 0
+    console = make_console(out)
+    if args.command == "log":
+        if not records:
+            console.print("no transactions")
+        else:
+            console.print(records_table(records, with_decider=True))
+            for line in reasons(records):
+                console.print(line)
+    else:
+        assert detail is not None
+        render_detail(console, detail)
+    return 0
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def fmt_time(t: datetime | None) -> str:
-    return "-" if t is None else _aware(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
+# --- human output ------------------------------------------------------------------------------
 
 
 def _held_for(r: TransactionRecord, now: datetime) -> float | None:
     if r.held_at is None:
         return None
-    end = _aware(r.ended_at) if r.ended_at is not None else now
-    return (end - _aware(r.held_at)).total_seconds()
+    end = aware(r.ended_at) if r.ended_at is not None else now
+    return (end - aware(r.held_at)).total_seconds()
 
 
 _OUTCOME_STYLE = {
@@ -386,26 +469,62 @@ _OUTCOME_STYLE = {
 
 def records_table(records: list[TransactionRecord], *, with_decider: bool = False) -> Table:
     """ID, agent, database, mode, outcome, statements, agent transactions, started (local time),
-    held (how long it has been, or was, waiting for a decision), age (since it started)."""
+    held (how long it has been, or was, waiting for a decision), age (since it started). The log
+    (`with_decider`) has who decided, which rule or grant decided (`present.policy_short`; `show`
+    has the full text), the undo/redo state and the sandbox's verdict instead of the age (`reasons`
+    lists why each ended as it did, below the table)."""
     now = _now()
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name in ("ID", "AGENT", "DATABASE", "MODE", "OUTCOME", "STMTS", "AGENT TXS", "STARTED", "HELD", "AGE"):
+    # The log has four more columns: one space less between columns keeps it within 120 for the
+    # usual names.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  padding=(0, 1, 0, 0) if with_decider else (0, 1))
+    names = ["ID", "AGENT", "DATABASE", "MODE", "OUTCOME", "STMTS", "AGENT TXS", "STARTED", "HELD"]
+    names += ["DECIDED BY", "POLICY", "UNDO", "VERIFIED"] if with_decider else ["AGE"]
+    for name in names:
         numeric = name in ("ID", "STMTS", "AGENT TXS", "HELD", "AGE")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
-    if with_decider:
-        table.add_column("DECIDED BY", overflow="fold")
     for r in records:
         row = [
             Text(str(r.id)), Text(r.agent), Text(r.database), Text(r.mode),
             Text(r.outcome, style=_OUTCOME_STYLE.get(r.outcome, "")),
             Text(str(r.statements)), Text(str(r.agent_transactions)), Text(fmt_time(r.started_at)),
-            Text(fmt_duration(_held_for(r, now))), Text(fmt_duration((now - _aware(r.started_at)).total_seconds())),
+            Text(fmt_duration(_held_for(r, now))),
         ]
         if with_decider:
-            why = f": {r.reason[:60]}{'…' if len(r.reason) > 60 else ''}" if r.reason else ""
-            row.append(Text((r.decided_by or "-") + why))
+            verdict = verdict_of(r)
+            row += [Text(r.decided_by or "-"), Text(present.policy_short(r.policy)), Text(undo_state(r)),
+                    Text(verdict, style=_VERDICT_STYLE.get(verdict, ""))]
+        else:
+            row.append(Text(fmt_duration((now - aware(r.started_at)).total_seconds())))
         table.add_row(*row)
     return table
+
+
+def reasons(records: list[TransactionRecord]) -> list[Text]:
+    """Why transactions ended as they did, when the journal says (errors, expiry, restart, the
+    reviewer's reason): one line each, for below the log's table."""
+    return [Text(f"  #{r.id} {r.outcome}" + (f" by {r.decided_by}" if r.decided_by else "") + f": {r.reason}")
+            for r in records if r.reason]
+
+
+def undo_state(r: TransactionRecord) -> str:
+    """The log's UNDO column: 'undone' or 'redone' (the last of its undo/redo history), 'undo of
+    #N' / 'redo of #N' for the journal entry of an undo itself, '-' otherwise."""
+    doc = r.undo or {}
+    if doc.get("action"):
+        return f"{doc['action']} of #" + ", #".join(str(i) for i in doc.get("of") or [])
+    history = doc.get("history") or []
+    if history:
+        return {"undo": "undone", "redo": "redone"}.get(str(history[-1].get("action")), "-")
+    return "-"
+
+
+def verdict_of(r: TransactionRecord) -> str:
+    """The log's VERIFIED column: the sandbox's last verdict on the inverse ('-' outside undo mode)."""
+    v = (r.undo or {}).get("verification")
+    if v is None:
+        return "-"
+    return str(v.get("status", "?")) if isinstance(v, dict) else str(v)
 
 
 def fmt_value(v: Any, limit: int = 80) -> str:
@@ -414,8 +533,8 @@ def fmt_value(v: Any, limit: int = 80) -> str:
         s = "NULL"
     elif isinstance(v, bool):
         s = "true" if v else "false"
-    elif isinstance(v, int | float):
-        s = str(v)
+    elif isinstance(v, int | float | Decimal):
+        s = str(v)  # a Decimal keeps PostgreSQL's digits: 27.00
     elif isinstance(v, str):
         s = "'" + v.replace("'", "''") + "'"
     else:
@@ -447,7 +566,7 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
     facts.append(f"{t.statements} statement{'s' if t.statements != 1 else ''} in {t.agent_transactions} "
                  f"agent transaction{'s' if t.agent_transactions != 1 else ''}")
     console.print(Text("  " + " · ".join(facts)))
-    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - _aware(t.started_at)).total_seconds())} ago)"]
+    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - aware(t.started_at)).total_seconds())} ago)"]
     if t.held_at is not None:
         times.append(f"held {fmt_time(t.held_at)} (for {fmt_duration(_held_for(t, now))})")
     if t.ended_at is not None:
@@ -456,12 +575,14 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
     if t.decided_by or t.reason:
         who = f"decided by {t.decided_by}" if t.decided_by else "decided"
         console.print(Text(f"  {who}" + (f": {t.reason}" if t.reason else "")))
+    if t.policy:
+        console.print(Text(f"  policy: {t.policy}"))
     if t.outcome not in FINAL_OUTCOMES:
         state = "agent connected" if d.agent_connected else "agent disconnected"
         if d.agent_connected:
             state += ", inside a transaction" if d.agent_in_transaction else ", idle"
         if d.expires_at is not None:
-            left = (_aware(d.expires_at) - now).total_seconds()
+            left = (aware(d.expires_at) - now).total_seconds()
             state += f" · expires {fmt_time(d.expires_at)} (in {fmt_duration(left)})"
         console.print(Text("  " + state))
 
@@ -486,7 +607,14 @@ def _render_statements(console: Console, statements: list[StatementRecord]) -> N
     for s in sorted(statements, key=lambda s: (s.tx_no, s.seq)):
         by_tx.setdefault(s.tx_no, []).append(s)
     for tx_no, stmts in by_tx.items():
-        console.print(Text(f"  agent transaction {tx_no}", style="bold"))
+        header = Text(f"  agent transaction {tx_no}", style="bold")
+        if any(s.sql == DISCONNECTED for s in stmts):
+            header.append("  rolled back: the agent disconnected inside it", style="bold magenta")
+        elif stmts[-1].tag == "ROLLBACK":
+            header.append("  rolled back by the agent", style="magenta")
+        elif stmts and all(s.effect for s in stmts if s.tag not in _TX_CONTROL):
+            header.append("  changed no data", style="dim")
+        console.print(header)
         table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
         table.add_column("seq", justify="right", no_wrap=True)
         table.add_column("result", no_wrap=True)
@@ -498,11 +626,29 @@ def _render_statements(console: Console, statements: list[StatementRecord]) -> N
                 result = Text(s.tag or "-")
                 if s.rows is not None and (s.tag is None or not s.tag.endswith(f" {s.rows}")):
                     result.append(f" ({s.rows} rows)")
-            sql = Text(s.sql.strip())
+            if s.sql == DISCONNECTED:
+                sql = Text("(the agent disconnected inside this transaction; it was rolled back)", style="magenta")
+            else:
+                sql = Text(s.sql.strip())
+            if s.effect:
+                sql.append("  -- " + _EFFECT_NOTE[s.effect], style="dim")
+            if s.params:
+                sql.append("\n" + fmt_params(s.params), style="cyan")
             if s.error:
                 sql.append("\n" + s.error, style="red")
             table.add_row(Text(str(s.seq)), result, sql)
         console.print(Padding(table, (0, 0, 0, 4), expand=False))
+
+
+_TX_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "START TRANSACTION"})
+_EFFECT_NOTE = {"read-only": "read-only: changed nothing", "setting": "session setting: changed no data"}
+
+
+def fmt_params(params: list[str | None]) -> str:
+    """Bind parameter values as `$1 = 'text', $2 = NULL` (text as the journal keeps it: binary values
+    as \\x hex, long ones cut, secrets as ***)."""
+    return ", ".join(f"${i} = " + ("NULL" if p is None else fmt_value(p, limit=120))
+                     for i, p in enumerate(params, 1))
 
 
 def _render_diff(console: Console, diff: list[TableDiff] | None, note: str | None, *,
@@ -621,10 +767,13 @@ def render_verdict(console: Console, v: Any) -> None:
         line.append(f": {v['reason']}")
     console.print(line)
     how = []
+    on = f" on {v['backend']}" if v.get("backend") else ""  # which sandbox backend verified
     if v.get("cached"):
-        how.append(f"cached result for the same statement shape and schema (verified {v.get('at', '')})")
+        how.append(f"cached result for the same statement shape and schema (verified {v.get('at', '')}{on})")
     elif v.get("timings_ms", {}).get("total") is not None:
-        how.append(f"{v['timings_ms']['total']:.0f} ms on {v.get('backend') or 'the sandbox'}")
+        how.append(f"{v['timings_ms']['total']:.0f} ms{on or ' in the sandbox'}")
+    elif on:
+        how.append(on.strip())
     if v.get("forward"):
         how.append(f"forward from {v['forward']}")
     if v.get("sample"):
@@ -673,6 +822,7 @@ def _render_blocking(console: Console, blocking: list[BlockedSession]) -> None:
     for b in blocking:
         who = ", ".join(x for x in (b.user, b.application_name, b.state) if x)
         waiting = f"waiting {b.waiting_seconds:.0f} s" if b.waiting_seconds is not None else "waiting"
+        query = " ".join(b.query.split()) if b.query is not None else \
+            "(its query is not visible to the proxy's database role)"
         console.print(_line(("blocking: ", "bold red"),
-                            f"pid {b.pid}" + (f" ({who})" if who else "") + f" ({waiting}): "
-                            + " ".join((b.query or "?").split())))
+                            f"pid {b.pid}" + (f" ({who})" if who else "") + f" ({waiting}): " + query))

@@ -39,7 +39,8 @@ idle connection that sees only committed data (read in one REPEATABLE READ READ 
    from `offset` on (ordered by key, then kind), and `TableDiff.truncated` says when there are more. Values longer
    than 200 characters (text, json, bytea, anything) are cut in SQL before they are sent, to the
    first 200 characters plus "… (N bytes)" (bytes of the text form; of the binary value for bytea).
-   Two cut values still compare by an md5 of their full text.
+   Two cut values still compare by an md5 of their full text. Numbers keep the digits PostgreSQL
+   printed (`Decimal`: a numeric(10,2) shows `27.00`, not `27.0`; see `dbproxy.review.jsonio`).
 
 Round trips: held 2 (catalog, locks and settings; then one statement for every table), committed 4
 or 5 (BEGIN with settings, catalog, old versions, before images of listed rows when there are any,
@@ -333,18 +334,6 @@ def _canon(v: Any) -> Any:
     return ("s", v)
 
 
-def _plain(v: Any) -> Any:
-    """Decimals become floats where a float keeps the value, else stay Decimal."""
-    if isinstance(v, Decimal):
-        f = float(v)
-        return f if Decimal(repr(f)) == v else v
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
-
-
 def _in_order(r: RowChange, columns: list[str]) -> RowChange:
     """Columns in table order (jsonb sorts its keys by length, then bytes)."""
     rank = {c: i for i, c in enumerate(columns)}
@@ -520,19 +509,19 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
             d.deleted = t.estimate
         rows: list[RowChange] = []
         for _, kind, k, new, c in sorted(listed.get(t.idx, []), key=lambda x: x[0]):
-            key = dict(zip([n for n, _ in t.pk], _plain(_decode(k)), strict=False)) if t.pk and k else None
+            key = dict(zip([n for n, _ in t.pk], _decode(k), strict=False)) if t.pk and k else None
             old_row = before.get((t.idx, c)) if c else None
             if kind == "insert":
-                rows.append(RowChange(kind="insert", key=key, after=_plain(new.values) if new else None))
+                rows.append(RowChange(kind="insert", key=key, after=new.values if new else None))
             elif kind == "delete":
-                rows.append(RowChange(kind="delete", key=key, before=_plain(old_row.values) if old_row else None))
+                rows.append(RowChange(kind="delete", key=key, before=old_row.values if old_row else None))
             elif new is not None and old_row is None:  # "locked": before unknown
-                rows.append(RowChange(kind="update", key=key, after=_plain(new.values)))
+                rows.append(RowChange(kind="update", key=key, after=new.values))
             elif new is not None and old_row is not None:
                 cols = [col for col in dict.fromkeys([*old_row.values, *new.values]) if not old_row.same(new, col)]
                 rows.append(RowChange(kind="update", key=key,
-                                      before=_plain({col: old_row.values.get(col) for col in cols}),
-                                      after=_plain({col: new.values.get(col) for col in cols})))
+                                      before={col: old_row.values.get(col) for col in cols},
+                                      after={col: new.values.get(col) for col in cols}))
         d.rows = [_in_order(r, t.columns) for r in rows]
         d.offset = offset
         d.truncated = d.inserted + d.updated + d.deleted > len(rows)
@@ -544,24 +533,29 @@ async def compute_diff(held: HeldQuery, committed: asyncpg.Connection, held_pid:
     return result
 
 
-_BLOCKED_SQL = """with recursive blocked(pid) as (
-  select a.pid from pg_catalog.pg_stat_activity a
-  where a.pid <> $1::int and a.wait_event_type = 'Lock' and $1::int = any(pg_catalog.pg_blocking_pids(a.pid))
+#: Sessions waiting for a lock, found from pg_locks and pg_blocking_pids, which every role may read.
+#: (pg_stat_activity's wait_event_type would hide other roles' waits from a role without
+#: pg_read_all_stats.) Their user and application come from pg_stat_activity, which shows those
+#: for every session; their state and query only where the role may see them (else NULL).
+_BLOCKED_SQL = """with recursive waiting as (
+  select distinct l.pid from pg_catalog.pg_locks l where not l.granted and l.pid is not null
+), blocked(pid) as (
+  select w.pid from waiting w where w.pid <> $1::int and $1::int = any(pg_catalog.pg_blocking_pids(w.pid))
   union
-  select a.pid from pg_catalog.pg_stat_activity a join blocked b on b.pid = any(pg_catalog.pg_blocking_pids(a.pid))
-  where $2::bool and a.pid <> $1::int and a.wait_event_type = 'Lock'
+  select w.pid from waiting w join blocked b on b.pid = any(pg_catalog.pg_blocking_pids(w.pid))
+  where $2::bool and w.pid <> $1::int
 )
-select a.pid, a.usename::text, a.application_name, a.state, a.query,
+select b.pid, a.usename::text, a.application_name, a.state, nullif(a.query, '<insufficient privilege>'),
        extract(epoch from clock_timestamp() - coalesce(
-         (select min(l.waitstart) from pg_catalog.pg_locks l where l.pid = a.pid and not l.granted),
+         (select min(l.waitstart) from pg_catalog.pg_locks l where l.pid = b.pid and not l.granted),
          a.state_change, a.query_start))::float8
-from pg_catalog.pg_stat_activity a join blocked b on b.pid = a.pid
-order by 6 desc nulls last, a.pid"""
+from blocked b left join pg_catalog.pg_stat_activity a on a.pid = b.pid
+order by 6 desc nulls last, b.pid"""
 
 
 async def blocked_by(conn: asyncpg.Connection, held_pid: int, *, indirect: bool = False) -> list[BlockedSession]:
     """Sessions waiting for a lock the held transaction holds (pg_blocking_pids contains held_pid),
-    longest-waiting first. With `indirect`, also those queued behind such a waiter."""
+    of any role, longest-waiting first. With `indirect`, also those queued behind such a waiter."""
     rows = await conn.fetch(_BLOCKED_SQL, held_pid, indirect)
     return [BlockedSession(pid=r[0], user=r[1], application_name=r[2], state=r[3], query=r[4],
                            waiting_seconds=r[5]) for r in rows]

@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from dbproxy.review.diff import CUT, _canon, _decode, _in_order, _literal, _plain
+from dbproxy.review.diff import CUT, _canon, _decode, _in_order, _literal
 from dbproxy.review.models import RowChange, TableDiff
 
 _TABLES_SQL = """select r.rel::text, r.ddl::text,
@@ -121,16 +121,16 @@ def _cut(values: dict[str, Any]) -> dict[str, Any]:
 def _change(kind: str, key_cols: list[str] | None, k: str | None, old: str | None, new: str | None) -> RowChange:
     before = _decode(old)
     after = _decode(new)
-    key = dict(zip(key_cols, _plain(_decode(k)), strict=False)) if key_cols and k else None
+    key = dict(zip(key_cols, _decode(k), strict=False)) if key_cols and k else None
     if kind == "insert":
-        return RowChange(kind="insert", key=key, after=_plain(_cut(after or {})))
+        return RowChange(kind="insert", key=key, after=_cut(after or {}))
     if kind == "delete":
-        return RowChange(kind="delete", key=key, before=_plain(_cut(before or {})))
+        return RowChange(kind="delete", key=key, before=_cut(before or {}))
     before, after = before or {}, after or {}
     cols = [c for c in dict.fromkeys([*before, *after])
             if (c in before) != (c in after) or _canon(before.get(c)) != _canon(after.get(c))]
-    return RowChange(kind="update", key=key, before=_plain(_cut({c: before.get(c) for c in cols})),
-                     after=_plain(_cut({c: after.get(c) for c in cols})))
+    return RowChange(kind="update", key=key, before=_cut({c: before.get(c) for c in cols}),
+                     after=_cut({c: after.get(c) for c in cols}))
 
 
 async def image_diff(con: asyncpg.Connection, xid: int, *, limit: int = 50, offset: int = 0,

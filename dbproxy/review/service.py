@@ -8,7 +8,7 @@ interface here lets the API and the CLI be written and tested against it without
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dbproxy.journal.records import TransactionRecord
 from dbproxy.review.models import Decision, QueueEntry, TransactionDetail, UndoOutcome, VerifyOutcome
@@ -46,9 +46,12 @@ class ReviewService(Protocol):
         lists each table's changes `offset` to `offset + limit` (`table`: only that table)."""
         ...
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: Literal["session", "permanent"] | None = None) -> Decision:
         """Commit a pending transaction upstream. Failures raise ReviewError(502) and are journaled.
-        `reviewer` is who the token belongs to; `reason` is kept in the journal."""
+        `reviewer` is who the token belongs to; `reason` is kept in the journal; `grant` also grants
+        the agent what the transaction did, for its session or permanently (checked before the
+        commit: a grant that would be refused leaves the transaction pending)."""
         ...
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
@@ -57,7 +60,7 @@ class ReviewService(Protocol):
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    since: bool = False, reason: str | None = None) -> UndoOutcome:
-        """Undo a transaction committed in undo mode (or, `since`, it and every later one, newest
+        """Undo a transaction committed with its inverse (or, `since`, it and every later one, newest
         first) in one upstream transaction. Conflicts: nothing applied, listed in the outcome."""
         ...
 
@@ -75,4 +78,9 @@ class ReviewService(Protocol):
                   since: datetime | None = None, until: datetime | None = None) -> list[TransactionRecord]:
         """The journal, newest first; `table` and `search`: a statement mentions it; `since`/`until`:
         started in that time."""
+        ...
+
+    async def health(self) -> list[str]:
+        """What is wrong, for `/v1/health`: empty when the upstream and the journal answer, else
+        one sentence per problem (naming hosts and ports, never credentials)."""
         ...

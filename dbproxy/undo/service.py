@@ -41,11 +41,11 @@ async def _targets(journal: Journal, tx_id: int, *, since: bool,
             raise ReviewError(409, f"no transaction committed with an undo from #{tx_id} on")
         raise ReviewError(404, f"no transaction #{tx_id}")
     for r in records:
-        if r.mode not in ("undo", "hold") or r.outcome != "committed" or r.xid is None \
-                or not (r.undo or {}).get("direction"):
+        if r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
             raise ReviewError(409, f"transaction #{r.id} was not committed with an undo (mode {r.mode}, "
-                              f"outcome {r.outcome}); only transactions committed in undo mode, or in hold mode "
-                              "with capture installed, can be undone")
+                              f"outcome {r.outcome}); only transactions committed with their inverse (undo "
+                              "mode, allowed by a rule, or committed by a reviewer where capture is installed) "
+                              "can be undone")
     databases = {r.database for r in records}
     if len(databases) > 1:
         raise ReviewError(409, f"the range spans several databases ({', '.join(sorted(databases))}); "
@@ -143,7 +143,8 @@ async def _journal(journal: Journal, records: list[TransactionRecord], reviewer:
                f"{result.skipped} already in place, {result.forced} forced; triggers: {result.triggers}")
     records_out = [StatementRecord(seq=1, tx_no=1, sql=summary, at=now)]
     tx = FinishedTransaction(f"reviewer:{reviewer}", 0, records[0].database, "undo", None, now, now, "committed", 1,
-                             None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}))
+                             None, json.dumps({"action": direction, "of": ids, **result.to_json(), "sql": []}),
+                             decided_by=reviewer)
     try:
         (entry,) = await journal.insert_finished([tx])
         await journal.update(entry, decided_by=reviewer, reason=reason)

@@ -1,7 +1,8 @@
 """Sandbox verification as the running proxy uses it.
 
 One `Verification` per proxy holds the sandbox backend (started in the background when an agent
-may use undo mode, so the first commit does not pay for it), a small pool of upstream
+may use undo mode, so the first commit does not pay for it; with `sandbox = "auto"` the log says
+which backend it chose and why), a small pool of upstream
 connections per database for sampling (the proxy's own credentials; the sandbox never sees
 them), and the cache of verified results (`sandbox.cache`).
 
@@ -31,7 +32,8 @@ from inverse.llm.cache import AnswerCache
 from inverse.llm.client import LlmClient
 from inverse.llm.config import LlmConfig
 from inverse.undo_plan import Plan, build
-from sandbox.backends import BackendUnavailable, make_backend
+from sandbox.auto import AutoBackend, make_backend
+from sandbox.backends import BackendUnavailable
 from sandbox.cache import VerdictCache, statement_shape
 from sandbox.hybrid import Completed, askable, complete
 from sandbox.sampler import SampleOptions, read_tables
@@ -86,8 +88,9 @@ def llm_client(settings: LlmSettings) -> LlmClient | None:
 class Verification:
     def __init__(self, *, backend: str, data_dir: Path, server_url: str | None, dsn_for: Callable[[str], str],
                  options: SampleOptions, timeout: float, cache: bool, llm: LlmClient | None = None,
-                 llm_attempts: int = 3) -> None:
+                 llm_attempts: int = 3, image: str | None = None) -> None:
         self.kind = backend
+        self.image = image
         self.data_dir = data_dir
         self.server_url = server_url
         self.dsn_for = dsn_for
@@ -104,6 +107,7 @@ class Verification:
         self._copying: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._epoch: dict[str, str] = {}
+        self._announced = ""
 
     @property
     def enabled(self) -> bool:
@@ -118,11 +122,19 @@ class Verification:
         try:
             verifier = await self._get(database)
             await verifier.backend.start()
+            self._announce()
             log.event("sandbox.ready", backend=verifier.backend.describe())
         except Exception as e:
             log.event("sandbox.unavailable", reason=str(e), level=logging.WARNING)
             return
         self.schema_moved(database)
+
+    def _announce(self) -> None:
+        """Log `auto`'s choice, once per choice (it falls back to local if containers fail later)."""
+        backend = self._verifier.backend if self._verifier is not None else None
+        if isinstance(backend, AutoBackend) and backend.choice and backend.choice != self._announced:
+            self._announced = backend.choice
+            log.event("sandbox.auto", chose=backend.name, why=backend.choice.split(": ", 1)[1])
 
     def schema_moved(self, database: str) -> None:
         """Copy `database`'s schema into the sandbox again, in the background (at most one copy
@@ -199,7 +211,7 @@ class Verification:
                 # The proxy stops the sandbox cluster it started when it shuts down; its data
                 # directory stays, so the next start is quick and reuses the schema copies.
                 backend = make_backend(self.kind, data_dir=self.data_dir, server_url=self.server_url,
-                                       upstream_major=major, stop_on_close=True)
+                                       upstream_major=major, stop_on_close=True, image=self.image)
                 self._verifier = Verifier(backend, options=self.options, timeout=self.timeout)
             return self._verifier
 
@@ -217,11 +229,18 @@ class Verification:
     async def verify(self, database: str, tx: Transaction, candidate: Candidate) -> Verdict:
         try:
             async with self._sampling(database, tx) as (verifier, con, tx):
-                return await verifier.verify(con, self.dsn_for(database), tx, candidate)
+                verdict = await verifier.verify(con, self.dsn_for(database), tx, candidate)
+            self._announce()
+            return verdict
         except BackendUnavailable as e:
-            return Verdict.could_not(str(e), backend=self.kind)
+            return Verdict.could_not(str(e), backend=self.backend_name)
         except (OSError, asyncpg.PostgresError) as e:
-            return Verdict.could_not(f"the upstream could not be read for the sample: {e}", backend=self.kind)
+            return Verdict.could_not(f"the upstream could not be read for the sample: {e}", backend=self.backend_name)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend verifications run on (`auto`'s choice once made)."""
+        return self._verifier.backend.name if self._verifier is not None else self.kind
 
     async def verify_sample(self, database: str, plan: Plan, changes: list[Change], tables: dict[int, TableInfo],
                             total: int | None) -> Verdict:

@@ -1,4 +1,4 @@
-"""LLM-proposed inverses for what the rules cannot invert (DESIGN.md decision 6).
+"""LLM-proposed inverses for what the rules cannot invert (README, design decision 6).
 
 The rules (`inverse.undo_plan`, `inverse.ddl_rules`) give exact inverses from row images for most
 transactions. For the long tail (DDL whose inverse needs the state from before, statements the

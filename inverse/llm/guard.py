@@ -1,6 +1,6 @@
 """Check a model's proposed inverse before it goes anywhere near a database, even a sandbox.
 
-The sandbox decides whether an inverse is *right* (DESIGN.md decision 6); this module decides
+The sandbox decides whether an inverse is *right* (README, design decision 6); this module decides
 whether it is *admissible* at all. An inverse that reads a file, opens a connection, changes the
 session's role or touches a table it was not given is rejected unseen: the sandbox is a real
 PostgreSQL on a real host, and what a statement leaks there (say, `pg_read_file` output in an

@@ -1,6 +1,6 @@
 """The loop that turns a model's proposals into a trusted inverse, or into a reason there is none.
 
-DESIGN.md decision 6, "the LLM proposes, the sandbox disposes". Per attempt:
+README, design decision 6, "the LLM proposes, the sandbox disposes". Per attempt:
 
 1. **ask** the model (`LlmClient.ask`) with the request and the earlier failures as feedback;
 2. **check** the proposal with `guard.check` against the objects the inverse may touch; a
