@@ -201,7 +201,8 @@ class Verifier:
                 tx = replace(tx, statements=None, not_replayable=f"the statements changed other rows on the "
                              f"sample than upstream ({e}): the captured changes were applied instead")
                 try:
-                    verdict = await self._in_sandbox(schema, tx, candidate, sample, timings)
+                    verdict = await self._in_sandbox(schema, tx, candidate, sample, timings,
+                                                     lambda: self._schema(upstream, upstream_url))
                 except _Unrepresentative as e2:
                     return Verdict.could_not(f"sample not representative, even widened: {e2}", widened=True,
                                              sample=sample.counts(), timings_ms=timings)
