@@ -23,7 +23,23 @@
 
 Steps 3 to 5 run on a connection that logs in as an unprivileged role (`sandbox.roles`): the
 agent's statements and the inverse, which a model may have written, cannot reach the sandbox
-server's files or programs, nor climb back to a superuser.
+server's files or programs, nor climb back to a superuser. Which connection runs what:
+
+- **the runner's connection** (one transaction, rolled back): everything whose text an agent or
+  a model wrote, or that re-runs it (the statements, the captured DDL re-run when the forward
+  goes by images, the inverse), and the proxy's own row loading, digests and catalog reads;
+- **the admin's connection**, only for the proxy's own fixed statements: building the schema copy,
+  and before the replay, making the roles the statements and the inverse name (`roles.grant_named`:
+  NOLOGIN, values quoted) and the runner's membership in the ordinary ones;
+- **admin-owned SECURITY DEFINER helpers**, called from the runner's transaction where a fixed
+  statement must see its uncommitted state: setting `session_replication_role`, and marking a
+  foreign key the inverse re-adds valid (`_foreign_key`).
+
+A statement that fails on the sample for lack of privilege (it reads a server file, say) makes
+the verdict "could not verify" with PostgreSQL's error: the sample is not to blame, so it is
+neither widened nor replaced by the captured changes. Rule-made owner and privilege steps that
+name a role the runner may not become (the sandbox's superuser) are not run; the verdict lists
+them in `not_run` (the digest compares neither owners nor privileges).
 
 A sandbox that dies is brought back (`Backend.recover`; a replaced container gets the schema
 copied again) and the verification tried once more; one that hangs is stopped by the statement
@@ -67,7 +83,7 @@ _ROW_KINDS = frozenset({"remove", "restore", "revert"})
 _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
 #: Part of every schema copy's name: copies made before the runner role existed are not reused.
-COPY_FORMAT = "2"
+COPY_FORMAT = "3"
 _DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
               "reset", "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare",
               "execute", "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
@@ -320,6 +336,19 @@ class Verifier:
             self._pools[database] = pool
         return pool
 
+    async def _named_roles(self, tx: Transaction, candidate: Candidate) -> frozenset[str]:
+        """Roles the statements and the inverse name, made in the sandbox server by the admin
+        (the schema copy has no roles of its own, and a statement naming a missing role fails
+        where it did not upstream); returns those the SQL under test may not act as."""
+        names = _roles_named(tx, candidate)
+        if not names:
+            return frozenset()
+        admin = await self._admin()
+        try:
+            return await roles.grant_named(admin, names, self._runner.name if self._runner else None)
+        finally:
+            await admin.close()
+
     async def _forget_server(self) -> None:
         pools, self._pools = self._pools, {}
         for p in pools.values():
@@ -333,9 +362,10 @@ class Verifier:
                           timings: dict[str, float], again: Callable[[], Awaitable[_Schema]]) -> Verdict:
         for attempt in range(2):
             try:
+                strangers = await self._named_roles(tx, candidate)
                 pool = await self._pool(schema.database)
                 async with pool.acquire() as con:
-                    return await _run(con, schema, tx, candidate, sample, timings)
+                    return await _run(con, schema, tx, candidate, sample, timings, strangers)
             except _LOST as e:
                 # The sandbox died under us: bring it back and retry. A restarted cluster still
                 # has its schema copy; a replaced container gets the schema copied again (`again`).
@@ -420,24 +450,20 @@ async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableI
         await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
 
 
-async def _roles(con: asyncpg.Connection, tx: Transaction, candidate: Candidate) -> None:
-    """Roles the statements and the inverse name (GRANT ... TO, OWNER TO, policies), made in the
-    sandbox server as NOLOGIN roles without privileges: the schema copy has no roles of its own,
-    and a statement naming a missing role fails where it did not upstream."""
+def _roles_named(tx: Transaction, candidate: Candidate) -> set[str]:
+    """Roles named (GRANT ... TO, OWNER TO, policies) by the statements, the DDL the forward may
+    re-run from the capture, and the inverse."""
     texts = list(tx.statements or [])
+    texts += [str(c.ddl["query"]) for c in tx.changes if c.op == "X" and c.ddl and c.ddl.get("query")]
     if candidate.plan is not None:
         texts += [s.sql for s in candidate.plan.steps if s.kind in ("ddl", "privileges")]
     texts += list(candidate.statements)
-    names = sorted({n for t in texts for n in roles_named(t)})
-    for name in names:
-        exists = await con.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", name)
-        if exists:
-            continue
-        try:
-            async with con.transaction():
-                await con.execute(f"CREATE ROLE {quote_ident(name)} NOLOGIN")
-        except asyncpg.PostgresError:
-            continue  # another verification made it meanwhile, or a reserved name
+    return {n for t in texts for n in roles_named(t)}
+
+
+def _strange(step: Step, strangers: frozenset[str]) -> bool:
+    """A rule-made owner or privilege step naming a role the runner may not become."""
+    return step.kind == "privileges" and step.origin == "rules" and bool(strangers & roles_named(step.sql))
 
 
 async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
@@ -447,7 +473,7 @@ async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) ->
 
 
 async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
-               timings: dict[str, float]) -> Verdict:
+               timings: dict[str, float], strangers: frozenset[str] = frozenset()) -> Verdict:
     t_all = time.perf_counter()
     outer = con.transaction()
     await outer.start()
@@ -457,7 +483,7 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await _settings(con, replica=True, capture=False)
         oids = await _sandbox_oids(con, sample, schema)
         infos = await _infos(con, oids, tx, set(oids))
-        await _roles(con, tx, candidate)
+        not_run: list[str] = []
         t0 = time.perf_counter()
         loud = await _quiet(con, oids)  # loading rows fires no trigger
         await _load(con, sample, infos)
@@ -472,17 +498,17 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await loaded.start()
 
         t0 = time.perf_counter()
-        forward = await _forward(con, tx, oids)
+        forward = await _forward(con, tx, oids, strangers, not_run)
         timings["forward"] = _ms(t0)
 
         t0 = time.perf_counter()
         await _settings(con, replica=True, capture=False)
         loud = await _quiet(con, oids)
-        failure = await _apply_inverse(con, candidate, tx, oids)
+        failure = await _apply_inverse(con, candidate, tx, oids, strangers, not_run)
         await _loud(con, loud)
         timings["inverse"] = _ms(t0)
         if failure is not None:  # the error aborted the sandbox transaction: nothing more reads in it
-            return Verdict("failed", failure, forward=forward, timings_ms=timings)
+            return Verdict("failed", failure, forward=forward, timings_ms=timings, not_run=not_run)
 
         t0 = time.perf_counter()
         after = await digest.table_digests(con, names)
@@ -490,7 +516,7 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         timings["digest"] += _ms(t0)
         changed = [n for n in names if before.get(n) != after.get(n)]
         if not changed and shape_before == shape_after:
-            return Verdict("verified", forward=forward, timings_ms=timings)
+            return Verdict("verified", forward=forward, timings_ms=timings, not_run=not_run)
         after_rows = {n: await digest.rows(con, n) for n in changed}
         await loaded.rollback()
         lines: list[str] = []
@@ -502,17 +528,18 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         lines += [f"catalog: not there before the transaction: {x}" for x in new_shape[:20]]
         what = ", ".join(changed) if changed else "the catalog"
         return Verdict("failed", f"the inverse left {what} different from before the transaction", diff=lines,
-                       forward=forward, timings_ms=timings)
+                       forward=forward, timings_ms=timings, not_run=not_run)
     finally:
         timings["sandbox"] = _ms(t_all)
         if not con.is_closed():
             await outer.rollback()
 
 
-async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> str:
+async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int], strangers: frozenset[str],
+                   not_run: list[str]) -> str:
     """Bring the sample to the transaction's after-state; returns how (see the module docstring)."""
     if tx.statements is None:
-        await _forward_images(con, tx, oids)
+        await _forward_images(con, tx, oids, strangers, not_run)
         return f"images ({tx.not_replayable or 'statements not available'})"
     fwd = con.transaction()
     await fwd.start()
@@ -524,6 +551,13 @@ async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int
             if call is not None:
                 await con.execute(call)
             await con.execute(sql)
+    except asyncpg.InsufficientPrivilegeError as e:
+        # Not the sample's fault: the statement does what the runner may not (reads a server file,
+        # names a role it may not become). No other sample, nor the captured changes, would
+        # show what it did.
+        await fwd.rollback()
+        raise _CouldNot(f"the statements fail in the sandbox, which runs them without privileges: "
+                        f"{type(e).__name__}: {e}") from e
     except asyncpg.PostgresError as e:
         await fwd.rollback()
         raise _Unrepresentative(f"the statements fail on the sample: {type(e).__name__}: {e}") from e
@@ -545,7 +579,7 @@ async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int
         await fwd.commit()
         return "statements"
     await fwd.rollback()
-    await _forward_images(con, tx, oids)
+    await _forward_images(con, tx, oids, strangers, not_run)
     return "images (the statements' new values are not deterministic: the captured after-images were applied)"
 
 
@@ -608,7 +642,8 @@ _FOREIGN_KEY = re.compile(rf"^ALTER TABLE ({_NAME}(?:\.{_NAME})?) ADD CONSTRAINT
 async def _foreign_key(con: asyncpg.Connection, sql: str) -> None:
     """A foreign key the inverse adds back. A sample holds some rows of each table, so checking
     every row against it says nothing here (upstream, undo checks it for real): on a violation
-    it is added NOT VALID and then marked valid, so the catalog is what the statement makes."""
+    it is added NOT VALID and then marked valid, so the catalog is what the statement makes. The
+    runner may not update the catalog: the copy's admin-owned helper does (`sandbox.roles`)."""
     try:
         async with con.transaction():
             await con.execute(sql)
@@ -618,11 +653,17 @@ async def _foreign_key(con: asyncpg.Connection, sql: str) -> None:
         name = m.group(2)
         name = name[1:-1].replace('""', '"') if name.startswith('"') else name
         await con.execute(sql.rstrip() + " NOT VALID")
-        await con.execute("UPDATE pg_catalog.pg_constraint SET convalidated = true "
-                          "WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2", m.group(1), name)
+        try:
+            async with con.transaction():
+                await con.execute(f"SELECT {roles.HELPER_SCHEMA}.validate_foreign_key(pg_catalog.to_regclass($1), $2)",
+                                  m.group(1), name)
+        except asyncpg.InsufficientPrivilegeError as e:  # an admin that is no superuser cannot either
+            raise _CouldNot(f"a foreign key the inverse adds back does not hold on the sample, and the sandbox "
+                            f"may not mark it valid: {e}") from e
 
 
-async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
+async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int], strangers: frozenset[str],
+                          not_run: list[str]) -> None:
     """The captured effect applied exactly (the redo plan: DDL statements run again as they ran,
     rows set to their captured images), each row step checked to find its row."""
     plan = build(tx.changes, tx.tables, direction="redo")
@@ -638,6 +679,9 @@ async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[i
             steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
         step = steps[i]
         i += 1
+        if _strange(step, strangers):
+            not_run.append(step.sql)
+            continue
         try:
             if step.kind == "remap":
                 new = await con.fetchval(step.sql, *step.params)
@@ -658,8 +702,8 @@ def _rows(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Transaction,
-                         oids: dict[int, int]) -> str | None:
+async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Transaction, oids: dict[int, int],
+                         strangers: frozenset[str], not_run: list[str]) -> str | None:
     """Run the candidate; returns why it failed outright (an error), else None. Plan steps are
     re-made for the sandbox's catalog, and again after each DDL step (as undo does upstream)."""
     try:
@@ -673,6 +717,10 @@ async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Tran
             if i == 0 or steps[i - 1].kind == "ddl":
                 wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind in _ROW_KINDS}
                 steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
+            if _strange(steps[i], strangers):
+                not_run.append(steps[i].sql)
+                i += 1
+                continue
             if steps[i].kind == "remap":
                 # A table the inverse made again: later row steps address it under its new oid,
                 # and it is captured again (as undo does upstream).
