@@ -129,7 +129,7 @@ async def load_tables(con: asyncpg.Connection, oids: set[int],
     missing = oids - set(out)
     if missing:
         moved: dict[int, int] = {}
-        if remap is None and await con.fetchval("SELECT pg_catalog.to_regclass('dbproxy.relation_map') IS NOT NULL"):
+        if remap is None and await _may_read_map(con):
             moved = {int(r[0]): int(r[1]) for r in await con.fetch(REMAP_SQL, sorted(missing))}
         for old, new in (remap or {}).items():
             if old in missing:
@@ -139,6 +139,15 @@ async def load_tables(con: asyncpg.Connection, oids: set[int],
             by_new = {int(r[0]): table_info_from_row(r) for r in rows}
             out.update({old: by_new[new] for old, new in moved.items() if new in by_new})
     return out
+
+
+async def _may_read_map(con: asyncpg.Connection) -> bool:
+    """Whether the relation map exists and this connection's role may read it (a table's owner
+    running undo directly is granted capture_log and undo_records; it needs the map only once an
+    earlier undo re-created a table)."""
+    return bool(await con.fetchval(
+        "SELECT pg_catalog.to_regclass('dbproxy.relation_map') IS NOT NULL AND "
+        "pg_catalog.has_table_privilege('dbproxy.relation_map', 'SELECT')"))
 
 
 async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Direction,
@@ -286,8 +295,13 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
         tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None and s.kind in _ROW_KINDS})
         # Tables earlier undos made again, read now: later, acting as the agents' role, it cannot.
+        may_read = await _may_read_map(con)
         known = {int(r[0]): int(r[1]) for r in await con.fetch(
-            REMAP_SQL, sorted({s.rel for s in plan.steps if s.rel is not None}))}
+            REMAP_SQL, sorted({s.rel for s in plan.steps if s.rel is not None}))} if may_read else {}
+        lost = sorted({s.table or str(s.rel) for s in plan.steps if s.kind in _ROW_KINDS and s.rel not in tables})
+        if lost and not may_read:
+            raise UndoError(f"{', '.join(lost)} not found: an earlier undo may have made them again, which "
+                            "dbproxy.relation_map records, and this role may not read it")
         replica = await _replica(con)
         if act_as:
             await con.execute(f"SET LOCAL ROLE {_ident(act_as)}")
@@ -300,8 +314,13 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         for old, new in run_.remap.items():
             if known.get(old) == new:
                 continue
-            await con.execute("INSERT INTO dbproxy.relation_map (old_oid, new_oid) VALUES ($1, $2) "
-                              "ON CONFLICT (old_oid) DO UPDATE SET new_oid = excluded.new_oid, at = now()", old, new)
+            try:
+                await con.execute("INSERT INTO dbproxy.relation_map (old_oid, new_oid) VALUES ($1, $2) ON CONFLICT "
+                                  "(old_oid) DO UPDATE SET new_oid = excluded.new_oid, at = now()", old, new)
+            except asyncpg.InsufficientPrivilegeError as e:
+                raise UndoError(f"{await _name(con, new)} was made again, and this role may not record that in "
+                                f"dbproxy.relation_map ({e}): run the undo through the proxy, or grant SELECT, "
+                                "INSERT, UPDATE on dbproxy.relation_map") from e
             # Made again under the replication role, where event triggers do not fire: capture it
             # (as the proxy's role; a table it may not put triggers on stays uncaptured, as at install).
             try:
