@@ -29,7 +29,8 @@ class Verdict:
     cached: bool = False  # a verified result for the same statement shape and schema was reused
     sampled: str = ""  # a bulk transaction verified on part of its changes: which ("1000 of 250000 ...")
     #: Rule-made owner and privilege statements not run in the sandbox: they name a role the
-    #: sandbox's unprivileged runner may not become (owners and privileges are not compared).
+    #: sandbox's unprivileged runner may not become, or need a privilege the copy does not have
+    #: (owners and privileges are not compared).
     not_run: list[str] = field(default_factory=list)
     backend: str = ""
     source: str = "rules"  # who made the inverse
@@ -47,7 +48,7 @@ class Verdict:
         cached = " (cached result for the same statement shape and schema)" if self.cached else ""
         why = f": {self.reason}" if self.reason else ""
         sampled = f" (on a sample: {self.sampled})" if self.sampled else ""
-        not_run = f" (not run in the sandbox, naming a role it may not act as: {'; '.join(self.not_run)})" \
+        not_run = f" (owner and privilege statements not run in the sandbox: {'; '.join(self.not_run)})" \
             if self.not_run else ""
         return f"{self.status}{why}{sampled}{not_run}{took}{cached}"
 

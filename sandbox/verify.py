@@ -38,8 +38,9 @@ server's files or programs, nor climb back to a superuser. Which connection runs
 A statement that fails on the sample for lack of privilege (it reads a server file, say) makes
 the verdict "could not verify" with PostgreSQL's error: the sample is not to blame, so it is
 neither widened nor replaced by the captured changes. Rule-made owner and privilege steps that
-name a role the runner may not become (the sandbox's superuser) are not run; the verdict lists
-them in `not_run` (the digest compares neither owners nor privileges).
+name a role the runner may not become (the sandbox's superuser), or that fail for lack of a
+privilege the copy does not have (it is loaded without the upstream's privileges), are not run;
+the verdict lists them in `not_run` (the digest compares neither owners nor privileges).
 
 A sandbox that dies is brought back (`Backend.recover`; a replaced container gets the schema
 copied again) and the verification tried once more; one that hangs is stopped by the statement
@@ -662,6 +663,17 @@ async def _foreign_key(con: asyncpg.Connection, sql: str) -> None:
                             f"may not mark it valid: {e}") from e
 
 
+async def _privileges(con: asyncpg.Connection, sql: str, not_run: list[str]) -> None:
+    """A rule-made owner or privilege step (no user code runs in it). The copy has none of the
+    upstream's privileges (the named owner may lack CREATE on the schema, say): one that fails
+    for lack of them is left out and listed, as the digest compares neither owners nor privileges."""
+    try:
+        async with con.transaction():
+            await con.execute(sql)
+    except asyncpg.InsufficientPrivilegeError as e:
+        not_run.append(f"{sql} ({e})")
+
+
 async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int], strangers: frozenset[str],
                           not_run: list[str]) -> None:
     """The captured effect applied exactly (the redo plan: DDL statements run again as they ran,
@@ -681,6 +693,9 @@ async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[i
         i += 1
         if _strange(step, strangers):
             not_run.append(step.sql)
+            continue
+        if step.kind == "privileges" and step.origin == "rules":
+            await _privileges(con, step.sql, not_run)
             continue
         try:
             if step.kind == "remap":
@@ -719,6 +734,10 @@ async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Tran
                 steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
             if _strange(steps[i], strangers):
                 not_run.append(steps[i].sql)
+                i += 1
+                continue
+            if steps[i].kind == "privileges" and steps[i].origin == "rules":
+                await _privileges(con, steps[i].sql, not_run)
                 i += 1
                 continue
             if steps[i].kind == "remap":
