@@ -337,16 +337,16 @@ class Verifier:
             self._pools[database] = pool
         return pool
 
-    async def _named_roles(self, tx: Transaction, candidate: Candidate) -> frozenset[str]:
+    async def _named_roles(self, tx: Transaction, candidate: Candidate) -> tuple[frozenset[str], frozenset[str]]:
         """Roles the statements and the inverse name, made in the sandbox server by the admin
         (the schema copy has no roles of its own, and a statement naming a missing role fails
-        where it did not upstream); returns those the SQL under test may not act as."""
+        where it did not upstream); returns them, and those the SQL under test may not act as."""
         names = _roles_named(tx, candidate)
         if not names:
-            return frozenset()
+            return frozenset(), frozenset()
         admin = await self._admin()
         try:
-            return await roles.grant_named(admin, names, self._runner.name if self._runner else None)
+            return frozenset(names), await roles.grant_named(admin, names, self._runner.name if self._runner else None)
         finally:
             await admin.close()
 
@@ -363,10 +363,10 @@ class Verifier:
                           timings: dict[str, float], again: Callable[[], Awaitable[_Schema]]) -> Verdict:
         for attempt in range(2):
             try:
-                strangers = await self._named_roles(tx, candidate)
+                named, strangers = await self._named_roles(tx, candidate)
                 pool = await self._pool(schema.database)
                 async with pool.acquire() as con:
-                    return await _run(con, schema, tx, candidate, sample, timings, strangers)
+                    return await _run(con, schema, tx, candidate, sample, timings, named, strangers)
             except _LOST as e:
                 # The sandbox died under us: bring it back and retry. A restarted cluster still
                 # has its schema copy; a replaced container gets the schema copied again (`again`).
@@ -462,6 +462,21 @@ def _roles_named(tx: Transaction, candidate: Candidate) -> set[str]:
     return {n for t in texts for n in roles_named(t)}
 
 
+async def _may_create(con: asyncpg.Connection, friends: frozenset[str]) -> None:
+    """Upstream, a role objects are given to may create in their schema (PostgreSQL requires it
+    of a new owner); the copy was loaded without privileges. For this transaction only, named
+    roles the runner may act as get CREATE on the copy's schemas (the runner owns them)."""
+    if not friends:
+        return
+    schemas = [r[0] for r in await con.fetch(
+        "SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname !~ '^pg_' AND n.nspname NOT IN "
+        "('information_schema', 'dbproxy', $1) AND pg_catalog.has_schema_privilege(n.oid, 'CREATE WITH GRANT OPTION')",
+        roles.HELPER_SCHEMA)]
+    if schemas:
+        await con.execute(f"GRANT CREATE ON SCHEMA {', '.join(quote_ident(x) for x in schemas)} TO "
+                          + ", ".join(quote_ident(r) for r in sorted(friends)))
+
+
 def _strange(step: Step, strangers: frozenset[str]) -> bool:
     """A rule-made owner or privilege step naming a role the runner may not become."""
     return step.kind == "privileges" and step.origin == "rules" and bool(strangers & roles_named(step.sql))
@@ -474,7 +489,8 @@ async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) ->
 
 
 async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
-               timings: dict[str, float], strangers: frozenset[str] = frozenset()) -> Verdict:
+               timings: dict[str, float], named: frozenset[str] = frozenset(),
+               strangers: frozenset[str] = frozenset()) -> Verdict:
     t_all = time.perf_counter()
     outer = con.transaction()
     await outer.start()
@@ -484,6 +500,7 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await _settings(con, replica=True, capture=False)
         oids = await _sandbox_oids(con, sample, schema)
         infos = await _infos(con, oids, tx, set(oids))
+        await _may_create(con, named - strangers)
         not_run: list[str] = []
         t0 = time.perf_counter()
         loud = await _quiet(con, oids)  # loading rows fires no trigger

@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -38,7 +39,7 @@ from dbproxy.undo.apply import load_changes, load_tables
 from dbproxy.undo.install import install
 from inverse.ddl_targets import prepared
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
-from inverse.undo_plan import Plan, build
+from inverse.undo_plan import Plan, Step, build
 from sandbox import cache
 from sandbox.backends import Backend, LocalBackend, ServerBackend
 from sandbox.sampler import SampleOptions, collect
@@ -490,6 +491,38 @@ async def test_sandbox_roles(shop_db: str, any_verifier: Verifier) -> None:
     assert dict(who) == {"s": "dbproxy_sandbox_runner", "c": "dbproxy_sandbox_runner", "rolsuper": False,
                          "files": False, "db_owner": "dbproxy_sandbox_runner",
                          "table_owner": "dbproxy_sandbox_runner", "temp_limit": "1GB"}
+
+
+async def test_roles_an_inverse_names(shop_db: str, any_verifier: Verifier) -> None:
+    """Owner steps of a rule-made inverse: a role the sandbox does not have is made (NOLOGIN) and
+    the runner, a member of it, gives the table to it; one naming the sandbox's superuser is not
+    run (the runner never becomes a superuser's member) and the verdict lists it. The same owner
+    change in a model's statements is run as written, and fails."""
+    ordinary = f"sbx_owner_{os.urandom(3).hex()}"
+    admin_role = urlsplit(any_verifier.backend.url("postgres")).username
+    assert admin_role
+    async with upstream(shop_db) as up, agent_tx(shop_db, "UPDATE acct SET v = 9 WHERE id = 6") as agent:
+        plan = agent.plan
+        owner = [Step(10**9, "privileges", f'ALTER TABLE acct OWNER TO "{ordinary}"'),
+                 Step(10**9 + 1, "privileges", f'ALTER TABLE acct OWNER TO "{admin_role}"')]
+        verdict = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(
+            plan=Plan(plan.direction, steps=[*plan.steps, *owner]), source="test"))
+        model = await any_verifier.verify(up, shop_db, agent.tx(), Candidate(
+            statements=("UPDATE acct SET v = 6 WHERE id = 6", f'ALTER TABLE acct OWNER TO "{admin_role}"'),
+            source="llm"))
+    admin = await asyncpg.connect(any_verifier.backend.url("postgres"))
+    try:
+        made = await admin.fetchrow("SELECT rolcanlogin, rolsuper, pg_has_role('dbproxy_sandbox_runner', oid, "
+                                    "'MEMBER') AS member FROM pg_roles WHERE rolname = $1", ordinary)
+        above = await admin.fetchval("SELECT pg_has_role('dbproxy_sandbox_runner', $1, 'MEMBER')", admin_role)
+        await admin.execute(f'REVOKE "{ordinary}" FROM dbproxy_sandbox_runner; DROP ROLE "{ordinary}"')
+    finally:
+        await admin.close()
+    assert verdict.verified, verdict.summary()
+    assert verdict.not_run == [f'ALTER TABLE acct OWNER TO "{admin_role}"'], verdict.not_run
+    assert dict(made) == {"rolcanlogin": False, "rolsuper": False, "member": True}
+    assert above is False
+    assert model.status == "failed" and "InsufficientPrivilegeError" in model.reason, model.summary()
 
 
 # --- 3. representativeness ------------------------------------------------------------------------
