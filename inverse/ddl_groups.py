@@ -197,7 +197,8 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
         after = g.after[key] if key in g.after else before
         if before and after and before.get("kind") == "table" and before != after \
                 and (g.before.get(key) or {}).get("role") != "context" and render.alter(after, before).rebuild:
-            skip |= _rebuild(key, before, after, g, rows_by_rel, pre, post, data, checks, remaps, out)
+            skip |= _rebuild(key, before, after, g, rows_by_rel, matview_state, pre, post, data, checks, remaps,
+                             out)
     for key in keys:
         if key in skip or key in created_before:
             continue
@@ -324,7 +325,8 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
 
 
 def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
-             rows_by_rel: dict[int, list[Change]], pre: list[tuple[int, str]], post: list[tuple[int, str]],
+             rows_by_rel: dict[int, list[Change]], matview_state: dict[int, dict[str, Any]],
+             pre: list[tuple[int, str]], post: list[tuple[int, str]],
              data: list[DdlStep], checks: list[DdlStep], remaps: list[DdlStep], out: GroupInverse) -> set[str]:
     """A column comes back in the middle of a table: PostgreSQL only adds columns at the end, so
     the table is made again from its definition. Its rows are copied aside, the table dropped
@@ -359,10 +361,20 @@ def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
         if now is None:
             continue  # the statement dropped it: the regular inverse makes it again
         if whole:
-            if desc.get("kind") in ("table", "matview"):
-                out.reasons.append(f"{desc.get('kind')} {desc.get('qualified')} depends on {before['qualified']}, "
-                                   "which must be rebuilt; its rows would be lost")
+            if desc.get("kind") == "table":
+                out.reasons.append(f"table {desc.get('qualified')} depends on {before['qualified']}, which must be "
+                                   "rebuilt; its rows would be lost")
                 continue
+            if desc.get("kind") == "matview":
+                # Made again from its query once the table is back: exact when its contents were
+                # what the query gave (fresh) or it had none (unpopulated).
+                st = matview_state.get(_desc_oid(desc))
+                if st is None or (st.get("populated") and not st.get("fresh")):
+                    why = "were not checked" if st is None else "are from an earlier REFRESH that its query no " \
+                                                                "longer gives"
+                    out.reasons.append(f"materialized view {desc.get('qualified')} depends on {before['qualified']}, "
+                                       f"which must be rebuilt; its contents {why}, so they would be lost")
+                    continue
             if desc.get("kind") == "sequence":
                 temp = render.ident(f"dbproxy_seq_{_desc_oid(desc)}")
                 pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS SELECT "

@@ -66,6 +66,25 @@ async def _undone_exactly(con: asyncpg.Connection, url: str, sql: str) -> None:
     assert await _state(con) == before
 
 
+async def test_rebuild_remakes_a_fresh_materialized_view(db: asyncpg.Connection, capture_db: str) -> None:
+    # note is in the middle of item: putting it back rebuilds item, which drops per_grp with it
+    await _undone_exactly(db, capture_db, "ALTER TABLE item DROP COLUMN note")
+
+
+async def test_rebuild_remakes_an_unpopulated_materialized_view(db: asyncpg.Connection, capture_db: str) -> None:
+    await db.execute("REFRESH MATERIALIZED VIEW per_grp WITH NO DATA")
+    await _undone_exactly(db, capture_db, "ALTER TABLE item DROP COLUMN note")
+
+
+async def test_rebuild_refuses_a_stale_materialized_view(db: asyncpg.Connection, capture_db: str) -> None:
+    await db.execute("UPDATE item SET amount = amount + 1 WHERE id = 3")  # per_grp no longer what its query gives
+    xid = await forward(capture_db, "ALTER TABLE item DROP COLUMN note")
+    after = await _state(db)
+    with pytest.raises(UndoError, match=r"materialized view public\.per_grp depends on public\.item"):
+        await undo.run(db, [xid], by="tester")
+    assert await _state(db) == after
+
+
 async def test_refresh_of_an_unpopulated_view_is_emptied_again(db: asyncpg.Connection, capture_db: str) -> None:
     await db.execute("REFRESH MATERIALIZED VIEW per_grp WITH NO DATA")
     await _undone_exactly(db, capture_db, "REFRESH MATERIALIZED VIEW per_grp")
