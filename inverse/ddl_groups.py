@@ -14,7 +14,10 @@ and `limit` / `uncaptured` events when some of that could not be kept.
 2. at the data's own seqs: the rows of dropped tables and the values of dropped or retyped
    columns, as bind parameters (JSON arrays of row images, 1,000 rows per step);
 3. at the header's seq: what goes after the data (keys, indexes, foreign keys, triggers,
-   policies, materialized views, sequence positions, comments, privileges, owners).
+   policies, materialized views, sequence positions, comments, privileges, owners);
+4. at seq 0, once the whole transaction is undone: a materialized view the statement refreshed
+   when only the transaction's earlier writes had made it stale, recomputed and checked against
+   the digest of the contents it had.
 
 A redo re-runs the statement itself under the `search_path` it ran with. Undo of objects the
 statement created drops them, after checking that no later transaction wrote to them.
@@ -32,6 +35,7 @@ from inverse.images import Change, TableInfo
 
 #: Row images per data step.
 CHUNK = 1000
+_PG_CLASS = 1259  # pg_class's oid: relations in object keys
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,11 @@ def _chunks(images: list[str]) -> list[str]:
     return ["[" + ",".join(images[i:i + CHUNK]) + "]" for i in range(0, len(images), CHUNK)]
 
 
-def invert_group(g: Group, *, created_before: set[str], created_by: str | None = None) -> GroupInverse:
+def invert_group(g: Group, *, created_before: set[str], created_by: str | None = None,
+                 changed_before: bool = False) -> GroupInverse:
     """The undo of one announced statement. `created_before`: keys of objects the transaction
-    both created and dropped again (nothing of them needs undoing)."""
+    both created and dropped again (nothing of them needs undoing); `changed_before`: the
+    transaction changed something before this statement."""
     out = GroupInverse()
     for e in g.events:
         d = e.ddl or {}
@@ -182,6 +188,7 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
     checks: list[DdlStep] = []
     remaps: list[DdlStep] = []
     drops: list[tuple[int, str]] = []  # (seq of creation, statement) of what the statement created
+    last: list[DdlStep] = []  # what runs once the whole transaction is undone
     objects: list[tuple[str, str]] = []
     keys = list(dict.fromkeys([*g.before, *g.after]))
     skip: set[str] = set()
@@ -190,7 +197,8 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
         after = g.after[key] if key in g.after else before
         if before and after and before.get("kind") == "table" and before != after \
                 and (g.before.get(key) or {}).get("role") != "context" and render.alter(after, before).rebuild:
-            skip |= _rebuild(key, before, after, g, rows_by_rel, pre, post, data, checks, remaps, out)
+            skip |= _rebuild(key, before, after, g, rows_by_rel, matview_state, pre, post, data, checks, remaps,
+                             out)
     for key in keys:
         if key in skip or key in created_before:
             continue
@@ -273,11 +281,23 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
                 post.append((render.POST_LAST, render.setval_sql(str((r.ddl or {})["name"]), st["last_value"],
                                                                  st["is_called"])))
     if g.kind == "RefreshMatViewStmt":
-        for st in matview_state.values():
-            if st.get("populated") and not st.get("fresh"):
-                out.reasons.append(f"REFRESH MATERIALIZED VIEW replaced contents of {st.get('name') or 'a view'} "
-                                   "that its query no longer gives; PostgreSQL can only recompute a materialized "
-                                   "view, not write rows into it")
+        for mv, st in matview_state.items():
+            if not st.get("populated") or st.get("fresh"):
+                continue
+            desc = (g.before.get(f"{_PG_CLASS}/{mv}") or {}).get("desc") or {}
+            name = str(desc.get("qualified") or st.get("name"))
+            if not changed_before:
+                # Nothing in the transaction came before: the view was stale before it.
+                out.reasons.append(f"REFRESH MATERIALIZED VIEW replaced contents of {name} that its query no longer "
+                                   "gives; PostgreSQL can only recompute a materialized view, not write rows into it")
+                continue
+            # Stale only because of what the transaction changed before: once all of it is undone
+            # (seq 0 runs last), its query may give the old contents again. Recompute, and check
+            # the contents are the ones kept (their digest); if not, the undo stops there.
+            post = [p for p in post if not p[1].startswith(f"REFRESH MATERIALIZED VIEW {name}")]
+            last.append(DdlStep(0, "ddl", f"REFRESH MATERIALIZED VIEW {name}"))
+            last.append(DdlStep(0, "check", render.matview_digest_check_sql(name), (str(st.get("digest")),),
+                                table=f"materialized view {name}"))
     for e in g.events:
         d = e.ddl or {}
         if d.get("event") == "drop" and d.get("original"):
@@ -300,12 +320,13 @@ def invert_group(g: Group, *, created_before: set[str], created_by: str | None =
     steps += remaps
     steps += data
     steps += [DdlStep(bottom, "privileges" if render.is_privileges(s) else "ddl", s) for _, s in post]
-    out.steps = steps
+    out.steps = steps + last
     return out
 
 
 def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
-             rows_by_rel: dict[int, list[Change]], pre: list[tuple[int, str]], post: list[tuple[int, str]],
+             rows_by_rel: dict[int, list[Change]], matview_state: dict[int, dict[str, Any]],
+             pre: list[tuple[int, str]], post: list[tuple[int, str]],
              data: list[DdlStep], checks: list[DdlStep], remaps: list[DdlStep], out: GroupInverse) -> set[str]:
     """A column comes back in the middle of a table: PostgreSQL only adds columns at the end, so
     the table is made again from its definition. Its rows are copied aside, the table dropped
@@ -340,10 +361,20 @@ def _rebuild(key: str, before: dict[str, Any], after: dict[str, Any], g: Group,
         if now is None:
             continue  # the statement dropped it: the regular inverse makes it again
         if whole:
-            if desc.get("kind") in ("table", "matview"):
-                out.reasons.append(f"{desc.get('kind')} {desc.get('qualified')} depends on {before['qualified']}, "
-                                   "which must be rebuilt; its rows would be lost")
+            if desc.get("kind") == "table":
+                out.reasons.append(f"table {desc.get('qualified')} depends on {before['qualified']}, which must be "
+                                   "rebuilt; its rows would be lost")
                 continue
+            if desc.get("kind") == "matview":
+                # Made again from its query once the table is back: exact when its contents were
+                # what the query gave (fresh) or it had none (unpopulated).
+                st = matview_state.get(_desc_oid(desc))
+                if st is None or (st.get("populated") and not st.get("fresh")):
+                    why = "were not checked" if st is None else "are from an earlier REFRESH that its query no " \
+                                                                "longer gives"
+                    out.reasons.append(f"materialized view {desc.get('qualified')} depends on {before['qualified']}, "
+                                       f"which must be rebuilt; its contents {why}, so they would be lost")
+                    continue
             if desc.get("kind") == "sequence":
                 temp = render.ident(f"dbproxy_seq_{_desc_oid(desc)}")
                 pre.append((render.PRE_SURVIVOR - 5, f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS SELECT "

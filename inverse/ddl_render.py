@@ -461,6 +461,16 @@ def same_rows_check_sql(d: Desc, without: list[str]) -> str:
             f"{literal(f'the rows of {table} changed since, so their captured values cannot be matched to them')} END")
 
 
+def matview_digest_check_sql(name: str) -> str:
+    """NULL when materialized view `name` holds the contents whose digest is $1 (as
+    `dbproxy.keep_matview` took it, under the same output settings); else why not."""
+    why = (f"materialized view {name}: recomputed, it does not hold the contents it had before the REFRESH (its "
+           "query gives them only over the rows it read then, not over rows changed since or a sample of them)")
+    return (f"SELECT CASE WHEN pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text, E'\\n' ORDER BY "
+            f"dbproxy_row::text COLLATE \"C\"), '')) = $1::text THEN NULL ELSE {literal(why)} END "
+            f"FROM {name} dbproxy_row")
+
+
 # -- views, sequences, functions, types, schemas ------------------------------------------------
 
 def create_view(d: Desc, *, created_by: str | None = None) -> Parts:
@@ -965,8 +975,11 @@ def _alter_view(now: Desc, target: Desc) -> Parts:
             if gone:
                 parts.pre.append((PRE_VIEW, f"ALTER VIEW {name} RESET ({', '.join(gone)})"))
     if target.get("kind") == "matview" and bool(now.get("populated")) != bool(target.get("populated")):
-        parts.reasons.append(f"materialized view {name} was refreshed or emptied; its earlier contents cannot be "
-                             "written back")
+        # Unpopulated before: emptied again exactly. Populated before (REFRESH ... WITH NO DATA):
+        # recomputed from its query, which gives the earlier contents only if they were fresh;
+        # the caller knows (`inverse.ddl_groups`) and says so when they were not.
+        data = "" if target.get("populated") else " WITH NO DATA"
+        parts.post.append((POST_MATVIEW, f"REFRESH MATERIALIZED VIEW {name}{data}"))
     ncols, tcols = _by(_list(now, "columns"), "attnum"), _by(_list(target, "columns"), "attnum")
     for a, c in tcols.items():
         cur = ncols.get(a)

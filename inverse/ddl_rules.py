@@ -32,7 +32,7 @@ from sqlglot.errors import SqlglotError
 from inverse.capture_schema import ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.classify import split_statements
 from inverse.ddl_groups import DdlStep, groups, invert_group, redo_group
-from inverse.images import Change, quote_ident
+from inverse.images import SNAPSHOT_OPS, Change, quote_ident
 
 _DROP_KIND = {
     "CREATE TABLE": "TABLE", "CREATE TABLE AS": "TABLE", "SELECT INTO": "TABLE", "CREATE VIEW": "VIEW",
@@ -63,9 +63,11 @@ class DdlInverse:
 
 
 def invert_all(changes: list[Change], *, direction: str = "undo") -> list[DdlInverse]:
-    """Inverses (or redos) of every DDL statement among a transaction's captured changes, oldest
-    first: announced statements from the state kept before them, the rest by `invert_ddl`."""
-    announced, loose = groups(changes)
+    """Inverses (or redos) of every DDL statement among a transaction's captured changes (all of
+    them, rows too: whether anything came before a statement matters to some), oldest first:
+    announced statements from the state kept before them, the rest by `invert_ddl`."""
+    first_seq = min((c.seq for c in changes), default=0)
+    announced, loose = groups([c for c in changes if c.op == "X" or c.op in SNAPSHOT_OPS])
     out: list[DdlInverse] = []
     if loose:
         if direction == "undo":
@@ -88,7 +90,8 @@ def invert_all(changes: list[Change], *, direction: str = "undo") -> list[DdlInv
     # Their rows went with them too.
     gone = frozenset(int(k.split("/")[1]) for k in transient if k.startswith(f"{_PG_CLASS}/"))
     for g in announced:
-        inv = invert_group(g, created_before=transient) if direction == "undo" else redo_group(g)
+        inv = invert_group(g, created_before=transient, changed_before=first_seq < g.first) \
+            if direction == "undo" else redo_group(g)
         if direction == "undo":
             inv.created_tables |= gone
         reason = "; ".join(inv.reasons) if inv.reasons else None

@@ -635,8 +635,8 @@ BEGIN
                                         jsonb_build_object('lost', v->'lost', 'parts', v->'parts',
                                                            'rebuild_of', v->'rebuild_of'));
     END LOOP;
-    -- Data: rows of dropped tables, digests of dropped materialized views, positions of dropped
-    -- sequences, values of dropped columns.
+    -- Data: rows of dropped tables, digests of dropped materialized views (and of those a rebuild
+    -- makes again), positions of dropped sequences, values of dropped columns.
     FOR v IN SELECT e.value FROM jsonb_each(roots) e
              WHERE (e.value->>'cls')::oid = 'pg_class'::regclass::oid AND (e.value->>'whole')::boolean LOOP
         SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = (v->>'obj')::oid;
@@ -650,6 +650,12 @@ BEGIN
         ELSIF relkind = 'S' THEN
             seqs := seqs || (v->>'obj')::oid;
         END IF;
+    END LOOP;
+    -- Materialized views a rebuild drops and makes again: whether their contents can be recomputed.
+    FOR v IN SELECT e.value FROM jsonb_each(roots) e JOIN pg_class c ON c.oid = (e.value->>'obj')::oid
+             WHERE (e.value->>'cls')::oid = 'pg_class'::regclass::oid AND (e.value->>'context')::boolean
+               AND c.relkind = 'm' LOOP
+        PERFORM dbproxy.keep_matview(g, (v->>'obj')::oid);
     END LOOP;
     FOR r IN SELECT DISTINCT (e.value->>'obj')::oid AS relid, l::int AS attnum FROM jsonb_each(roots) e,
                     jsonb_array_elements_text(CASE WHEN jsonb_typeof(e.value->'lost') = 'array'

@@ -121,7 +121,7 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
     table the row changes touch, as the catalog is now."""
     undo = direction == "undo"
     plan = Plan(direction, changes=len([c for c in changes if c.op not in SNAPSHOT_OPS]))
-    ddl = invert_all([c for c in changes if c.op == "X" or c.op in SNAPSHOT_OPS], direction=direction)
+    ddl = invert_all(changes, direction=direction)
     created = {d.created for d in ddl if d.created is not None}
     for d in ddl:
         created |= d.created_tables

@@ -376,3 +376,128 @@ CASES: tuple[Case, ...] = (
           "one), so the column is set back to its type and exact old values.",
           "ALTER TABLE products ALTER COLUMN attributes TYPE jsonb USING attributes - 'tags'"),
 )
+
+#: A materialized view refreshed just before the case: recomputing it gives its exact contents, so a drop or
+#: rebuild that takes it along loses nothing (unlike the stale one the seed leaves).
+_FRESH_SALES = ("REFRESH MATERIALIZED VIEW sales_by_category",)
+
+# Issue 18: drops over the foreign-key graph, dropped columns under views, generated columns and column grants,
+# lossy type changes on the keyless table, TOAST-sized values in what is dropped, and the other DDL whose inverse
+# needs the state from before the statement (RENAME, CREATE OR REPLACE, COMMENT, default privileges, TRUNCATE
+# RESTART IDENTITY, REFRESH, SET id = DEFAULT).
+CASES += (
+    _case("drop_products_cascade_fresh_matview", "drop_dependants", REV, "DROP TABLE products CASCADE removes the "
+          "300 products and, over the foreign-key graph, the foreign keys of inventory, order_items and reviews, the "
+          "product_catalog view and the sales_by_category materialized view; all of it is kept before the DROP, and "
+          "the materialized view was refreshed just before, so recomputing it restores its exact contents.",
+          "DROP TABLE products CASCADE", setup=_FRESH_SALES),
+    _case("drop_order_graph_fresh_matview", "drop_dependants", REV, "Three tables of one foreign-key graph in one "
+          "DROP (orders with its owned bigserial sequence, comment, grants and audit trigger; order_items with its "
+          "generated column; payments with its identity ALWAYS key and verbatim json) and, by CASCADE, order_summary "
+          "and the freshly refreshed sales_by_category: every definition and row is kept before the DROP.",
+          "DROP TABLE order_items, payments, orders CASCADE", setup=_FRESH_SALES),
+    _case("drop_customers_cascade", "drop_dependants", REV, "DROP TABLE customers CASCADE destroys 500 customers and "
+          "the foreign keys of addresses, orders and reviews and the order_summary view; the table (identity BY "
+          "DEFAULT, CHECK, column defaults, corpus_support's grants) and its rows are kept before the DROP.",
+          "DROP TABLE customers CASCADE"),
+    _case("drop_addresses_then_customers", "drop_dependants", REV, "Two drops down one foreign-key chain: addresses "
+          "(with the foreign key orders.shipping_address_id) and then the customers they referenced; both tables' "
+          "definitions and rows are kept before each DROP, and the inverse must re-make customers before addresses.",
+          "DROP TABLE addresses CASCADE",
+          "DROP TABLE customers CASCADE"),
+    _case("drop_schema_marketing_cascade", "drop_dependants", REV, "DROP SCHEMA ... CASCADE takes two tables with "
+          "205 rows (one referencing the other and public.customers) and the view public.campaign_reach in another "
+          "schema that reads them; the schema, its tables with their rows and the view are kept before the DROP and "
+          "come back in dependency order.",
+          "DROP SCHEMA marketing CASCADE",
+          setup=("CREATE SCHEMA marketing",
+                 "CREATE TABLE marketing.campaigns (id int PRIMARY KEY, name text NOT NULL, starts_on date NOT NULL)",
+                 "CREATE TABLE marketing.campaign_members (campaign_id int NOT NULL REFERENCES marketing.campaigns "
+                 "ON DELETE CASCADE, customer_id bigint NOT NULL REFERENCES public.customers ON DELETE CASCADE, "
+                 "joined_at timestamptz NOT NULL DEFAULT '2024-06-01 00:00:00+00', PRIMARY KEY (campaign_id, "
+                 "customer_id))",
+                 "INSERT INTO marketing.campaigns SELECT g, 'Campaign ' || g, date '2024-06-01' + g "
+                 "FROM generate_series(1, 5) g",
+                 "INSERT INTO marketing.campaign_members (campaign_id, customer_id) SELECT 1 + c % 5, c "
+                 "FROM generate_series(1, 200) c",
+                 "CREATE VIEW public.campaign_reach AS SELECT m.campaign_id, count(*) AS members, "
+                 "sum(c.loyalty_points) AS points FROM marketing.campaign_members m JOIN customers c "
+                 "ON c.id = m.customer_id GROUP BY m.campaign_id")),
+    _case("drop_price_column_fresh_matview", "drop_dependants", REV, "DROP COLUMN price CASCADE destroys every price "
+          "with its CHECK and the product_catalog view; the values are kept before the DROP, and putting the column "
+          "back in its place rebuilds products, which re-makes the foreign keys to it and sales_by_category, fresh "
+          "here, so nothing is lost.",
+          "ALTER TABLE products DROP COLUMN price CASCADE", setup=_FRESH_SALES),
+    _case("drop_quantity_generated_fresh_matview", "generated_column", REV, "Dropping quantity takes the STORED "
+          "generated line_total computed from it, its CHECK and (through line_total) the freshly refreshed "
+          "sales_by_category; the dropped values are kept before the DROP and the generated ones follow from them.",
+          "ALTER TABLE order_items DROP COLUMN quantity CASCADE", setup=_FRESH_SALES),
+    _case("toast_drop_reviews_big_bodies", "toast", REV, "DROP TABLE reviews destroys 12 bodies of about 19 kB stored "
+          "out of line with the other 588 rows; the table and every row, whole values included, are kept before "
+          "the DROP.",
+          "DROP TABLE reviews",
+          setup=(f"UPDATE reviews SET body = {_big(600, 'r')} || id WHERE id % 50 = 0",)),
+    _case("toast_drop_gateway_response_column", "toast", REV, "DROP COLUMN gateway_response destroys every verbatim "
+          "json answer (spacing and repeated keys kept by json), nine of them 13 kB and stored out of line; the "
+          "exact values are kept before the DROP and it is the last column, so it comes back in its place.",
+          "ALTER TABLE payments DROP COLUMN gateway_response",
+          setup=("UPDATE payments SET gateway_response = format(E'{\"status\": \"pending\",\\n  \"raw\": \"%s\", "
+                 f"\"status\":\"settled\"}}', {_big(400, 'g')} || id)::json WHERE id % 100 = 1",)),
+    _case("page_views_path_prefix", "alter_type", REV, "USING left(path, 10) cuts '/products/123' to '/products/' "
+          "in the keyless page_views, turning distinct rows into duplicates in a rewrite without row triggers; the "
+          "old values are kept before it by the rows' full images, so the multiset of rows comes back exactly.",
+          "ALTER TABLE page_views ALTER COLUMN path TYPE varchar(10) USING left(path, 10)"),
+    _case("page_views_referrer_to_boolean", "no_primary_key", REV, "referrer text -> boolean (USING referrer IS NOT "
+          "NULL) keeps only whether there was one, on a table without a key and with duplicate rows; the old "
+          "values are kept before the rewrite by the rows' full images.",
+          "ALTER TABLE page_views ALTER COLUMN referrer TYPE boolean USING referrer IS NOT NULL"),
+    _case("drop_phone_with_column_grants", "grants", REV, "The dropped column takes its column privileges (UPDATE "
+          "for corpus_app, SELECT for corpus_analyst) with it; its values and ACL are kept before the DROP, and "
+          "rebuilding customers to put phone back in its place re-makes the foreign keys and the view on it.",
+          "ALTER TABLE customers DROP COLUMN phone",
+          setup=("GRANT UPDATE (phone) ON customers TO corpus_app",
+                 "GRANT SELECT (email, phone) ON customers TO corpus_analyst")),
+    _case("table_grants_to_column_grants", "grants", REV, "Table privileges narrowed to column privileges; the "
+          "before-catalog has both the table ACL and every column's ACL (attacl), so each can be put back.",
+          "REVOKE SELECT, UPDATE ON customers FROM corpus_support",
+          "GRANT SELECT (id, full_name, loyalty_points) ON customers TO corpus_support",
+          "GRANT UPDATE (marketing_opt_in) ON customers TO corpus_support"),
+    _case("default_privileges_for_role", "grants", REV, "ALTER DEFAULT PRIVILEGES FOR ROLE changes another role's "
+          "pg_default_acl entries; the entries from before the transaction (none) say what to put back.",
+          "ALTER DEFAULT PRIVILEGES FOR ROLE corpus_app IN SCHEMA public GRANT SELECT ON TABLES TO corpus_analyst",
+          "ALTER DEFAULT PRIVILEGES FOR ROLE corpus_app REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"),
+    _case("rename_orders_table_column_index", "ddl_create", REV, "Renames of a table (its views follow by oid), a "
+          "column and an index are undone by the reverse renames, in reverse order.",
+          "ALTER TABLE orders RENAME TO purchases",
+          "ALTER TABLE purchases RENAME COLUMN total TO amount_total",
+          "ALTER INDEX orders_customer_idx RENAME TO purchases_customer_idx",
+          "ALTER TABLE customers RENAME CONSTRAINT customers_loyalty_points_check TO loyalty_points_non_negative"),
+    _case("rename_enum_value", "ddl_create", REV, "RENAME VALUE changes the label of every order using it, without "
+          "row changes; renaming it back restores them.",
+          "ALTER TYPE order_status RENAME VALUE 'cancelled' TO 'voided'"),
+    _case("replace_view_add_column", "ddl_create", REV, "CREATE OR REPLACE VIEW may add a column but not remove one, "
+          "so the old definition (in the before-catalog, pg_get_viewdef) is restored by dropping and re-creating "
+          "the view.",
+          "CREATE OR REPLACE VIEW product_catalog AS SELECT p.id, p.sku, p.name, p.price, price_with_tax(p.price) AS "
+          "price_gross, c.name AS category, i.on_hand - i.reserved AS available, p.weight_kg FROM products p LEFT "
+          "JOIN categories c ON c.id = p.category_id LEFT JOIN inventory i ON i.product_id = p.id WHERE p.active "
+          "AND i.on_hand > i.reserved"),
+    _case("comments_removed_and_added", "constraints_defaults", REV, "COMMENT ... IS NULL removes a comment; the "
+          "before-catalog has it, and the absence of the two comments added.",
+          "COMMENT ON TABLE orders IS NULL",
+          "COMMENT ON VIEW order_summary IS 'Orders with their customer and number of items'",
+          "COMMENT ON FUNCTION place_order(bigint, int, int) IS 'Places a one-line order'"),
+    _case("truncate_customers_restart_identity_cascade", "truncate", REV, "TRUNCATE customers RESTART IDENTITY "
+          "CASCADE empties customers, addresses, orders, reviews, order_items and payments and restarts their "
+          "sequences; every truncated table's snapshot restores the rows (identity ALWAYS ones with OVERRIDING "
+          "SYSTEM VALUE), and the sequence positions are not compared.",
+          "TRUNCATE customers RESTART IDENTITY CASCADE"),
+    _case("refresh_unpopulated_matview", "truncate", REV, "The materialized view was left unpopulated (WITH NO "
+          "DATA) before the case; REFRESH fills it, and REFRESH ... WITH NO DATA puts it back exactly.",
+          "REFRESH MATERIALIZED VIEW sales_by_category",
+          setup=("REFRESH MATERIALIZED VIEW sales_by_category WITH NO DATA",)),
+    _case("payment_ids_set_default", "identity_always", REV, "SET id = DEFAULT gives the payments of orders 20 to "
+          "60 new ALWAYS identity values; their before-images have the old ids, and nothing references payments, "
+          "so deleting the rows and inserting the images with OVERRIDING SYSTEM VALUE is exact.",
+          "UPDATE payments SET id = DEFAULT WHERE order_id BETWEEN 20 AND 60"),
+)

@@ -369,3 +369,127 @@ CASES: tuple[Case, ...] = (
           "the column is set back to its type and exact old values.",
           "ALTER TABLE users ALTER COLUMN preferences TYPE jsonb USING preferences - 'timezone'"),
 )
+
+# Issue 18: drops over the foreign-key graph, dropped columns under views, generated columns and column grants,
+# lossy type changes on the keyless events table, TOAST-sized values in what is dropped, and the other DDL whose
+# inverse needs the state from before the statement (RENAME, CREATE OR REPLACE, COMMENT, default privileges,
+# TRUNCATE RESTART IDENTITY, SET id = DEFAULT).
+CASES += (
+    _case("drop_projects_cascade", "drop_dependants", REV, "DROP TABLE projects CASCADE destroys 150 projects "
+          "(identity ALWAYS key, per-tenant unique slugs, jsonb settings, trigger-maintained task_count) and the "
+          "foreign keys of tasks and documents and the open_tasks view; the table, its rows and what the CASCADE "
+          "removes are kept before the DROP.",
+          "DROP TABLE projects CASCADE"),
+    _case("drop_users_cascade", "drop_dependants", REV, "DROP TABLE users CASCADE destroys 600 users and the three "
+          "foreign keys to them (tasks, comments, projects) and both views; all of it is kept before the DROP and "
+          "comes back in dependency order.",
+          "DROP TABLE users CASCADE"),
+    _case("drop_tasks_cascade", "drop_dependants", REV, "tasks carries most kinds of definition (identity ALWAYS, a "
+          "STORED generated column with a comment, an enum, text[] with a GIN index, three triggers, grants to two "
+          "roles); DROP ... CASCADE also takes the foreign key of comments and open_tasks; definitions and the 3000 "
+          "rows are kept before the DROP.",
+          "DROP TABLE tasks CASCADE"),
+    _case("drop_schema_billing_cascade", "drop_dependants", REV, "DROP SCHEMA billing CASCADE destroys a three-table "
+          "foreign-key chain (plans <- subscriptions <- invoices, subscriptions also referencing public.tenants) "
+          "with its rows and the view public.mrr that reads it; all of it is kept before the DROP and re-made in "
+          "dependency order.",
+          "DROP SCHEMA billing CASCADE",
+          setup=("CREATE SCHEMA billing",
+                 "CREATE TABLE billing.plans (code text PRIMARY KEY, monthly_cents int NOT NULL CHECK "
+                 "(monthly_cents >= 0))",
+                 "CREATE TABLE billing.subscriptions (id serial PRIMARY KEY, tenant_id int NOT NULL REFERENCES "
+                 "public.tenants ON DELETE CASCADE, plan text NOT NULL REFERENCES billing.plans, started_on date NOT "
+                 "NULL)",
+                 "CREATE TABLE billing.invoices (id serial PRIMARY KEY, subscription_id int NOT NULL REFERENCES "
+                 "billing.subscriptions ON DELETE CASCADE, period date NOT NULL, amount_cents int NOT NULL, "
+                 "UNIQUE (subscription_id, period))",
+                 "INSERT INTO billing.plans VALUES ('free', 0), ('pro', 2900), ('enterprise', 49900)",
+                 "INSERT INTO billing.subscriptions (tenant_id, plan, started_on) SELECT id, plan::text, "
+                 "created_at::date FROM tenants",
+                 "INSERT INTO billing.invoices (subscription_id, period, amount_cents) SELECT s.id, date "
+                 "'2024-01-01' + m * interval '1 month', p.monthly_cents FROM billing.subscriptions s JOIN "
+                 "billing.plans p ON p.code = s.plan, generate_series(0, 5) m",
+                 "CREATE VIEW public.mrr AS SELECT s.tenant_id, sum(i.amount_cents) AS cents FROM "
+                 "billing.invoices i JOIN billing.subscriptions s ON s.id = i.subscription_id GROUP BY s.tenant_id")),
+    _case("drop_email_under_generated_and_view", "generated_column", REV, "Dropping users.email CASCADE takes the "
+          "STORED generated email_domain computed from it, the unique (tenant_id, email) constraint and the open_tasks "
+          "view; the dropped values are kept before the DROP, and putting email back in its place rebuilds users "
+          "(with the foreign keys to it and tenant_overview).",
+          "ALTER TABLE users DROP COLUMN email CASCADE",
+          setup=("ALTER TABLE users ADD COLUMN email_domain text GENERATED ALWAYS AS (split_part(email, '@', 2)) "
+                 "STORED",)),
+    _case("toast_drop_documents", "toast", REV, "DROP TABLE documents destroys ten 32 kB contents stored out of line "
+          "with the other 90 rows; the table and every row, whole values included, are kept before the DROP.",
+          "DROP TABLE documents"),
+    _case("toast_drop_attachments_bytea", "toast", REV, "DROP TABLE destroys 20 incompressible 16 kB bytea values "
+          "(stored out of line) in a table referencing documents; the table, its foreign key and every byte are kept "
+          "before the DROP.",
+          "DROP TABLE attachments",
+          setup=("CREATE TABLE attachments (id int PRIMARY KEY, document_id int NOT NULL REFERENCES documents ON "
+                 "DELETE CASCADE, file_name text NOT NULL, data bytea NOT NULL)",
+                 "INSERT INTO attachments SELECT d, d, 'scan-' || d || '.bin', (SELECT decode(string_agg(md5(d || "
+                 "':' || k), ''), 'hex') FROM generate_series(1, 1000) k) FROM generate_series(1, 20) d")),
+    _case("events_kind_prefix", "alter_type", REV, "USING left(kind, 4) turns 'task.created' and 'task.viewed' into "
+          "'task' in the keyless events table (with duplicate rows) in a rewrite without row triggers; the old "
+          "values are kept before it by the rows' full images, so the multiset of rows comes back.",
+          "ALTER TABLE events ALTER COLUMN kind TYPE varchar(4) USING left(kind, 4)"),
+    _case("events_payload_to_number", "no_primary_key", REV, "jsonb -> int USING (payload->>'n')::int keeps one "
+          "number of each payload (the events archive_project wrote have none and become NULL) on a table without a "
+          "key; the old "
+          "values are kept before the rewrite by the rows' full images.",
+          "ALTER TABLE events ALTER COLUMN payload TYPE int USING (payload->>'n')::int",
+          setup=("SELECT archive_project(3)",)),
+    _case("table_grant_to_column_grants", "grants", REV, "A table privilege narrowed to column privileges and new "
+          "column UPDATE rights; the before-catalog has the table ACL and every column's (attacl).",
+          "REVOKE SELECT ON tasks FROM corpus_analyst",
+          "GRANT SELECT (id, project_id, title, status, priority) ON tasks TO corpus_analyst",
+          "GRANT UPDATE (status, assignee_id) ON tasks TO corpus_support"),
+    _case("revoke_column_grants", "grants", REV, "The revoked column privileges are in the before-catalog's attacl.",
+          "REVOKE UPDATE (display_name) ON users FROM corpus_support",
+          "REVOKE SELECT (email) ON users FROM corpus_support",
+          setup=("GRANT SELECT (email, display_name), UPDATE (display_name) ON users TO corpus_support",)),
+    _case("default_privileges_revoke_types", "grants", REV, "Revoking the built-in USAGE on new types from PUBLIC "
+          "creates a pg_default_acl entry; there was none before, so the inverse removes it.",
+          "ALTER DEFAULT PRIVILEGES REVOKE USAGE ON TYPES FROM PUBLIC"),
+    _case("rename_tasks_everything", "ddl_create", REV, "Renames of a table, its index and trigger and of the enum its "
+          "status uses change only names (views follow by oid); the reverse renames restore them.",
+          "ALTER TABLE tasks RENAME TO work_items",
+          "ALTER INDEX tasks_tags_idx RENAME TO work_items_tags_idx",
+          "ALTER TRIGGER tasks_touch ON work_items RENAME TO work_items_touch",
+          "ALTER TYPE task_status RENAME TO work_item_status"),
+    _case("replace_open_tasks_view", "ddl_create", REV, "CREATE OR REPLACE VIEW changes the filter and adds a column; "
+          "the old definition is in the before-catalog (a view cannot lose a column by CREATE OR REPLACE, so it is "
+          "dropped and re-made, with its grants).",
+          "CREATE OR REPLACE VIEW open_tasks AS SELECT t.id, t.tenant_id, p.slug AS project, t.title, t.status, "
+          "t.priority, t.tags, u.email AS assignee, t.due_date FROM tasks t JOIN projects p ON p.id = t.project_id "
+          "LEFT JOIN users u ON u.id = t.assignee_id WHERE t.status NOT IN ('done', 'blocked')",
+          setup=("GRANT SELECT ON open_tasks TO corpus_analyst",)),
+    _case("replace_function_then_call", "functions", REV, "The old body of reassign_tasks is in the before-catalog "
+          "(pg_get_functiondef); the tasks the new body changed, and the events and timestamps their triggers "
+          "wrote, are captured rows.",
+          "CREATE OR REPLACE FUNCTION reassign_tasks(p_from bigint, p_to bigint) RETURNS int LANGUAGE sql AS $$ "
+          "WITH u AS (UPDATE tasks SET assignee_id = p_to, priority = 1 WHERE assignee_id = p_from AND status <> "
+          "'done' RETURNING 1) SELECT count(*)::int FROM u $$",
+          "SELECT reassign_tasks(31, 61)"),
+    _case("replace_procedure_then_call", "functions", REV, "CREATE OR REPLACE PROCEDURE: the old body is in the "
+          "before-catalog; what the CALL changed (tasks, their status events) is captured rows.",
+          "CREATE OR REPLACE PROCEDURE close_stale_tasks(p_tenant int) LANGUAGE sql AS $$ UPDATE tasks SET status = "
+          "'done' WHERE tenant_id = p_tenant AND status = 'todo' $$",
+          "CALL close_stale_tasks(5)",
+          setup=("CREATE PROCEDURE close_stale_tasks(p_tenant int) LANGUAGE sql AS $$ UPDATE tasks SET status = "
+                 "'blocked' WHERE tenant_id = p_tenant AND status = 'todo' AND due_date < '2024-10-15' $$",)),
+    _case("comments_on_column_table_type", "constraints_defaults", REV, "A removed column comment and new comments on "
+          "a table and a type; the before-catalog has the old comment and the absence of the others.",
+          "COMMENT ON COLUMN tasks.search IS NULL",
+          "COMMENT ON TABLE tenants IS 'Customers of the tracker'",
+          "COMMENT ON TYPE plan_tier IS 'Billing plan'"),
+    _case("truncate_tasks_restart_identity_cascade", "truncate", REV, "TRUNCATE tasks RESTART IDENTITY CASCADE "
+          "empties tasks and comments and restarts their identity and serial sequences; the snapshots restore the "
+          "rows (identity ALWAYS ones with OVERRIDING SYSTEM VALUE), and sequence positions are not compared.",
+          "TRUNCATE tasks RESTART IDENTITY CASCADE"),
+    _case("project_id_set_default", "identity_always", REV, "SET id = DEFAULT moves a project without tasks or "
+          "documents to a new ALWAYS identity value; its before-image has the old id, and nothing references it, so "
+          "deleting it and inserting the image with OVERRIDING SYSTEM VALUE is exact.",
+          "UPDATE projects SET id = DEFAULT WHERE slug = 'sandbox'",
+          setup=("INSERT INTO projects (tenant_id, slug, name) VALUES (1, 'sandbox', 'Sandbox')",)),
+)

@@ -340,3 +340,111 @@ CASES: tuple[Case, ...] = (
           "UPDATE item SET i_tags = array_append(i_tags, 'original') WHERE i_data LIKE 'ORIGINAL%'",
           "UPDATE item SET i_tags = i_tags || ARRAY['cheap', 'promo'] WHERE i_price < 5"),
 )
+
+#: A materialized view of each district's sales, made (and so fresh) in the setup.
+_DISTRICT_SALES = ("CREATE MATERIALIZED VIEW district_sales AS SELECT ol_w_id, ol_d_id, count(*) AS lines, "
+                   "sum(ol_amount) AS amount FROM order_line GROUP BY ol_w_id, ol_d_id",)
+
+# Issue 18: drops over the foreign-key graph, dropped columns under views, a generated column and a trigger,
+# column grants, lossy type changes and a dropped column on the keyless history table, TOAST-sized values in a
+# dropped table, and the other DDL whose inverse needs the state from before the statement (RENAME, CREATE OR
+# REPLACE, COMMENT, default privileges, TRUNCATE RESTART IDENTITY, REFRESH MATERIALIZED VIEW).
+CASES += (
+    _case("drop_warehouse_cascade", "drop_dependants", REV, "DROP TABLE warehouse CASCADE destroys both warehouses "
+          "and the foreign keys of district and stock, the root of the whole graph; the table (with "
+          "corpus_analyst's grant) and its rows are kept before the DROP.",
+          "DROP TABLE warehouse CASCADE"),
+    _case("drop_district_cascade", "drop_dependants", REV, "DROP TABLE district CASCADE destroys 20 districts (with "
+          "the d_next_o_id counters New-Order needs) and customer's composite foreign key; the table and its rows "
+          "are kept before the DROP.",
+          "DROP TABLE district CASCADE"),
+    _case("drop_stock_and_item", "drop_dependants", REV, "One DROP of two tables of the graph (item and the stock "
+          "referencing it), with CASCADE taking order_line's foreign key, the stock_level view, the restock trigger "
+          "and the generated s_low; 3000 rows and every definition are kept before the DROP, and the inverse must "
+          "re-make item before stock.",
+          "DROP TABLE stock, item CASCADE"),
+    _case("drop_s_quantity_cascade", "generated_column", REV, "Dropping s_quantity takes the STORED generated s_low "
+          "computed from it, the stock_level view and the restock trigger that fires on UPDATE OF s_quantity; the "
+          "2000 quantities are kept before the DROP, and putting the column back in its place rebuilds stock.",
+          "ALTER TABLE stock DROP COLUMN s_quantity CASCADE"),
+    _case("drop_ol_amount_under_view", "drop_dependants", REV, "DROP COLUMN ol_amount CASCADE destroys the amount of "
+          "every order line and the order_totals view on it; the values are kept before the DROP, and putting the "
+          "column back in its place rebuilds order_line (with its foreign keys and the cascades on them).",
+          "ALTER TABLE order_line DROP COLUMN ol_amount CASCADE",
+          setup=("CREATE VIEW order_totals AS SELECT ol_w_id, ol_d_id, ol_o_id, sum(ol_amount) AS amount FROM "
+                 "order_line GROUP BY ol_w_id, ol_d_id, ol_o_id",)),
+    _case("toast_drop_customer_big_data", "toast", REV, "DROP TABLE customer CASCADE destroys 600 customers, 60 of "
+          "them with 32 kB c_data stored out of line, with orders' foreign key, the customer_balance view and the "
+          "name index; the table and every row, whole values included, are kept before the DROP.",
+          "DROP TABLE customer CASCADE",
+          setup=(f"UPDATE customer SET c_data = {_big(1000, 'cd')} || c_id WHERE c_id % 10 = 0",)),
+    _case("history_amount_to_int", "alter_type", REV, "numeric(6,2) -> int rounds the two payments with cents in the "
+          "keyless history table (which has duplicate rows) in a rewrite without row triggers; the old values are "
+          "kept before it by the rows' full images.",
+          "ALTER TABLE history ALTER COLUMN h_amount TYPE int",
+          setup=("SELECT payment(1, 2, 3, 12.34)", "SELECT payment(2, 5, 7, 0.99)")),
+    _case("history_w_id_to_boolean", "no_primary_key", REV, "int -> boolean USING h_w_id = 1 keeps one bit of the "
+          "warehouse id on a table without a key; the old values are kept before the rewrite by the rows' full "
+          "images.",
+          "ALTER TABLE history ALTER COLUMN h_w_id TYPE boolean USING h_w_id = 1"),
+    _case("drop_history_date_keyless", "no_primary_key", REV, "DROP COLUMN h_date on the keyless history table (with "
+          "a duplicated row): the values are kept before the DROP by the rows' full images, and putting the column "
+          "back in its place rebuilds the table with the same multiset of rows.",
+          "ALTER TABLE history DROP COLUMN h_date",
+          setup=("SELECT payment(1, 4, 9, 25.00)",)),
+    _case("column_grants_on_customer", "grants", REV, "New column privileges; the before-catalog's attacl of every "
+          "column says what to revoke.",
+          "GRANT SELECT (c_w_id, c_d_id, c_id, c_last, c_balance) ON customer TO corpus_analyst",
+          "GRANT UPDATE (c_credit, c_credit_lim) ON customer TO corpus_support"),
+    _case("drop_price_with_column_grants", "grants", REV, "Dropping i_price takes its column privileges (SELECT and "
+          "UPDATE for corpus_app) with it; the values and the ACL are kept before the DROP, and putting the column "
+          "back in its place rebuilds item (with the foreign keys to it and the stock_level view).",
+          "ALTER TABLE item DROP COLUMN i_price",
+          setup=("GRANT SELECT (i_id, i_name, i_price), UPDATE (i_price) ON item TO corpus_app",)),
+    _case("default_privileges_then_create", "grants", REV, "New default privileges and a table created under them "
+          "(so it gets corpus_analyst's grant); the table is dropped and the pg_default_acl entry from before (none) "
+          "put back.",
+          "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO corpus_analyst",
+          "CREATE TABLE carrier_stats (carrier int PRIMARY KEY, deliveries int NOT NULL)",
+          "INSERT INTO carrier_stats SELECT o_carrier_id, count(*) FROM orders WHERE o_carrier_id IS NOT NULL "
+          "GROUP BY o_carrier_id"),
+    _case("rename_function_column_constraint", "ddl_create", REV, "Renames of a function, a column (whose name the "
+          "functions' bodies still use) and a primary key constraint are undone by the reverse renames.",
+          "ALTER FUNCTION payment(int, int, int, numeric) RENAME TO tpcc_payment",
+          "ALTER TABLE order_line RENAME COLUMN ol_amount TO ol_total",
+          "ALTER TABLE warehouse RENAME CONSTRAINT warehouse_pkey TO warehouse_pk"),
+    _case("replace_stock_level_view", "ddl_create", REV, "CREATE OR REPLACE VIEW with another threshold; the old "
+          "definition is in the before-catalog (pg_get_viewdef).",
+          "CREATE OR REPLACE VIEW stock_level AS SELECT s.s_w_id, s.s_i_id, i.i_name, s.s_quantity FROM stock s "
+          "JOIN item i ON i.i_id = s.s_i_id WHERE s.s_quantity < 30"),
+    _case("replace_delivery_then_call", "functions", REV, "The old body of delivery is in the before-catalog; the "
+          "rows the new body changed (new_order, orders, order_line; it no longer credits the customer) are captured.",
+          "CREATE OR REPLACE FUNCTION delivery(p_w int, p_carrier int) RETURNS int LANGUAGE plpgsql AS $$ DECLARE o "
+          "int; n int := 0; BEGIN FOR d IN 1 .. 10 LOOP SELECT min(no_o_id) INTO o FROM new_order WHERE no_w_id = "
+          "p_w AND no_d_id = d; CONTINUE WHEN o IS NULL; DELETE FROM new_order WHERE no_w_id = p_w AND no_d_id = d "
+          "AND no_o_id = o; UPDATE orders SET o_carrier_id = p_carrier WHERE o_w_id = p_w AND o_d_id = d AND o_id = "
+          "o; UPDATE order_line SET ol_delivery_d = '2024-09-03 09:30:00' WHERE ol_w_id = p_w AND ol_d_id = d AND "
+          "ol_o_id = o; n := n + 1; END LOOP; RETURN n; END $$",
+          "SELECT delivery(1, 4)"),
+    _case("comments_on_views_functions", "constraints_defaults", REV, "A removed table comment and new comments on a "
+          "column, a function and a view; the before-catalog has them all.",
+          "COMMENT ON TABLE stock IS NULL",
+          "COMMENT ON COLUMN customer.c_data IS 'Free text; BC customers get payment notes'",
+          "COMMENT ON FUNCTION new_order(int, int, int, int[], int[]) IS 'TPC-C New-Order'",
+          "COMMENT ON VIEW customer_balance IS 'Balances per customer'",
+          setup=("COMMENT ON TABLE stock IS 'Per-warehouse stock'",)),
+    _case("truncate_restock_restart_identity", "truncate", REV, "TRUNCATE ... RESTART IDENTITY empties the identity "
+          "ALWAYS table and restarts its sequence; the snapshot restores the rows with OVERRIDING SYSTEM VALUE, and "
+          "the sequence position is not compared.",
+          "TRUNCATE restock_request RESTART IDENTITY"),
+    _case("update_then_refresh_fresh_matview", "truncate", REV, "The materialized view was fresh before the case: "
+          "once the captured UPDATE is undone, REFRESH recomputes exactly its old contents.",
+          "UPDATE order_line SET ol_amount = ol_amount * 1.1 WHERE ol_w_id = 1 AND ol_d_id = 3",
+          "REFRESH MATERIALIZED VIEW district_sales",
+          setup=_DISTRICT_SALES),
+    _case("refresh_stale_matview", "truncate", IRR, "The materialized view is stale (order lines changed after it was "
+          "made); REFRESH replaces its contents, which no captured state holds and no query can recompute.",
+          "REFRESH MATERIALIZED VIEW district_sales",
+          setup=(*_DISTRICT_SALES, "UPDATE order_line SET ol_amount = ol_amount + 1 WHERE ol_w_id = 2 AND "
+                 "ol_d_id = 1")),
+)
