@@ -461,12 +461,21 @@ def same_rows_check_sql(d: Desc, without: list[str]) -> str:
             f"{literal(f'the rows of {table} changed since, so their captured values cannot be matched to them')} END")
 
 
+_DIGEST_CHECK_HEAD = "SELECT CASE WHEN pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text"
+
+
+def is_matview_digest_check(sql: str) -> bool:
+    """Is `sql` a `matview_digest_check_sql` check? (Over a sample it cannot pass or fail for
+    sure: the digest is of the whole view.)"""
+    return sql.startswith(_DIGEST_CHECK_HEAD)
+
+
 def matview_digest_check_sql(name: str) -> str:
     """NULL when materialized view `name` holds the contents whose digest is $1 (as
     `dbproxy.keep_matview` took it, under the same output settings); else why not."""
     why = (f"materialized view {name}: recomputed, it does not hold the contents it had before the REFRESH (its "
            "query gives them only over the rows it read then, not over rows changed since or a sample of them)")
-    return (f"SELECT CASE WHEN pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text, E'\\n' ORDER BY "
+    return (f"{_DIGEST_CHECK_HEAD}, E'\\n' ORDER BY "
             f"dbproxy_row::text COLLATE \"C\"), '')) = $1::text THEN NULL ELSE {literal(why)} END "
             f"FROM {name} dbproxy_row")
 
