@@ -33,6 +33,8 @@ lossy or incomparable): `json_populate_record` turns an image back into a row ex
 
 from __future__ import annotations
 
+from inverse import ddl_state
+
 CAPTURE_SETTING = "dbproxy.capture"
 #: Trigger names: a leading "_" sorts them before user triggers named with lower-case letters (and
 #: after the foreign-key action triggers "RI_ConstraintTrigger_*", so a cascade is logged before
@@ -47,7 +49,7 @@ IMAGE_SETTINGS: dict[str, str] = {
     "IntervalStyle": "postgres",
     "DateStyle": "ISO, YMD",
 }
-CAPTURE_VERSION = 3
+CAPTURE_VERSION = 4
 
 _FUNCTION_SETTINGS = " ".join(f"SET \"{k}\" = '{v}'" for k, v in IMAGE_SETTINGS.items())
 
@@ -77,6 +79,13 @@ CREATE TABLE IF NOT EXISTS dbproxy.undo_records (
     redone_at timestamptz
 );
 CREATE TABLE IF NOT EXISTS dbproxy.capture_version (version integer NOT NULL);
+-- A table an undo re-created (undo of DROP TABLE) has a new oid; older transactions' captured
+-- changes still name the old one.
+CREATE TABLE IF NOT EXISTS dbproxy.relation_map (
+    old_oid oid PRIMARY KEY,
+    new_oid oid NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 DELETE FROM dbproxy.capture_version;
 INSERT INTO dbproxy.capture_version VALUES ({CAPTURE_VERSION});
 
@@ -102,8 +111,11 @@ CREATE OR REPLACE FUNCTION dbproxy.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off
 {_FUNCTION_SETTINGS} AS $fn$
 BEGIN
-    EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(t) FROM %s AS t',
-                   TG_RELID, TG_RELID::regclass);
+    -- (An alias no column shadows: `to_json(t)` of a table with a column "t" is that column.)
+    EXECUTE format('INSERT INTO dbproxy.capture_log (rel, op, old) SELECT %s, ''T'', to_json(dbproxy_row) '
+                   'FROM %s AS dbproxy_row', TG_RELID, TG_RELID::regclass);
+    -- TRUNCATE fires no DDL event trigger: it ends the statement a `before_ddl` announced here.
+    PERFORM pg_catalog.set_config('dbproxy.snapshot_open', '', true);
     RETURN NULL;
 END
 $fn$;
@@ -121,6 +133,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
     FROM dbproxy.capture_log l
     WHERE l.xid = pg_catalog.txid_current_if_assigned() AND (NOT ddl_only OR l.op = 'X')
     ORDER BY l.seq LIMIT max_rows
+$fn$;
+
+CREATE OR REPLACE FUNCTION dbproxy.captured_count() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT count(*) FROM dbproxy.capture_log l WHERE l.xid = pg_catalog.txid_current_if_assigned()
 $fn$;
 
 CREATE OR REPLACE FUNCTION dbproxy.mark_committed(agent text, session bigint, changes integer) RETURNS void
@@ -147,16 +164,21 @@ BEGIN
 END
 $fn$;
 
+-- Definitions, dependants and data from before each DDL command (`inverse.ddl_state`).
+{ddl_state.install_sql(_FUNCTION_SETTINGS)}
+
 -- Agents reach none of this (the installer's role owns it all): no table, sequence or function
--- but the two above, and nothing created here later by default either.
+-- but the two above and those `before_ddl` needs (each writes to the caller's own transaction
+-- only, see `inverse.ddl_state`), and nothing created here later by default either.
 REVOKE ALL ON ALL TABLES IN SCHEMA dbproxy FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA dbproxy FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dbproxy FROM PUBLIC;
 REVOKE CREATE ON SCHEMA dbproxy FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA dbproxy REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 GRANT USAGE ON SCHEMA dbproxy TO PUBLIC;
-GRANT EXECUTE ON FUNCTION dbproxy.captured_changes(integer, boolean), dbproxy.mark_committed(text, bigint, integer)
-    TO PUBLIC;
+GRANT EXECUTE ON FUNCTION dbproxy.captured_changes(integer, boolean), dbproxy.mark_committed(text, bigint, integer),
+    dbproxy.captured_count() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION {", ".join(ddl_state.AGENT_CALLABLE)} TO PUBLIC;
 """
 
 #: Tables that get capture triggers: ordinary and partitioned tables outside system schemas, the
@@ -180,8 +202,12 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     cmd record;
     agent boolean := current_setting('{CAPTURE_SETTING}', true) = 'on';
+    opened text := NULLIF(current_setting('dbproxy.snapshot_open', true), '');
     grp bigint;
     bumped boolean := false;
+    described text[] := '{{}}';
+    root record;
+    r record;
 BEGIN
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF NOT bumped AND (cmd.schema_name IS NULL OR cmd.schema_name NOT LIKE 'pg_temp%') THEN
@@ -204,9 +230,43 @@ BEGIN
                 jsonb_build_object('event', 'end', 'group', grp, 'tag', cmd.command_tag,
                                    'object_type', cmd.object_type, 'identity', cmd.object_identity,
                                    'schema', cmd.schema_name, 'in_extension', cmd.in_extension,
-                                   'query', current_query()));
+                                   'key', CASE WHEN cmd.classid IS NOT NULL
+                                               THEN jsonb_build_array(cmd.classid, cmd.objid, cmd.objsubid) END,
+                                   'before_group', opened::bigint, 'query', current_query()));
         END IF;
     END LOOP;
+    IF NOT agent OR (grp IS NULL AND opened IS NULL) THEN
+        RETURN;
+    END IF;
+    grp := coalesce(grp, pg_catalog.nextval('dbproxy.capture_log_seq_seq'));
+    -- The definitions after the command: of everything described before it (a dropped object
+    -- has none), and of every object it created or changed.
+    FOR r IN SELECT DISTINCT (l.ddl->'key'->>0)::oid AS cls, (l.ddl->'key'->>1)::oid AS obj, l.ddl->'key' AS key
+             FROM dbproxy.capture_log l
+             WHERE l.xid = pg_catalog.txid_current() AND l.op = 'X' AND opened IS NOT NULL
+               AND l.ddl->>'event' = 'before' AND (l.ddl->>'group')::bigint = opened::bigint LOOP
+        CONTINUE WHEN ((r.key->>0) || '/' || (r.key->>1)) = ANY(described);
+        described := described || ((r.key->>0) || '/' || (r.key->>1));
+        INSERT INTO dbproxy.capture_log (rel, op, ddl) VALUES (
+            CASE WHEN r.cls = 'pg_class'::regclass THEN r.obj END, 'X',
+            jsonb_build_object('event', 'after', 'group', grp, 'before_group', opened::bigint, 'key', r.key,
+                               'desc', CASE WHEN r.cls = 'pg_default_acl'::regclass
+                                            THEN dbproxy.describe_defacl(r.obj, (r.key->>2)::oid, (r.key->>3)::"char")
+                                            ELSE dbproxy.describe(r.cls, r.obj, 0) END));
+    END LOOP;
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        CONTINUE WHEN cmd.classid IS NULL OR cmd.objid IS NULL OR cmd.objid = 0
+                      OR (cmd.schema_name IS NOT NULL AND cmd.schema_name LIKE 'pg_temp%');
+        SELECT x.rcls, x.robj INTO root FROM dbproxy.root_of(cmd.classid, cmd.objid) x;
+        CONTINUE WHEN (root.rcls::text || '/' || root.robj::text) = ANY(described);
+        described := described || (root.rcls::text || '/' || root.robj::text);
+        INSERT INTO dbproxy.capture_log (rel, op, ddl) VALUES (
+            CASE WHEN root.rcls = 'pg_class'::regclass THEN root.robj END, 'X',
+            jsonb_build_object('event', 'after', 'group', grp, 'before_group', opened::bigint,
+                               'key', jsonb_build_array(root.rcls, root.robj, 0),
+                               'desc', dbproxy.describe(root.rcls, root.robj, 0)));
+    END LOOP;
+    PERFORM pg_catalog.set_config('dbproxy.snapshot_open', '', true);
 END
 $fn$;
 
@@ -225,10 +285,13 @@ BEGIN
     FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
         IF NOT obj.is_temporary THEN
             grp := coalesce(grp, pg_catalog.nextval('dbproxy.capture_log_seq_seq'));
-            INSERT INTO dbproxy.capture_log (op, ddl) VALUES ('X',
+            INSERT INTO dbproxy.capture_log (rel, op, ddl) VALUES (
+                CASE WHEN obj.classid = 'pg_class'::regclass AND obj.objsubid = 0 THEN obj.objid END, 'X',
                 jsonb_build_object('event', 'drop', 'group', grp, 'tag', tg_tag,
                                    'object_type', obj.object_type, 'identity', obj.object_identity,
                                    'schema', obj.schema_name, 'original', obj.original,
+                                   'key', jsonb_build_array(obj.classid, obj.objid, obj.objsubid),
+                                   'before_group', NULLIF(current_setting('dbproxy.snapshot_open', true), '')::bigint,
                                    'query', current_query()));
         END IF;
     END LOOP;
@@ -260,8 +323,8 @@ END
 $do$;
 DROP FUNCTION IF EXISTS dbproxy.capture_row(), dbproxy.capture_truncate(), dbproxy.attach(regclass),
     dbproxy.capture_ddl(), dbproxy.capture_drop(), dbproxy.captured_changes(integer, boolean),
-    dbproxy.mark_committed(text, bigint, integer);
-DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version;
+    dbproxy.mark_committed(text, bigint, integer), dbproxy.captured_count(), {", ".join(ddl_state.FUNCTIONS)};
+DROP TABLE IF EXISTS dbproxy.capture_log, dbproxy.undo_records, dbproxy.capture_version, dbproxy.relation_map;
 DROP SEQUENCE IF EXISTS dbproxy.ddl_epoch;
 """
 

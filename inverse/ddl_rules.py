@@ -1,8 +1,11 @@
 """Inverses of DDL commands, from the events the capture event triggers logged.
 
-The event trigger records, per DDL command an agent session ran: the command tag, the object's
-type and identity (schema-qualified and quoted by PostgreSQL itself), and the query text. That is
-enough for the commands whose inverse needs no state from before:
+Statements the proxy announced (`dbproxy.before_ddl`, see `inverse.ddl_state`) come with the
+state from before them and are inverted by `inverse.ddl_groups` (`invert_all` routes them there).
+DDL nobody announced (run inside a function or DO block, where the proxy never sees its text) has
+only what the event trigger records per command: the command tag, the object's type and identity
+(schema-qualified and quoted by PostgreSQL itself), and the query text. That is enough for the
+commands whose inverse needs no state from before:
 
 - `CREATE TABLE / VIEW / MATERIALIZED VIEW / INDEX / SEQUENCE / FUNCTION / PROCEDURE / TYPE /
   DOMAIN / SCHEMA` -> `DROP <kind> <identity>` (a table's serial sequences and key indexes are
@@ -11,10 +14,10 @@ enough for the commands whose inverse needs no state from before:
   `RENAME COLUMN a TO b` -> `RENAME COLUMN b TO a`; `RENAME TO b` -> `RENAME TO a`;
 - an object created and dropped again in the same transaction: nothing to undo.
 
-Everything else (DROP of an existing object, ALTER COLUMN TYPE, SET/DROP DEFAULT or NOT NULL,
-constraints, COMMENT, GRANT/REVOKE, ...) would need the object's state from before the command;
-those are classified irreversible with the reason, so the transaction is held for a person
-instead of committed with an incomplete undo.
+Everything else unannounced (DROP of an existing object, ALTER COLUMN TYPE, SET/DROP DEFAULT or
+NOT NULL, constraints, COMMENT, GRANT/REVOKE, ...) would need the object's state from before the
+command; those are classified irreversible with the reason, so the transaction is held for a
+person instead of committed with an incomplete undo.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from sqlglot.errors import SqlglotError
 
 from inverse.capture_schema import ROW_TRIGGER, TRUNCATE_TRIGGER
 from inverse.classify import split_statements
-from inverse.images import Change, quote_ident
+from inverse.ddl_groups import DdlStep, groups, invert_group, redo_group
+from inverse.images import SNAPSHOT_OPS, Change, quote_ident
 
 _DROP_KIND = {
     "CREATE TABLE": "TABLE", "CREATE TABLE AS": "TABLE", "SELECT INTO": "TABLE", "CREATE VIEW": "VIEW",
@@ -37,6 +41,7 @@ _DROP_KIND = {
     "CREATE DOMAIN": "DOMAIN", "CREATE SCHEMA": "SCHEMA",
 }
 _OWN_TRIGGERS = frozenset({ROW_TRIGGER, TRUNCATE_TRIGGER})
+_PG_CLASS = 1259  # pg_class's oid: relations in DDL event keys
 #: Kinds whose CREATE OR REPLACE may overwrite an existing definition.
 _REPLACEABLE = frozenset({"FUNCTION", "PROCEDURE", "VIEW"})
 _OR_REPLACE = re.compile(r"\bor\s+replace\b", re.IGNORECASE)
@@ -53,6 +58,47 @@ class DdlInverse:
     # For an irreversible command, what another source of inverses (an LLM) needs to propose one:
     query: str = ""  # the query text that ran it
     objects: tuple[tuple[str, str], ...] = ()  # (object type, identity) of everything the command touched
+    steps: tuple[DdlStep, ...] = ()  # an announced statement's inverse (instead of `sql`)
+    created_tables: frozenset[int] = frozenset()  # oids of tables it created (their rows go with them)
+
+
+def invert_all(changes: list[Change], *, direction: str = "undo") -> list[DdlInverse]:
+    """Inverses (or redos) of every DDL statement among a transaction's captured changes (all of
+    them, rows too: whether anything came before a statement matters to some), oldest first:
+    announced statements from the state kept before them, the rest by `invert_ddl`."""
+    first_seq = min((c.seq for c in changes), default=0)
+    announced, loose = groups([c for c in changes if c.op == "X" or c.op in SNAPSHOT_OPS])
+    out: list[DdlInverse] = []
+    if loose:
+        if direction == "undo":
+            out += invert_ddl(loose)
+        else:
+            loose_out = invert_ddl(loose)
+            for d in loose_out:
+                if d.sql is not None or d.reason is not None:
+                    out.append(DdlInverse(d.seq, None, "redo of DDL run inside a function or DO block is not "
+                                          "possible: its statement text was not kept", created=d.created))
+    # Objects made and dropped again within the transaction: nothing of them remains to undo.
+    first: dict[str, object] = {}
+    last: dict[str, object] = {}
+    for g in announced:
+        for k in dict.fromkeys([*g.before, *g.after]):
+            before = (g.before.get(k) or {}).get("desc")
+            first.setdefault(k, before)
+            last[k] = g.after[k] if k in g.after else before
+    transient = {k for k in first if first[k] is None and last.get(k) is None}
+    # Their rows went with them too.
+    gone = frozenset(int(k.split("/")[1]) for k in transient if k.startswith(f"{_PG_CLASS}/"))
+    for g in announced:
+        inv = invert_group(g, created_before=transient, changed_before=first_seq < g.first) \
+            if direction == "undo" else redo_group(g)
+        if direction == "undo":
+            inv.created_tables |= gone
+        reason = "; ".join(inv.reasons) if inv.reasons else None
+        out.append(DdlInverse(g.last, None, reason, query=g.statement, objects=inv.objects,
+                              steps=tuple(inv.steps) if reason is None else (),
+                              created_tables=frozenset(inv.created_tables)))
+    return sorted(out, key=lambda d: d.seq)
 
 
 def _sourced(inv: DdlInverse, group: list[Change]) -> DdlInverse:
@@ -100,8 +146,9 @@ def invert_ddl(events: list[Change]) -> list[DdlInverse]:
                 continue
             what = ", ".join(f"{(e.ddl or {}).get('object_type')} {(e.ddl or {}).get('identity')}"
                              for e in group if (e.ddl or {}).get("original")) or "objects"
-            out.append(_sourced(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what}; dbproxy cannot "
-                                           "restore dropped objects yet"), group))
+            out.append(_sourced(DdlInverse(first.seq, None, f"{d.get('tag')} destroyed {what} without "
+                                           "dbproxy keeping it first (DDL run inside a function or DO block, "
+                                           "or by a session the proxy does not announce DDL for)"), group))
             continue
         main = next((e for e in group if (e.ddl or {}).get("tag") in _DROP_KIND
                      and (e.ddl or {}).get("tag") not in _PART_TAGS), None) \

@@ -13,7 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Op = Literal["I", "U", "D", "T", "X"]
+#: I/U/D: a row inserted, updated, deleted; T: a row removed by TRUNCATE; X: a DDL event; R, C, S:
+#: state kept before a DDL statement (a dropped table's row, a dropped or retyped column's values, a
+#: sequence position or materialized view digest: `inverse.ddl_state`).
+Op = Literal["I", "U", "D", "T", "X", "R", "C", "S"]
+SNAPSHOT_OPS = frozenset({"R", "C", "S"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +31,8 @@ class Change:
 
     @property
     def is_row(self) -> bool:
-        return self.op != "X"
+        """A row change of the transaction itself (not a DDL event, not state kept before DDL)."""
+        return self.op in ("I", "U", "D", "T")
 
 
 #: Columns selected from `dbproxy.capture_log`, in the order `change_from_row` expects.
@@ -41,6 +46,8 @@ CAPTURE_LIMIT = 1000
 CAPTURE_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS}, epoch FROM dbproxy.captured_changes({CAPTURE_LIMIT + 1}, false)"
 #: Only the DDL events of the current transaction (when it has too many row changes to fetch).
 CAPTURE_DDL_FETCH_SQL = f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.captured_changes(2147483647, true)"
+#: How many changes the current transaction captured in all.
+CAPTURE_COUNT_SQL = "SELECT dbproxy.captured_count()"
 
 
 def change_from_row(row: tuple[Any, ...] | Any) -> Change:

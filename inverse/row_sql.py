@@ -174,9 +174,10 @@ def render(sql: str, params: tuple[str, ...]) -> str:
     tree = _parse(sql)
 
     def sub(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal):
+        if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) \
+                and 0 < int(node.this.this) <= len(params):
             return exp.Literal.string(params[int(node.this.this) - 1])
-        return node
+        return node  # a value the executor adds itself (e.g. the transactions being undone)
 
     text = tree.transform(sub).sql(dialect="postgres")
     return text.replace(") SELECT ", _OVERRIDING, 1) if _OVERRIDING in sql else text

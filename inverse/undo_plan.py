@@ -17,11 +17,18 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from inverse.ddl_rules import invert_ddl
-from inverse.images import Change, TableInfo
+from inverse.ddl_groups import table_infos
+from inverse.ddl_rules import invert_all
+from inverse.images import SNAPSHOT_OPS, Change, TableInfo
 from inverse.row_sql import render, templates
 
-StepKind = Literal["remove", "restore", "revert", "ddl"]
+#: remove/restore/revert: one row from one image to another (`inverse.row_sql`); ddl: a statement;
+#: data: a statement with bind parameters that puts back rows or values kept before DDL; check /
+#: written_since: conflict checks (a non-NULL answer is a conflict; `written_since` runs as the
+#: proxy's role, since it reads the capture log); remap: the table re-created under a new oid;
+#: privileges: owner and privilege statements (no user code runs in them: an undo acting as the
+#: agents' role runs them as the proxy's role when the agents' role may not).
+StepKind = Literal["remove", "restore", "revert", "ddl", "privileges", "data", "check", "written_since", "remap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,43 +120,70 @@ def build(changes: list[Change], tables: dict[int, TableInfo], *, direction: Lit
     """The plan for one transaction's changes (in capture order). `tables` must describe every
     table the row changes touch, as the catalog is now."""
     undo = direction == "undo"
-    plan = Plan(direction, changes=len(changes))
-    ddl = invert_ddl([c for c in changes if c.op == "X"])
+    plan = Plan(direction, changes=len([c for c in changes if c.op not in SNAPSHOT_OPS]))
+    ddl = invert_all(changes, direction=direction)
     created = {d.created for d in ddl if d.created is not None}
+    for d in ddl:
+        created |= d.created_tables
     steps: list[Step] = []
     for d in ddl:
         if d.reason:
             plan.irreversible.append(d.reason)
             plan.gaps.append(Gap(d.seq, d.reason, d.query, d.objects))
+        elif d.steps:
+            steps += [Step(s.seq, s.kind, s.sql, s.params, s.rel, s.table) for s in d.steps]  # type: ignore[arg-type]
         elif d.sql:
             if not undo:
-                plan.irreversible.append("redo of DDL is not supported: undo it, then run the DDL again")
+                plan.irreversible.append("redo of DDL run inside a function or DO block is not possible: its "
+                                         "statement text was not kept")
             steps.append(Step(d.seq, "ddl", d.sql))
     missing: set[int] = set()
     advanced: set[str] = set()
+    described = table_infos(changes)
     for c in changes:
-        if c.op == "X" or c.rel in created:
-            continue  # rows of a table the transaction created go with the table
+        if c.op == "X" or c.op in SNAPSHOT_OPS or (undo and c.rel in created):
+            continue  # rows of a table the transaction created go with the table (a redo re-creates it first)
         info = tables.get(c.rel) if c.rel is not None else None
+        if info is None and c.rel is not None:
+            # A table the transaction dropped (its undo makes it again before these rows come
+            # back), or created (a redo makes it again): as its DDL events described it.
+            info = described.get(c.rel)
         if info is None:
             missing.add(c.rel or 0)
             continue
         if c.op == "I" and info.sequences:
             advanced.update(info.sequences)
-        moved = _identity_always_changed(c, info)
-        if moved:
-            plan.irreversible.append(f"UPDATE of {info.name} changed GENERATED ALWAYS identity column(s) "
-                                     f"{', '.join(moved)}: an UPDATE cannot set them back (only to DEFAULT)")
+        if _identity_always_changed(c, info):
+            # An UPDATE may set an identity ALWAYS column only to DEFAULT: the row goes back by
+            # deleting it and inserting its image with OVERRIDING SYSTEM VALUE (undo runs with
+            # foreign-key actions off, so nothing cascades).
+            t = templates(info)
+            now, target = (c.new, c.old) if undo else (c.old, c.new)
+            assert now is not None and target is not None
+            steps.append(Step(c.seq, "remove", t.remove, (now,), c.rel, info.name))
+            steps.append(Step(c.seq, "restore", t.restore, (target,), c.rel, info.name))
             continue
         steps.append(_row_step(c, info, undo=undo))
     for oid in sorted(missing):
-        plan.irreversible.append(f"rows of table oid {oid} were captured, but the table no longer exists")
+        plan.irreversible.append(f"rows of {_table_name(changes, oid)} were captured, but the table no longer exists")
     if advanced:
         plan.notes.append(f"sequences not rewound: {', '.join(sorted(advanced))} (PostgreSQL never rolls back "
                           "nextval; undo restores rows, not sequence positions)")
     steps.sort(key=lambda s: s.seq, reverse=undo)
     plan.steps = steps
     return plan
+
+
+def _table_name(changes: list[Change], oid: int) -> str:
+    """A table's name for people, from what the capture kept about it (never its oid alone)."""
+    for c in changes:
+        d = c.ddl or {}
+        desc = d.get("desc") or {}
+        if c.rel == oid and desc.get("qualified"):
+            return f"table {desc['qualified']}"
+        if c.rel == oid and d.get("identity") and d.get("object_type") == "table":
+            return f"table {d['identity']}"
+    return "a table that no longer exists (it was dropped since, outside what this transaction captured)"
 
 
 def fill(plan: Plan, inverses: dict[int, str | None], *, origin: str = "llm") -> Plan:
@@ -173,7 +207,7 @@ def rebuild(steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
     after each DDL step so the remaining row steps name the table and columns as they now are."""
     out: list[Step] = []
     for s in steps:
-        info = tables.get(s.rel) if s.rel is not None and s.kind != "ddl" else None
+        info = tables.get(s.rel) if s.rel is not None and s.kind in ("remove", "restore", "revert") else None
         if info is not None:
             t = templates(info)
             s = replace(s, sql={"remove": t.remove, "restore": t.restore, "revert": t.revert}[s.kind], table=info.name)

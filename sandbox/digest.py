@@ -2,9 +2,10 @@
 
 A table's digest is its row count and the md5 of its sorted row texts (`row::text`: each type's
 own output, so 1.0 and 1.00, JSON null and SQL NULL, array bounds all differ). The catalog shape
-(relations, columns, constraints, indexes, triggers, functions, types of the user schemas) is
-compared too when the transaction ran DDL. `rows` and `shape_lines` give the detail for a
-readable diff when digests differ.
+(relations, columns and their order, constraints, indexes, triggers, functions, types, views,
+sequences, policies and comments of the user schemas) is compared too when the transaction ran
+DDL. Privileges and owners are not: the schema copy has neither (one role owns everything).
+`rows` and `shape_lines` give the detail for a readable diff when digests differ.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ SHAPE_SQL = r"""
 WITH ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace
             WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', 'dbproxy'))
 SELECT x FROM (
-  SELECT format('relation %I.%I %s', ns.nspname, c.relname, c.relkind) FROM pg_catalog.pg_class c
+  SELECT format('relation %I.%I %s comment=%s', ns.nspname, c.relname, c.relkind,
+                pg_catalog.obj_description(c.oid, 'pg_class')) FROM pg_catalog.pg_class c
          JOIN ns ON ns.oid = c.relnamespace WHERE c.relkind <> 'i' AND c.relpersistence <> 't'
-  UNION ALL SELECT format('column %I.%I.%I %s%s%s', ns.nspname, c.relname, a.attname,
+  UNION ALL SELECT format('column %I.%I.%I #%s %s%s%s identity=%s generated=%s comment=%s', ns.nspname, c.relname,
+                          a.attname, pg_catalog.row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
                           pg_catalog.format_type(a.atttypid, a.atttypmod),
                           CASE WHEN a.attnotnull THEN ' not null' ELSE '' END,
-                          COALESCE(' default ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), ''))
+                          COALESCE(' default ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), ''),
+                          a.attidentity, a.attgenerated, pg_catalog.col_description(a.attrelid, a.attnum))
          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
          JOIN ns ON ns.oid = c.relnamespace
          LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -43,7 +47,24 @@ SELECT x FROM (
          JOIN ns ON ns.oid = t.typnamespace WHERE t.typtype IN ('e', 'd', 'r', 'm')
   UNION ALL SELECT format('enum %s %s', e.enumtypid::regtype, e.enumlabel) FROM pg_catalog.pg_enum e
          JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid JOIN ns ON ns.oid = t.typnamespace
-  UNION ALL SELECT format('schema %I', nspname) FROM ns
+  UNION ALL SELECT format('schema %I comment=%s', nspname, pg_catalog.obj_description(oid, 'pg_namespace')) FROM ns
+  UNION ALL SELECT format('view %I.%I %s', ns.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid))
+         FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace WHERE c.relkind IN ('v', 'm')
+  UNION ALL SELECT format('sequence %I.%I %s %s %s %s %s %s', ns.nspname, c.relname, q.seqtypid::regtype,
+                          q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcycle)
+         FROM pg_catalog.pg_sequence q JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+         JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL SELECT format('policy %I on %I.%I %s', p.polname, ns.nspname, c.relname,
+                          pg_catalog.concat_ws('|', p.polcmd, p.polpermissive,
+                                               pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                                               pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)))
+         FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+         JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL SELECT format('function comment %I.%I(%s) %s', ns.nspname, p.proname,
+                          pg_catalog.pg_get_function_identity_arguments(p.oid),
+                          pg_catalog.obj_description(p.oid, 'pg_proc'))
+         FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
+         WHERE pg_catalog.obj_description(p.oid, 'pg_proc') IS NOT NULL
 ) s(x) ORDER BY x COLLATE "C"
 """
 

@@ -20,7 +20,18 @@ For the runner to do everything a verification needs without more privilege:
   `HELPER_SCHEMA.replication_role(boolean)`, a SECURITY DEFINER function owned by the admin
   that sets only that one setting, for the current transaction;
 - `temp_file_limit` (also superuser-only) is the runner's role default, so the SQL under test
-  cannot raise it.
+  cannot raise it;
+- a foreign key an inverse adds back, which the few sampled rows may not satisfy, is added NOT
+  VALID and marked valid by `HELPER_SCHEMA.validate_foreign_key(regclass, name)`, SECURITY
+  DEFINER and owned by the admin: a fixed catalog update (that one flag of one foreign key of a
+  table the caller owns), no text of the caller's;
+- roles the replayed statements and the inverse name (owners, grantees) are made by the admin
+  as NOLOGIN roles before the replay (`grant_named`), and the runner is made a member of those
+  that are ordinary (NOLOGIN, no superuser, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS, no
+  predefined `pg_` role, none of these through membership): as the agents' role upstream would,
+  it may give an object to them. A named role it may not become (the sandbox's own superuser,
+  say, which upstream may well own the tables) is never granted: the rule-made owner and
+  privilege steps naming one are not run in the sandbox, and the verdict says so.
 
 An admin role that is not a superuser (a `sandbox_server` URL with CREATEDB only) cannot create
 roles: then everything runs as that role, as before, and `prepare` returns None.
@@ -39,6 +50,8 @@ LOADER = "dbproxy_sandbox_loader"
 HELPER_SCHEMA = "dbproxy_sandbox"
 #: Limits the runner cannot change (superuser-only settings), as its role defaults.
 ROLE_LIMITS = {"temp_file_limit": "1GB"}
+#: Taken by whoever changes these roles or their memberships (they are cluster-wide).
+_ROLES_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('dbproxy sandbox roles'))"
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ async def prepare(admin: asyncpg.Connection, secret: str) -> Runner | None:
     async with admin.transaction():
         # Several proxies may share a sandbox server: one at a time (roles are cluster-wide, and
         # concurrent ALTER ROLE of the same role fails).
-        await admin.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('dbproxy sandbox roles'))")
+        await admin.execute(_ROLES_LOCK)
         await _create(admin, password, limits)
     return Runner(RUNNER, password)
 
@@ -103,7 +116,55 @@ async def adopt(copy: asyncpg.Connection) -> None:
         REASSIGN OWNED BY {LOADER} TO {RUNNER};
         GRANT USAGE ON SCHEMA {HELPER_SCHEMA} TO {RUNNER};
         GRANT EXECUTE ON FUNCTION {HELPER_SCHEMA}.replication_role(boolean) TO {RUNNER};
+        GRANT EXECUTE ON FUNCTION {HELPER_SCHEMA}.validate_foreign_key(regclass, name) TO {RUNNER};
     """)
+
+
+#: Named roles that exist, are ordinary (see the module docstring) and of which `$2` is no member yet.
+_GRANTABLE_SQL = """
+SELECT r.rolname FROM pg_catalog.pg_roles r
+WHERE r.rolname = ANY($1::text[]) AND NOT pg_catalog.pg_has_role($2, r.oid, 'MEMBER')
+  AND r.rolname !~ '^pg_' AND r.rolname <> ALL($3::text[]) AND NOT r.rolcanlogin
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles s
+                  WHERE pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')
+                    AND (s.rolsuper OR s.rolcreaterole OR s.rolcreatedb OR s.rolreplication OR s.rolbypassrls
+                         OR s.rolname ~ '^pg_' OR s.rolcanlogin))
+"""
+
+
+async def grant_named(admin: asyncpg.Connection, names: set[str], runner: str | None) -> frozenset[str]:
+    """Before a replay, by the admin: make the roles in `names` that do not exist (NOLOGIN, no
+    privileges), make `runner` a member of the ordinary ones (see the module docstring), and
+    return those the SQL under test still cannot act as. Without a runner, the admin runs the
+    SQL under test itself: nothing is granted."""
+    if not names:
+        return frozenset()
+    ordered = sorted(names)
+    missing = [n for n in ordered if not await admin.fetchval(
+        "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", n)]
+    for name in missing:
+        try:
+            async with admin.transaction():
+                await admin.execute(f"CREATE ROLE {_ident(name)} NOLOGIN")
+        except asyncpg.PostgresError:
+            continue  # another verification made it meanwhile, a reserved name, or no CREATEROLE
+    who = runner or str(await admin.fetchval("SELECT current_user"))
+    if runner is not None:
+        grantable = [r[0] for r in await admin.fetch(_GRANTABLE_SQL, ordered, runner, [RUNNER, LOADER])]
+        if grantable:
+            async with admin.transaction():
+                # Concurrent grants of the same membership fail: one verification at a time.
+                await admin.execute(_ROLES_LOCK)
+                for name in grantable:
+                    await admin.execute(f"GRANT {_ident(name)} TO {RUNNER}")
+    cannot = await admin.fetch("SELECT n FROM unnest($1::text[]) AS u(n) WHERE NOT EXISTS (SELECT 1 FROM "
+                               "pg_catalog.pg_roles r WHERE r.rolname = u.n AND pg_catalog.pg_has_role($2, r.oid, "
+                               "'MEMBER'))", ordered, who)
+    return frozenset(r[0] for r in cannot)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 #: Run by the admin in every new schema copy, before it is loaded. Without a runner the helper
@@ -115,4 +176,12 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
     SELECT pg_catalog.set_config('session_replication_role', CASE WHEN replica THEN 'replica' ELSE 'origin' END, true)
 $fn$;
 REVOKE ALL ON FUNCTION {HELPER_SCHEMA}.replication_role(boolean) FROM PUBLIC;
+CREATE FUNCTION {HELPER_SCHEMA}.validate_foreign_key(rel regclass, constraint_name name) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+    UPDATE pg_catalog.pg_constraint k SET convalidated = true
+    WHERE k.conrelid = rel AND k.conname = constraint_name AND k.contype = 'f'
+      AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = rel
+                  AND pg_catalog.pg_has_role(session_user, c.relowner, 'USAGE'))
+$fn$;
+REVOKE ALL ON FUNCTION {HELPER_SCHEMA}.validate_foreign_key(regclass, name) FROM PUBLIC;
 """

@@ -183,6 +183,14 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     # when it renamed or altered a table and has not committed; tables it created are not here.
     tables = {int(r[0]): table_info_from_row(r) for r in await con.fetch(TABLE_INFO_SQL, sorted(wanted))}
     touched &= set(tables)
+    # The first image of a keyed row is how it was before: a row kept whole before DDL (a dropped
+    # or retyped column) and changed again after it appears twice, the second time without what
+    # the DDL took.
+    for oid, images in before.items():
+        key = tables[oid].key if oid in tables else ()
+        if key:
+            seen: set[str] = set()
+            before[oid] = [img for img in images if not (_key(img, key) in seen or seen.add(_key(img, key)))]
     wanted = {oid for oid in wanted if oid in tables and tables[oid].relkind in ("r", "p")}
     samples = {oid: TableSample(tables[oid], before=list(before.get(oid, [])),
                                 masked=is_masked(tables[oid], options.mask)) for oid in wanted}
@@ -223,16 +231,26 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     for c in changes:
         if c.rel in samples:
             images_of[c.rel] += [i for i in (c.old, c.new) if i is not None]
+    types = await _column_types(con, set(samples))
+
+    def values_of(images_table: int, cols: tuple[str, ...], as_of: int, as_cols: tuple[str, ...]) -> str:
+        """The values of `cols` in images of `images_table`, typed as `as_cols` of `as_of`. A
+        locked table's row type cannot be looked up (that waits for the lock): read them from
+        the JSON then."""
+        if images_table not in locked:
+            return (f"SELECT {', '.join('dbproxy_i.' + quote_ident(x) for x in cols)} FROM "
+                    f"pg_catalog.json_populate_recordset(NULL::{tables[images_table].name}, $1::json) dbproxy_i")
+        return ("SELECT " + ", ".join(f"(dbproxy_i->>{_literal(x)})::{types[as_of][y]}" for x, y in zip(
+            cols, as_cols, strict=True)) + " FROM pg_catalog.json_array_elements($1::json) dbproxy_i")
 
     # Children of affected rows.
     for fk in fks:
         if fk.parent in touched and fk.child in samples and images_of.get(fk.parent) and fk.child not in locked:
-            child, parent = tables[fk.child], tables[fk.parent]
+            child = tables[fk.child]
             add(fk.child, await _json_rows(
                 con, f"SELECT pg_catalog.to_json(dbproxy_c)::text FROM ONLY {child.name} dbproxy_c "
                 f"WHERE {_in_list('dbproxy_c', fk.child_cols)} "
-                f"IN (SELECT {', '.join('dbproxy_p.' + quote_ident(x) for x in fk.parent_cols)} "
-                f"FROM pg_catalog.json_populate_recordset(NULL::{parent.name}, $1::json) dbproxy_p) "
+                f"IN ({values_of(fk.parent, fk.parent_cols, fk.child, fk.child_cols)}) "
                 f"LIMIT {options.neighbours}",
                 "[" + ",".join(images_of[fk.parent]) + "]"))
 
@@ -268,12 +286,11 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
             rows = frontier.get(fk.child)
             if not rows or fk.parent not in samples or fk.parent in locked:
                 continue
-            child, parent = tables[fk.child], tables[fk.parent]
+            parent = tables[fk.parent]
             got = await _json_rows(
                 con, f"SELECT pg_catalog.to_json(dbproxy_p)::text FROM ONLY {parent.name} dbproxy_p WHERE "
-                f"{_in_list('dbproxy_p', fk.parent_cols)} IN (SELECT "
-                f"{', '.join('dbproxy_c.' + quote_ident(x) for x in fk.child_cols)} "
-                f"FROM pg_catalog.json_populate_recordset(NULL::{child.name}, $1::json) dbproxy_c)",
+                f"{_in_list('dbproxy_p', fk.parent_cols)} IN "
+                f"({values_of(fk.child, fk.child_cols, fk.parent, fk.parent_cols)})",
                 "[" + ",".join(rows) + "]")
             before_n = len(samples[fk.parent].context)
             if add(fk.parent, got):
@@ -285,10 +302,29 @@ async def _collect(con: asyncpg.Connection, changes: list[Change], read_tables: 
     await _mask(con, samples, fks)
     sequences: dict[str, tuple[int, bool]] = {}
     for seq in sorted({q for s in samples.values() for q in s.info.sequences}):
-        row = await con.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+        try:
+            async with con.transaction():
+                row = await con.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+        except asyncpg.LockNotAvailableError:
+            continue  # dropped with its table by the transaction being verified: its copy's value stays
         if row is not None:
             sequences[seq] = (int(row[0]), bool(row[1]))
     return Sample(samples, sequences, options)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def _column_types(con: asyncpg.Connection, oids: set[int]) -> dict[int, dict[str, str]]:
+    """Column types (format_type) per table, from the catalog: no lock on the tables."""
+    out: dict[int, dict[str, str]] = defaultdict(dict)
+    for oid, name, typ in await con.fetch(
+            "SELECT a.attrelid::bigint, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 "
+            "AND NOT a.attisdropped", sorted(oids)):
+        out[int(oid)][str(name)] = str(typ)
+    return out
 
 
 async def _mask(con: asyncpg.Connection, samples: dict[int, TableSample], fks: list[ForeignKey]) -> None:

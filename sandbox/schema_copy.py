@@ -34,6 +34,9 @@ import asyncpg
 
 #: Catalog content of user objects (oid >= 16384, temporary schemas excluded), as one md5. Storage
 #: fields (relfilenode, relpages, statistics) are left out, so data operations do not change it.
+#: Every catalog a DDL statement can change and the copy holds is in it: comments, sequence
+#: options and extended statistics too (a COMMENT alone must refresh the copy; INHERIT shows in
+#: the columns' rows). Privileges, owners and default privileges need not be: the copy has none.
 FINGERPRINT_SQL = r"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace
             WHERE nspname !~ '^pg_(toast_)?temp_' AND nspname <> 'pg_toast'),
@@ -61,6 +64,10 @@ SELECT pg_catalog.md5(pg_catalog.string_agg(x, E'\n' ORDER BY x)) FROM (
   UNION ALL SELECT 'x' || x.oid || ':' || x.xmin FROM pg_catalog.pg_extension x
   UNION ALL SELECT 'v' || v.oid || ':' || v.xmin FROM pg_catalog.pg_event_trigger v
   UNION ALL SELECT 'P' || o.oid || ':' || o.xmin FROM pg_catalog.pg_policy o
+  UNION ALL SELECT 'D' || m.classoid || ':' || m.objoid || ':' || m.objsubid || ':' || pg_catalog.md5(m.description)
+            FROM pg_catalog.pg_description m WHERE m.objoid >= 16384
+  UNION ALL SELECT 'q' || q.seqrelid || ':' || q.xmin FROM pg_catalog.pg_sequence q JOIN rel ON rel.oid = q.seqrelid
+  UNION ALL SELECT 's' || t.oid || ':' || t.xmin FROM pg_catalog.pg_statistic_ext t JOIN rel ON rel.oid = t.stxrelid
 ) s(x)
 """
 

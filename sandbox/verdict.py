@@ -27,6 +27,11 @@ class Verdict:
     masked: list[str] = field(default_factory=list)
     widened: bool = False
     cached: bool = False  # a verified result for the same statement shape and schema was reused
+    sampled: str = ""  # a bulk transaction verified on part of its changes: which ("1000 of 250000 ...")
+    #: Rule-made owner and privilege statements not run in the sandbox: they name a role the
+    #: sandbox's unprivileged runner may not become, or need a privilege the copy does not have
+    #: (owners and privileges are not compared).
+    not_run: list[str] = field(default_factory=list)
     backend: str = ""
     source: str = "rules"  # who made the inverse
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -42,7 +47,10 @@ class Verdict:
         took = f" in {total:.0f} ms" if total is not None and not self.cached else ""
         cached = " (cached result for the same statement shape and schema)" if self.cached else ""
         why = f": {self.reason}" if self.reason else ""
-        return f"{self.status}{why}{took}{cached}"
+        sampled = f" (on a sample: {self.sampled})" if self.sampled else ""
+        not_run = f" (owner and privilege statements not run in the sandbox: {'; '.join(self.not_run)})" \
+            if self.not_run else ""
+        return f"{self.status}{why}{sampled}{not_run}{took}{cached}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,24 @@
 
 Steps 3 to 5 run on a connection that logs in as an unprivileged role (`sandbox.roles`): the
 agent's statements and the inverse, which a model may have written, cannot reach the sandbox
-server's files or programs, nor climb back to a superuser.
+server's files or programs, nor climb back to a superuser. Which connection runs what:
+
+- **the runner's connection** (one transaction, rolled back): everything whose text an agent or
+  a model wrote, or that re-runs it (the statements, the captured DDL re-run when the forward
+  goes by images, the inverse), and the proxy's own row loading, digests and catalog reads;
+- **the admin's connection**, only for the proxy's own fixed statements: building the schema copy,
+  and before the replay, making the roles the statements and the inverse name (`roles.grant_named`:
+  NOLOGIN, values quoted) and the runner's membership in the ordinary ones;
+- **admin-owned SECURITY DEFINER helpers**, called from the runner's transaction where a fixed
+  statement must see its uncommitted state: setting `session_replication_role`, and marking a
+  foreign key the inverse re-adds valid (`_foreign_key`).
+
+A statement that fails on the sample for lack of privilege (it reads a server file, say) makes
+the verdict "could not verify" with PostgreSQL's error: the sample is not to blame, so it is
+neither widened nor replaced by the captured changes. Rule-made owner and privilege steps that
+name a role the runner may not become (the sandbox's superuser), or that fail for lack of a
+privilege the copy does not have (it is loaded without the upstream's privileges), are not run;
+the verdict lists them in `not_run` (the digest compares neither owners nor privileges).
 
 A sandbox that dies is brought back (`Backend.recover`; a replaced container gets the schema
 copied again) and the verification tried once more; one that hangs is stopped by the statement
@@ -36,15 +53,18 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.ddl_render import is_matview_digest_check
+from inverse.ddl_targets import before_ddl_sql, roles_named
 from inverse.images import (
     CAPTURE_COLUMNS,
     TABLE_INFO_SQL,
@@ -61,10 +81,11 @@ from sandbox.backends import LIMITS, Backend, BackendUnavailable, with_login
 from sandbox.sampler import Sample, SampleOptions, collect
 from sandbox.verdict import Verdict
 
+_ROW_KINDS = frozenset({"remove", "restore", "revert"})
 _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
 #: Part of every schema copy's name: copies made before the runner role existed are not reused.
-COPY_FORMAT = "2"
+COPY_FORMAT = "3"
 _DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
               "reset", "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare",
               "execute", "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
@@ -189,8 +210,22 @@ class Verifier:
                 if attempt == 0:
                     options = options.widened()
                     continue
-                return Verdict.could_not(f"sample not representative, even widened: {e}", widened=True,
-                                         sample=sample.counts(), timings_ms=timings)
+                if tx.statements is None:
+                    return Verdict.could_not(f"sample not representative, even widened: {e}", widened=True,
+                                             sample=sample.counts(), timings_ms=timings)
+                # The statements need rows the sample lacks (a self-join over duplicates, a cascade
+                # through rows not sampled): bring the sample to the captured after-state instead,
+                # which is what the inverse must undo.
+                tx = replace(tx, statements=None, not_replayable=f"the statements changed other rows on the "
+                             f"sample than upstream ({e}): the captured changes were applied instead")
+                try:
+                    verdict = await self._in_sandbox(schema, tx, candidate, sample, timings,
+                                                     lambda: self._schema(upstream, upstream_url))
+                except _Unrepresentative as e2:
+                    return Verdict.could_not(f"sample not representative, even widened: {e2}", widened=True,
+                                             sample=sample.counts(), timings_ms=timings)
+                except _CouldNot as e2:
+                    return Verdict.could_not(str(e2), sample=sample.counts(), timings_ms=timings, widened=True)
             except _CouldNot as e:
                 return Verdict.could_not(str(e), sample=sample.counts(), timings_ms=timings, widened=attempt > 0)
             verdict.widened = attempt > 0
@@ -303,6 +338,19 @@ class Verifier:
             self._pools[database] = pool
         return pool
 
+    async def _named_roles(self, tx: Transaction, candidate: Candidate) -> tuple[frozenset[str], frozenset[str]]:
+        """Roles the statements and the inverse name, made in the sandbox server by the admin
+        (the schema copy has no roles of its own, and a statement naming a missing role fails
+        where it did not upstream); returns them, and those the SQL under test may not act as."""
+        names = _roles_named(tx, candidate)
+        if not names:
+            return frozenset(), frozenset()
+        admin = await self._admin()
+        try:
+            return frozenset(names), await roles.grant_named(admin, names, self._runner.name if self._runner else None)
+        finally:
+            await admin.close()
+
     async def _forget_server(self) -> None:
         pools, self._pools = self._pools, {}
         for p in pools.values():
@@ -316,9 +364,10 @@ class Verifier:
                           timings: dict[str, float], again: Callable[[], Awaitable[_Schema]]) -> Verdict:
         for attempt in range(2):
             try:
+                named, strangers = await self._named_roles(tx, candidate)
                 pool = await self._pool(schema.database)
                 async with pool.acquire() as con:
-                    return await _run(con, schema, tx, candidate, sample, timings)
+                    return await _run(con, schema, tx, candidate, sample, timings, named, strangers)
             except _LOST as e:
                 # The sandbox died under us: bring it back and retry. A restarted cluster still
                 # has its schema copy; a replaced container gets the schema copied again (`again`).
@@ -403,6 +452,37 @@ async def _load(con: asyncpg.Connection, sample: Sample, infos: dict[int, TableI
         await con.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", seq, value, called)
 
 
+def _roles_named(tx: Transaction, candidate: Candidate) -> set[str]:
+    """Roles named (GRANT ... TO, OWNER TO, policies) by the statements, the DDL the forward may
+    re-run from the capture, and the inverse."""
+    texts = list(tx.statements or [])
+    texts += [str(c.ddl["query"]) for c in tx.changes if c.op == "X" and c.ddl and c.ddl.get("query")]
+    if candidate.plan is not None:
+        texts += [s.sql for s in candidate.plan.steps if s.kind in ("ddl", "privileges")]
+    texts += list(candidate.statements)
+    return {n for t in texts for n in roles_named(t)}
+
+
+async def _may_create(con: asyncpg.Connection, friends: frozenset[str]) -> None:
+    """Upstream, a role objects are given to may create in their schema (PostgreSQL requires it
+    of a new owner); the copy was loaded without privileges. For this transaction only, named
+    roles the runner may act as get CREATE on the copy's schemas (the runner owns them)."""
+    if not friends:
+        return
+    schemas = [r[0] for r in await con.fetch(
+        "SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname !~ '^pg_' AND n.nspname NOT IN "
+        "('information_schema', 'dbproxy', $1) AND pg_catalog.has_schema_privilege(n.oid, 'CREATE WITH GRANT OPTION')",
+        roles.HELPER_SCHEMA)]
+    if schemas:
+        await con.execute(f"GRANT CREATE ON SCHEMA {', '.join(quote_ident(x) for x in schemas)} TO "
+                          + ", ".join(quote_ident(r) for r in sorted(friends)))
+
+
+def _strange(step: Step, strangers: frozenset[str]) -> bool:
+    """A rule-made owner or privilege step naming a role the runner may not become."""
+    return step.kind == "privileges" and step.origin == "rules" and bool(strangers & roles_named(step.sql))
+
+
 async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) -> None:
     # session_replication_role is a superuser's setting: the copy's helper sets it for the runner.
     await con.execute(f"SELECT {roles.HELPER_SCHEMA}.replication_role($1), "
@@ -410,7 +490,8 @@ async def _settings(con: asyncpg.Connection, *, replica: bool, capture: bool) ->
 
 
 async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candidate: Candidate, sample: Sample,
-               timings: dict[str, float]) -> Verdict:
+               timings: dict[str, float], named: frozenset[str] = frozenset(),
+               strangers: frozenset[str] = frozenset()) -> Verdict:
     t_all = time.perf_counter()
     outer = con.transaction()
     await outer.start()
@@ -420,6 +501,8 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await _settings(con, replica=True, capture=False)
         oids = await _sandbox_oids(con, sample, schema)
         infos = await _infos(con, oids, tx, set(oids))
+        await _may_create(con, named - strangers)
+        not_run: list[str] = []
         t0 = time.perf_counter()
         loud = await _quiet(con, oids)  # loading rows fires no trigger
         await _load(con, sample, infos)
@@ -434,17 +517,17 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         await loaded.start()
 
         t0 = time.perf_counter()
-        forward = await _forward(con, tx, oids)
+        forward = await _forward(con, tx, oids, strangers, not_run)
         timings["forward"] = _ms(t0)
 
         t0 = time.perf_counter()
         await _settings(con, replica=True, capture=False)
         loud = await _quiet(con, oids)
-        failure = await _apply_inverse(con, candidate, tx, oids)
+        failure = await _apply_inverse(con, candidate, tx, oids, strangers, not_run)
         await _loud(con, loud)
         timings["inverse"] = _ms(t0)
         if failure is not None:  # the error aborted the sandbox transaction: nothing more reads in it
-            return Verdict("failed", failure, forward=forward, timings_ms=timings)
+            return Verdict("failed", failure, forward=forward, timings_ms=timings, not_run=not_run)
 
         t0 = time.perf_counter()
         after = await digest.table_digests(con, names)
@@ -452,7 +535,7 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         timings["digest"] += _ms(t0)
         changed = [n for n in names if before.get(n) != after.get(n)]
         if not changed and shape_before == shape_after:
-            return Verdict("verified", forward=forward, timings_ms=timings)
+            return Verdict("verified", forward=forward, timings_ms=timings, not_run=not_run)
         after_rows = {n: await digest.rows(con, n) for n in changed}
         await loaded.rollback()
         lines: list[str] = []
@@ -464,34 +547,48 @@ async def _run(con: asyncpg.Connection, schema: _Schema, tx: Transaction, candid
         lines += [f"catalog: not there before the transaction: {x}" for x in new_shape[:20]]
         what = ", ".join(changed) if changed else "the catalog"
         return Verdict("failed", f"the inverse left {what} different from before the transaction", diff=lines,
-                       forward=forward, timings_ms=timings)
+                       forward=forward, timings_ms=timings, not_run=not_run)
     finally:
         timings["sandbox"] = _ms(t_all)
         if not con.is_closed():
             await outer.rollback()
 
 
-async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> str:
+async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int], strangers: frozenset[str],
+                   not_run: list[str]) -> str:
     """Bring the sample to the transaction's after-state; returns how (see the module docstring)."""
     if tx.statements is None:
-        await _forward_images(con, tx, oids)
+        await _forward_images(con, tx, oids, strangers, not_run)
         return f"images ({tx.not_replayable or 'statements not available'})"
     fwd = con.transaction()
     await fwd.start()
     await _settings(con, replica=False, capture=True)
     try:
         for sql in tx.statements:
+            # As the proxy runs it: DDL announced, so the state it destroys is kept here too.
+            call = before_ddl_sql(sql)
+            if call is not None:
+                await con.execute(call)
             await con.execute(sql)
+    except asyncpg.InsufficientPrivilegeError as e:
+        # Not the sample's fault: the statement does what the runner may not (reads a server file,
+        # names a role it may not become). No other sample, nor the captured changes, would
+        # show what it did.
+        await fwd.rollback()
+        raise _CouldNot(f"the statements fail in the sandbox, which runs them without privileges: "
+                        f"{type(e).__name__}: {e}") from e
     except asyncpg.PostgresError as e:
         await fwd.rollback()
         raise _Unrepresentative(f"the statements fail on the sample: {type(e).__name__}: {e}") from e
     rows = await con.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log "
                            "WHERE xid = pg_catalog.txid_current() ORDER BY seq")
     sandbox_changes = [change_from_row(r) for r in rows]
-    local_names = {int(r[0]): f"{r[1]}.{r[2]}" for r in await con.fetch(
+    # Tables the statements dropped are gone from the sandbox's catalog: named as upstream.
+    local_names = {sb: f"{tx.tables[up].schema}.{tx.tables[up].table}" for up, sb in oids.items() if up in tx.tables}
+    local_names.update({int(r[0]): f"{r[1]}.{r[2]}" for r in await con.fetch(
         "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
-        sorted({c.rel for c in sandbox_changes if c.rel is not None}))}
+        sorted({c.rel for c in sandbox_changes if c.rel is not None}))})
     real = _effect(tx.changes, {oid: f"{t.schema}.{t.table}" for oid, t in tx.tables.items()})
     seen = _effect(sandbox_changes, local_names)
     if real[0] != seen[0]:
@@ -501,10 +598,7 @@ async def _forward(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int
         await fwd.commit()
         return "statements"
     await fwd.rollback()
-    if tx.has_ddl:
-        raise _CouldNot("the statements set other values on the sample than upstream (not deterministic: "
-                        "now(), sequences, random?), and a transaction with DDL can only be replayed as statements")
-    await _forward_images(con, tx, oids)
+    await _forward_images(con, tx, oids, strangers, not_run)
     return "images (the statements' new values are not deterministic: the captured after-images were applied)"
 
 
@@ -513,8 +607,8 @@ def _effect(changes: list[Change], names: dict[int, str]) -> tuple[Counter[tuple
     old: Counter[tuple[str, str, str]] = Counter()
     new: Counter[str] = Counter()
     for c in changes:
-        if c.rel is None or c.op == "X":
-            continue
+        if c.rel is None or not c.is_row:
+            continue  # DDL events and the state kept before DDL are not effects
         name = names.get(c.rel, str(c.rel))
         if c.op == "I":
             old[(name, "I", "")] += 1
@@ -560,20 +654,78 @@ async def _loud(con: asyncpg.Connection, loud: list[tuple[str, str, str]]) -> No
                 await con.execute(f"ALTER TABLE {rel} {how} TRIGGER {quote_ident(name)}")
 
 
-async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int]) -> None:
-    """The captured effect applied exactly (the redo plan), each step checked to find its row."""
+_NAME = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
+_FOREIGN_KEY = re.compile(rf"^ALTER TABLE ({_NAME}(?:\.{_NAME})?) ADD CONSTRAINT ({_NAME}) FOREIGN KEY ")
+
+
+async def _foreign_key(con: asyncpg.Connection, sql: str) -> None:
+    """A foreign key the inverse adds back. A sample holds some rows of each table, so checking
+    every row against it says nothing here (upstream, undo checks it for real): on a violation
+    it is added NOT VALID and then marked valid, so the catalog is what the statement makes. The
+    runner may not update the catalog: the copy's admin-owned helper does (`sandbox.roles`)."""
+    try:
+        async with con.transaction():
+            await con.execute(sql)
+    except asyncpg.ForeignKeyViolationError:
+        m = _FOREIGN_KEY.match(sql)
+        assert m is not None
+        name = m.group(2)
+        name = name[1:-1].replace('""', '"') if name.startswith('"') else name
+        await con.execute(sql.rstrip() + " NOT VALID")
+        try:
+            async with con.transaction():
+                await con.execute(f"SELECT {roles.HELPER_SCHEMA}.validate_foreign_key(pg_catalog.to_regclass($1), $2)",
+                                  m.group(1), name)
+        except asyncpg.InsufficientPrivilegeError as e:  # an admin that is no superuser cannot either
+            raise _CouldNot(f"a foreign key the inverse adds back does not hold on the sample, and the sandbox "
+                            f"may not mark it valid: {e}") from e
+
+
+async def _privileges(con: asyncpg.Connection, sql: str, not_run: list[str]) -> None:
+    """A rule-made owner or privilege step (no user code runs in it). The copy has none of the
+    upstream's privileges (the named owner may lack CREATE on the schema, say): one that fails
+    for lack of them is left out and listed, as the digest compares neither owners nor privileges."""
+    try:
+        async with con.transaction():
+            await con.execute(sql)
+    except asyncpg.InsufficientPrivilegeError as e:
+        not_run.append(f"{sql} ({e})")
+
+
+async def _forward_images(con: asyncpg.Connection, tx: Transaction, oids: dict[int, int], strangers: frozenset[str],
+                          not_run: list[str]) -> None:
+    """The captured effect applied exactly (the redo plan: DDL statements run again as they ran,
+    rows set to their captured images), each row step checked to find its row."""
     plan = build(tx.changes, tx.tables, direction="redo")
     if plan.irreversible:
         raise _CouldNot("the forward cannot be applied from images: " + "; ".join(plan.irreversible))
     await _settings(con, replica=True, capture=False)
-    infos = await _infos(con, oids, tx, {s.rel for s in plan.steps if s.rel is not None})
     loud = await _quiet(con, oids)  # trigger side effects were captured upstream as changes of their own
-    for step in rebuild(plan.steps, infos):
+    steps = [s for s in plan.steps if s.kind not in ("check", "written_since")]
+    i = 0
+    while i < len(steps):
+        if i == 0 or steps[i - 1].kind == "ddl":
+            wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind in _ROW_KINDS}
+            steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
+        step = steps[i]
+        i += 1
+        if _strange(step, strangers):
+            not_run.append(step.sql)
+            continue
+        if step.kind == "privileges" and step.origin == "rules":
+            await _privileges(con, step.sql, not_run)
+            continue
         try:
+            if step.kind == "remap":
+                new = await con.fetchval(step.sql, *step.params)
+                if new is not None and step.rel is not None:
+                    oids[step.rel] = int(new)
+                continue
             n = _rows(await con.execute(step.sql, *step.params))
         except asyncpg.PostgresError as e:
-            raise _CouldNot(f"the captured changes do not apply to the sample ({step.table}): {e}") from e
-        if n != 1:
+            raise _CouldNot(f"the captured changes do not apply to the sample ({step.table or step.sql[:80]}): "
+                            f"{e}") from e
+        if step.kind in _ROW_KINDS and n != 1:
             raise _Unrepresentative(f"{step.table}: the captured {step.kind} did not find its row in the sample")
     await _loud(con, loud)
 
@@ -583,8 +735,8 @@ def _rows(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Transaction,
-                         oids: dict[int, int]) -> str | None:
+async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Transaction, oids: dict[int, int],
+                         strangers: frozenset[str], not_run: list[str]) -> str | None:
     """Run the candidate; returns why it failed outright (an error), else None. Plan steps are
     re-made for the sandbox's catalog, and again after each DDL step (as undo does upstream)."""
     try:
@@ -592,12 +744,44 @@ async def _apply_inverse(con: asyncpg.Connection, candidate: Candidate, tx: Tran
             for sql in candidate.statements:
                 await con.execute(sql)
             return None
-        steps: list[Step] = list(candidate.plan.steps)
+        steps: list[Step] = [s for s in candidate.plan.steps if s.kind != "written_since"]
         i = 0
         while i < len(steps):
             if i == 0 or steps[i - 1].kind == "ddl":
-                wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind != "ddl"}
+                wanted = {s.rel for s in steps[i:] if s.rel is not None and s.kind in _ROW_KINDS}
                 steps[i:] = rebuild(steps[i:], await _infos(con, oids, tx, wanted))
+            if _strange(steps[i], strangers):
+                not_run.append(steps[i].sql)
+                i += 1
+                continue
+            if steps[i].kind == "privileges" and steps[i].origin == "rules":
+                await _privileges(con, steps[i].sql, not_run)
+                i += 1
+                continue
+            if steps[i].kind == "remap":
+                # A table the inverse made again: later row steps address it under its new oid,
+                # and it is captured again (as undo does upstream).
+                new = await con.fetchval(steps[i].sql, *steps[i].params)
+                if new is not None and steps[i].rel is not None:
+                    oids[steps[i].rel] = int(new)
+                    await con.execute("SELECT dbproxy.attach($1::oid::regclass)", int(new))
+                i += 1
+                continue
+            if steps[i].kind == "ddl" and _FOREIGN_KEY.match(steps[i].sql):
+                await _foreign_key(con, steps[i].sql)
+                i += 1
+                continue
+            if steps[i].kind == "check":
+                problem = await con.fetchval(steps[i].sql, *steps[i].params)
+                if problem is not None:
+                    if is_matview_digest_check(steps[i].sql):
+                        # Upstream the view is recomputed over every row; a sample's view is not
+                        # the view, so a mismatch here says nothing about the inverse.
+                        raise _CouldNot("a materialized view's recomputed contents are checked against the digest "
+                                        "of the whole view, which a sample cannot reproduce")
+                    return f"the inverse's check failed on the sample: {problem}"
+                i += 1
+                continue
             # A run of row steps with the same SQL goes in one pipelined round trip; the digest
             # afterwards, not each step's row count, is what decides.
             j = i + 1

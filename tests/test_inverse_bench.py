@@ -67,10 +67,15 @@ SCHEMAS = {"shop": Schema(
 UPDATE = Case("shop.update_one", "shop", "single_row_dml", ("UPDATE customers SET tier = 'gold' WHERE id = 3",),
               "reversible")
 CASCADE = Case("shop.delete_cascade", "shop", "fk_cascade", ("DELETE FROM customers WHERE id = 5",), "reversible")
-DROP = Case("shop.drop_column", "shop", "drop_dependants", ("ALTER TABLE orders DROP COLUMN total",), "irreversible")
+#: The values a DROP COLUMN destroys are kept before it runs: reversible. The same DROP run
+#: through EXECUTE in a DO block is never seen as text, so nothing is kept: irreversible.
+DROP_COLUMN = Case("shop.drop_column", "shop", "drop_dependants", ("ALTER TABLE orders DROP COLUMN total",),
+                   "reversible")
+DROP = Case("shop.hidden_drop_column", "shop", "drop_dependants",
+            ("DO $$ BEGIN EXECUTE 'ALTER TABLE orders DROP COLUMN total'; END $$",), "irreversible")
 SETUP = Case("shop.after_setup", "shop", "single_row_dml", ("UPDATE customers SET name = 'y' WHERE id = 1",),
              "reversible", setup=("UPDATE customers SET name = 'x' WHERE id = 1",))
-CASES = (UPDATE, CASCADE, DROP, SETUP)
+CASES = (UPDATE, CASCADE, DROP_COLUMN, DROP, SETUP)
 
 
 @dataclass
@@ -142,7 +147,7 @@ def _by(run: RunResult, strategy: str) -> dict[str, object]:
 
 def test_rules_correct_where_reversible_and_flag_the_irreversible(tiny_run: RunResult) -> None:
     rules = _by(tiny_run, "rules")
-    for case in (UPDATE, CASCADE, SETUP):
+    for case in (UPDATE, CASCADE, DROP_COLUMN, SETUP):
         r = rules[case.name]
         assert r.status == "ran", r.error
         assert r.produced and r.correct is True, (case.name, r.reason, r.diff)
@@ -154,9 +159,10 @@ def test_rules_correct_where_reversible_and_flag_the_irreversible(tiny_run: RunR
     assert drop.status == "ran" and not drop.produced and drop.correct is None
     assert "DROP" in drop.reason.upper() or drop.reason
     m = summarize(tiny_run.results)["rules"]
-    assert m[OVERALL].cases == 4 and m[OVERALL].exact == 3 and m[OVERALL].flagged == 1
+    assert m[OVERALL].cases == 5 and m[OVERALL].exact == 4 and m[OVERALL].flagged == 1
     assert m[OVERALL].false_verified == 0 and m[OVERALL].false_irreversible == 0
     assert m["fk_cascade"].correct == 1 and m["drop_dependants"].expected_irreversible == 1
+    assert m["drop_dependants"].exact == 1
 
 
 def test_broken_inverses_are_caught_by_the_ground_truth(tiny_run: RunResult) -> None:
@@ -172,7 +178,10 @@ def test_broken_inverses_are_caught_by_the_ground_truth(tiny_run: RunResult) -> 
     assert any("missing" in d for d in wrong.diff) and any("gold" in d for d in wrong.diff), wrong.diff
 
     m = summarize(tiny_run.results)
-    assert m["drop-step"][OVERALL].incorrect == 1 and m["drop-step"][OVERALL].false_verified == 0
+    # The cascade's plan and the dropped column's (its last step: the column's NOT NULL) are both cut.
+    assert m["drop-step"][OVERALL].incorrect == 2 and m["drop-step"][OVERALL].false_verified == 0
+    cut = _by(tiny_run, "drop-step")[DROP_COLUMN.name]
+    assert cut.correct is False and cut.verdict == "failed" and not cut.false_verified, cut.verdict_reason
     assert m["wrong-row"][OVERALL].incorrect == 1 and m["wrong-row"][OVERALL].false_verified == 0
     assert m["wrong-row"]["single_row_dml"].correct == 1  # the other single-row case went through the rules
 
@@ -194,7 +203,7 @@ def test_hybrid_offers_only_verified_inverses(tiny_run: RunResult, monkeypatch: 
     assert all(gated[c.name].produced and gated[c.name].verdict == "verified" for c in (CASCADE, SETUP))
     assert not gated[DROP.name].produced and not gated[DROP.name].withheld
     m = summarize(tiny_run.results)["gated"][OVERALL]
-    assert (m.withheld, m.withheld_correct, m.false_irreversible, m.exact) == (1, 1, 1, 2)
+    assert (m.withheld, m.withheld_correct, m.false_irreversible, m.exact) == (1, 1, 1, 3)
     assert "correct by the ground truth: 1" in report.markdown(tiny_run)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert "WITHOUT its LLM part (no endpoint configured)" in HybridStrategy().notes()[0]
@@ -207,7 +216,7 @@ def test_report_files(tiny_run: RunResult, tmp_path: Path) -> None:
     assert "## rules" in md and "| single_row_dml | 2 |" in md and "| fk_cascade | 1 |" in md
     assert "| **overall** |" in md
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["metrics"]["rules"][OVERALL]["exact"] == 3
+    assert data["metrics"]["rules"][OVERALL]["exact"] == 4
     assert data["metrics"]["liar"][OVERALL]["false_verified"] == 1 and data["false_verified"] == [UPDATE.name]
     assert RunResult.from_json(data).to_json() == tiny_run.to_json()
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -284,8 +293,11 @@ def test_bench_proxy_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -
     assert {"direct", "proxy", "hold", "undo", "pgbouncer"} <= set(proxy_overhead.TARGETS)
 
 
+#: Inside a DO block the proxy never sees the ALTER's text: the rules have no state from before it,
+#: which is the gap the model fills.
 SET_DEFAULT = Case("shop.set_default", "shop", "constraints_defaults",
-                   ("ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'gold'",), "reversible")
+                   ("DO $$ BEGIN EXECUTE $q$ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'gold'$q$; END $$",),
+                   "reversible")
 
 
 def test_llm_strategies_with_a_scripted_endpoint(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,

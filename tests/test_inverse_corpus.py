@@ -40,7 +40,9 @@ def test_counts() -> None:
     assert len(CATEGORIES) >= 15 and len(set(CATEGORIES)) == len(CATEGORIES)
     assert set(SCHEMAS) == {"ecommerce", "saas", "tpcc"}
     irreversible = sum(c.expected == "irreversible" for c in CASES) / len(CASES)
-    assert 0.15 <= irreversible <= 0.35, irreversible
+    # Issue 18's DDL capture made most drops and lossy type changes reversible; what is left is
+    # truly irreversible (stale materialized views, DDL hidden in EXECUTE).
+    assert 0.02 <= irreversible <= 0.35, irreversible
     used = Counter(c.category for c in CASES)
     assert set(used) == set(CATEGORIES), set(CATEGORIES) - set(used)
     for name in SCHEMAS:

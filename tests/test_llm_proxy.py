@@ -1,6 +1,7 @@
 """LLM-proposed inverses through the running proxy, in undo mode.
 
-The agent runs DDL the rules cannot invert (`SET DEFAULT` needs the default from before). With a
+The agent runs DDL the rules cannot invert (a `SET DEFAULT` run through EXECUTE, which the proxy
+cannot see before it runs, so the default from before is not kept). With a
 model configured, the proxy asks it (a scripted local endpoint, `tests.fake_llm`), verifies the
 proposal in the sandbox, and commits only with a verified one; the journal keeps every attempt
 and marks the steps as the model's. A wrong proposal is rejected by the sandbox, a malicious one
@@ -24,7 +25,9 @@ from tests.test_undo_proxy import Agent, dbname, direct, journal_undo
 from tests.test_verify_proxy import cli, entry, last_xid
 
 SECRET = "s3cr3t-row-value-4242"
-DDL = "ALTER TABLE acct ALTER COLUMN balance SET DEFAULT 5"
+#: DDL hidden in EXECUTE: the proxy does not see it before it runs, so no state is kept before it
+#: and the rules cannot invert it (a plain SET DEFAULT they now can).
+DDL = "DO $$ BEGIN EXECUTE 'ALTER TABLE acct ALTER COLUMN balance SET DEFAULT 5'; END $$"
 RIGHT = "ALTER TABLE acct ALTER COLUMN balance DROP DEFAULT"
 
 

@@ -528,7 +528,7 @@ def test_a_statement_prepared_earlier_is_paused_when_executed(make_proxy: MakePr
 # --- permanence -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ops, why", [(["ddl-drop"], "ddl-drop"), (["notify"], "notification"),
+@pytest.mark.parametrize("ops, why", [(["notify"], "notification"),
                                       (["function"], "function"), (["delete", "notify"], "notification")])
 def test_permanent_grants_refused_for_what_cannot_be_undone(make_proxy: MakeProxy, shop: str, ops: list[str],
                                                             why: str) -> None:
@@ -540,17 +540,22 @@ def test_permanent_grants_refused_for_what_cannot_be_undone(make_proxy: MakeProx
     assert grants == []
 
 
-def test_permanent_truncate_refused_without_capture_allowed_with_it(make_proxy: MakeProxy, pg: Postgres,
-                                                                    shop: str) -> None:
+@pytest.mark.parametrize("ops, why", [(["truncate"], "capture is not installed"),
+                                      (["ddl-drop"], "ddl-drop: DDL capture (event triggers"),
+                                      (["privilege"], "privilege: DDL capture (event triggers")])
+def test_permanent_grants_refused_without_capture_allowed_with_it(make_proxy: MakeProxy, pg: Postgres, shop: str,
+                                                                  ops: list[str], why: str) -> None:
+    """Row changes need capture; drops and GRANT/REVOKE need DDL capture too (the state before them
+    is kept by it): where it is installed, their inverse is exact and a permanent grant is allowed."""
     without = make_proxy(pg.url, mode="hold")  # the suite's database: no capture installed
     status, body = without.review_request("POST", "/v1/grants", {"reviewer": "rita", "agent": AGENT,
-                                                                 "ops": ["truncate"], "scope": "permanent"})
-    assert status == 422 and "capture is not installed" in body["error"], body
+                                                                 "ops": ops, "scope": "permanent"})
+    assert status == 422 and why in body["error"], body
     with_capture = make_proxy(shop, mode="hold", agents={AGENT: {"password": AGENT_PASSWORD,
                                                                  "databases": [dbname(shop)]}})
     status, body = with_capture.review_request("POST", "/v1/grants", {"reviewer": "rita", "agent": AGENT,
-                                                                      "ops": ["truncate"], "scope": "permanent"})
-    assert status == 201 and body["scope"] == "permanent", body
+                                                                      "ops": ops, "scope": "permanent"})
+    assert status == 201 and body["scope"] == "permanent" and body["ops"] == ops, body
 
 
 def test_grant_and_approval_mistakes(make_proxy: MakeProxy, shop: str) -> None:

@@ -3,14 +3,15 @@ and PostgreSQL, with psycopg agents; visibility is checked from a second, direct
 
 - A statement a rule pauses waits (in a thread) while `dbproxy requests` lists it; `approve` lets
   it run (once: the next one waits again), `reject` gives the agent 42501 with the reason, a
-  decided request answers 409, a permanent approval of a drop is refused (422) and the agent still
-  waits; the agent's own identity may not decide its own request.
+  decided request answers 409, a permanent approval of a notification is refused (422) and the
+  agent still waits; the agent's own identity may not decide its own request.
 - `grant`, `grants`, `revoke`: a permanent grant lets the agent's writes commit at once until it
-  is revoked; permanent grants of `notify`, `ddl-drop` and `function` are refused with the reason
+  is revoked; permanent grants of `notify` and `function` are refused with the reason
   and exit code 2; an unknown agent or session is 404 (exit 1); a session grant with `--max-rows`
   ends with its session.
 - `commit ID --grant session`: the rest of that session commits by the grant, another session of
-  the same agent does not; `--grant permanent` for a drop leaves the transaction pending.
+  the same agent does not; `--grant permanent` for a notification leaves the transaction pending,
+  for a drop (DDL capture installed) it commits and grants.
 - `log` says which rule or grant decided (short), `show` the full text; the offline reader reads
   a journal of schema v4 and one from before it (v3, no such column).
 - `dbproxy reload` against a running `dbproxy serve`: a new agent and rule take effect at once, a
@@ -47,7 +48,7 @@ from tests.test_undo_proxy import dbname, direct
 
 BOT = "bot"
 BOT_PASSWORD = "bot-pw"
-PAUSE_DELETES = {"ops": ["delete", "ddl-drop"], "objects": ["*"], "decision": "ask", "ask": "pause"}
+PAUSE_DELETES = {"ops": ["delete", "ddl-drop", "notify"], "objects": ["*"], "decision": "ask", "ask": "pause"}
 
 
 @dataclass
@@ -173,7 +174,7 @@ def test_paused_statements_are_approved_and_rejected_with_the_cli(
         assert re.search(rf"^\s*{req}\s+{BOT}\s+\d+\s+{db}\s+waiting\s.*delete public\.acct\s+-\s*$", r.out,
                          re.M), r.out
         assert (f"#{req} (agent {BOT}, session {bot_session(proxy, req)}) waits because rules[0]: ask (pause) "
-                "ddl-drop, delete on * asks before delete public.acct") in r.out, r.out
+                "ddl-drop, delete, notify on * asks before delete public.acct") in r.out, r.out
         assert "  > delete from acct where id = 5" in r.out
         assert f"decide: dbproxy approve {req} [--scope once|session|permanent]; dbproxy reject {req}" in r.out
         [listed] = json.loads(dbproxy(proxy, "requests", "--json").out)
@@ -210,12 +211,12 @@ def test_paused_statements_are_approved_and_rejected_with_the_cli(
         r = dbproxy(proxy, "reject", "987654", "--reason", "no")
         assert r.code == 1 and "no request #987654" in one_line(r.err)
 
-        # A drop approved permanently: refused (no exact inverse), and the agent still waits.
-        waiter = bot.start("drop table scratch")
+        # A notification approved permanently: refused (no exact inverse), and the agent still waits.
+        waiter = bot.start("notify scratch_changed")
         req3 = waiting_request(proxy, after=req2)["id"]
         r = dbproxy(proxy, "approve", str(req3), "--scope", "permanent")
         assert r.code == 2 and r.out == "", r
-        assert "a permanent grant is refused: ddl-drop: dropped objects and their data are not captured" in \
+        assert "a permanent grant is refused: notify: a notification cannot be taken back once delivered" in \
             one_line(r.err)
         time.sleep(0.3)
         assert waiter.thread.is_alive()
@@ -287,7 +288,6 @@ def test_grants_are_given_listed_refused_and_revoked(acct: str, make_proxy: Call
 
         # Nothing without an exact inverse may be granted permanently: exit 2, the reason, one line.
         for ops, why in (("notify", "notify: a notification cannot be taken back once delivered"),
-                         ("ddl-drop", "ddl-drop: dropped objects and their data are not captured"),
                          ("delete,function", "function: a function's effects are known only after it ran")):
             r = dbproxy(proxy, "grant", BOT, ops, "ON", "*", "--scope", "permanent")
             assert r.code == 2 and r.out == "", r
@@ -384,23 +384,27 @@ def test_commit_with_a_grant_covers_the_rest_of_the_session(acct: str, make_prox
         assert (f"policy: allow: grant #{g} (session, by admin): insert on public.acct allows insert public.acct"
                 in r.out), r.out
 
-        # Another session of the same agent is not covered; a permanent grant for a drop is
-        # refused and leaves the transaction pending.
+        # Another session of the same agent is not covered. A permanent grant for a drop: allowed
+        # where DDL capture is installed (the drop's inverse is exact), unlike a notification.
         other.conn.execute("insert into acct values (22, 1)")
-        other.conn.execute("drop table scratch")
+        other.conn.execute("notify scratch_changed")
         [tx2] = other.held_ids()[:1]
-        assert count(acct, "id = 22") == 0
         r = dbproxy(proxy, "commit", str(tx2), "--grant", "permanent")
         assert r.code == 2 and r.out == "", r
-        assert (f"#{tx2} was not committed: a permanent grant is refused: ddl-drop: dropped objects and their data "
-                "are not captured") in one_line(r.err)
+        assert (f"#{tx2} was not committed: a permanent grant is refused: notify: a notification cannot be taken "
+                "back once delivered") in one_line(r.err)
         assert tx2 in [t["id"] for t in json.loads(dbproxy(proxy, "pending", "--json").out)]
-        r = dbproxy(proxy, "commit", str(tx2), "--grant", "session", "--json")
+        assert dbproxy(proxy, "rollback", str(tx2)).code == 0
+        other.conn.execute("insert into acct values (22, 1)")
+        other.conn.execute("drop table scratch")
+        [tx3] = sorted(set(other.held_ids()) - {tx2})  # the notices still name the rolled-back #tx2
+        assert count(acct, "id = 22") == 0
+        r = dbproxy(proxy, "commit", str(tx3), "--grant", "permanent", "--json")
         decision = json.loads(r.out)
         assert r.code == 0 and decision["outcome"] == "committed" and isinstance(decision["grant"], int), r
         [granted] = [x for x in json.loads(dbproxy(proxy, "grants", "--json").out) if x["id"] == decision["grant"]]
-        assert (granted["ops"], granted["objects"], granted["transaction"]) == (
-            ["ddl-drop", "insert"], ["public.acct", "public.scratch"], tx2)
+        assert (granted["ops"], granted["objects"], granted["transaction"], granted["scope"]) == (
+            ["ddl-drop", "insert"], ["public.acct", "public.scratch"], tx3, "permanent")
         assert count(acct, "id = 22") == 1
     finally:
         bot.close()

@@ -374,6 +374,14 @@ CASES: list[Case] = [
                             "UPDATE t SET v = 'x' WHERE id = 2", ("t",), ddl=True),
     Case("create_view", T, "CREATE VIEW tv AS SELECT id, v FROM t WHERE grp = 1; "
                            "CREATE MATERIALIZED VIEW tmv AS SELECT count(*) FROM t", ("t",), ddl=True),
+    # REFRESH of a view made stale only by the transaction's own write: recomputed after the undo,
+    # checked against the kept contents' digest
+    # (more rows than a sandbox sample holds, so the sandbox cannot recompute the same view)
+    Case("update_then_refresh_fresh_matview",
+         "CREATE TABLE big (id int PRIMARY KEY, grp int NOT NULL); "
+         "INSERT INTO big SELECT g, g % 5 FROM generate_series(1, 400) g; "
+         "CREATE MATERIALIZED VIEW bmv AS SELECT grp, count(*) AS n FROM big GROUP BY grp;",
+         "UPDATE big SET grp = grp + 1 WHERE id = 1; REFRESH MATERIALIZED VIEW bmv", ("big", "bmv"), ddl=True),
     Case("create_sequence", T, "CREATE SEQUENCE sq START 5; SELECT nextval('sq'); "
                                "INSERT INTO t VALUES (nextval('sq') + 100, 'from sq', 0)", ("t",), ddl=True),
     Case("create_function", T, "CREATE FUNCTION plus1(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'; "
@@ -397,7 +405,76 @@ CASES: list[Case] = [
          "UPDATE t2 SET val = 'x' WHERE id = 2", ("t", "t2"), ddl=True),
     Case("rename_table", T, "UPDATE t SET v = 'before' WHERE id = 1; ALTER TABLE t RENAME TO t2; "
                             "DELETE FROM t2 WHERE id = 2", ("t", "t2"), ddl=True),
+    # DDL that destroys or changes what existed: undone from the state kept before it
+    Case("drop_table_cascade_fk_view", FAMILY + "CREATE VIEW pc AS SELECT p.name, c.v FROM parent p JOIN child c "
+         "ON c.pid = p.id; COMMENT ON TABLE child IS 'kids'; CREATE INDEX child_v ON child (lower(v));",
+         "UPDATE grandchild SET v = 'before' WHERE id = 100; DROP TABLE child CASCADE; "
+         "INSERT INTO parent VALUES (9, 'nine')", FAMILY_TABLES, ddl=True),
+    Case("drop_tables_with_serial_and_identity", """
+        CREATE TABLE s1 (id serial PRIMARY KEY, v text DEFAULT 'd' CHECK (v <> ''));
+        CREATE TABLE s2 (id int GENERATED ALWAYS AS IDENTITY (START 10 INCREMENT 5) PRIMARY KEY,
+                         s1 int REFERENCES s1 ON DELETE SET NULL, j jsonb NOT NULL DEFAULT '{}');
+        INSERT INTO s1 (v) VALUES ('a'), ('b'), ('c');
+        INSERT INTO s2 (s1, j) VALUES (1, '{"a": [1, 2]}'), (NULL, 'null');
+        """, "DROP TABLE s2; DROP TABLE s1", ("s1", "s2"), ddl=True),
+    Case("drop_column_last", T, "UPDATE t SET grp = 9 WHERE id = 1; ALTER TABLE t DROP COLUMN grp", ("t",), ddl=True),
+    Case("drop_column_middle_with_dependants", T + "CREATE VIEW tv AS SELECT id, v FROM t; CREATE INDEX t_v ON t (v); "
+         "COMMENT ON COLUMN t.v IS 'the v'; CREATE TABLE ref (id int PRIMARY KEY, t_id int REFERENCES t);"
+         "INSERT INTO ref VALUES (1, 1);",
+         "ALTER TABLE t DROP COLUMN v CASCADE; UPDATE t SET grp = 5 WHERE id = 2", ("t", "ref"), ddl=True),
+    Case("drop_column_no_key", "CREATE TABLE nk (a int, b text, c numeric); "
+         "INSERT INTO nk VALUES (1, 'x', 1.10), (1, 'x', 1.10), (2, NULL, NULL);",
+         "ALTER TABLE nk DROP COLUMN b", ("nk",), ddl=True),
+    Case("alter_type_lossy", T, "ALTER TABLE t ALTER COLUMN v TYPE varchar(2) USING left(v, 2)", ("t",), ddl=True),
+    Case("alter_type_lossy_no_key", "CREATE TABLE nk (a int, ts timestamptz NOT NULL); "
+         "INSERT INTO nk VALUES (1, '2024-01-01 10:11:12+00'), (1, '2024-01-01 10:11:12+00'), "
+         "(2, '2024-02-02 01:00+00');",
+         "ALTER TABLE nk ALTER COLUMN ts TYPE date", ("nk",), ddl=True),
+    Case("alter_type_same_type_using", "CREATE TABLE js (id int PRIMARY KEY, j jsonb); "
+         "INSERT INTO js VALUES (1, '{\"a\": 1, \"b\": 2}'), (2, NULL);",
+         "ALTER TABLE js ALTER COLUMN j TYPE jsonb USING j - 'a'", ("js",), ddl=True),
+    Case("defaults_not_null_constraints", S,
+         "ALTER TABLE s ALTER COLUMN v SET DEFAULT 'x'; ALTER TABLE s ALTER COLUMN v SET NOT NULL; "
+         "ALTER TABLE s ADD CONSTRAINT v_len CHECK (length(v) < 10); ALTER TABLE s DROP CONSTRAINT s_pkey; "
+         "INSERT INTO s (id) VALUES (100)", ("s",), ddl=True),
+    Case("comment_grant_revoke", S + "CREATE VIEW sv AS SELECT id FROM s;",
+         "COMMENT ON TABLE s IS 'changed'; COMMENT ON COLUMN s.v IS 'v'; GRANT SELECT, UPDATE (v) ON s TO PUBLIC; "
+         "REVOKE ALL ON sv FROM PUBLIC; GRANT SELECT ON sv TO dbproxy_agents WITH GRANT OPTION", ("s",), ddl=True),
+    Case("rename_everything", S + "CREATE INDEX s_v ON s (v); CREATE VIEW sv AS SELECT id, v FROM s; "
+         "CREATE FUNCTION f(int) RETURNS int LANGUAGE sql AS 'SELECT $1'; CREATE SCHEMA other;",
+         "ALTER INDEX s_v RENAME TO s_v2; ALTER VIEW sv RENAME TO sv2; ALTER FUNCTION f(int) RENAME TO g; "
+         "ALTER TABLE s RENAME CONSTRAINT s_pkey TO s_key; ALTER SCHEMA other RENAME TO another; "
+         "ALTER TABLE s SET SCHEMA another", ("s", "another.s"), ddl=True),
+    Case("replace_view_and_function", T + "CREATE VIEW tv AS SELECT id, v FROM t; "
+         "CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 1';",
+         "CREATE OR REPLACE VIEW tv AS SELECT id, v, grp FROM t; "
+         "CREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 2'", ("t",), ddl=True),
+    Case("drop_function_cascade", T + "CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x + 1'; "
+         "CREATE VIEW fv AS SELECT f(id) FROM t; CREATE INDEX t_f ON t (f(id));",
+         "DROP FUNCTION f(int) CASCADE", ("t",), ddl=True),
+    Case("drop_schema_cascade", """
+        CREATE SCHEMA app; CREATE TYPE app.kind AS ENUM ('a', 'b');
+        CREATE TABLE app.items (id int PRIMARY KEY, k app.kind, note text);
+        CREATE VIEW app.v AS SELECT * FROM app.items;
+        INSERT INTO app.items VALUES (1, 'a', 'one'), (2, 'b', NULL);
+        """, "DROP SCHEMA app CASCADE", ("app.items",), ddl=True, schema="app"),
+    Case("drop_type_cascade_column", "CREATE TYPE mood AS ENUM ('sad', 'ok'); "
+         "CREATE TABLE mt (id int PRIMARY KEY, m mood, n int); INSERT INTO mt VALUES (1, 'ok', 1), (2, NULL, 2);",
+         "DROP TYPE mood CASCADE", ("mt",), ddl=True),
+    Case("truncate_restart_identity", "CREATE TABLE ti (id serial PRIMARY KEY, v text); "
+         "INSERT INTO ti (v) VALUES ('a'), ('b'), ('c');",
+         "TRUNCATE ti RESTART IDENTITY; INSERT INTO ti (v) VALUES ('new')", ("ti",), ddl=True,
+         check=lambda con, _: _sequence_is(con, "ti_id_seq", 3)),
+    Case("identity_set_default", "CREATE TABLE ia (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); "
+         "INSERT INTO ia (v) VALUES ('a'), ('b');", "UPDATE ia SET id = DEFAULT WHERE v = 'a'", ("ia",)),
+    Case("sequence_restart_and_drop", "CREATE SEQUENCE sq START 5; SELECT nextval('sq'); SELECT nextval('sq'); "
+         "CREATE SEQUENCE sq2;", "ALTER SEQUENCE sq RESTART WITH 100 INCREMENT BY 3; DROP SEQUENCE sq2", (),
+         ddl=True, check=lambda con, _: _sequence_is(con, "sq", 6)),
 ]
+
+
+async def _sequence_is(con: asyncpg.Connection, name: str, value: int) -> None:
+    assert await con.fetchval(f"SELECT last_value FROM {name}") == value
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -417,11 +494,6 @@ async def test_forward_then_undo_restores(db: asyncpg.Connection, capture_db: st
     if case.check is not None:
         await case.check(db, res)
 
-    if case.ddl:
-        with pytest.raises(UndoError, match="redo of DDL"):
-            await undo.run(db, [xid], direction="redo")
-        assert await _state(db, case) == before
-        return
     _clean(await undo.run(db, [xid], direction="redo"))
     assert await _state(db, case) == after
     assert not await _undone(db, xid)
@@ -431,6 +503,7 @@ async def test_forward_then_undo_restores(db: asyncpg.Connection, capture_db: st
 
 # --- changes without an exact inverse are refused, and nothing changes ----------------------------
 
+#: DDL the proxy never saw as text (as if run inside a function): no state from before it was kept.
 IRREVERSIBLE = [
     ("drop_table", "DROP TABLE s", "DROP TABLE destroyed table public.s"),
     ("alter_column_type", "ALTER TABLE s ALTER COLUMN v TYPE varchar(10)", "no exact inverse for"),
@@ -438,8 +511,6 @@ IRREVERSIBLE = [
     ("comment", "COMMENT ON TABLE s IS 'hello'", "no exact inverse for COMMENT"),
     ("grant", "GRANT SELECT ON s TO PUBLIC", "no exact inverse for GRANT"),
     ("set_not_null", "ALTER TABLE s ALTER COLUMN v SET NOT NULL", "no exact inverse for"),
-    ("identity_always_set_default", "UPDATE ia SET id = DEFAULT WHERE v = 'a'",
-     "changed GENERATED ALWAYS identity column(s) id"),
     ("alter_inside_function", "DO $$ BEGIN ALTER TABLE s ADD COLUMN x int; END $$",
      "could not tell which statement ran"),
     # Both commands report the same query text, which has one ALTER TABLE statement: taking it for
@@ -467,7 +538,8 @@ async def test_irreversible_is_refused(db: asyncpg.Connection, capture_db: str, 
                      "CREATE VIEW v_existing AS SELECT id FROM ia;")
     tables = ("t", "s", "ia")
     before = (await digest(db, tables), await shape(db))
-    xid = await forward(capture_db, f"UPDATE t SET v = 'with ddl' WHERE id <= 5; {stmt}; DELETE FROM t WHERE id = 9")
+    xid = await forward(capture_db, f"UPDATE t SET v = 'with ddl' WHERE id <= 5; {stmt}; DELETE FROM t WHERE id = 9",
+                        announce=False)
     after = (await digest(db, tables), await shape(db))
     assert after != before
     with pytest.raises(UndoError, match="no exact undo") as err:

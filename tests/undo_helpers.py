@@ -6,7 +6,8 @@ Stable API (the property tests import it):
   a name may be "ONLY parent" (an inheritance parent without its children's rows)
 - `shape(con, schema)` -> the catalog shape of a schema (relations, columns, functions, types,
   indexes, privileges, comments), as a sorted tuple of strings
-- `forward(url, sql, settings=...)` -> the transaction id of a committed, captured transaction
+- `forward(url, sql, settings=..., announce=...)` -> the transaction id of a committed, captured
+  transaction (DDL announced as the proxy does, unless `announce=False`)
 - `capture_count(con, xid)` -> how many capture_log rows that transaction has
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
+
+from inverse.ddl_targets import Limits, prepared
 
 CAPTURE_ON = {"dbproxy.capture": "on"}
 MARKER_SQL = "INSERT INTO dbproxy.undo_records (xid, agent, changes) VALUES (txid_current(), 'test', 0) RETURNING xid"
@@ -44,19 +47,33 @@ async def digest(con: asyncpg.Connection, tables: Iterable[str]) -> Digest:
 
 
 _SHAPE_SQL = """
-SELECT 'rel ' || c.relname || ' ' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+SELECT 'rel ' || c.relname || ' ' || c.relkind::text || ' acl='
+       || array(SELECT i::text FROM unnest(coalesce(c.relacl, acldefault(CASE c.relkind WHEN 'S' THEN 's'
+                ELSE 'r' END::"char", c.relowner))) i ORDER BY 1)::text
        || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')
+       || ' view=' || coalesce(pg_get_viewdef(c.oid), '-') || ' owner=' || pg_get_userbyid(c.relowner)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
 UNION ALL
+SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(k.oid) FROM pg_constraint k
+JOIN pg_namespace n ON n.oid = k.connamespace WHERE n.nspname = $1
+UNION ALL
+SELECT 'seq ' || c.relname || ' ' || s.seqstart || ' ' || s.seqincrement || ' ' || s.seqmax
+FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1
+UNION ALL
 SELECT 'col ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-       || ' #' || a.attnum || ' notnull=' || a.attnotnull
+       || ' #' || row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) || ' notnull=' || a.attnotnull
        || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
        || ' comment=' || coalesce(col_description(c.oid, a.attnum), '-')
+       || ' acl=' || array(SELECT i::text FROM unnest(a.attacl) i ORDER BY 1)::text
+       || ' identity=' || a.attidentity::text || ' generated=' || a.attgenerated::text
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
-SELECT 'fn ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+SELECT 'fn ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || ' acl='
+       || array(SELECT i::text FROM unnest(coalesce(p.proacl, acldefault('f', p.proowner))) i ORDER BY 1)::text
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = $1
 UNION ALL
 SELECT 'type ' || t.typname || ' ' || t.typtype::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -76,14 +93,20 @@ async def shape(con: asyncpg.Connection, schema: str = "public") -> tuple[str, .
     return tuple(sorted(r[0] for r in await con.fetch(_SHAPE_SQL, schema)))
 
 
-async def forward(url: str, sql: Forward, *, settings: dict[str, str] | None = None) -> int:
+async def forward(url: str, sql: Forward, *, settings: dict[str, str] | None = None, announce: bool = True,
+                  limits: Limits | None = None) -> int:
     """Run `sql` (text, possibly several statements, or an async callable given the connection) in
     one transaction of a captured session, with the undo marker written inside it, and commit.
-    Returns the transaction id."""
+    Text runs as the proxy sends it (`announce`): each DDL statement preceded by its
+    `dbproxy.before_ddl` call; `announce=False` runs it as one query string, as DDL hidden from the
+    proxy arrives (inside a function or DO block). Returns the transaction id."""
     con = await asyncpg.connect(url, server_settings={**CAPTURE_ON, **(settings or {})})
     try:
         async with con.transaction():
-            if isinstance(sql, str):
+            if isinstance(sql, str) and announce:
+                for statement in prepared(sql, limits):
+                    await con.execute(statement)
+            elif isinstance(sql, str):
                 await con.execute(sql)
             else:
                 await sql(con)

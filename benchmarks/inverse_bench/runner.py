@@ -47,6 +47,8 @@ from dbproxy.undo import apply as undo
 from dbproxy.undo.commit import MARK_SQL
 from dbproxy.undo.install import install
 from inverse.capture_schema import IMAGE_SETTINGS
+from inverse.ddl_groups import table_infos
+from inverse.ddl_targets import before_ddl_sql
 from inverse.undo_plan import Plan, build
 from sandbox.backends import with_database
 from sandbox.sampler import read_tables
@@ -254,12 +256,17 @@ class Bench:
             try:
                 try:
                     for sql in case.forward:
+                        # What the proxy sends: DDL announced, so the state it destroys is kept.
+                        call = before_ddl_sql(sql)
+                        if call is not None:
+                            await agent.execute(call)
                         await agent.execute(sql)
                 except asyncpg.PostgresError as e:
                     raise _CaseError(f"forward failed: {type(e).__name__}: {e}") from e
                 xid = int(await agent.fetchval("SELECT pg_catalog.txid_current()"))
                 changes = await undo.load_changes(agent, xid)
-                tables = await undo.load_tables(agent, {c.rel for c in changes if c.rel is not None})
+                tables = {**table_infos(changes),
+                          **await undo.load_tables(agent, {c.rel for c in changes if c.rel is not None and c.is_row})}
                 r.changes = len(changes)
                 statements = list(case.forward)
                 transaction = Transaction(changes, tables, statements=statements,

@@ -6,13 +6,17 @@ labelled with the ground truth about the operation itself (not about what our to
 
 - "reversible": an exact inverse exists, given the before/after images of every row the transaction changed (row
   triggers see cascades, user-trigger side effects, CTE and function writes; the BEFORE TRUNCATE snapshot sees
-  emptied tables) and the catalog as it was before the transaction (so CREATE, ADD COLUMN, RENAME, SET DEFAULT,
-  ADD/DROP CONSTRAINT, GRANT, COMMENT, DROP VIEW/INDEX/FUNCTION can be put back). Sequence positions are not part of
-  the state compared (PostgreSQL never rolls back `nextval`), so a case whose only other effect is an advanced
-  sequence counts as reversible.
-- "irreversible": information is destroyed that neither the row images nor the before-catalog keep: rows of a
-  dropped table or column that the transaction did not capture, values rewritten by a lossy ALTER COLUMN TYPE (a
-  table rewrite fires no row triggers), the old contents of a refreshed or dropped materialized view.
+  emptied tables), the catalog as it was before the transaction (so CREATE, ADD COLUMN, RENAME, SET DEFAULT,
+  ADD/DROP CONSTRAINT, GRANT, COMMENT, DROP VIEW/INDEX/FUNCTION can be put back) and, since issue 18, the state
+  kept before each DDL statement the agent sends: the rows of a dropped table (and of what CASCADE drops), the
+  values of a dropped column, the old values of a column whose type changes, sequence positions. Sequence
+  positions are not part of the state compared (PostgreSQL never rolls back `nextval`), so a case whose only other
+  effect is an advanced sequence counts as reversible.
+- "irreversible": information is destroyed that no captured state can restore: the old contents of a refreshed
+  or dropped materialized view that no longer match its query (PostgreSQL can only recompute a materialized view,
+  never write rows into it, so a DROP or rebuild that takes such a view with it loses them too), and DDL run
+  through EXECUTE inside a function or DO block, whose target no one is told before it runs. The 49 cases
+  relabelled reversible by issue 18 say so, and why, in their `why`.
 
 Judgement calls, so that the labels can be checked: `UPDATE ... SET id = DEFAULT` on an identity ALWAYS column is
 reversible (a plain UPDATE cannot set the old id back, but the before-image has it, and deleting the row and

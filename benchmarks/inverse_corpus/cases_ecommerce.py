@@ -49,8 +49,11 @@ CASES: tuple[Case, ...] = (
     _case("update_keyless_referrer", "no_primary_key", REV, "Rows without a key are matched by their full "
           "after-image; identical rows are interchangeable.",
           "UPDATE page_views SET referrer = 'direct' WHERE referrer IS NULL AND customer_id BETWEEN 1 AND 50"),
-    _case("page_views_to_date", "no_primary_key", IRR, "timestamptz -> date drops the time of every page view in a "
-          "rewrite that fires no row triggers.",
+    _case("page_views_to_date", "no_primary_key", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamptz -> date drops the time of every "
+          "page view in a rewrite that fires no row triggers): the old values of the retyped column are kept "
+          "before the rewrite (keyed by primary key, by the whole row without one), so the column is set back "
+          "to its type and exact old values.",
           "ALTER TABLE page_views ALTER COLUMN viewed_at TYPE date"),
     # --- foreign-key cascades -----------------------------------------------------------------------
     _case("delete_customer_cascade", "fk_cascade", REV, "Row triggers fire for the cascaded address deletes and the "
@@ -123,8 +126,10 @@ CASES: tuple[Case, ...] = (
           f"VALUES ('SKU-BIG', 'Big manual', 1.00, {_big(3000, 'b')})",
           f"UPDATE products SET description = {_big(500, 'c')} WHERE id = 4",
           "DELETE FROM products WHERE sku = 'SKU-BIG'"),
-    _case("big_description_then_drop_column", "toast", IRR, "Only product 1's description was captured (by the "
-          "UPDATE); the other 299 are destroyed by DROP COLUMN.",
+    _case("big_description_then_drop_column", "toast", IRR, "The dropped values are kept before the DROP "
+          "COLUMN, but description sits in the middle of products: putting it back in its place rebuilds the "
+          "table, which drops and re-makes its dependants, among them the stale materialized view "
+          "sales_by_category, whose contents PostgreSQL can only recompute (they exist nowhere else).",
           f"UPDATE products SET description = {_big(1000, 'd')} WHERE id = 1",
           "ALTER TABLE products DROP COLUMN description"),
     # --- TRUNCATE ---------------------------------------------------------------------------------------
@@ -158,13 +163,24 @@ CASES: tuple[Case, ...] = (
           "INSERT INTO shipments (order_id, carrier) SELECT id, 'UPS' FROM orders WHERE status = 'shipped' AND id < "
           "40"),
     # --- DROP with dependants ----------------------------------------------------------------------------
-    _case("drop_inventory_cascade", "drop_dependants", IRR, "DROP TABLE ... CASCADE destroys inventory's 300 rows (no "
-          "row trigger fires on DROP) along with the product_catalog view.",
+    _case("drop_inventory_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE ... CASCADE destroys inventory's "
+          "300 rows (no row trigger fires on DROP) along with the product_catalog view): the table's definition"
+          " (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row and of what its "
+          "CASCADE removes (foreign keys, views) are kept before the DROP, so it is re-made and refilled "
+          "exactly.",
           "DROP TABLE inventory CASCADE"),
-    _case("drop_email_column_cascade", "drop_dependants", IRR, "DROP COLUMN destroys every customer's email, which no "
-          "row image holds; the view order_summary goes with it.",
+    _case("drop_email_column_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys every customer's email, "
+          "which no row image holds; the view order_summary goes with it): every row's value of the dropped "
+          "column (keyed by primary key, by the whole row without one) and what its CASCADE removes is kept "
+          "before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "ALTER TABLE customers DROP COLUMN email CASCADE"),
-    _case("drop_page_views", "drop_dependants", IRR, "The table's rows are not captured by DROP TABLE.",
+    _case("drop_page_views", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the table's rows are not captured by DROP "
+          "TABLE): the table's definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) "
+          "and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE page_views"),
     _case("drop_view", "drop_dependants", REV, "A view holds no data; its definition is in the catalog from before.",
           "DROP VIEW order_summary"),
@@ -178,35 +194,55 @@ CASES: tuple[Case, ...] = (
     _case("drop_stale_materialized_view", "drop_dependants", IRR, "The materialized view's contents date from an "
           "earlier refresh; recreating it computes today's data, and the old contents were never captured.",
           "DROP MATERIALIZED VIEW sales_by_category"),
-    _case("drop_enum_cascade", "drop_dependants", IRR, "DROP TYPE ... CASCADE drops orders.status (and the view using "
-          "it); 1500 statuses are lost.",
+    _case("drop_enum_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TYPE ... CASCADE drops orders.status (and"
+          " the view using it); 1500 statuses are lost): the type's definition and the values of the columns "
+          "its CASCADE drops (with the views on them) are kept before the DROP, so all of it comes back with "
+          "its values.",
           "DROP TYPE order_status CASCADE"),
     _case("drop_generated_column_cascade", "drop_dependants", IRR, "Dropping line_total cascades to the stale "
-          "materialized view sales_by_category, whose contents exist nowhere else.",
+          "materialized view sales_by_category, whose contents exist nowhere else (a materialized view can only "
+          "be recomputed, not written to; issue 18's capture does not change that).",
           "ALTER TABLE order_items DROP COLUMN line_total CASCADE"),
-    _case("drop_categories_cascade", "drop_dependants", IRR, "CASCADE drops the foreign keys on products and the "
-          "product_catalog view, but the category rows themselves are destroyed uncaptured.",
+    _case("drop_categories_cascade", "drop_dependants", IRR, "The rows and definitions are kept before the "
+          "DROP (issue 18), but CASCADE also drops the stale materialized view sales_by_category (it joins "
+          "categories), whose contents PostgreSQL can only recompute, not write back.",
           "DROP TABLE categories CASCADE"),
     _case("drop_empty_audit_log", "drop_dependants", REV, "audit_log has no rows at the start, so nothing is lost: "
           "the before-catalog recreates the empty table (the trigger functions only name it in their bodies).",
           "DROP TABLE audit_log"),
     # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
-    _case("weight_numeric_round", "alter_type", IRR, "numeric(8,3) -> numeric(8,1) rounds every weight in a table "
-          "rewrite that fires no row triggers.",
+    _case("weight_numeric_round", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(8,3) -> numeric(8,1) rounds every "
+          "weight in a table rewrite that fires no row triggers): the old values of the retyped column are kept"
+          " before the rewrite (keyed by primary key, by the whole row without one), so the column is set back "
+          "to its type and exact old values.",
           "ALTER TABLE products ALTER COLUMN weight_kg TYPE numeric(8, 1)"),
-    _case("phone_to_varchar5", "alter_type", IRR, "USING left(phone, 5) truncates the phone numbers; the full values "
-          "are not captured.",
+    _case("phone_to_varchar5", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(phone, 5) truncates the phone "
+          "numbers; the full values are not captured): the old values of the retyped column are kept before the"
+          " rewrite (keyed by primary key, by the whole row without one), so the column is set back to its type"
+          " and exact old values.",
           "ALTER TABLE customers ALTER COLUMN phone TYPE varchar(5) USING left(phone, 5)"),
-    _case("placed_at_to_date", "alter_type", IRR, "timestamptz -> date drops the time of day of every order.",
+    _case("placed_at_to_date", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamptz -> date drops the time of day of "
+          "every order): the old values of the retyped column are kept before the rewrite (keyed by primary "
+          "key, by the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE orders ALTER COLUMN placed_at TYPE date"),
     _case("widen_postal_code", "alter_type", REV, "varchar(12) -> varchar(20) keeps every value; altering back to the "
           "before-catalog's type is exact.",
           "ALTER TABLE addresses ALTER COLUMN postal_code TYPE varchar(20)"),
-    _case("postal_code_prefix", "alter_type", IRR, "USING left(postal_code, 3) keeps only the first three digits of "
-          "every postal code.",
+    _case("postal_code_prefix", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(postal_code, 3) keeps only the "
+          "first three digits of every postal code): the old values of the retyped column are kept before the "
+          "rewrite (keyed by primary key, by the whole row without one), so the column is set back to its type "
+          "and exact old values.",
           "ALTER TABLE addresses ALTER COLUMN postal_code TYPE varchar(3) USING left(postal_code, 3)"),
-    _case("gateway_response_to_jsonb", "alter_type", IRR, "json -> jsonb normalises spacing and keeps only the last "
-          "of repeated keys: the verbatim gateway answers are lost.",
+    _case("gateway_response_to_jsonb", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: json -> jsonb normalises spacing and keeps "
+          "only the last of repeated keys: the verbatim gateway answers are lost): the old values of the "
+          "retyped column are kept before the rewrite (keyed by primary key, by the whole row without one), so "
+          "the column is set back to its type and exact old values.",
           "ALTER TABLE payments ALTER COLUMN gateway_response TYPE jsonb"),
     # --- functions -----------------------------------------------------------------------------------------
     _case("replace_function_body", "functions", REV, "CREATE OR REPLACE FUNCTION is undone by re-creating the old "
@@ -227,8 +263,11 @@ CASES: tuple[Case, ...] = (
           "SET loyalty_points = c.loyalty_points + 2 * floor(NEW.amount)::int FROM orders o WHERE o.id = NEW.order_id "
           "AND c.id = o.customer_id; RETURN NULL; END $$",
           "INSERT INTO payments (order_id, amount, method, reference) VALUES (16, 20.00, 'card', 'double-points')"),
-    _case("function_hidden_drop_column", "functions", IRR, "The DROP COLUMN run by the function through EXECUTE "
-          "destroys every review body.",
+    _case("function_hidden_drop_column", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; every review body is lost.",
           "CREATE FUNCTION strip_review_bodies() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER TABLE "
           "reviews DROP COLUMN body'; END $$",
           "SELECT strip_review_bodies()"),
@@ -257,31 +296,45 @@ CASES: tuple[Case, ...] = (
     _case("drop_check_constraint", "constraints_defaults", REV, "The dropped constraint's definition is in the "
           "before-catalog (pg_get_constraintdef); no row changes.",
           "ALTER TABLE customers DROP CONSTRAINT customers_loyalty_points_check"),
-    _case("drop_column_with_check", "constraints_defaults", IRR, "Dropping loyalty_points drops its CHECK too, and "
-          "the points of all 500 customers are lost uncaptured.",
+    _case("drop_column_with_check", "constraints_defaults", REV,
+          "Relabelled reversible for issue 18 (was irreversible: dropping loyalty_points drops its CHECK too, "
+          "and the points of all 500 customers are lost uncaptured): every row's value of the dropped column "
+          "(keyed by primary key, by the whole row without one) is kept before the DROP COLUMN, so the column "
+          "comes back in its place with its values, constraints and dependants.",
           "ALTER TABLE customers DROP COLUMN loyalty_points"),
     # --- mixed DML + DDL --------------------------------------------------------------------------------------
     _case("add_column_and_backfill", "mixed", REV, "The new column is dropped and the audit rows the backfill wrote "
           "are captured inserts.",
           "ALTER TABLE orders ADD COLUMN channel text",
           "UPDATE orders SET channel = 'web' WHERE id <= 100"),
-    _case("update_then_drop_column", "mixed", IRR, "Only ten rows' marketing_opt_in values were captured by the "
-          "UPDATE; the other 490 are lost with the column.",
+    _case("update_then_drop_column", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: only ten rows' marketing_opt_in values were "
+          "captured by the UPDATE; the other 490 are lost with the column): the DML before it is captured by "
+          "row images; every row's value of the dropped column (keyed by primary key, by the whole row without "
+          "one) is kept before the DROP COLUMN, so the column comes back in its place with its values, "
+          "constraints and dependants.",
           "UPDATE customers SET marketing_opt_in = true WHERE id <= 10",
           "ALTER TABLE customers DROP COLUMN marketing_opt_in"),
     _case("create_table_and_move_rows", "mixed", REV, "The new table is dropped and the moved rows are restored from "
           "the DELETE's images.",
           "CREATE TABLE archived_reviews (LIKE reviews INCLUDING ALL)",
           "WITH m AS (DELETE FROM reviews WHERE rating = 1 RETURNING *) INSERT INTO archived_reviews SELECT * FROM m"),
-    _case("insert_then_shorten_note", "mixed", IRR, "The inserted order is captured, but USING left(note, 4) then "
-          "truncates every existing note in an uncaptured rewrite.",
+    _case("insert_then_shorten_note", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the inserted order is captured, but USING "
+          "left(note, 4) then truncates every existing note in an uncaptured rewrite): the DML before it is "
+          "captured by row images; the old values of the retyped column are kept before the rewrite (keyed by "
+          "primary key, by the whole row without one), so the column is set back to its type and exact old "
+          "values.",
           "INSERT INTO orders (customer_id, status, note) VALUES (9, 'pending', 'leave at the door')",
           "ALTER TABLE orders ALTER COLUMN note TYPE varchar(4) USING left(note, 4)"),
     _case("rename_column_and_insert", "mixed", REV, "The rename is reversed and the inserted row deleted by its image.",
           "ALTER TABLE settings RENAME COLUMN value TO val",
           "INSERT INTO settings (key, val) VALUES ('theme', 'dark')"),
-    _case("insert_review_then_drop_table", "mixed", IRR, "The new review is captured, but DROP TABLE destroys the 600 "
-          "earlier ones.",
+    _case("insert_review_then_drop_table", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the new review is captured, but DROP TABLE "
+          "destroys the 600 earlier ones): the DML before it is captured by row images; the table's definition "
+          "(columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row are kept before "
+          "the DROP, so it is re-made and refilled exactly.",
           "INSERT INTO reviews (product_id, customer_id, rating, body) VALUES (2, 3, 4, 'Solid')",
           "DROP TABLE reviews"),
     _case("touch_all_then_round_weight", "mixed", REV, "The no-op UPDATE captured every product's before-image first, "
@@ -316,7 +369,135 @@ CASES: tuple[Case, ...] = (
           "= 'blue' AND id < 100"),
     _case("jsonb_remove_key", "jsonb_array", REV, "The before-image keeps the removed key.",
           "UPDATE products SET attributes = attributes - 'size' WHERE category_id = 7"),
-    _case("strip_attribute_tags_using", "jsonb_array", IRR, "ALTER ... TYPE jsonb USING attributes - 'tags' is an "
-          "update in disguise: the rewrite fires no row triggers and the tags are lost.",
+    _case("strip_attribute_tags_using", "jsonb_array", REV,
+          "Relabelled reversible for issue 18 (was irreversible: ALTER ... TYPE jsonb USING attributes - 'tags'"
+          " is an update in disguise: the rewrite fires no row triggers and the tags are lost): the old values "
+          "of the retyped column are kept before the rewrite (keyed by primary key, by the whole row without "
+          "one), so the column is set back to its type and exact old values.",
           "ALTER TABLE products ALTER COLUMN attributes TYPE jsonb USING attributes - 'tags'"),
+)
+
+#: A materialized view refreshed just before the case: recomputing it gives its exact contents, so a drop or
+#: rebuild that takes it along loses nothing (unlike the stale one the seed leaves).
+_FRESH_SALES = ("REFRESH MATERIALIZED VIEW sales_by_category",)
+
+# Issue 18: drops over the foreign-key graph, dropped columns under views, generated columns and column grants,
+# lossy type changes on the keyless table, TOAST-sized values in what is dropped, and the other DDL whose inverse
+# needs the state from before the statement (RENAME, CREATE OR REPLACE, COMMENT, default privileges, TRUNCATE
+# RESTART IDENTITY, REFRESH, SET id = DEFAULT).
+CASES += (
+    _case("drop_products_cascade_fresh_matview", "drop_dependants", REV, "DROP TABLE products CASCADE removes the "
+          "300 products and, over the foreign-key graph, the foreign keys of inventory, order_items and reviews, the "
+          "product_catalog view and the sales_by_category materialized view; all of it is kept before the DROP, and "
+          "the materialized view was refreshed just before, so recomputing it restores its exact contents.",
+          "DROP TABLE products CASCADE", setup=_FRESH_SALES),
+    _case("drop_order_graph_fresh_matview", "drop_dependants", REV, "Three tables of one foreign-key graph in one "
+          "DROP (orders with its owned bigserial sequence, comment, grants and audit trigger; order_items with its "
+          "generated column; payments with its identity ALWAYS key and verbatim json) and, by CASCADE, order_summary "
+          "and the freshly refreshed sales_by_category: every definition and row is kept before the DROP.",
+          "DROP TABLE order_items, payments, orders CASCADE", setup=_FRESH_SALES),
+    _case("drop_customers_cascade", "drop_dependants", REV, "DROP TABLE customers CASCADE destroys 500 customers and "
+          "the foreign keys of addresses, orders and reviews and the order_summary view; the table (identity BY "
+          "DEFAULT, CHECK, column defaults, corpus_support's grants) and its rows are kept before the DROP.",
+          "DROP TABLE customers CASCADE"),
+    _case("drop_addresses_then_customers", "drop_dependants", REV, "Two drops down one foreign-key chain: addresses "
+          "(with the foreign key orders.shipping_address_id) and then the customers they referenced; both tables' "
+          "definitions and rows are kept before each DROP, and the inverse must re-make customers before addresses.",
+          "DROP TABLE addresses CASCADE",
+          "DROP TABLE customers CASCADE"),
+    _case("drop_schema_marketing_cascade", "drop_dependants", REV, "DROP SCHEMA ... CASCADE takes two tables with "
+          "205 rows (one referencing the other and public.customers) and the view public.campaign_reach in another "
+          "schema that reads them; the schema, its tables with their rows and the view are kept before the DROP and "
+          "come back in dependency order.",
+          "DROP SCHEMA marketing CASCADE",
+          setup=("CREATE SCHEMA marketing",
+                 "CREATE TABLE marketing.campaigns (id int PRIMARY KEY, name text NOT NULL, starts_on date NOT NULL)",
+                 "CREATE TABLE marketing.campaign_members (campaign_id int NOT NULL REFERENCES marketing.campaigns "
+                 "ON DELETE CASCADE, customer_id bigint NOT NULL REFERENCES public.customers ON DELETE CASCADE, "
+                 "joined_at timestamptz NOT NULL DEFAULT '2024-06-01 00:00:00+00', PRIMARY KEY (campaign_id, "
+                 "customer_id))",
+                 "INSERT INTO marketing.campaigns SELECT g, 'Campaign ' || g, date '2024-06-01' + g "
+                 "FROM generate_series(1, 5) g",
+                 "INSERT INTO marketing.campaign_members (campaign_id, customer_id) SELECT 1 + c % 5, c "
+                 "FROM generate_series(1, 200) c",
+                 "CREATE VIEW public.campaign_reach AS SELECT m.campaign_id, count(*) AS members, "
+                 "sum(c.loyalty_points) AS points FROM marketing.campaign_members m JOIN customers c "
+                 "ON c.id = m.customer_id GROUP BY m.campaign_id")),
+    _case("drop_price_column_fresh_matview", "drop_dependants", REV, "DROP COLUMN price CASCADE destroys every price "
+          "with its CHECK and the product_catalog view; the values are kept before the DROP, and putting the column "
+          "back in its place rebuilds products, which re-makes the foreign keys to it and sales_by_category, fresh "
+          "here, so nothing is lost.",
+          "ALTER TABLE products DROP COLUMN price CASCADE", setup=_FRESH_SALES),
+    _case("drop_quantity_generated_fresh_matview", "generated_column", REV, "Dropping quantity takes the STORED "
+          "generated line_total computed from it, its CHECK and (through line_total) the freshly refreshed "
+          "sales_by_category; the dropped values are kept before the DROP and the generated ones follow from them.",
+          "ALTER TABLE order_items DROP COLUMN quantity CASCADE", setup=_FRESH_SALES),
+    _case("toast_drop_reviews_big_bodies", "toast", REV, "DROP TABLE reviews destroys 12 bodies of about 19 kB stored "
+          "out of line with the other 588 rows; the table and every row, whole values included, are kept before "
+          "the DROP.",
+          "DROP TABLE reviews",
+          setup=(f"UPDATE reviews SET body = {_big(600, 'r')} || id WHERE id % 50 = 0",)),
+    _case("toast_drop_gateway_response_column", "toast", REV, "DROP COLUMN gateway_response destroys every verbatim "
+          "json answer (spacing and repeated keys kept by json), nine of them 13 kB and stored out of line; the "
+          "exact values are kept before the DROP and it is the last column, so it comes back in its place.",
+          "ALTER TABLE payments DROP COLUMN gateway_response",
+          setup=("UPDATE payments SET gateway_response = format(E'{\"status\": \"pending\",\\n  \"raw\": \"%s\", "
+                 f"\"status\":\"settled\"}}', {_big(400, 'g')} || id)::json WHERE id % 100 = 1",)),
+    _case("page_views_path_prefix", "alter_type", REV, "USING left(path, 10) cuts '/products/123' to '/products/' "
+          "in the keyless page_views, turning distinct rows into duplicates in a rewrite without row triggers; the "
+          "old values are kept before it by the rows' full images, so the multiset of rows comes back exactly.",
+          "ALTER TABLE page_views ALTER COLUMN path TYPE varchar(10) USING left(path, 10)"),
+    _case("page_views_referrer_to_boolean", "no_primary_key", REV, "referrer text -> boolean (USING referrer IS NOT "
+          "NULL) keeps only whether there was one, on a table without a key and with duplicate rows; the old "
+          "values are kept before the rewrite by the rows' full images.",
+          "ALTER TABLE page_views ALTER COLUMN referrer TYPE boolean USING referrer IS NOT NULL"),
+    _case("drop_phone_with_column_grants", "grants", REV, "The dropped column takes its column privileges (UPDATE "
+          "for corpus_app, SELECT for corpus_analyst) with it; its values and ACL are kept before the DROP, and "
+          "rebuilding customers to put phone back in its place re-makes the foreign keys and the view on it.",
+          "ALTER TABLE customers DROP COLUMN phone",
+          setup=("GRANT UPDATE (phone) ON customers TO corpus_app",
+                 "GRANT SELECT (email, phone) ON customers TO corpus_analyst")),
+    _case("table_grants_to_column_grants", "grants", REV, "Table privileges narrowed to column privileges; the "
+          "before-catalog has both the table ACL and every column's ACL (attacl), so each can be put back.",
+          "REVOKE SELECT, UPDATE ON customers FROM corpus_support",
+          "GRANT SELECT (id, full_name, loyalty_points) ON customers TO corpus_support",
+          "GRANT UPDATE (marketing_opt_in) ON customers TO corpus_support"),
+    _case("default_privileges_for_role", "grants", REV, "ALTER DEFAULT PRIVILEGES FOR ROLE changes another role's "
+          "pg_default_acl entries; the entries from before the transaction (none) say what to put back.",
+          "ALTER DEFAULT PRIVILEGES FOR ROLE corpus_app IN SCHEMA public GRANT SELECT ON TABLES TO corpus_analyst",
+          "ALTER DEFAULT PRIVILEGES FOR ROLE corpus_app REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"),
+    _case("rename_orders_table_column_index", "ddl_create", REV, "Renames of a table (its views follow by oid), a "
+          "column and an index are undone by the reverse renames, in reverse order.",
+          "ALTER TABLE orders RENAME TO purchases",
+          "ALTER TABLE purchases RENAME COLUMN total TO amount_total",
+          "ALTER INDEX orders_customer_idx RENAME TO purchases_customer_idx",
+          "ALTER TABLE customers RENAME CONSTRAINT customers_loyalty_points_check TO loyalty_points_non_negative"),
+    _case("rename_enum_value", "ddl_create", REV, "RENAME VALUE changes the label of every order using it, without "
+          "row changes; renaming it back restores them.",
+          "ALTER TYPE order_status RENAME VALUE 'cancelled' TO 'voided'"),
+    _case("replace_view_add_column", "ddl_create", REV, "CREATE OR REPLACE VIEW may add a column but not remove one, "
+          "so the old definition (in the before-catalog, pg_get_viewdef) is restored by dropping and re-creating "
+          "the view.",
+          "CREATE OR REPLACE VIEW product_catalog AS SELECT p.id, p.sku, p.name, p.price, price_with_tax(p.price) AS "
+          "price_gross, c.name AS category, i.on_hand - i.reserved AS available, p.weight_kg FROM products p LEFT "
+          "JOIN categories c ON c.id = p.category_id LEFT JOIN inventory i ON i.product_id = p.id WHERE p.active "
+          "AND i.on_hand > i.reserved"),
+    _case("comments_removed_and_added", "constraints_defaults", REV, "COMMENT ... IS NULL removes a comment; the "
+          "before-catalog has it, and the absence of the two comments added.",
+          "COMMENT ON TABLE orders IS NULL",
+          "COMMENT ON VIEW order_summary IS 'Orders with their customer and number of items'",
+          "COMMENT ON FUNCTION place_order(bigint, int, int) IS 'Places a one-line order'"),
+    _case("truncate_customers_restart_identity_cascade", "truncate", REV, "TRUNCATE customers RESTART IDENTITY "
+          "CASCADE empties customers, addresses, orders, reviews, order_items and payments and restarts their "
+          "sequences; every truncated table's snapshot restores the rows (identity ALWAYS ones with OVERRIDING "
+          "SYSTEM VALUE), and the sequence positions are not compared.",
+          "TRUNCATE customers RESTART IDENTITY CASCADE"),
+    _case("refresh_unpopulated_matview", "truncate", REV, "The materialized view was left unpopulated (WITH NO "
+          "DATA) before the case; REFRESH fills it, and REFRESH ... WITH NO DATA puts it back exactly.",
+          "REFRESH MATERIALIZED VIEW sales_by_category",
+          setup=("REFRESH MATERIALIZED VIEW sales_by_category WITH NO DATA",)),
+    _case("payment_ids_set_default", "identity_always", REV, "SET id = DEFAULT gives the payments of orders 20 to "
+          "60 new ALWAYS identity values; their before-images have the old ids, and nothing references payments, "
+          "so deleting the rows and inserting the images with OVERRIDING SYSTEM VALUE is exact.",
+          "UPDATE payments SET id = DEFAULT WHERE order_id BETWEEN 20 AND 60"),
 )

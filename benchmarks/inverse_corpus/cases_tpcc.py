@@ -47,8 +47,11 @@ CASES: tuple[Case, ...] = (
     _case("history_date_to_date", "no_primary_key", REV, "Every h_date is at midnight, so timestamp -> date loses "
           "nothing and altering back to the before-catalog's type restores each value exactly.",
           "ALTER TABLE history ALTER COLUMN h_date TYPE date"),
-    _case("history_data_truncated", "no_primary_key", IRR, "USING left(h_data, 7) cuts every keyless history row's "
-          "data in an uncaptured rewrite.",
+    _case("history_data_truncated", "no_primary_key", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(h_data, 7) cuts every keyless "
+          "history row's data in an uncaptured rewrite): the old values of the retyped column are kept before "
+          "the rewrite (keyed by primary key, by the whole row without one), so the column is set back to its "
+          "type and exact old values.",
           "ALTER TABLE history ALTER COLUMN h_data TYPE varchar(7) USING left(h_data, 7)"),
     # --- foreign-key cascades -----------------------------------------------------------------------
     _case("delete_order_cascade", "fk_cascade", REV, "The cascaded new_order and order_line deletes are captured by "
@@ -94,8 +97,11 @@ CASES: tuple[Case, ...] = (
     _case("delete_restock_requests", "identity_always", REV, "The deleted rows come back with OVERRIDING SYSTEM VALUE "
           "from their before-images.",
           "DELETE FROM restock_request WHERE w_id = 1"),
-    _case("drop_restock_id", "identity_always", IRR, "DROP COLUMN destroys the identity values (the key) of every "
-          "restock request.",
+    _case("drop_restock_id", "identity_always", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN destroys the identity values (the "
+          "key) of every restock request): every row's value of the dropped column (keyed by primary key, by "
+          "the whole row without one) is kept before the DROP COLUMN, so the column comes back in its place "
+          "with its values, constraints and dependants.",
           "ALTER TABLE restock_request DROP COLUMN id"),
     # --- generated columns ----------------------------------------------------------------------------
     _case("stock_low_flag", "generated_column", REV, "The STORED s_low follows the restored quantity; the restock "
@@ -138,13 +144,23 @@ CASES: tuple[Case, ...] = (
           "CREATE MATERIALIZED VIEW district_revenue AS SELECT ol_w_id, ol_d_id, sum(ol_amount) AS revenue FROM "
           "order_line GROUP BY ol_w_id, ol_d_id"),
     # --- DROP with dependants ----------------------------------------------------------------------------
-    _case("drop_history", "drop_dependants", IRR, "DROP TABLE destroys the history rows uncaptured.",
+    _case("drop_history", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE destroys the history rows "
+          "uncaptured): the table's definition (columns, defaults, constraints, indexes, triggers, comments, "
+          "ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE history"),
-    _case("drop_item_cascade", "drop_dependants", IRR, "DROP TABLE item CASCADE drops the foreign keys from stock and "
-          "order_line and the stock_level view, and the 1000 items are lost.",
+    _case("drop_item_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP TABLE item CASCADE drops the foreign keys"
+          " from stock and order_line and the stock_level view, and the 1000 items are lost): the table's "
+          "definition (columns, defaults, constraints, indexes, triggers, comments, ACLs) and every row and of "
+          "what its CASCADE removes (foreign keys, views) are kept before the DROP, so it is re-made and "
+          "refilled exactly.",
           "DROP TABLE item CASCADE"),
-    _case("drop_c_last_cascade", "drop_dependants", IRR, "DROP COLUMN ... CASCADE destroys every last name (with the "
-          "index and the customer_balance view).",
+    _case("drop_c_last_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP COLUMN ... CASCADE destroys every last "
+          "name (with the index and the customer_balance view)): every row's value of the dropped column (keyed"
+          " by primary key, by the whole row without one) and what its CASCADE removes is kept before the DROP "
+          "COLUMN, so the column comes back in its place with its values, constraints and dependants.",
           "ALTER TABLE customer DROP COLUMN c_last CASCADE"),
     _case("drop_stock_level_view", "drop_dependants", REV, "A view holds no data; its definition is in the "
           "before-catalog.",
@@ -153,33 +169,56 @@ CASES: tuple[Case, ...] = (
           "definition is in the before-catalog.",
           "DELETE FROM new_order",
           "DROP TABLE new_order"),
-    _case("drop_order_line", "drop_dependants", IRR, "About 6000 order lines are destroyed without row images.",
+    _case("drop_order_line", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: about 6000 order lines are destroyed without "
+          "row images): the table's definition (columns, defaults, constraints, indexes, triggers, comments, "
+          "ACLs) and every row are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE order_line"),
     _case("drop_payment_function", "drop_dependants", REV, "A function is recreated from its definition in the "
           "before-catalog.",
           "DROP FUNCTION payment(int, int, int, numeric)"),
-    _case("drop_orders_cascade", "drop_dependants", IRR, "CASCADE drops the foreign keys of new_order and order_line, "
-          "but the 600 orders are destroyed uncaptured.",
+    _case("drop_orders_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: CASCADE drops the foreign keys of new_order "
+          "and order_line, but the 600 orders are destroyed uncaptured): the table's definition (columns, "
+          "defaults, constraints, indexes, triggers, comments, ACLs) and every row and of what its CASCADE "
+          "removes (foreign keys, views) are kept before the DROP, so it is re-made and refilled exactly.",
           "DROP TABLE orders CASCADE"),
-    _case("drop_schema_public_cascade", "drop_dependants", IRR, "DROP SCHEMA public CASCADE destroys every table of "
-          "the schema with its rows.",
+    _case("drop_schema_public_cascade", "drop_dependants", REV,
+          "Relabelled reversible for issue 18 (was irreversible: DROP SCHEMA public CASCADE destroys every "
+          "table of the schema with its rows): every object of the schema, with every table's rows, is kept "
+          "before DROP SCHEMA ... CASCADE and re-made in dependency order.",
           "DROP SCHEMA public CASCADE"),
     # --- ALTER COLUMN TYPE ---------------------------------------------------------------------------------
-    _case("ol_amount_round", "alter_type", IRR, "numeric(6,2) -> numeric(6,0) rounds the amounts in an uncaptured "
-          "rewrite.",
+    _case("ol_amount_round", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(6,2) -> numeric(6,0) rounds the "
+          "amounts in an uncaptured rewrite): the old values of the retyped column are kept before the rewrite "
+          "(keyed by primary key, by the whole row without one), so the column is set back to its type and "
+          "exact old values.",
           "ALTER TABLE order_line ALTER COLUMN ol_amount TYPE numeric(6, 0)"),
-    _case("c_since_to_date", "alter_type", IRR, "timestamp -> date drops the hour of every c_since.",
+    _case("c_since_to_date", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: timestamp -> date drops the hour of every "
+          "c_since): the old values of the retyped column are kept before the rewrite (keyed by primary key, by"
+          " the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_since TYPE date"),
-    _case("c_first_varchar3", "alter_type", IRR, "USING left(c_first, 3) truncates every first name.",
+    _case("c_first_varchar3", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(c_first, 3) truncates every first "
+          "name): the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_first TYPE varchar(3) USING left(c_first, 3)"),
-    _case("discount_fewer_digits", "alter_type", IRR, "numeric(4,4) -> numeric(4,2) rounds the discounts.",
+    _case("discount_fewer_digits", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: numeric(4,4) -> numeric(4,2) rounds the "
+          "discounts): the old values of the retyped column are kept before the rewrite (keyed by primary key, "
+          "by the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE customer ALTER COLUMN c_discount TYPE numeric(4, 2)"),
     _case("widen_w_ytd", "alter_type", REV, "numeric(12,2) -> numeric(14,2) keeps every value, which fit back.",
           "ALTER TABLE warehouse ALTER COLUMN w_ytd TYPE numeric(14, 2)"),
     _case("item_price_to_real", "alter_type", REV, "Every numeric(5,2) value (at most 5 significant digits) "
           "round-trips through real exactly, so altering back to the before-catalog's type restores it.",
           "ALTER TABLE item ALTER COLUMN i_price TYPE real"),
-    _case("s_data_varchar10", "alter_type", IRR, "USING left(s_data, 10) cuts the stock data strings.",
+    _case("s_data_varchar10", "alter_type", REV,
+          "Relabelled reversible for issue 18 (was irreversible: USING left(s_data, 10) cuts the stock data "
+          "strings): the old values of the retyped column are kept before the rewrite (keyed by primary key, by"
+          " the whole row without one), so the column is set back to its type and exact old values.",
           "ALTER TABLE stock ALTER COLUMN s_data TYPE varchar(10) USING left(s_data, 10)"),
     # --- functions -----------------------------------------------------------------------------------------
     _case("call_new_order", "functions", REV, "The function's district, orders, new_order, stock and order_line "
@@ -202,13 +241,19 @@ CASES: tuple[Case, ...] = (
     _case("do_block_payments", "functions", REV, "Writes from a loop of function calls in a DO block are ordinary "
           "captured rows.",
           "DO $$ BEGIN FOR c IN 1 .. 5 LOOP PERFORM payment(1, 9, c, 1.00 * c); END LOOP; END $$"),
-    _case("hidden_drop_in_function", "functions", IRR, "The DROP TABLE run through EXECUTE destroys the history rows "
-          "uncaptured.",
+    _case("hidden_drop_in_function", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; the history rows are lost.",
           "CREATE FUNCTION purge_history() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DROP TABLE history'; "
           "END $$",
           "SELECT purge_history()"),
-    _case("do_block_truncate_dist_info", "functions", IRR, "The ALTER run through EXECUTE cuts every s_dist_info to 4 "
-          "characters without row images.",
+    _case("do_block_truncate_dist_info", "functions", IRR,
+          "Still irreversible under issue 18's capture: DDL run through EXECUTE inside a function or DO "
+          "block is not seen by the proxy before it runs, and the ddl_command_start event trigger is not told "
+          "which object the command will touch (current_query() is the outer statement), so no state is kept "
+          "before it; every s_dist_info is cut to 4 characters.",
           "DO $$ BEGIN EXECUTE 'ALTER TABLE stock ALTER COLUMN s_dist_info TYPE char(4) USING left(s_dist_info, 4)'; "
           "END $$"),
     # --- grants ---------------------------------------------------------------------------------------------
@@ -240,12 +285,19 @@ CASES: tuple[Case, ...] = (
           "ALTER TABLE district ADD COLUMN d_open_orders int",
           "UPDATE district d SET d_open_orders = (SELECT count(*) FROM new_order n WHERE n.no_w_id = d.d_w_id AND "
           "n.no_d_id = d.d_id)"),
-    _case("payment_then_drop_c_data", "mixed", IRR, "The payment's rows are captured, but DROP COLUMN destroys every "
-          "other customer's c_data.",
+    _case("payment_then_drop_c_data", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the payment's rows are captured, but DROP "
+          "COLUMN destroys every other customer's c_data): the DML before it is captured by row images; every "
+          "row's value of the dropped column (keyed by primary key, by the whole row without one) is kept "
+          "before the DROP COLUMN, so the column comes back in its place with its values, constraints and "
+          "dependants.",
           "SELECT payment(1, 2, 3, 5.00)",
           "ALTER TABLE customer DROP COLUMN c_data"),
-    _case("delivery_then_date_only", "mixed", IRR, "The delivery is captured, but timestamp -> date drops the "
-          "delivery times of all earlier order lines.",
+    _case("delivery_then_date_only", "mixed", REV,
+          "Relabelled reversible for issue 18 (was irreversible: the delivery is captured, but timestamp -> "
+          "date drops the delivery times of all earlier order lines): the DML before it is captured by row "
+          "images; the old values of the retyped column are kept before the rewrite (keyed by primary key, by "
+          "the whole row without one), so the column is set back to its type and exact old values.",
           "SELECT delivery(2, 4)",
           "ALTER TABLE order_line ALTER COLUMN ol_delivery_d TYPE date"),
     _case("move_history_to_new_table", "mixed", REV, "The new table is dropped and the moved rows restored from "
@@ -287,4 +339,112 @@ CASES: tuple[Case, ...] = (
           "ALTER TABLE item ADD COLUMN i_tags text[] NOT NULL DEFAULT '{}'",
           "UPDATE item SET i_tags = array_append(i_tags, 'original') WHERE i_data LIKE 'ORIGINAL%'",
           "UPDATE item SET i_tags = i_tags || ARRAY['cheap', 'promo'] WHERE i_price < 5"),
+)
+
+#: A materialized view of each district's sales, made (and so fresh) in the setup.
+_DISTRICT_SALES = ("CREATE MATERIALIZED VIEW district_sales AS SELECT ol_w_id, ol_d_id, count(*) AS lines, "
+                   "sum(ol_amount) AS amount FROM order_line GROUP BY ol_w_id, ol_d_id",)
+
+# Issue 18: drops over the foreign-key graph, dropped columns under views, a generated column and a trigger,
+# column grants, lossy type changes and a dropped column on the keyless history table, TOAST-sized values in a
+# dropped table, and the other DDL whose inverse needs the state from before the statement (RENAME, CREATE OR
+# REPLACE, COMMENT, default privileges, TRUNCATE RESTART IDENTITY, REFRESH MATERIALIZED VIEW).
+CASES += (
+    _case("drop_warehouse_cascade", "drop_dependants", REV, "DROP TABLE warehouse CASCADE destroys both warehouses "
+          "and the foreign keys of district and stock, the root of the whole graph; the table (with "
+          "corpus_analyst's grant) and its rows are kept before the DROP.",
+          "DROP TABLE warehouse CASCADE"),
+    _case("drop_district_cascade", "drop_dependants", REV, "DROP TABLE district CASCADE destroys 20 districts (with "
+          "the d_next_o_id counters New-Order needs) and customer's composite foreign key; the table and its rows "
+          "are kept before the DROP.",
+          "DROP TABLE district CASCADE"),
+    _case("drop_stock_and_item", "drop_dependants", REV, "One DROP of two tables of the graph (item and the stock "
+          "referencing it), with CASCADE taking order_line's foreign key, the stock_level view, the restock trigger "
+          "and the generated s_low; 3000 rows and every definition are kept before the DROP, and the inverse must "
+          "re-make item before stock.",
+          "DROP TABLE stock, item CASCADE"),
+    _case("drop_s_quantity_cascade", "generated_column", REV, "Dropping s_quantity takes the STORED generated s_low "
+          "computed from it, the stock_level view and the restock trigger that fires on UPDATE OF s_quantity; the "
+          "2000 quantities are kept before the DROP, and putting the column back in its place rebuilds stock.",
+          "ALTER TABLE stock DROP COLUMN s_quantity CASCADE"),
+    _case("drop_ol_amount_under_view", "drop_dependants", REV, "DROP COLUMN ol_amount CASCADE destroys the amount of "
+          "every order line and the order_totals view on it; the values are kept before the DROP, and putting the "
+          "column back in its place rebuilds order_line (with its foreign keys and the cascades on them).",
+          "ALTER TABLE order_line DROP COLUMN ol_amount CASCADE",
+          setup=("CREATE VIEW order_totals AS SELECT ol_w_id, ol_d_id, ol_o_id, sum(ol_amount) AS amount FROM "
+                 "order_line GROUP BY ol_w_id, ol_d_id, ol_o_id",)),
+    _case("toast_drop_customer_big_data", "toast", REV, "DROP TABLE customer CASCADE destroys 600 customers, 60 of "
+          "them with 32 kB c_data stored out of line, with orders' foreign key, the customer_balance view and the "
+          "name index; the table and every row, whole values included, are kept before the DROP.",
+          "DROP TABLE customer CASCADE",
+          setup=(f"UPDATE customer SET c_data = {_big(1000, 'cd')} || c_id WHERE c_id % 10 = 0",)),
+    _case("history_amount_to_int", "alter_type", REV, "numeric(6,2) -> int rounds the two payments with cents in the "
+          "keyless history table (which has duplicate rows) in a rewrite without row triggers; the old values are "
+          "kept before it by the rows' full images.",
+          "ALTER TABLE history ALTER COLUMN h_amount TYPE int",
+          setup=("SELECT payment(1, 2, 3, 12.34)", "SELECT payment(2, 5, 7, 0.99)")),
+    _case("history_w_id_to_boolean", "no_primary_key", REV, "int -> boolean USING h_w_id = 1 keeps one bit of the "
+          "warehouse id on a table without a key; the old values are kept before the rewrite by the rows' full "
+          "images.",
+          "ALTER TABLE history ALTER COLUMN h_w_id TYPE boolean USING h_w_id = 1"),
+    _case("drop_history_date_keyless", "no_primary_key", REV, "DROP COLUMN h_date on the keyless history table (with "
+          "a duplicated row): the values are kept before the DROP by the rows' full images, and putting the column "
+          "back in its place rebuilds the table with the same multiset of rows.",
+          "ALTER TABLE history DROP COLUMN h_date",
+          setup=("SELECT payment(1, 4, 9, 25.00)",)),
+    _case("column_grants_on_customer", "grants", REV, "New column privileges; the before-catalog's attacl of every "
+          "column says what to revoke.",
+          "GRANT SELECT (c_w_id, c_d_id, c_id, c_last, c_balance) ON customer TO corpus_analyst",
+          "GRANT UPDATE (c_credit, c_credit_lim) ON customer TO corpus_support"),
+    _case("drop_price_with_column_grants", "grants", REV, "Dropping i_price takes its column privileges (SELECT and "
+          "UPDATE for corpus_app) with it; the values and the ACL are kept before the DROP, and putting the column "
+          "back in its place rebuilds item (with the foreign keys to it and the stock_level view).",
+          "ALTER TABLE item DROP COLUMN i_price",
+          setup=("GRANT SELECT (i_id, i_name, i_price), UPDATE (i_price) ON item TO corpus_app",)),
+    _case("default_privileges_then_create", "grants", REV, "New default privileges and a table created under them "
+          "(so it gets corpus_analyst's grant); the table is dropped and the pg_default_acl entry from before (none) "
+          "put back.",
+          "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO corpus_analyst",
+          "CREATE TABLE carrier_stats (carrier int PRIMARY KEY, deliveries int NOT NULL)",
+          "INSERT INTO carrier_stats SELECT o_carrier_id, count(*) FROM orders WHERE o_carrier_id IS NOT NULL "
+          "GROUP BY o_carrier_id"),
+    _case("rename_function_column_constraint", "ddl_create", REV, "Renames of a function, a column (whose name the "
+          "functions' bodies still use) and a primary key constraint are undone by the reverse renames.",
+          "ALTER FUNCTION payment(int, int, int, numeric) RENAME TO tpcc_payment",
+          "ALTER TABLE order_line RENAME COLUMN ol_amount TO ol_total",
+          "ALTER TABLE warehouse RENAME CONSTRAINT warehouse_pkey TO warehouse_pk"),
+    _case("replace_stock_level_view", "ddl_create", REV, "CREATE OR REPLACE VIEW with another threshold; the old "
+          "definition is in the before-catalog (pg_get_viewdef).",
+          "CREATE OR REPLACE VIEW stock_level AS SELECT s.s_w_id, s.s_i_id, i.i_name, s.s_quantity FROM stock s "
+          "JOIN item i ON i.i_id = s.s_i_id WHERE s.s_quantity < 30"),
+    _case("replace_delivery_then_call", "functions", REV, "The old body of delivery is in the before-catalog; the "
+          "rows the new body changed (new_order, orders, order_line; it no longer credits the customer) are captured.",
+          "CREATE OR REPLACE FUNCTION delivery(p_w int, p_carrier int) RETURNS int LANGUAGE plpgsql AS $$ DECLARE o "
+          "int; n int := 0; BEGIN FOR d IN 1 .. 10 LOOP SELECT min(no_o_id) INTO o FROM new_order WHERE no_w_id = "
+          "p_w AND no_d_id = d; CONTINUE WHEN o IS NULL; DELETE FROM new_order WHERE no_w_id = p_w AND no_d_id = d "
+          "AND no_o_id = o; UPDATE orders SET o_carrier_id = p_carrier WHERE o_w_id = p_w AND o_d_id = d AND o_id = "
+          "o; UPDATE order_line SET ol_delivery_d = '2024-09-03 09:30:00' WHERE ol_w_id = p_w AND ol_d_id = d AND "
+          "ol_o_id = o; n := n + 1; END LOOP; RETURN n; END $$",
+          "SELECT delivery(1, 4)"),
+    _case("comments_on_views_functions", "constraints_defaults", REV, "A removed table comment and new comments on a "
+          "column, a function and a view; the before-catalog has them all.",
+          "COMMENT ON TABLE stock IS NULL",
+          "COMMENT ON COLUMN customer.c_data IS 'Free text; BC customers get payment notes'",
+          "COMMENT ON FUNCTION new_order(int, int, int, int[], int[]) IS 'TPC-C New-Order'",
+          "COMMENT ON VIEW customer_balance IS 'Balances per customer'",
+          setup=("COMMENT ON TABLE stock IS 'Per-warehouse stock'",)),
+    _case("truncate_restock_restart_identity", "truncate", REV, "TRUNCATE ... RESTART IDENTITY empties the identity "
+          "ALWAYS table and restarts its sequence; the snapshot restores the rows with OVERRIDING SYSTEM VALUE, and "
+          "the sequence position is not compared.",
+          "TRUNCATE restock_request RESTART IDENTITY"),
+    _case("update_then_refresh_fresh_matview", "truncate", REV, "The materialized view was fresh before the case: "
+          "once the captured UPDATE is undone, REFRESH recomputes exactly its old contents.",
+          "UPDATE order_line SET ol_amount = ol_amount * 1.1 WHERE ol_w_id = 1 AND ol_d_id = 3",
+          "REFRESH MATERIALIZED VIEW district_sales",
+          setup=_DISTRICT_SALES),
+    _case("refresh_stale_matview", "truncate", IRR, "The materialized view is stale (order lines changed after it was "
+          "made); REFRESH replaces its contents, which no captured state holds and no query can recompute.",
+          "REFRESH MATERIALIZED VIEW district_sales",
+          setup=(*_DISTRICT_SALES, "UPDATE order_line SET ol_amount = ol_amount + 1 WHERE ol_w_id = 2 AND "
+                 "ol_d_id = 1")),
 )

@@ -293,6 +293,9 @@ class Settings(BaseModel):
     sandbox_timeout: float = Field(default=30.0, gt=0, description="seconds a verification may take")
     verify_cache: bool = Field(default=True, description="reuse a verified result for the same statement shape "
                                "and the same catalog of the touched tables")
+    ddl_snapshot_limit: str = Field(default="1000000 rows, 1GiB", description="data kept before DDL per "
+                                    "transaction (rows of dropped tables, values of dropped or retyped columns), "
+                                    "e.g. \"1000000 rows, 1GiB\"; above it the transaction is held for review")
     llm: LlmSettings = Field(default_factory=LlmSettings, description="LLM-proposed inverses (see LlmSettings)")
     notify: NotifySettings = Field(default_factory=NotifySettings, description="webhook notifications "
                                    "(see NotifySettings)")
@@ -301,6 +304,17 @@ class Settings(BaseModel):
     @classmethod
     def _split_mask(cls, v: object) -> object:
         return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("ddl_snapshot_limit")
+    @classmethod
+    def _check_snapshot_limit(cls, v: str) -> str:
+        snapshot_limit(v)
+        return v
+
+    @property
+    def ddl_limits(self) -> tuple[int, int]:
+        """`ddl_snapshot_limit` as (rows, bytes)."""
+        return snapshot_limit(self.ddl_snapshot_limit)
 
     @field_validator("listen")
     @classmethod
@@ -330,6 +344,28 @@ class Settings(BaseModel):
     @property
     def admin_address(self) -> tuple[str, int]:
         return parse_host_port(self.admin, what="admin")
+
+
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
+
+
+def snapshot_limit(text: str) -> tuple[int, int]:
+    """"1000000 rows, 1GiB" -> (1000000, 1073741824); either part may come first."""
+    rows = size = None
+    for part in (p.strip().lower() for p in text.replace(";", ",").split(",")):
+        m = re.fullmatch(r"([0-9][0-9_]*)\s*rows?", part)
+        if m:
+            rows = int(m.group(1).replace("_", ""))
+            continue
+        m = re.fullmatch(r"([0-9][0-9_.]*)\s*([kmgt]i?b|b)", part)
+        if m:
+            size = int(float(m.group(1).replace("_", "")) * _UNITS[m.group(2)])
+            continue
+        raise ValueError(f"expected something like \"1000000 rows, 1GiB\", got {part!r}")
+    if rows is None or size is None:
+        raise ValueError("give both a row count and a size, e.g. \"1000000 rows, 1GiB\"")
+    return rows, size
 
 
 _ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify", "rules")]

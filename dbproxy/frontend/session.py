@@ -57,6 +57,7 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.capture_schema import CAPTURE_SETTING
+from inverse.ddl_targets import Limits
 from inverse.lexer import split_cached
 
 _ids = itertools.count(1)
@@ -119,7 +120,7 @@ class Session:
         self._passlog: PassthroughLog | None = None
         self.keep_upstream = False
         self._hold: HoldSession | None = None
-        self.capture = False  # undo mode with `dbproxy install` done in the database
+        self.capture = False  # undo or hold mode with `dbproxy install` done in the database
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,6 +232,8 @@ class Session:
                               login_role=self.server.agent_target(login.agent.name, login.database).user,
                               run_as=self.server.agent_role)
         held.state.capture = self.capture
+        held.state.ddl_capture = self.capture
+        held.state.ddl_limits = Limits(*self.server.settings.ddl_limits)
         leftover = up.reader.leftover()
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))

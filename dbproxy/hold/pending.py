@@ -45,9 +45,12 @@ from dbproxy.review.service import DIFF_PAGE, ReviewError
 from dbproxy.undo import reverify
 from dbproxy.undo import service as undo_service
 from dbproxy.undo.commit import TableCache
+from dbproxy.undo.commit import decide as undo_decide
+from dbproxy.undo.commit import mark as undo_mark
 from dbproxy.undo.install import event_triggers_installed, installed_version
 from dbproxy.undo.verification import Verification
 from inverse.capture_schema import CAPTURE_VERSION
+from inverse.images import CAPTURE_FETCH_SQL, CAPTURE_LIMIT
 
 #: How long a reviewer's request waits for the agent's current statement to finish.
 LOCK_WAIT = 10.0
@@ -459,6 +462,7 @@ class PendingRegistry:
                 await self.journal.update(tx_id, outcome="committing", decided_by=reviewer, reason=reason)
             except Exception as e:
                 raise ReviewError(503, f"the journal is unavailable, so #{tx_id} was not committed: {e}") from None
+            undo_doc = await self._undo_marker(held, tx_id)
             try:
                 r = await held.inject("COMMIT")
             except ConnectionClosed:
@@ -491,7 +495,7 @@ class PendingRegistry:
                 self._release_if_detached(held)
                 raise ReviewError(502, f"#{tx_id} was not committed: {why}", sqlstate=sqlstate)
             await self._quiet_update(tx_id, outcome="committed", decided_by=reviewer, agent_transactions=held_count,
-                                     reason=reason)
+                                     reason=reason, **({"undo": undo_doc} if undo_doc is not None else {}))
             log.event("hold.committed", id=tx_id, reviewer=reviewer)
             self._announce(held, "decided", tx_id, outcome="committed", decided_by=reviewer, reason=reason)
             self._tell_agent(held, f"dbproxy: held transaction #{tx_id} was committed by {reviewer}"
@@ -500,6 +504,36 @@ class PendingRegistry:
             return Decision(id=tx_id, outcome="committed", decided_by=reviewer, reason=reason)
         finally:
             held.lock.release()
+
+    async def _undo_marker(self, held: HeldConnection, tx_id: int) -> str | None:
+        """Hold mode with capture: right before a reviewer's COMMIT, the inverse of everything the
+        chain captured, and the undo marker written into it (so it commits with it): the
+        transaction is then undoable like an undo-mode one. Returns its journal document (None:
+        nothing captured). Never fails the commit: a problem is journaled instead."""
+        if not held.state.ddl_capture or held.xid is None:
+            return None
+        try:
+            r = await held.inject(CAPTURE_FETCH_SQL)
+            if r.error is not None:
+                return json.dumps({"irreversible": [f"the captured changes could not be read: {r.error.message}"]})
+            decision = await undo_decide(held, held.xid, r.rows[0] if r.rows else [], self.tables, CAPTURE_LIMIT)
+            if not decision.reversible:
+                return decision.journal_json()
+            sql, params = undo_mark(held.agent, held.session_id, decision)
+            r = await held.inject("SAVEPOINT dbproxy_mark", (sql, params), "RELEASE SAVEPOINT dbproxy_mark")
+            if r.error is not None:
+                await held.inject("ROLLBACK TO SAVEPOINT dbproxy_mark", "RELEASE SAVEPOINT dbproxy_mark")
+                return json.dumps({"irreversible": [f"the undo record could not be written: {r.error.message}"]})
+            doc = json.loads(decision.journal_json())
+            earlier = (held.undo or {}).get("verification")  # `dbproxy verify ID` while it was held
+            doc["verification"] = earlier if isinstance(earlier, dict) else (
+                "not done: committed by a reviewer (`dbproxy verify ID` proves its inverse)")
+            return json.dumps(doc)
+        except ConnectionClosed:
+            raise
+        except Exception as e:  # a bug here must not cost the reviewer's commit
+            log.event("hold.undo_marker_failed", id=tx_id, reason=repr(e), level=logging.ERROR, exc_info=True)
+            return json.dumps({"irreversible": [f"internal error while building the inverse: {e!r}"]})
 
     async def _commit_granting(self, tx_id: int, reviewer: str, *, reason: str | None,
                                scope: Literal["session", "permanent"]) -> Decision:

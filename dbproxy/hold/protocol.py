@@ -51,6 +51,7 @@ from dbproxy.protocol.messages import (
     decode_frontend,
 )
 from inverse.classify import Classification, Kind, classify
+from inverse.ddl_targets import Limits, before_ddl_sql
 from inverse.identity import identity_change
 from inverse.images import CAPTURE_FETCH_SQL
 from inverse.lexer import lex, split_cached
@@ -160,6 +161,7 @@ _by_shape: dict[str, Classification] = {}
 # --------------------------------------------------------------------------------------------
 
 _CALL_ESCAPE = "CALL runs a procedure"
+_TRUNCATE = re.compile(r"\s*truncate\b", re.IGNORECASE)
 #: NOTIFY and pg_notify() take no transaction id, yet their effect happens at COMMIT: such a
 #: transaction is held like one that wrote. (Text match: a mention in a literal just holds.)
 _NOTIFY = re.compile(r"\bnotify\b|\bpg_notify\b", re.IGNORECASE)
@@ -300,6 +302,10 @@ class HoldState:
     login_role: str = ""  # the agent's upstream login role, which the session must keep (session_user)
     run_as: str = ""  # the role the agent acts as (current_user; "" : the login role itself)
     capture: bool = False  # undo mode with capture installed: fetch the changes at each COMMIT
+    # Capture is on in this session (undo mode, or hold mode where capture is installed): DDL is
+    # announced to the server first (`announce`), and the guard checks capture stays on.
+    ddl_capture: bool = False
+    ddl_limits: Limits = field(default_factory=Limits)
     identity_baseline: int | None = None  # role-catalog writes counted when the chain began (see guard_sql)
     # The policy's say on a statement before it runs (a deny rule, or a reviewer's rejection):
     # the error the agent gets instead, or None. Set by the session when a policy applies.
@@ -359,6 +365,7 @@ class Plan:
     passthrough: bool = False  # forward every answer unchanged until ReadyForQuery
     ends_with_sync: bool = True  # False: Flush-ended, done when every step is answered
     refused: bool = False
+    ddl: bool = False  # it announces DDL (the undo-mode session first readies the schema copy)
 
 
 def _cc(tag: str) -> bytes:
@@ -423,6 +430,7 @@ class _Builder:
         self.steps: list[Step] = []
         self.committed = False
         self.refused = False
+        self.ddl = False
 
     # -- emitting -----------------------------------------------------------------------------
 
@@ -510,6 +518,7 @@ class _Builder:
             if not c.read_only:
                 self.ensure_chain()
             self.ensure_agent_tx()
+            self.announce(c)
             wrote = not c.read_only
             sim.wrote = sim.wrote or wrote
             effects = (Effect.WROTE,) if wrote else ()
@@ -561,6 +570,18 @@ class _Builder:
             self.refuse(ErrorResponse.make(SQLSTATE.FEATURE_NOT_SUPPORTED,
                                            "two-phase commit is not available to agents"), c.sql)
 
+    def announce(self, c: Classification) -> None:
+        """With capture on, DDL is preceded by `dbproxy.before_ddl`, which keeps the state it
+        changes and the data it destroys (`inverse.ddl_state`), swallowed like the guard."""
+        if not self.sim.ddl_capture or c.read_only:
+            return
+        if c.kind is Kind.WRITE and not _TRUNCATE.match(c.sql):
+            return  # DML: its rows are captured by the row triggers
+        call = before_ddl_sql(c.sql, self.sim.ddl_limits)
+        if call is not None:
+            self.stmt(call)
+            self.ddl = True
+
     def guard(self) -> None:
         """Check the agent's transaction before it joins the chain; captures the xid (see _GUARD_SQL)
         and, in undo mode while nothing is held, the transaction's captured changes."""
@@ -568,7 +589,8 @@ class _Builder:
         baseline = sim.identity_baseline
         if baseline is None and sim.held:
             baseline = 0  # the chain's count never arrived: fail closed rather than check nothing
-        self.stmt(guard_sql(sim.login_role, run_as=sim.run_as, capture=sim.capture, baseline=baseline),
+        self.stmt(guard_sql(sim.login_role, run_as=sim.run_as, capture=sim.capture or sim.ddl_capture,
+                            baseline=baseline),
                   Action.CAPTURE, error=GUARD_ERROR)
         if baseline is None:
             # The chain began in this very cycle: the proxy compares the counts itself afterwards
@@ -621,7 +643,7 @@ def plan_query(state: HoldState, sql: str) -> Plan:
     steps = b.steps
     steps.append(Step(frozenset({T_READY}), Action.SWALLOW, final=True))
     upstream = prefix + (Query("\n;\n".join(b.sql)).encode() if b.sql else b"")
-    return Plan(upstream, steps, refused=b.refused)
+    return Plan(upstream, steps, refused=b.refused, ddl=b.ddl)
 
 
 @dataclass
@@ -741,7 +763,7 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     if not isinstance(msgs[-1], Sync | Flush):
         # Cut short by a Query that follows: the server sends nothing without a Sync or Flush.
         b.out.append(Flush().encode())
-    return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused)
+    return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused, ddl=b.ddl)
 
 
 _PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = frame(b"1", b""), frame(b"2", b""), frame(b"3", b"")

@@ -1,8 +1,9 @@
 """`dbproxy verify ID` for a held transaction: run sandbox verification again, inside it.
 
 Its captured changes are read inside its own upstream transaction (where they are visible),
-between the agent's statements. Transactions held in hold mode have no capture, so the verdict
-says they will not be undoable once committed. Committed transactions are verified by
+between the agent's statements: undo mode's, and hold mode's where capture is installed (a
+reviewer's commit of it writes its undo marker). Without capture the verdict says it will not be
+undoable once committed. Committed transactions are verified by
 `dbproxy.undo.reverify`; the review queue journals either verdict.
 """
 
@@ -24,9 +25,9 @@ LOCK_WAIT = 10.0
 
 
 async def verify_held(held: HeldConnection, tx_id: int, verification: Verification, tables: TableCache) -> Verdict:
-    if held.mode != "undo" or not held.state.capture:
-        return Verdict.could_not(f"held in {held.mode} mode, which does not capture row images: once committed "
-                                 "it cannot be undone (agents in undo mode get verified inverses)")
+    if not (held.state.capture or held.state.ddl_capture):
+        return Verdict.could_not(f"held in {held.mode} mode without capture (`dbproxy install` was not run in "
+                                 f"database {held.database}): once committed it cannot be undone")
     try:
         await asyncio.wait_for(held.lock.acquire(), LOCK_WAIT)
     except TimeoutError:
@@ -41,10 +42,11 @@ async def verify_held(held: HeldConnection, tx_id: int, verification: Verificati
         decision = await decide(held, held.xid, r.rows[0] if r.rows else [], tables, CAPTURE_LIMIT)
         if not decision.reversible:
             return Verdict.could_not("no inverse to verify: " + "; ".join(decision.plan.irreversible))
-        if not decision.complete:
-            return Verdict.could_not(f"more than {CAPTURE_LIMIT} row changes: too many to verify")
         statements = list(held.statements)
     finally:
         held.lock.release()
+    if not decision.complete:
+        return await verification.verify_sample(held.database, decision.plan, decision.changes, decision.tables,
+                                                decision.total)
     return await verification.verify(held.database, transaction(statements, decision.changes, decision.tables),
                                      Candidate(decision.plan))

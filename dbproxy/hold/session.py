@@ -244,6 +244,8 @@ class HoldSession:
             self.client.write(self.first_notices)
             self.first_notices = b""
         chain_before = state.chain
+        if plan.ddl:
+            await self._before_ddl()
         router = await held.run(plan, hold_tail=True)
         # Parameter types the server named (clients such as asyncpg leave them to it): the journal
         # shows binary values by their type.
@@ -293,6 +295,15 @@ class HoldSession:
         if self.gate is not None and self.gate.once and state.agent_tx is AgentTx.NONE:
             await self.gate.transaction_ended(committed=router.committed_any and not failed)
         self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
+
+    async def _before_ddl(self) -> None:
+        """With capture on (undo mode, or hold mode where installed): the schema copy this
+        transaction will be verified against is taken before its DDL locks anything (see
+        `Verification.ready_for_ddl`)."""
+        held = self.held
+        verification = held.registry.verification
+        if held.state.ddl_capture and verification is not None:
+            await verification.ready_for_ddl(held.database)
 
     async def _after_commit(self, router: Router) -> bytes:
         """An agent transaction ended with COMMIT: hold it, or really commit when it wrote nothing."""

@@ -939,11 +939,20 @@ class Journal:
 
     async def undoable_since(self, tx_id: int) -> list[TransactionRecord]:
         """Transactions committed with an undo from `tx_id` on, newest first (whether they were
-        undone already is known upstream, in `dbproxy.undo_records`)."""
+        undone already is known upstream, in `dbproxy.undo_records`): undo-mode ones, and hold-mode
+        ones a reviewer committed with capture on."""
         rows = await self._call("undoable_since", lambda con: con.fetch(
             f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 "
             "AND outcome = 'committed' AND xid IS NOT NULL AND undo ? 'direction' ORDER BY id DESC", tx_id))
         return [TransactionRecord(**dict(r)) for r in rows]
+
+    async def ids_of_xids(self, database: str, xids: list[int]) -> dict[int, int]:
+        """Journal ids of committed transactions by their upstream transaction ids (to name them
+        #N in messages)."""
+        rows = await self._call("ids_of_xids", lambda con: con.fetch(
+            "SELECT xid, max(id) FROM dbproxy.transactions WHERE database = $1 AND xid = ANY($2::bigint[]) "
+            "AND outcome = 'committed' GROUP BY xid", database, xids))
+        return {int(r[0]): int(r[1]) for r in rows}
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -32,10 +32,9 @@ NEVER_REVERSIBLE = {"notify": "a notification cannot be taken back once delivere
                                 "database"}
 #: Reversible only where capture is installed (row images, DDL events).
 NEEDS_CAPTURE = frozenset({"insert", "update", "delete", "truncate", "copy-in"})
-NEEDS_DDL_CAPTURE = frozenset({"ddl-create", "ddl-alter"})
-#: Not reversible yet: the state they destroy is not captured.
-NOT_REVERSIBLE_YET = {"ddl-drop": "dropped objects and their data are not captured, so a drop has no exact inverse",
-                      "privilege": "GRANT/REVOKE have no exact inverse yet"}
+#: Reversible where the DDL event triggers are installed too: the state before each DDL statement
+#: (definitions, a dropped table's rows, a dropped column's values, privileges) is kept with it.
+NEEDS_DDL_CAPTURE = frozenset({"ddl-create", "ddl-alter", "ddl-drop", "privilege"})
 
 
 def qualify(name: str) -> str:
@@ -155,8 +154,6 @@ def permanent_refusal(ops: Iterable[str], *, capture: bool, ddl_capture: bool) -
     for op in sorted(set(ops)):
         if op in NEVER_REVERSIBLE:
             return f"{op}: {NEVER_REVERSIBLE[op]}"
-        if op in NOT_REVERSIBLE_YET:
-            return f"{op}: {NOT_REVERSIBLE_YET[op]}"
         if op in NEEDS_CAPTURE and not capture:
             return f"{op}: capture is not installed (`dbproxy install`), so it would have no exact inverse"
         if op in NEEDS_DDL_CAPTURE and not ddl_capture:

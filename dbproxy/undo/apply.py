@@ -18,16 +18,25 @@ upstream transaction:
    a step failing on a foreign key (a child restored before its parent) is retried after the
    others. After a DDL step (an undone RENAME or ADD COLUMN) the remaining row steps are rebuilt
    from the catalog as it is then.
-4. Conflicts roll everything back and are reported with the row as it is now, unless `force`
+4. DDL kept with its state from before (`inverse.ddl_groups`) adds steps of its own: statements
+   that re-create or alter objects, data steps that put back rows and column values (bind
+   parameters), checks (a later transaction wrote to a table the undo would drop: a conflict),
+   and remaps: a table re-created under a new oid is recorded in `dbproxy.relation_map`, so the
+   row steps of older transactions still find it.
+5. Conflicts roll everything back and are reported with the row as it is now, unless `force`
    (then rows with a primary key are set to the target image anyway and listed as overridden;
    rows without one cannot be forced, and still roll everything back). `dry_run` always rolls
    back and reports the SQL and the conflicts.
-5. `dbproxy.undo_records` notes the undo/redo in the same transaction.
+6. `dbproxy.undo_records` notes the undo/redo in the same transaction.
+
+Messages name transactions through `label` (the service passes one that says `#N`, the journal's
+number) and tables by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
@@ -85,24 +94,68 @@ class Result:
                 "irreversible": self.irreversible, "notes": self.notes}
 
 
+Label = Callable[[int], str]
+
+
+def xid_label(xid: int) -> str:
+    """How a transaction is named when nothing better is known (the service names them #N)."""
+    return f"the transaction with upstream id {xid}"
+
+
 async def load_changes(con: asyncpg.Connection, xid: int) -> list[Change]:
     rows = await con.fetch(f"SELECT {CAPTURE_COLUMNS} FROM dbproxy.capture_log WHERE xid = $1 ORDER BY seq", xid)
     return [change_from_row(r) for r in rows]
 
 
-async def load_tables(con: asyncpg.Connection, oids: set[int]) -> dict[int, TableInfo]:
+#: Tables re-created by an undo (of DROP TABLE, or a rebuild) live on under a new oid: old -> newest.
+REMAP_SQL = """
+WITH RECURSIVE m(old_oid, new_oid, depth) AS (
+    SELECT r.old_oid, r.new_oid, 1 FROM dbproxy.relation_map r WHERE r.old_oid = ANY($1::oid[])
+    UNION ALL SELECT m.old_oid, r.new_oid, m.depth + 1 FROM m JOIN dbproxy.relation_map r ON r.old_oid = m.new_oid
+    WHERE m.depth < 100)
+SELECT DISTINCT ON (old_oid) old_oid, new_oid FROM m ORDER BY old_oid, depth DESC
+"""
+
+
+async def load_tables(con: asyncpg.Connection, oids: set[int],
+                      remap: dict[int, int] | None = None) -> dict[int, TableInfo]:
+    """Catalog facts of tables by the oid their changes were captured under (a table an undo
+    re-created is found by its new oid: `remap`, else `dbproxy.relation_map`, which only the
+    proxy's role reads)."""
     if not oids:
         return {}
     rows = await con.fetch(TABLE_INFO_SQL, sorted(oids))
-    return {int(r[0]): table_info_from_row(r) for r in rows}
+    out = {int(r[0]): table_info_from_row(r) for r in rows}
+    missing = oids - set(out)
+    if missing:
+        moved: dict[int, int] = {}
+        if remap is None and await _may_read_map(con):
+            moved = {int(r[0]): int(r[1]) for r in await con.fetch(REMAP_SQL, sorted(missing))}
+        for old, new in (remap or {}).items():
+            if old in missing:
+                moved[old] = new
+        if moved:
+            rows = await con.fetch(TABLE_INFO_SQL, sorted(set(moved.values())))
+            by_new = {int(r[0]): table_info_from_row(r) for r in rows}
+            out.update({old: by_new[new] for old, new in moved.items() if new in by_new})
+    return out
+
+
+async def _may_read_map(con: asyncpg.Connection) -> bool:
+    """Whether the relation map exists and this connection's role may read it (a table's owner
+    running undo directly is granted capture_log and undo_records; it needs the map only once an
+    earlier undo re-created a table)."""
+    return bool(await con.fetchval(
+        "SELECT pg_catalog.to_regclass('dbproxy.relation_map') IS NOT NULL AND "
+        "pg_catalog.has_table_privilege('dbproxy.relation_map', 'SELECT')"))
 
 
 async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Direction,
-                   proposed: dict[int, dict[int, str]] | None = None) -> Plan:
+                   proposed: dict[int, dict[int, str]] | None = None, label: Label = xid_label) -> Plan:
     """One plan covering `xids` (given newest first for undo): their steps in order. `proposed`:
     per xid, verified model-made SQL for the DDL the rules cannot invert, by capture seq."""
     per_tx = {x: await load_changes(con, x) for x in xids}
-    tables = await load_tables(con, {c.rel for cs in per_tx.values() for c in cs if c.rel is not None})
+    tables = await load_tables(con, {c.rel for cs in per_tx.values() for c in cs if c.rel is not None and c.is_row})
     merged = Plan(direction)
     order = xids if direction == "undo" else list(reversed(xids))
     for x in order:
@@ -113,7 +166,7 @@ async def plan_for(con: asyncpg.Connection, xids: list[int], direction: Directio
             # others need no step. A proposal that does not match the gaps is not used.
             p = fill(p, {g.seq: fills.get(g.seq) for g in p.gaps})
         merged.steps += p.steps
-        merged.irreversible += [f"xid {x}: {r}" for r in p.irreversible]
+        merged.irreversible += [f"{label(x)}: {r}" for r in p.irreversible]
         merged.notes += [n for n in p.notes if n not in merged.notes]
         merged.changes += p.changes
     return merged
@@ -214,7 +267,7 @@ async def _force(con: asyncpg.Connection, step: Step, t: RowTemplates) -> bool:
 
 async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction = "undo", force: bool = False,
               dry_run: bool = False, by: str = "", proposed: dict[int, dict[int, str]] | None = None,
-              act_as: str | None = None) -> Result:
+              act_as: str | None = None, label: Label = xid_label) -> Result:
     """Undo (newest first) or redo `xids` in one transaction on `con` (`proposed`: see plan_for).
     `act_as`: change the user tables as this role (`SET LOCAL ROLE`), reading and marking the
     proxy's own state as the connection's role: code a table carries (constraints, index
@@ -232,23 +285,49 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         state = {int(r[0]): bool(r[1]) for r in marks}
         for x in xids:
             if x not in state:
-                raise UndoError(f"transaction xid {x} was not committed with an undo record")
+                raise UndoError(f"{label(x)} was not committed with an undo record")
             if state[x] != (direction == "redo"):
-                raise UndoError(f"transaction xid {x} is {'already undone' if state[x] else 'not undone'}; "
+                raise UndoError(f"{label(x)} is {'already undone' if state[x] else 'not undone'}; "
                                 f"nothing to {direction}")
-        plan = await plan_for(con, xids, direction, proposed)
+        plan = await plan_for(con, xids, direction, proposed, label)
         result.irreversible, result.notes, result.steps = plan.irreversible, plan.notes, len(plan.steps)
         if plan.irreversible:
             raise UndoError("no exact " + direction + ": " + "; ".join(plan.irreversible))
-        tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None})
+        tables = await load_tables(con, {s.rel for s in plan.steps if s.rel is not None and s.kind in _ROW_KINDS})
+        # Tables earlier undos made again, read now: later, acting as the agents' role, it cannot.
+        may_read = await _may_read_map(con)
+        known = {int(r[0]): int(r[1]) for r in await con.fetch(
+            REMAP_SQL, sorted({s.rel for s in plan.steps if s.rel is not None}))} if may_read else {}
+        lost = sorted({s.table or str(s.rel) for s in plan.steps if s.kind in _ROW_KINDS and s.rel not in tables})
+        if lost and not may_read:
+            raise UndoError(f"{', '.join(lost)} not found: an earlier undo may have made them again, which "
+                            "dbproxy.relation_map records, and this role may not read it")
         replica = await _replica(con)
         if act_as:
             await con.execute(f"SET LOCAL ROLE {_ident(act_as)}")
         result.triggers, enable = await quiet_triggers(con, {t.name for t in tables.values()}, replica=replica)
-        await _apply(con, plan.steps, tables, result, force=force)
+        run_ = _Run(con, result, force=force, act_as=act_as, xids=xids, label=label, remap=dict(known))
+        await _apply(run_, plan.steps, tables)
         await enable_triggers(con, enable)
         if act_as:
             await con.execute("RESET ROLE")
+        for old, new in run_.remap.items():
+            if known.get(old) == new:
+                continue
+            try:
+                await con.execute("INSERT INTO dbproxy.relation_map (old_oid, new_oid) VALUES ($1, $2) ON CONFLICT "
+                                  "(old_oid) DO UPDATE SET new_oid = excluded.new_oid, at = now()", old, new)
+            except asyncpg.InsufficientPrivilegeError as e:
+                raise UndoError(f"{await _name(con, new)} was made again, and this role may not record that in "
+                                f"dbproxy.relation_map ({e}): run the undo through the proxy, or grant SELECT, "
+                                "INSERT, UPDATE on dbproxy.relation_map") from e
+            # Made again under the replication role, where event triggers do not fire: capture it
+            # (as the proxy's role; a table it may not put triggers on stays uncaptured, as at install).
+            try:
+                async with con.transaction():
+                    await con.execute("SELECT dbproxy.attach($1::oid::regclass)", new)
+            except asyncpg.PostgresError as e:
+                result.notes.append(f"{await _name(con, new)} was made again but is not captured: {e}")
         if result.conflicts or dry_run:
             await tx.rollback()
             return result
@@ -267,23 +346,92 @@ async def run(con: asyncpg.Connection, xids: list[int], *, direction: Direction 
         raise
 
 
-async def _refresh(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
+_ROW_KINDS = frozenset({"remove", "restore", "revert"})
+
+
+@dataclass
+class _Run:
+    """One undo or redo being applied: where, how, and what it learned on the way."""
+
+    con: asyncpg.Connection
+    result: Result
+    force: bool = False
+    act_as: str | None = None
+    xids: list[int] = field(default_factory=list)
+    label: Label = xid_label
+    remap: dict[int, int] = field(default_factory=dict)  # old table oid -> its re-created table's
+    later: list[int] = field(default_factory=list)  # transactions found writing since (written_since)
+
+
+async def _name(con: asyncpg.Connection, oid: int) -> str:
+    return str(await con.fetchval("SELECT pg_catalog.format('%s', $1::oid::regclass)", oid))
+
+
+async def _refresh(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> list[Step]:
     """Row steps rebuilt from the catalog as it is now (after a DDL step)."""
-    fresh = await load_tables(con, {s.rel for s in steps if s.rel is not None and s.kind != "ddl"})
+    fresh = await load_tables(run.con, {s.rel for s in steps if s.rel is not None and s.kind in _ROW_KINDS},
+                              run.remap)
     tables.update(fresh)
     return rebuild(steps, fresh)
 
 
-async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, TableInfo], result: Result, *,
-                 force: bool) -> None:
+async def _check(run: _Run, step: Step) -> str | None:
+    """A conflict check: None when fine, else what is wrong. `written_since` reads the capture
+    log, so it runs as the connection's (the proxy's) role; plain checks as the agents'."""
+    con = run.con
+    if step.kind == "written_since":
+        if run.act_as:
+            await con.execute("RESET ROLE")
+        try:
+            found = await con.fetchval(step.sql, *step.params, run.xids)
+        finally:
+            if run.act_as:
+                await con.execute(f"SET LOCAL ROLE {_ident(run.act_as)}")
+        if not found:
+            return None
+        run.later = [int(x) for x in found]
+        who = ", ".join(run.label(int(x)) for x in found)
+        return f"{step.table} would be lost: written since by {who} (undo those first, or use --force)"
+    answer = await con.fetchval(step.sql, *step.params)
+    return None if answer is None else str(answer)
+
+
+async def _privileges(run: _Run, step: Step) -> str | None:
+    """An owner or privilege statement (`ALTER ... OWNER TO`, GRANT, REVOKE): as the agents' role
+    when it may (it owns what it made again), else as the proxy's own role, which owns the undo.
+    No user code runs in these statements, so the proxy's role runs nothing an agent wrote.
+    Returns why it failed, or None."""
+    con = run.con
+    try:
+        async with con.transaction():
+            await con.execute(step.sql)
+        return None
+    except asyncpg.InsufficientPrivilegeError as e:
+        if not run.act_as:
+            return f"the statement {step.sql!r} failed: {e}"
+    try:
+        await con.execute("RESET ROLE")
+        async with con.transaction():
+            await con.execute(step.sql)
+        return None
+    except asyncpg.PostgresError as e:
+        return (f"the statement {step.sql!r} failed, as the agents' role and as the proxy's: {e} (restoring "
+                "an owner other than the agents' role needs a proxy role that may SET ROLE to it)")
+    finally:
+        await con.execute(f"SET LOCAL ROLE {_ident(run.act_as)}")
+
+
+async def _apply(run: _Run, steps: list[Step], tables: dict[int, TableInfo]) -> None:
+    con, result, force = run.con, run.result, run.force
     queue = list(steps)
     shown: set[int] = set()
 
     def show(step: Step) -> None:
         """Dry runs list each step's SQL once, in the order it ran, as rebuilt after DDL."""
-        if result.dry_run and step.seq not in shown:
+        if result.dry_run and (step.seq not in shown or step.kind not in _ROW_KINDS):
             shown.add(step.seq)
-            result.sql.append(step.readable())
+            if step.kind not in ("check", "written_since", "remap"):
+                result.sql.append(step.readable())
 
     while queue:
         deferred: list[tuple[Step, str]] = []
@@ -291,15 +439,40 @@ async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, T
         while i < len(queue):
             step = queue[i]
             i += 1
+            if step.kind in ("check", "written_since"):
+                problem = await _check(run, step)
+                if problem is not None:
+                    conflict = Conflict(step.seq, step.table, step.kind, None, [str(x) for x in run.later], problem)
+                    run.later = []
+                    if force:
+                        result.overridden.append(replace(conflict, message="overridden (--force): " + problem))
+                        result.forced += 1
+                    else:
+                        result.conflicts.append(conflict)
+                continue
+            if step.kind == "remap":
+                new = await con.fetchval(step.sql, *step.params)
+                if new is not None and step.rel is not None:
+                    run.remap[step.rel] = int(new)
+                continue
+            if step.kind == "privileges":
+                problem = await _privileges(run, step)
+                show(step)
+                if problem is None:
+                    result.done += 1
+                    continue
+                result.conflicts.append(Conflict(step.seq, step.table, step.kind, None, [], problem))
+                return
             try:
                 async with con.transaction():
                     n = _count(await con.execute(step.sql, *step.params))
                     show(step)
-                    if step.kind == "ddl":
+                    if step.kind in ("ddl", "data"):
                         result.done += 1
-                        rest = await _refresh(con, [s for s, _ in deferred] + queue[i:], tables)
-                        deferred = [(s, m) for s, (_, m) in zip(rest, deferred, strict=False)]
-                        queue[i:] = rest[len(deferred):]
+                        if step.kind == "ddl":
+                            rest = await _refresh(run, [s for s, _ in deferred] + queue[i:], tables)
+                            deferred = [(s, m) for s, (_, m) in zip(rest, deferred, strict=False)]
+                            queue[i:] = rest[len(deferred):]
                         continue
                     if n > 0:
                         result.done += 1
@@ -317,12 +490,16 @@ async def _apply(con: asyncpg.Connection, steps: list[Step], tables: dict[int, T
                     result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, current,
                                                      _conflict_message(step, current)))
             except asyncpg.PostgresError as e:
-                if getattr(e, "sqlstate", "") == _FK_VIOLATION:
+                if getattr(e, "sqlstate", "") == _FK_VIOLATION and step.kind in _ROW_KINDS:
                     deferred.append((step, str(e)))
                     continue
                 show(step)
-                result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [],
-                                                 f"{type(e).__name__}: {e}"))
+                what = f"{type(e).__name__}: {e}"
+                if step.kind in ("ddl", "data"):
+                    what = f"the statement {step.sql[:200]!r} failed: {e}"
+                result.conflicts.append(Conflict(step.seq, step.table, step.kind, step.expect, [], what))
+                if step.kind in ("ddl", "data"):
+                    return  # later steps depend on it: stop here (everything is rolled back)
         if len(deferred) == len(queue):
             for step, msg in deferred:
                 show(step)

@@ -30,7 +30,9 @@ from dbproxy.config import log
 from dbproxy.journal.records import StatementRecord
 from dbproxy.protocol.messages import ErrorResponse
 from dbproxy.undo.verification import Verification
+from inverse.ddl_groups import table_infos
 from inverse.images import (
+    CAPTURE_COUNT_SQL,
     CAPTURE_DDL_FETCH_SQL,
     CAPTURE_LIMIT,
     TABLE_INFO_SQL,
@@ -102,6 +104,7 @@ class Decision:
     changes: list[Change] = field(default_factory=list)
     tables: dict[int, TableInfo] = field(default_factory=dict)
     schema_version: str | None = None  # dbproxy.ddl_epoch (None: DDL event triggers not installed)
+    total: int | None = None  # captured changes in all (known when more than were fetched)
 
     @property
     def reversible(self) -> bool:
@@ -127,16 +130,19 @@ async def decide(held: Injector, xid: int, rows: list[tuple[str | None, ...]], c
     changes = [change_from_row(r[:6]) for r in rows]
     version = rows[0][6] if rows and len(rows[0]) > 6 else None
     complete = len(changes) <= limit
+    total = None
     if not complete:
-        # Too many to carry: decide on the DDL events only (every row change has an exact inverse
-        # in the log); the steps are built from the log when someone asks for them.
-        r = await held.inject(CAPTURE_DDL_FETCH_SQL)
+        # Too many to carry: decide on the DDL events and the first changes (every row change has
+        # an exact inverse in the log); the steps are built from the log when someone asks for them.
+        r = await held.inject(CAPTURE_DDL_FETCH_SQL, CAPTURE_COUNT_SQL)
         changes = sorted([c for c in changes if c.op != "X"][:limit] + [change_from_row(x) for x in r.rows[0]],
                          key=lambda c: c.seq)
+        if len(r.rows) > 1 and r.rows[1] and r.rows[1][0][0] is not None:
+            total = int(str(r.rows[1][0][0]))
     tables = cache.of(held.database)
     if any(c.op == "X" for c in changes) or cache.moved(held.database, version):
         tables.clear()  # the catalog changed (this transaction's DDL, or anyone's since the last commit)
-    missing = {c.rel for c in changes if c.rel is not None and c.rel not in tables}
+    missing = {c.rel for c in changes if c.rel is not None and c.rel not in tables and c.is_row}
     if missing:
         r = await held.inject((_TABLE_INFO_JSON_SQL, ["{" + ",".join(str(o) for o in sorted(missing)) + "}"]))
         for (text,) in r.rows[0] if r.rows else []:
@@ -145,9 +151,13 @@ async def decide(held: Injector, xid: int, rows: list[tuple[str | None, ...]], c
                 tables[info.oid] = info
     start = time.perf_counter()
     plan = build(changes, tables)
-    touched = {c.rel: tables[c.rel] for c in changes if c.rel is not None and c.rel in tables}
+    # Tables the transaction dropped or created are known by their descriptions (the catalog,
+    # read inside it, no longer or not yet has them as they were).
+    described = table_infos(changes)
+    touched = {c.rel: tables.get(c.rel) or described[c.rel] for c in changes
+               if c.rel is not None and c.is_row and (c.rel in tables or c.rel in described)}
     return Decision(xid, plan, complete, (time.perf_counter() - start) * 1000, changes, touched,
-                    str(version) if version is not None else None)
+                    str(version) if version is not None else None, total)
 
 
 @dataclass
@@ -191,7 +201,7 @@ async def choose(tx: Injector, *, xid: int | None, rows: list[tuple[str | None, 
     if verification is not None:
         verdict = await verification.at_commit(
             tx.database, statements, decision.plan, decision.changes, decision.tables,
-            complete=decision.complete, schema_version=decision.schema_version)
+            complete=decision.complete, schema_version=decision.schema_version, total=decision.total)
     if verdict is not None and not verdict.verified:
         log.event("undo.unverified", session=session, verdict=verdict.summary())
         return Hold([f"sandbox verification: {verdict.summary()}"],

@@ -16,7 +16,7 @@ import asyncpg
 from dbproxy.journal.records import StatementRecord, TransactionRecord
 from dbproxy.review.service import ReviewError
 from dbproxy.undo import apply as undo
-from dbproxy.undo.verification import Verification, transaction
+from dbproxy.undo.verification import VERIFY_LIMIT, Verification, transaction
 from inverse.undo_plan import build
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate
@@ -34,7 +34,7 @@ async def committed(record: TransactionRecord, statements: list[StatementRecord]
         raise ReviewError(502, f"the upstream is unreachable: {e}") from None
     try:
         changes = await undo.load_changes(con, record.xid)
-        tables = await undo.load_tables(con, {c.rel for c in changes if c.rel is not None})
+        tables = await undo.load_tables(con, {c.rel for c in changes if c.rel is not None and c.is_row})
         undone = await con.fetchval("SELECT undone_at IS NOT NULL FROM dbproxy.undo_records WHERE xid = $1",
                                     record.xid)
     finally:
@@ -49,4 +49,6 @@ async def committed(record: TransactionRecord, statements: list[StatementRecord]
     plan = build(changes, tables)
     if plan.irreversible:
         return Verdict.could_not("no inverse to verify: " + "; ".join(plan.irreversible))
+    if len(changes) > VERIFY_LIMIT:
+        return await verification.verify_sample(record.database, plan, changes, tables, len(changes))
     return await verification.verify(record.database, transaction(statements, changes, tables), Candidate(plan))

@@ -44,7 +44,8 @@ async def _targets(journal: Journal, tx_id: int, *, since: bool,
         if r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
             raise ReviewError(409, f"transaction #{r.id} was not committed with an undo (mode {r.mode}, "
                               f"outcome {r.outcome}); only transactions committed with their inverse (undo "
-                              "mode, or allowed by a rule) can be undone")
+                              "mode, allowed by a rule, or committed by a reviewer where capture is installed) "
+                              "can be undone")
     databases = {r.database for r in records}
     if len(databases) > 1:
         raise ReviewError(409, f"the range spans several databases ({', '.join(sorted(databases))}); "
@@ -75,8 +76,9 @@ async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, revie
         proposed = {r.xid: {int(s["seq"]): str(s["sql"]) for s in (r.undo or {}).get("steps", [])
                             if s.get("origin") == "llm"} for r in records if r.xid is not None}
         result = await undo.run(con, xids, direction=direction, force=force, dry_run=dry_run, by=reviewer,
-                                act_as=act_as,
+                                act_as=act_as, label=lambda x: f"#{by_xid[x]}" if x in by_xid else undo.xid_label(x),
                                 proposed={x: p for x, p in proposed.items() if p})
+        await _name_later(journal, records[0].database, result)
     except undo.UndoError as e:
         raise ReviewError(409, str(e)) from None
     except asyncpg.PostgresError as e:
@@ -93,6 +95,24 @@ async def run(journal: Journal, dsn_for: Callable[[str], str], tx_id: int, revie
     if result.applied:
         outcome.journal_id = await _journal(journal, records, reviewer, direction, result, reason)
     return outcome
+
+
+async def _name_later(journal: Journal, database: str, result: undo.Result) -> None:
+    """Conflicts name the transactions that wrote since by their journal number (#N)."""
+    xids = sorted({int(x) for c in [*result.conflicts, *result.overridden] if c.step == "written_since"
+                   for x in c.current})
+    if not xids:
+        return
+    try:
+        ids = await journal.ids_of_xids(database, xids)
+    except Exception:
+        return
+    for c in [*result.conflicts, *result.overridden]:
+        if c.step == "written_since":
+            for x in c.current:
+                if int(x) in ids:
+                    c.message = c.message.replace(undo.xid_label(int(x)), f"#{ids[int(x)]}")
+            c.current = [f"#{ids[int(x)]}" if int(x) in ids else undo.xid_label(int(x)) for x in c.current]
 
 
 async def _still_committed(con: asyncpg.Connection, records: list[TransactionRecord]) -> list[TransactionRecord]:

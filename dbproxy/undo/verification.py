@@ -26,12 +26,12 @@ import asyncpg
 from dbproxy.config import log
 from dbproxy.config.settings import LlmSettings
 from dbproxy.journal.records import StatementRecord
-from inverse.images import Change, TableInfo
+from inverse.images import SNAPSHOT_OPS, Change, TableInfo
 from inverse.lexer import lex
 from inverse.llm.cache import AnswerCache
 from inverse.llm.client import LlmClient
 from inverse.llm.config import LlmConfig
-from inverse.undo_plan import Plan
+from inverse.undo_plan import Plan, build
 from sandbox.auto import AutoBackend, make_backend
 from sandbox.backends import BackendUnavailable
 from sandbox.cache import VerdictCache, statement_shape
@@ -41,7 +41,8 @@ from sandbox.schema_copy import SchemaError
 from sandbox.verdict import Verdict
 from sandbox.verify import Candidate, Transaction, Verifier
 
-#: Row changes a commit-time verification takes on; larger transactions are held for a person.
+#: Row changes a verification takes on; a larger transaction is verified on its first ones (and
+#: says so), it is not held for its size.
 VERIFY_LIMIT = 1000
 _TX_CONTROL = {"begin", "start", "commit", "end", "abort"}
 
@@ -147,6 +148,26 @@ class Verification:
             return
         self._copying[database] = asyncio.get_running_loop().create_task(self._copy(database))
 
+    async def ready_for_ddl(self, database: str) -> None:
+        """An agent's DDL is about to run: make sure the schema copy it will be verified against
+        (the schema as it is now) exists first. At its COMMIT the transaction holds its tables
+        ACCESS EXCLUSIVE, and pg_dump would wait on those very locks; taken now, nothing of it
+        locks anything yet. Waits at most `timeout`; a failure shows at verification."""
+        if not self.enabled:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._warm is not None and not self._warm.done():
+                    await asyncio.shield(self._warm)
+                verifier = await self._get(database)
+                pool = await self._pool(database)
+                async with pool.acquire() as con:
+                    await verifier.prepare(con, self.dsn_for(database))
+        except TimeoutError:
+            log.event("sandbox.schema_copy_slow", database=database, level=logging.WARNING)
+        except Exception as e:
+            log.event("sandbox.schema_copy_failed", database=database, reason=str(e), level=logging.WARNING)
+
     async def settled(self) -> None:
         """Wait for the schema copies under way (tests, and callers that want a copy ready)."""
         if self._warm is not None:
@@ -221,8 +242,32 @@ class Verification:
         """The backend verifications run on (`auto`'s choice once made)."""
         return self._verifier.backend.name if self._verifier is not None else self.kind
 
+    async def verify_sample(self, database: str, plan: Plan, changes: list[Change], tables: dict[int, TableInfo],
+                            total: int | None) -> Verdict:
+        """A transaction with more changes than are fetched at its COMMIT, verified on those."""
+        return await self._sample(database, plan, changes, tables, total)
+
+    async def _sample(self, database: str, plan: Plan, changes: list[Change], tables: dict[int, TableInfo],
+                      total: int | None) -> Verdict:
+        """Bulk changes: the inverse of the first changes (and all DDL), built from them alone, on
+        a sample holding their rows; the captured after-images bring it forward (a replay of the
+        statements would change rows the sample does not hold). The verdict says so."""
+        rows = [c for c in changes if c.is_row or c.op in SNAPSHOT_OPS]
+        if len(rows) > VERIFY_LIMIT:
+            rows = rows[:VERIFY_LIMIT]
+            keep = {c.seq for c in rows}
+            changes = [c for c in changes if c.seq in keep or not (c.is_row or c.op in SNAPSHOT_OPS)]
+            plan = build(changes, tables)
+        of = f" of {total}" if total else ""
+        tx = Transaction(changes, tables, statements=None,
+                         not_replayable=f"verified on a sample: the first {len(rows)}{of} captured changes")
+        verdict = await self.verify(database, tx, Candidate(plan))
+        verdict.sampled = f"{len(rows)}{of} captured changes"
+        return verdict
+
     async def at_commit(self, database: str, statements: list[StatementRecord], plan: Plan, changes: list[Change],
-                        tables: dict[int, TableInfo], *, complete: bool, schema_version: str | None) -> Verdict | None:
+                        tables: dict[int, TableInfo], *, complete: bool, schema_version: str | None,
+                        total: int | None = None) -> Verdict | None:
         """The gate's verdict for an inverse about to be committed (None: sandbox off)."""
         if not self.enabled:
             return None
@@ -234,8 +279,7 @@ class Verification:
                 self.schema_moved(database)
             self._epoch[database] = schema_version
         if not complete or len(changes) > VERIFY_LIMIT:
-            return Verdict.could_not(f"more than {VERIFY_LIMIT} row changes: too many to verify at commit",
-                                     backend=self.backend_name)
+            return await self._sample(database, plan, changes, tables, total)
         # The cache is consulted before anything else is parsed: a hit must cost little (one lexing
         # pass over the statements). DDL in the transaction moves the version, so never hits.
         shape = None
