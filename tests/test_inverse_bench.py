@@ -313,3 +313,70 @@ def test_llm_strategies_with_a_scripted_endpoint(pg: Postgres, sandbox_dir: Path
     assert not r.false_verified
     sent = fake_llm.requests[2]
     assert "SET DEFAULT 'gold'" in sent.text and '"op"' not in sent.text  # statement and schema, no row images
+
+
+def test_resume_continues_an_interrupted_run(pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Interrupted after two cases (Ctrl-C while the third is saved), the run exits 130 with the
+    two saved; `--resume` runs only the other two, and the report covers all four, the saved ones
+    exactly as they were."""
+    from dbproxy_benchmarks.inverse_bench import main, resume, runner
+
+    out = tmp_path / "out"
+    options = main.Options(strategies=["rules"], out=out, upstream=pg.url, quiet=False)
+    real_add = resume.CaseLog.add
+
+    def add_then_interrupt(self: resume.CaseLog, r: runner.CaseResult) -> None:
+        if len(self.done) + sum(1 for _ in self.path.open()) - 1 >= 2:
+            raise KeyboardInterrupt
+        real_add(self, r)
+
+    monkeypatch.setattr(resume.CaseLog, "add", add_then_interrupt)
+    assert main.run(options, SCHEMAS, CASES) == 130
+    err = capsys.readouterr().err
+    assert "[2/4] rules" in err and "elapsed, ~" in err and "left" in err
+    assert f"saved in {out / 'cases.jsonl'}: run the same command with --resume" in err
+    saved = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert saved[0] == {"run": {"model": None}} and [c["case"] for c in saved[1:]] == [UPDATE.name, CASCADE.name]
+    assert not (out / "results.json").exists()
+
+    monkeypatch.setattr(resume.CaseLog, "add", real_add)
+    ran: list[str] = []
+    real_run_case = runner.Bench.run_case
+
+    async def counting(self: runner.Bench, case: object, schema: object, strategy: object) -> runner.CaseResult:
+        ran.append(case.name)  # type: ignore[attr-defined]
+        return await real_run_case(self, case, schema, strategy)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner.Bench, "run_case", counting)
+    assert main.run(replace(options, resume=True), SCHEMAS, CASES) == 0
+    err = capsys.readouterr().err
+    assert "resuming: 2 of 4 cases already done" in err and "[3/4] rules" in err and "[1/4]" not in err
+    assert ran == [DROP.name, SETUP.name]
+    data = json.loads((out / "results.json").read_text())
+    assert [c["case"] for c in data["cases"]] == [c.name for c in CASES]
+    assert data["cases"][:2] == saved[1:]  # kept as saved, not run again
+    assert data["meta"]["resumed"] == 2 and data["metrics"]["rules"][OVERALL]["cases"] == 4
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 5
+
+
+def test_resume_refuses_another_model_and_survives_a_torn_line(tmp_path: Path) -> None:
+    from dbproxy_benchmarks.inverse_bench.resume import CaseLog, ResumeError
+    from dbproxy_benchmarks.inverse_bench.runner import CaseResult
+
+    log = CaseLog.open(tmp_path, {"model": "model-a"}, resume=False)
+    log.add(CaseResult("c1", "s", "cat", "reversible", "llm", model_calls=1))
+    log.close()
+    with (tmp_path / "cases.jsonl").open("a") as f:
+        f.write('{"case": "c2", "strat')  # the interruption cut the last line
+    with pytest.raises(ResumeError, match="made with model model-a, this run uses model-b"):
+        CaseLog.open(tmp_path, {"model": "model-b"}, resume=True)
+    again = CaseLog.open(tmp_path, {"model": "model-a"}, resume=True)
+    assert [(r.case, r.model_calls) for r in again.done] == [("c1", 1)]
+    again.add(CaseResult("c2", "s", "cat", "reversible", "llm"))
+    again.close()
+    lines = [json.loads(x) for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    assert [x.get("case") for x in lines] == [None, "c1", "c2"]
+    fresh = CaseLog.open(tmp_path, {"model": "model-b"}, resume=False)  # without --resume: started anew
+    fresh.close()
+    assert (tmp_path / "cases.jsonl").read_text().splitlines() == ['{"run": {"model": "model-b"}}']
