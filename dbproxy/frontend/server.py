@@ -49,6 +49,7 @@ from dbproxy.protocol.startup import CancelRequest
 from dbproxy.review.api import AdminServer, load_or_create_token
 from dbproxy.review.metrics import ProxyMetrics
 from dbproxy.review.notify import Notifier
+from dbproxy.review.summaries import Summaries
 from dbproxy.undo.install import install
 from dbproxy.undo.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
@@ -196,6 +197,10 @@ class ProxyServer:
             llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts, image=settings.sandbox_image)
         if "undo" in modes:
             self.pending.verification.warm(self.target.database)
+        if settings.llm.summaries:
+            summary_client = llm_client(settings.llm)
+            if summary_client is not None:  # no key: no model, and `show` asks for nothing
+                self.pending.summaries = Summaries(summary_client)
 
         async def xact_status(xid: int) -> str | None:
             assert self.pending is not None
@@ -321,6 +326,8 @@ class ProxyServer:
             await self.pending.stop()
             if self.pending.verification is not None:
                 await self.pending.verification.close()
+            if self.pending.summaries is not None:
+                await self.pending.summaries.close()
         if self.journal is not None:
             await self.journal.close()
         log.event("proxy.stopped")
