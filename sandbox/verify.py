@@ -21,6 +21,10 @@
    again. Equal digests (and catalog shape, for DDL) mean verified; otherwise failed, with the
    rows that differ.
 
+What no sample holds cannot be verified: a transaction that refreshed or dropped a materialized
+view (its contents are neither captured nor sampled) is "could not verify" whatever the inverse
+(`unseen_contents`), as are foreign tables.
+
 Steps 3 to 5 run on a connection that logs in as an unprivileged role (`sandbox.roles`): the
 agent's statements and the inverse, which a model may have written, cannot reach the sandbox
 server's files or programs, nor climb back to a superuser.
@@ -174,6 +178,9 @@ class Verifier:
         foreign = [t.name for t in tx.tables.values() if t.relkind == "f"]
         if foreign:
             return Verdict.could_not(f"foreign table {', '.join(foreign)} has no rows a sandbox can copy")
+        unseen = unseen_contents(tx.changes)
+        if unseen:
+            return Verdict.could_not(unseen)
         options = self.options
         for attempt in range(2):
             t0 = time.perf_counter()
@@ -332,6 +339,25 @@ class Verifier:
                     raise _CouldNot(f"the sandbox server was re-created and the schema could not be copied "
                                     f"again: {err}") from err
         raise AssertionError("unreachable")
+
+
+def unseen_contents(changes: list[Change]) -> str:
+    """Why the sandbox cannot check this transaction's inverse ("" when it can): it replaced or
+    dropped a materialized view's contents, which no row image and no sample holds. A digest of
+    the sampled tables and the catalog would call any inverse of that right (a model's `REFRESH`
+    brings back fresh contents, not the stale ones that were there), so it must not say verified."""
+    names: list[str] = []
+    for c in changes:
+        d = c.ddl or {}
+        if d.get("object_type") != "materialized view":
+            continue
+        if d.get("tag") == "REFRESH MATERIALIZED VIEW" or d.get("event") == "drop":
+            names.append(f"{d.get('identity')} ({'REFRESH' if d.get('event') != 'drop' else 'DROP'})")
+    if not names:
+        return ""
+    shown = ", ".join(dict.fromkeys(names))
+    return (f"the transaction replaced or dropped the contents of materialized view {shown}: no sample holds "
+            "them, so the sandbox cannot check that an inverse brings them back")
 
 
 def _ms(t0: float) -> float:

@@ -380,3 +380,28 @@ def test_resume_refuses_another_model_and_survives_a_torn_line(tmp_path: Path) -
     fresh = CaseLog.open(tmp_path, {"model": "model-b"}, resume=False)  # without --resume: started anew
     fresh.close()
     assert (tmp_path / "cases.jsonl").read_text().splitlines() == ['{"run": {"model": "model-b"}}']
+
+
+STALE_MATVIEW = Case("shop.refresh_stale_matview", "shop", "truncate", ("REFRESH MATERIALIZED VIEW tier_counts",),
+                     "irreversible", setup=(
+                         "CREATE MATERIALIZED VIEW tier_counts AS "
+                         "SELECT tier, count(*) AS n FROM customers GROUP BY tier",
+                         "UPDATE customers SET tier = 'gold' WHERE id <= 5"))
+
+
+def test_a_refreshed_materialized_view_is_never_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the real model: for a REFRESH of a stale materialized view it proposed the REFRESH
+    again, and the sandbox (which samples tables, not a view's contents) called that verified.
+    The stale contents are gone for good: the sandbox must say it cannot check, and the hybrid
+    must not offer the inverse."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    fake_llm.script(answer(["REFRESH MATERIALIZED VIEW tier_counts"]))
+    run = run_sync(pg.url, SCHEMAS, (STALE_MATVIEW,), [HybridStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran", r.error
+    assert not r.produced and not r.false_verified, (r.verdict, r.inverse_sql)
+    assert "materialized view public.tier_counts (REFRESH)" in r.reason and "cannot check" in r.reason, r.reason
+    assert len(fake_llm.requests) <= 1  # "could not verify" stops the loop: no second attempt
