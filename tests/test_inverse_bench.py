@@ -397,7 +397,8 @@ def test_a_refreshed_materialized_view_is_never_verified(pg: Postgres, sandbox_d
     must not offer the inverse."""
     monkeypatch.setenv("BENCH_TEST_KEY", "k")
     endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
-    fake_llm.script(answer(["REFRESH MATERIALIZED VIEW tier_counts"]))
+    # Qualified, so that it is not rejected unseen as "the forward statement itself".
+    fake_llm.script(answer(["REFRESH MATERIALIZED VIEW public.tier_counts"]))
     run = run_sync(pg.url, SCHEMAS, (STALE_MATVIEW,), [HybridStrategy(endpoint)],
                    lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
     r = run.results[0]
@@ -405,3 +406,35 @@ def test_a_refreshed_materialized_view_is_never_verified(pg: Postgres, sandbox_d
     assert not r.produced and not r.false_verified, (r.verdict, r.inverse_sql)
     assert "materialized view public.tier_counts (REFRESH)" in r.reason and "cannot check" in r.reason, r.reason
     assert len(fake_llm.requests) <= 1  # "could not verify" stops the loop: no second attempt
+
+
+LOSSY_TYPE = Case("shop.name_to_char3", "shop", "alter_type", (
+    "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)",), "irreversible")
+TOUCHED_THEN_TYPE = Case("shop.touch_then_char3", "shop", "alter_type", (
+    "UPDATE customers SET name = name", "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)"),
+    "reversible")
+
+
+def test_a_column_type_rewrite_without_images_is_never_verified(pg: Postgres, sandbox_dir: Path,
+                                                               fake_llm: FakeLlm,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also found by the real model: for a lossy ALTER COLUMN ... TYPE ... USING it answered with
+    the same rewrite, and the sandbox verified it: the rewrite fires no row trigger and the table
+    is locked by the transaction, so the sample held none of its rows. Without captured images of
+    that table it cannot be checked; with them (every row updated first) it can, and the same
+    wrong answer fails."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    wrong = "ALTER TABLE customers ALTER COLUMN name TYPE text"  # the type back, the names still cut
+    fake_llm.script(answer([wrong]), answer([wrong]), answer([wrong]))
+    run = run_sync(pg.url, SCHEMAS, (LOSSY_TYPE,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.produced and r.correct is False, (r.error, r.diff)
+    assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
+    assert "changed a column type of public.customers" in r.verdict_reason, r.verdict_reason
+
+    run = run_sync(pg.url, SCHEMAS, (TOUCHED_THEN_TYPE,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.correct is False and r.verdict == "failed", (r.verdict, r.verdict_reason)
