@@ -11,6 +11,7 @@ modules of its own folder (without cycles) and of folders *above* it in this lis
     auth/       agent identities and SCRAM
     backend/    upstream connections, the embedded cluster, the agents' own upstream roles
     journal/    the durable record of agent transactions
+    policy/     rules, grants and approvals: what an agent may do, per object and operation class
     review/     the reviewer's interface: service, models, admin API, CLI client, row diff
     undo/       commit-with-undo, undo/redo, capture install, sandbox verification glue
     hold/       hold mode: the sans-IO planner, held connections, sessions, the review queue

@@ -8,6 +8,9 @@
     dbproxy pending | show ID | commit ID | rollback ID | log [--outcome X] [--agent A] [--limit N]
                   [--admin HOST:PORT] [--admin-token TOKEN] [--reason TEXT] [--json]
                   [--state-database URL]   (log, show: read the journal directly, proxy stopped)
+    dbproxy grant AGENT OPS ON OBJECTS --scope session|permanent | grants | revoke ID
+                  | requests | approve REQUEST [--scope once|session|permanent] | reject REQUEST
+                  --reason TEXT | reload | commit ID --grant session|permanent
     dbproxy psql [--data-dir PATH] [-- PSQL ARGS]   psql on the embedded PostgreSQL, as its superuser
     dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
                           [--sample N] [--resume] [--llm-base-url URL --llm-model NAME ...]
@@ -177,15 +180,24 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_install(args.command, settings))
     if args.command == "psql":
         return _psql(settings, args.psql_args)
+    from dbproxy.policy.rules import contradictions
+
+    problems = contradictions([*settings.agents, ""], settings)
+    if problems:
+        print(f"dbproxy: {problems[0]}", file=sys.stderr)
+        return 2
     log.setup(settings.log_level, settings.log_format)
     from dbproxy.frontend.server import serve
+
+    def reloader() -> Settings:
+        return load_settings(args.config, cli)
 
     try:
         import uvloop
 
-        return uvloop.run(serve(settings))
+        return uvloop.run(serve(settings, reloader))
     except ImportError:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, reloader))
 
 
 async def _install(command: str, settings: Settings) -> int:

@@ -205,10 +205,10 @@ class RunningProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def env(self, user: str = AGENT, password: str = AGENT_PASSWORD) -> dict[str, str]:
+    def env(self, database: str = "postgres", user: str = AGENT, password: str = AGENT_PASSWORD) -> dict[str, str]:
         """Environment for libpq tools (psql, pgbench) to reach the proxy."""
         return {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user,
-                "PGPASSWORD": password, "PGDATABASE": "postgres", "PGSSLMODE": "prefer",
+                "PGPASSWORD": password, "PGDATABASE": database, "PGSSLMODE": "prefer",
                 "PGCONNECT_TIMEOUT": "10"}
 
 
@@ -254,6 +254,9 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
     }
     if "path" in SANDBOX_DIR:
         cli["sandbox_dir"] = str(SANDBOX_DIR["path"])
+    # `reload_settings`: a dict the test changes; the proxy's reload reads it (with the rest of
+    # these settings) as `dbproxy serve` reads its config file again.
+    reload_settings: dict[str, Any] | None = overrides.pop("reload_settings", None)
     cli.update(overrides)
     if "agents" in overrides:
         del cli["agent"]
@@ -263,7 +266,11 @@ def start_proxy(upstream_url: str, data_dir: Path, *, use_uvloop: bool = True, *
     settings = load_settings(None, cli, environ={})
     target = UpstreamTarget.parse(upstream_url)
     registry = build_registry(settings, announce=False)
-    server = ProxyServer(settings, target, registry)
+
+    def reloader() -> Any:
+        return load_settings(None, {**cli, **(reload_settings or {})}, environ={})
+
+    server = ProxyServer(settings, target, registry, reloader=reloader if reload_settings is not None else None)
     ready = threading.Event()
     box: dict[str, Any] = {}
 

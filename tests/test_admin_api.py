@@ -123,7 +123,8 @@ class MemoryReviewService:
         record.outcome, record.decided_by, record.reason = outcome, reviewer, reason  # type: ignore[assignment]
         return Decision(id=tx_id, outcome=outcome, decided_by=reviewer, reason=reason)  # type: ignore[arg-type]
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: str | None = None) -> Decision:
         self.reasons.append(reason)
         return await self._decide(tx_id, reviewer, "committed", reason)
 
@@ -384,6 +385,9 @@ async def test_openapi_document_is_complete_and_resolves(api: Api):
         "/v1/transactions/{id}/rollback": {"post"}, "/v1/transactions/{id}/undo": {"post"},
         "/v1/transactions/{id}/redo": {"post"}, "/v1/transactions/{id}/verify": {"post"},
         "/openapi.json": {"get"},
+        # the policy (dbproxy.review.policy_api)
+        "/v1/grants": {"get", "post"}, "/v1/grants/{id}/revoke": {"post"}, "/v1/requests": {"get"},
+        "/v1/requests/{id}/approve": {"post"}, "/v1/requests/{id}/reject": {"post"}, "/v1/reload": {"post"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     refs = _refs(doc)
@@ -392,7 +396,8 @@ async def test_openapi_document_is_complete_and_resolves(api: Api):
         assert isinstance(_resolve(doc, ref), dict)
     schemas = doc["components"]["schemas"]
     for name in ("TransactionRecord", "TransactionDetail", "StatementRecord", "TableDiff", "RowChange",
-                 "BlockedSession", "Decision", "DecisionRequest", "ErrorBody"):
+                 "BlockedSession", "Decision", "DecisionRequest", "ErrorBody", "GrantRecord", "GrantBody",
+                 "RequestRecord", "ApproveBody", "ReasonBody", "ReloadReport"):
         assert name in schemas and "$defs" not in schemas[name]
     assert "$defs" not in json.dumps(doc)
     op_ids = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,106 @@ def test_review_in_a_real_browser(table: str, browser: BrowserContext, make_prox
             assert direct.execute(f"select qty from {table} where id = 4").fetchone() == (4,)
     finally:
         agent.close()
+
+
+class _Running:
+    """A statement run in a thread (it may wait for a reviewer's approval)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> None:
+        self.status: str | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.status = conn.execute(sql, params or None).statusmessage
+            except BaseException as e:
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def done(self) -> _Running:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the agent still waits"
+        return self
+
+
+def test_requests_and_grants_in_a_real_browser(table: str, browser: BrowserContext, make_proxy: Any,
+                                               pg: Postgres) -> None:
+    """Statements paused for approval appear live (a reason typed into one stays while another
+    arrives), a permanent approval is refused with the reason while the agent waits, approve once
+    and reject with a reason reach the agent, and a grant is revoked from the grants page."""
+    proxy = make_proxy(mode="hold", approval_timeout=120,
+                       rules=[{"ops": ["delete"], "objects": ["*"], "decision": "ask", "ask": "pause"}])
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    sign_in(page, proxy)
+    expect(page.locator("#nav-waiting")).to_have_text("0")
+    page.click("nav a[href='/console/requests']")
+    expect(page.locator("#request-list")).to_contain_text("No statement is waiting for approval")
+    expect(page.locator("#live")).to_have_attribute("data-state", "on")
+    page.evaluate("window.__notReloaded = true")
+    agent, other = Agent(proxy), Agent(proxy)
+    try:
+        first = _Running(agent.conn, f"delete from {table} where item = %s or id = 1", (EVIL,))
+        card = page.locator("article.request").first
+        expect(card).to_contain_text(f"delete public.{table}")
+        expect(card).to_contain_text(EVIL)  # the bound value, as text
+        expect(page.locator("#nav-waiting")).to_have_text("1")
+        req1 = int(card.get_attribute("data-id") or 0)
+        card.locator("form.approve input[name=reason]").fill("typed before the next one arrived")
+        second = _Running(other.conn, f"delete from {table} where id = 5")
+        expect(page.locator("article.request")).to_have_count(2)
+        expect(page.locator("#nav-waiting")).to_have_text("2")
+        expect(page.locator(f"#request-{req1} form.approve input[name=reason]")).to_have_value(
+            "typed before the next one arrived")
+        req2 = int(page.locator("article.request").nth(1).get_attribute("data-id") or 0)
+        assert page.evaluate("window.__notReloaded") is True
+        assert page.locator("img[src=x]").count() == 0 and dialogs == []
+        shot(page, "requests.png")
+
+        # Permanently: refused with the reason (no capture here, so no exact inverse); it still waits.
+        page.locator(f"#request-{req1} button[value=permanent]").click()
+        expect(page.locator(".flash.error")).to_contain_text(
+            "a permanent grant is refused: delete: capture is not installed")
+        expect(page.locator(f"#request-{req1}")).to_be_visible()
+        assert first.thread.is_alive()
+        shot(page, "request-refused.png")
+
+        page.locator(f"#request-{req1} form.approve input[name=reason]").fill("the test row")
+        page.locator(f"#request-{req1} button[value=once]").click()
+        expect(page.locator(".flash.ok")).to_contain_text(f"request #{req1} approved by admin (once)")
+        assert first.done().status == "DELETE 1", first.error
+        assert f"dbproxy: request #{req1} approved by admin (once): the test row" in agent.notices
+
+        page.locator(f"#request-{req2} form.reject input[name=reason]").fill("row 5 stays")
+        page.locator(f"#request-{req2} form.reject button").click()
+        expect(page.locator(".flash.ok")).to_contain_text(f"request #{req2} rejected by admin")
+        assert isinstance(second.done().error, psycopg.errors.InsufficientPrivilege)
+        assert "row 5 stays" in str(second.error)
+        expect(page.locator("#nav-waiting")).to_have_text("0")
+        expect(page.locator("table.requests-decided")).to_contain_text("row 5 stays")
+        with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+            assert direct.execute(f"select count(*) from {table} where id = 5").fetchone() == (1,)
+
+        # Grants: one for the other agent session, revoked from the page.
+        row = other.conn.execute("show dbproxy.status").fetchone()
+        assert row is not None
+        status, grant = proxy.review_request("POST", "/v1/grants", {
+            "agent": "agent", "ops": ["insert"], "objects": [table], "scope": "session", "session": int(row[1])})
+        assert status == 201, grant
+        page.click("nav a[href='/console/grants']")
+        active = page.locator(f'table.grants tr[data-id="{grant["id"]}"]')
+        expect(active).to_contain_text(f"insert on {table}")
+        expect(page.locator("table.rules")).to_contain_text("rules[0]")
+        shot(page, "grants.png")
+        active.locator("input[name=reason]").fill("not needed any more")
+        active.locator("button").click()
+        expect(page.locator(".flash.ok")).to_contain_text(f"grant #{grant['id']} revoked by admin")
+        expect(page.locator(f'table.grants-ended tr[data-id="{grant["id"]}"]')).to_contain_text("not needed any more")
+    finally:
+        agent.close()
+        other.close()
+        for tx in [t["id"] for t in proxy.review_request("GET", "/v1/pending")[1]]:
+            decide(proxy, tx, "rollback")  # the approved delete was held: no capture in this database

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: dbproxy's folders, bottom first. A module may import its own folder's modules and those of
 #: folders earlier in this list; "" is the package itself (`dbproxy/__init__.py`), `TOP` the
 #: command-line modules directly in `dbproxy/`.
-LAYERS = ["", "protocol", "config", "net", "auth", "backend", "journal", "review", "undo", "hold", "frontend"]
+LAYERS = ["", "protocol", "config", "net", "auth", "backend", "journal", "policy", "review", "undo", "hold",
+          "frontend"]
 TOP = "<top>"
 #: The one module of dbproxy allowed to import the benchmarks (lazily, for `dbproxy bench`).
 BENCH_ENTRY = "dbproxy.bench_cli"

@@ -1,6 +1,7 @@
 """Webhook notifications and Prometheus metrics of a real proxy: agents write through it with
 psycopg, a local HTTP listener started by the test receives the webhooks, and `/metrics` is
-scraped and parsed with prometheus-client's own parser."""
+scraped and parsed with prometheus-client's own parser. Holds and statements paused for approval
+are notified; decisions, approval requests and grants are counted."""
 
 from __future__ import annotations
 
@@ -205,3 +206,68 @@ def test_metrics_follow_sessions_holds_and_decisions(table: str, make_proxy: Cal
         assert ("dbproxy_agent_sessions", (("agent", AGENT), ("mode", "hold"))) not in o
     finally:
         a.close()
+
+
+def test_a_paused_statement_is_notified_and_counted(table: str, make_proxy: Callable[..., RunningProxy],
+                                                   listeners: Callable[..., Listener]) -> None:
+    hook = listeners()
+    proxy = make_proxy(mode="hold", approval_timeout=60, notify={"webhook_url": hook.url, "retry_delay": 0.05},
+                       rules=[{"ops": ["delete"], "objects": ["*"], "decision": "ask", "ask": "pause"}])
+    a = Agent(proxy)
+    errors: list[BaseException] = []
+
+    def run(sql: str) -> threading.Thread:
+        def go() -> None:
+            try:
+                a.conn.execute(sql)
+            except BaseException as e:
+                errors.append(e)
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        return t
+
+    try:
+        waiter = run(f"delete from {table} where v = 'secret value'")
+        [body] = hook.wait_for(1)
+        req = body["id"]
+        link = f"{proxy.admin_url}/console/requests#request-{req}"
+        rule = f"rules[0]: ask (pause) delete on * asks before delete public.{table}"
+        assert (body["event"], body["agent"], body["database"], body["mode"], body["url"]) == (
+            "request", AGENT, "postgres", "hold", link)
+        assert (body["actions"], body["rule"], body["statements"]) == ([f"delete public.{table}"], rule, 1)
+        assert body["text"] == (f"dbproxy: agent {AGENT} waits for approval as request #{req} (database postgres, "
+                                f"session {body['session']}): delete public.{table}. {rule}. Review: {link}")
+        assert "secret value" not in json.dumps(body)  # what it would run stays in the console
+        m = scrape(proxy)
+        assert m[("dbproxy_requests_waiting", (("agent", AGENT),))] == 1.0
+        assert m[("dbproxy_requests_oldest_seconds", (("agent", AGENT),))] >= 0
+        assert m[("dbproxy_approval_requests_total", (("agent", AGENT),))] == 1.0
+
+        status, _ = proxy.review_request("POST", f"/v1/requests/{req}/reject", {"reason": "no"})
+        assert status == 200
+        waiter.join(20)
+        assert isinstance(errors[-1], psycopg.errors.InsufficientPrivilege)
+        m = scrape(proxy)
+        assert ("dbproxy_requests_waiting", (("agent", AGENT),)) not in m
+        assert m[("dbproxy_request_decisions_total", (("scope", "none"), ("state", "rejected")))] == 1.0
+
+        waiter = run(f"delete from {table} where id = 2")
+        [_, second] = hook.wait_for(2)
+        status, approved = proxy.review_request("POST", f"/v1/requests/{second['id']}/approve", {"scope": "session"})
+        assert status == 200, approved
+        waiter.join(20)
+        m = scrape(proxy)
+        assert m[("dbproxy_request_decisions_total", (("scope", "session"), ("state", "approved")))] == 1.0
+        assert m[("dbproxy_grants_total", (("scope", "session"),))] == 1.0
+        status, _ = proxy.review_request("POST", f"/v1/grants/{approved['grant']}/revoke", {})
+        assert status == 200
+        assert scrape(proxy)[("dbproxy_grants_revoked_total", ())] == 1.0
+        # Decisions are not notified; the approved delete was held after it ran (no capture in this
+        # database, so it cannot be undone), and that is.
+        bodies = hook.wait_for(3)
+        time.sleep(0.3)
+        assert [b["event"] for b in hook.bodies] == ["request", "request", "held"], bodies
+    finally:
+        a.close()
+        for tx in [t["id"] for t in proxy.review_request("GET", "/v1/pending")[1]]:
+            decide(proxy, tx, "rollback")  # approved, but without capture here it was held

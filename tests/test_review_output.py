@@ -276,25 +276,26 @@ def test_log_columns_show_decider_undo_state_and_verdict(capture_db: str, make_p
     def log_row(i: int) -> list[str]:
         out = cli(undo_proxy, tmp_path, "log", "--limit", "10")
         assert out.returncode == 0, out.stderr
-        assert "DECIDED BY" in out.stdout and "UNDO" in out.stdout and "VERIFIED" in out.stdout, out.stdout
+        assert "DECIDED BY" in out.stdout and "POLICY" in out.stdout and "UNDO" in out.stdout, out.stdout
+        assert "VERIFIED" in out.stdout, out.stdout
         line = next(line for line in out.stdout.splitlines() if re.match(rf"\s*{i}\s", line))
         return line.split()
 
     row = log_row(tx_id)
-    assert row[-3:] == ["agent", "-", "verified"], row
+    assert row[-4:] == ["agent", "-", "-", "verified"], row  # no rule or grant: no policy decided
 
     undone = cli(undo_proxy, tmp_path, "undo", str(tx_id), reviewer="dana")
     assert undone.returncode == 0, undone.stdout + undone.stderr
     undo_id = int(re.search(r"journaled as #(\d+)", undone.stdout).group(1))  # type: ignore[union-attr]
-    assert log_row(tx_id)[-3:] == ["agent", "undone", "verified"]
+    assert log_row(tx_id)[-4:] == ["agent", "-", "undone", "verified"]
     undo_row = log_row(undo_id)
-    assert undo_row[1] == "reviewer:dana" and undo_row[-5:-1] == ["dana", "undo", "of", f"#{tx_id}"], undo_row
+    assert undo_row[1] == "reviewer:dana" and undo_row[-6:-1] == ["dana", "-", "undo", "of", f"#{tx_id}"], undo_row
     records = json.loads(cli(undo_proxy, tmp_path, "log", "--json").stdout)
     assert next(r for r in records if r["id"] == undo_id)["decided_by"] == "dana"
 
     redone = cli(undo_proxy, tmp_path, "redo", str(tx_id), reviewer="erin")
     assert redone.returncode == 0, redone.stdout + redone.stderr
-    assert log_row(tx_id)[-3:] == ["agent", "redone", "verified"]
+    assert log_row(tx_id)[-4:] == ["agent", "-", "redone", "verified"]
 
 
 def test_admin_address_forms(hold_proxy: RunningProxy, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ readable by its owner only, like libpq's `.pgpass`; otherwise loading fails with
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from inverse.opclass import OP_CLASSES
 
 ENV_PREFIX = "DBPROXY_"
 
@@ -68,6 +71,67 @@ def admin_host_port(value: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: An object pattern: `*`, a name glob (`orders`, `ord*`), or schema.name globs (`sales.*`, `public.orders`).
+_GLOB = re.compile(r"\*|[A-Za-z_*?][A-Za-z0-9_$*?\-]*(\.[A-Za-z_*?][A-Za-z0-9_$*?\-]*)?")
+
+
+class RuleSettings(BaseModel):
+    """One rule: `decision` for operation classes `ops` on objects matching `objects`. The first
+    matching rule wins, in file order (an agent's own rules first, then the default `rules`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ops: list[str] = Field(description=f"operation classes ({', '.join(OP_CLASSES)}), or \"*\" for all; a "
+                           "comma-separated string works too")
+    objects: list[str] = Field(default_factory=lambda: ["*"], description="schema.name globs (`public.orders`, "
+                               "`sales.*`, `*`); a name without a schema matches it in any schema")
+    decision: Literal["allow", "ask", "deny"]
+    ask: Literal["hold", "pause"] = Field(default="hold", description="how `ask` asks: hold the transaction for a "
+                                          "reviewer, or pause the statement until one approves it")
+    max_rows: int | None = Field(default=None, ge=0, description="an `allow` covers a transaction only while it "
+                                 "changed at most this many rows of the matching objects (cascades and trigger "
+                                 "writes included); above it, the rule asks")
+
+    @field_validator("ops", "objects", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("ops")
+    @classmethod
+    def _check_ops(cls, v: list[str]) -> list[str]:
+        return operation_classes(v)
+
+    @field_validator("objects")
+    @classmethod
+    def _check_objects(cls, v: list[str]) -> list[str]:
+        return object_patterns(v)
+
+
+def operation_classes(v: list[str]) -> list[str]:
+    """Operation classes as a rule or grant names them (`*`: all), checked and lower-cased."""
+    if not v:
+        raise ValueError("name at least one operation class")
+    ops = [o.lower() for o in v]
+    unknown = [o for o in ops if o != "*" and o not in OP_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown operation class {unknown[0]!r}; the classes are {', '.join(OP_CLASSES)} "
+                         "(or \"*\")")
+    return list(OP_CLASSES) if "*" in ops else list(dict.fromkeys(ops))
+
+
+def object_patterns(v: list[str]) -> list[str]:
+    """Object patterns as a rule or grant names them, checked and lower-cased (names match
+    lower-cased)."""
+    if not v:
+        raise ValueError("name at least one object pattern (\"*\" for all)")
+    for pattern in v:
+        if not _GLOB.fullmatch(pattern):
+            raise ValueError(f"malformed object pattern {pattern!r}: use schema.name with * and ? globs, "
+                             "e.g. public.orders, sales.*, *")
+    return [p.lower() for p in v]
+
+
 class AgentSettings(BaseModel):
     """One agent identity. Give either a password (hashed at start-up, never stored) or a SCRAM
     verifier as PostgreSQL stores them (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`)."""
@@ -82,6 +146,8 @@ class AgentSettings(BaseModel):
         '["*"] means any',
     )
     mode: Mode | None = Field(default=None, description="this agent's mode; default: the `mode` setting")
+    rules: list[RuleSettings] = Field(default_factory=list, description="this agent's rules, before the default "
+                                      "`rules` (`[[agents.NAME.rules]]`)")
     upstream_role: str | None = Field(
         default=None, min_length=1, max_length=63,
         description="the upstream login role this agent's sessions use (created and managed by the proxy); "
@@ -189,6 +255,12 @@ class Settings(BaseModel):
         default="dbproxy_agents", min_length=1, max_length=63,
         description="the upstream role agents act as (it holds their table privileges); each agent logs in as a "
         "role of its own that is a member of it")
+    rules: list[RuleSettings] = Field(default_factory=list, description="rules for every agent, after its own "
+                                      "(`[[rules]]`)")
+    approval_timeout: float = Field(default=300.0, gt=0, description="seconds a paused statement waits for a "
+                                    "reviewer's approval before the agent gets 42501")
+    held_lock_timeout: float = Field(default=5.0, gt=0, description="seconds an agent's statement may wait on a "
+                                     "lock that a pending transaction holds before it fails with 55P03")
     agent_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -263,7 +335,7 @@ class Settings(BaseModel):
         return parse_host_port(self.admin, what="admin")
 
 
-_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify")]
+_ENV_SCALARS = [name for name in Settings.model_fields if name not in ("agents", "llm", "notify", "rules")]
 _LLM_ENV_FALLBACK = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}
 
 

@@ -25,7 +25,9 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 
@@ -38,28 +40,41 @@ from dbproxy.backend.embedded import EmbeddedPostgres
 from dbproxy.backend.upstream import UpstreamError, UpstreamTarget
 from dbproxy.config import log
 from dbproxy.config.datadir import DataDirBusy, DataDirLock
-from dbproxy.config.settings import Settings
+from dbproxy.config.settings import Settings, SettingsError
 from dbproxy.frontend.handshake import HandshakeConfig
 from dbproxy.frontend.session import Session
+from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.pending import PendingRegistry
 from dbproxy.journal.store import Journal, JournalError
 from dbproxy.net.endpoint import Endpoint
+from dbproxy.policy.rules import contradictions, overlaps
+from dbproxy.policy.service import Policy, PolicyError, age
+from dbproxy.policy.store import PolicyStore
 from dbproxy.protocol.errors import SQLState
 from dbproxy.protocol.startup import CancelRequest
 from dbproxy.review.api import AdminServer, load_or_create_token
+from dbproxy.review.events import LIVE_KINDS, EventHub, Kind, ReviewEvent
 from dbproxy.review.metrics import ProxyMetrics
 from dbproxy.review.notify import Notifier
+from dbproxy.review.policy_api import ReloadReport
 from dbproxy.review.summaries import Summaries
 from dbproxy.undo.install import install
 from dbproxy.undo.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
 from sandbox.sampler import SampleOptions
 
+#: Settings a reload applies; any other that changed takes effect only after a restart.
+RELOADABLE = ("agents", "rules", "approval_timeout", "held_lock_timeout", "hold_timeout", "mode")
+
 
 class ProxyServer:
-    def __init__(self, settings: Settings, target: UpstreamTarget, registry: AgentRegistry) -> None:
+    def __init__(self, settings: Settings, target: UpstreamTarget, registry: AgentRegistry, *,
+                 reloader: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
+        self.reloader = reloader  # reads the settings again (config file, environment, command line)
+        self._reload_lock = asyncio.Lock()
         self.pending: PendingRegistry | None = None
+        self.policy: Policy | None = None  # rules, grants and paused requests (needs the journal)
         self.journal: Journal | None = None
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -187,6 +202,14 @@ class ProxyServer:
                                        dsn_for=lambda db: self.target_for(db).url(),
                                        hold_timeout=settings.hold_timeout, agent_role=self.agent_role,
                                        database=self.target.database)
+        self.policy = Policy(settings, PolicyStore(self.journal), capture_probe=self.pending.capture_state,
+                             default_database=self.target.database, registry=self.registry)
+        for note in overlaps([*settings.agents, ""], settings):
+            log.event("policy.overlap", note=note, level=logging.WARNING)
+        await self.policy.start()
+        self.pending.policy = self.policy
+        self.pending.lock_watch = LockWatch(self.pending.live, lambda: self.target.url(), settings.held_lock_timeout)
+        bridge_policy_events(self.policy, self.pending.events, self.mode_of)
 
         self.pending.verification = Verification(
             backend=settings.sandbox, data_dir=settings.sandbox_dir or settings.data_dir / "sandbox",
@@ -195,7 +218,8 @@ class ProxyServer:
             options=SampleOptions(random_rows=settings.sandbox_sample_rows, neighbours=settings.sandbox_neighbours,
                                   mask=frozenset(settings.sandbox_mask)),
             llm=llm_client(settings.llm), llm_attempts=settings.llm.max_attempts, image=settings.sandbox_image)
-        if "undo" in modes:
+        rules = bool(settings.rules) or any(a.rules for a in settings.agents.values()) or self.policy.any_permanent()
+        if "undo" in modes or rules:  # rules allow commits with verified inverses in hold mode too
             self.pending.verification.warm(self.target.database)
         if settings.llm.summaries:
             summary_client = llm_client(settings.llm)
@@ -220,7 +244,8 @@ class ProxyServer:
         ahost, aport = settings.admin_address
         self.pending.events.listen(self.metrics.observe)
         self.admin = AdminServer(self.pending, token, host=ahost, port=aport, events=self.pending.events,
-                                 metrics=self.metrics, reviewers=Reviewers(settings.data_dir, token))
+                                 metrics=self.metrics, reviewers=Reviewers(settings.data_dir, token),
+                                 policy=self.policy, reload=self.reload if self.reloader is not None else None)
         self.admin_address = await self.admin.start()
         self.notifier = Notifier(settings.notify, settings.notify.console_url or console_url(self.admin_address),
                                  metrics=self.metrics)
@@ -246,6 +271,15 @@ class ProxyServer:
 
     def journal_backlog(self) -> tuple[int, float]:
         return self.journal.backlog() if self.journal is not None else (0, 0.0)
+
+    def requests_waiting(self) -> list[tuple[str, float]]:
+        if self.policy is None:
+            return []
+        return [(r.agent, age(r.created_at)) for r in self.policy.waiting_requests()]
+
+    def mode_of(self, agent: str) -> str:
+        known = self.registry.get(agent)
+        return (known.mode if known is not None else None) or self.settings.mode
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint("client")
@@ -300,6 +334,75 @@ class ProxyServer:
             log.event("cancel.sent", session=session.id, pid=req.pid)
         except (UpstreamError, OSError) as e:
             log.event("cancel.failed", session=session.id, reason=str(e), level=logging.WARNING)
+
+    # -- reloading the settings -------------------------------------------------------------
+
+    async def reload(self) -> ReloadReport:
+        """Read the settings again (SIGHUP, `dbproxy reload`): agents (with their upstream roles),
+        rules and timeouts change; sessions and held transactions carry on. Nothing changes when
+        the new settings are invalid (PolicyError 422 says why)."""
+        if self.reloader is None:
+            raise PolicyError(409, "this proxy was not started with settings it can read again")
+        async with self._reload_lock:
+            try:
+                new = self.reloader()
+                registry = AgentRegistry.build(new.agents, new.data_dir)
+            except (SettingsError, ValueError, OSError) as e:
+                raise PolicyError(422, f"the settings were not reloaded: {e}") from None
+            problems = contradictions([*new.agents, ""], new)
+            if problems:
+                raise PolicyError(422, f"the settings were not reloaded: {problems[0]}")
+            logins = {a.name: agent_roles.login_role(a.name, a.upstream_role) for a in registry.agents.values()}
+            if set(logins.values()) - set(self.logins.values()):
+                try:
+                    con = await self._connect_own(self.target.url())
+                    try:
+                        await agent_roles.provision(con, group=self.agent_role, logins=logins.values(),
+                                                    key=self._role_key)
+                        await agent_roles.lock_down(con, [self.agent_role, *logins.values()])
+                    finally:
+                        await con.close()
+                except (RoleError, asyncpg.PostgresError, OSError) as e:
+                    raise PolicyError(422, f"the settings were not reloaded: new agents' upstream roles could "
+                                      f"not be set up: {e}") from None
+            old = self.settings
+            if self.policy is not None:
+                try:
+                    self.policy.configure(new)
+                except ValueError as e:
+                    raise PolicyError(422, f"the settings were not reloaded: {e}") from None
+            before = self.registry.agents
+            self.registry.agents = registry.agents  # the handshake reads this same registry
+            self.logins = logins
+            self.settings = old.model_copy(update={k: getattr(new, k) for k in RELOADABLE})
+            if self.policy is not None:
+                self.policy.settings = self.settings
+            if self.pending is not None:
+                self.pending.hold_timeout = self.settings.hold_timeout
+                if self.pending.lock_watch is not None:
+                    self.pending.lock_watch.timeout = self.settings.held_lock_timeout
+            changed = sorted(n for n in set(before) & set(registry.agents)
+                             if old.agents.get(n) != new.agents.get(n))
+            report = ReloadReport(
+                agents_added=sorted(set(registry.agents) - set(before)),
+                agents_removed=sorted(set(before) - set(registry.agents)), agents_changed=changed,
+                rules=len(new.rules) + sum(len(a.rules) for a in new.agents.values()),
+                restart_needed=sorted(k for k in type(new).model_fields
+                                      if k not in RELOADABLE and getattr(new, k) != getattr(old, k)))
+            log.event("proxy.reloaded", **report.model_dump())
+            return report
+
+    def reload_soon(self) -> None:
+        """SIGHUP: reload, saying in the log what changed or why nothing did."""
+        async def run() -> None:
+            try:
+                await self.reload()
+            except PolicyError as e:
+                log.event("proxy.reload_failed", reason=e.message, level=logging.ERROR)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -378,6 +481,24 @@ def build_registry(settings: Settings, *, announce: bool = True, database: str =
     return AgentRegistry.build(settings.agents, settings.data_dir)
 
 
+def bridge_policy_events(policy: Policy, hub: EventHub, mode_of: Callable[[str], str]) -> None:
+    """What the policy does (a statement waits for approval, a request is decided, a grant is
+    given or revoked) becomes review events: the console follows them live, the webhook tells
+    people a statement waits, the metrics count them. Request events also say how many requests
+    wait now (`waiting`, for the console's navigation)."""
+
+    def relay(kind: str, fields: dict[str, object]) -> None:
+        record = fields.get("request") if kind.startswith("request") else fields.get("grant")
+        if kind not in LIVE_KINDS or not isinstance(record, dict):
+            return
+        agent = str(record.get("agent") or "")
+        extra = {"waiting": len(policy.waiting_requests())} if kind.startswith("request") else {}
+        hub.publish(ReviewEvent(cast(Kind, kind), None, agent, str(record.get("database") or ""), mode_of(agent),
+                                fields={**fields, **extra}))
+
+    policy.listeners.append(relay)
+
+
 async def _install_embedded(embedded: EmbeddedPostgres) -> None:
     """Undo mode on the embedded default: `dbproxy install` as the cluster's superuser."""
     try:
@@ -392,7 +513,7 @@ async def _install_embedded(embedded: EmbeddedPostgres) -> None:
         log.event("install", line=line.strip())
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, reloader: Callable[[], Settings] | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code.
 
     First of all it takes the data directory's lock (`dbproxy.config.datadir`), held until the
@@ -407,12 +528,12 @@ async def serve(settings: Settings) -> int:
         print(f"dbproxy: cannot use the data directory {settings.data_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
     try:
-        return await _serve(settings)
+        return await _serve(settings, reloader)
     finally:
         lock.release()
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, reloader: Callable[[], Settings] | None) -> int:
     # First: SIGTERM/SIGINT during the start (a supervisor that gives up waiting, a test that saw
     # the log line it wanted) must still end in a clean stop, never in the default hard exit.
     stop = asyncio.Event()
@@ -433,7 +554,7 @@ async def _serve(settings: Settings) -> int:
         if embedded is not None and "undo" in {settings.mode} | {a.mode or settings.mode
                                                                 for a in registry.agents.values()}:
             await _install_embedded(embedded)
-        proxy = ProxyServer(settings, target, registry)
+        proxy = ProxyServer(settings, target, registry, reloader=reloader)
         host, port = await proxy.start()
     except (OSError, ValueError, ClusterError, JournalError, RoleError) as e:  # ssl.SSLError is an OSError
         what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -449,6 +570,8 @@ async def _serve(settings: Settings) -> int:
           f"(token in {settings.data_dir / 'admin-token'} unless configured)\n"
           f"  review console: {console_url(proxy.admin_address)}/ (sign in with that token)",
           flush=True)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload_soon)
     await stop.wait()
     await proxy.shutdown()
     if embedded is not None:

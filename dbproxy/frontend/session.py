@@ -39,6 +39,7 @@ from dbproxy.config import log
 from dbproxy.config.settings import Settings
 from dbproxy.frontend.handshake import ClientLogin, ClientRejected, HandshakeConfig, client_handshake
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.gate import PolicyGate
 from dbproxy.hold.pending import PendingRegistry
 from dbproxy.hold.protocol import identity_refusal, notice, refusal_sql
 from dbproxy.hold.session import HoldSession
@@ -172,9 +173,10 @@ class Session:
             raise ClientRejected.fatal(SQLState.CANNOT_CONNECT_NOW,
                                        f"the review journal is unavailable, so {self.mode} mode cannot run")
         self.capture = False
-        if self.mode == "undo":
+        if self.mode in ("undo", "hold"):
             assert self.server.pending is not None
-            # In the startup packet, so RESET ALL and DISCARD ALL return to it.
+            # In the startup packet, so RESET ALL and DISCARD ALL return to it. Hold mode captures
+            # too: what a rule allows commits at once, with its inverse.
             params[CAPTURE_SETTING] = "on"
             self.capture = await self.server.pending.capture_ready(login.database)
         # The agent's own login role, acting as the agents' common role (in the startup packet, so
@@ -233,8 +235,17 @@ class Session:
         if leftover:
             self.client.write(b"".join(f.raw for f in leftover))
         held.attach()
+        policy = self.server.policy
+        gate = None
+        if policy is not None:
+            registry = self.server.pending
+            assert registry is not None
+            agent = login.agent.name
+            policy.session_started(self.id, agent, login.database)
+            gate = PolicyGate(policy, agent=agent, session=self.id, database=login.database, mode=self.mode,
+                              pending=lambda: registry.held_by(agent), write=self.client.write)
         self._hold = HoldSession(self, held, max_message_bytes=self.server.settings.max_message_bytes,
-                                 log_statements=self._log_statements)
+                                 log_statements=self._log_statements, gate=gate)
         # Told with the first answer rather than during login, when most drivers have no notice
         # handler installed yet.
         self._hold.first_notices = b"".join(notices)
@@ -433,6 +444,8 @@ class Session:
 
     async def _cleanup(self) -> None:
         self.server.unregister(self)
+        if self._hold is not None and self.server.policy is not None:
+            await self.server.policy.session_ended(self.id)  # session grants end, a waiting request is cancelled
         if self._passlog is not None and self.status in ("T", "E") and not (self.outstanding or self.unanswered):
             self._passlog.disconnected()  # what it wrote is rolled back as the connection closes
         up = self.upstream

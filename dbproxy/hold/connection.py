@@ -49,17 +49,24 @@ _UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
 _TX_TAGS = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
 
 
+class LockWatcher(Protocol):
+    """Looks at a client cycle that runs long (`dbproxy.hold.lockwatch.LockWatch`)."""
+
+    def arm(self, held: HeldConnection, router: Router) -> asyncio.TimerHandle: ...
+
+
 class ReviewQueue(Protocol):
     """What a held connection and its session need of the review queue."""
 
     verification: Verification | None  # undo mode: the sandbox gate (None: not configured)
     tables: TableCache  # undo mode: catalog facts per database
+    lock_watch: LockWatcher | None  # cycles stuck behind a pending chain's locks fail (55P03)
 
     def target_for(self, database: str) -> UpstreamTarget: ...
     def upstream_lost(self, held: HeldConnection) -> None: ...
     def journal_statement(self, tx_id: int, rec: StatementRecord) -> None: ...
     def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str, *,
-                         xid: int | None = None, undo: str | None = None) -> None: ...
+                         xid: int | None = None, undo: str | None = None, decided_by: str = "agent") -> None: ...
     async def hold(self, held: HeldConnection, *, undo: str | None = None) -> int: ...
     def chain_grew(self, held: HeldConnection) -> None: ...
     async def chain_broken(self, held: HeldConnection, reason: str) -> None: ...
@@ -99,12 +106,14 @@ class HeldConnection:
         self.tail = b""  # the client's last answer of a cycle, not sent yet (see `run`)
         self._hold_tail = False
         self._waiter: asyncio.Future[None] | None = None
+        self.lock_timer: asyncio.TimerHandle | None = None  # see LockWatcher
         self.lost = False
         # The chain: journal id once held, statements so far, timestamps.
         self.id: int | None = None
         self.xid: int | None = None
         self.statements: list[StatementRecord] = []
         self.undo: dict[str, object] | None = None  # undo mode: the inverse and why it was not enough
+        self.policy: str | None = None  # which rule or grant decided the chain at the agent's COMMIT
         self.started_at: datetime | None = None
         self.held_at: datetime | None = None
         self.held_monotonic = 0.0
@@ -171,6 +180,9 @@ class HeldConnection:
                 self._waiter = asyncio.get_running_loop().create_future()
                 self.endpoint.write(plan.upstream)
                 if not router.done:
+                    watch = self.registry.lock_watch if to_client else None
+                    if watch is not None:
+                        self.lock_timer = watch.arm(self, router)
                     await self._waiter
             else:
                 router.done = True
@@ -179,6 +191,9 @@ class HeldConnection:
                 sink(self.take_tail())
             raise
         finally:
+            if self.lock_timer is not None:
+                self.lock_timer.cancel()
+                self.lock_timer = None
             self.router = None
             self._waiter = None
             self.sink = saved_sink
@@ -233,7 +248,7 @@ class HeldConnection:
         st = self.state
         st.chain, st.held, st.agent_tx, st.failed, st.wrote, st.tx_no = False, 0, AgentTx.NONE, False, False, 0
         st.error_pending, st.identity_baseline = False, None
-        self.id, self.xid, self.statements, self.undo = None, None, [], None
+        self.id, self.xid, self.statements, self.undo, self.policy = None, None, [], None, None
         self.started_at = self.held_at = None
 
     @property

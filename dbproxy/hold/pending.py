@@ -20,17 +20,22 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import asyncpg
 
 from dbproxy.backend.upstream import UpstreamTarget
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.gate import PendingView
+from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.protocol import AgentTx, notice
 from dbproxy.hold.reverify import verify_held
 from dbproxy.journal.records import StatementRecord, TransactionRecord
 from dbproxy.journal.store import LINGER, FinishedTransaction, Journal
 from dbproxy.net.endpoint import ConnectionClosed
+from dbproxy.policy.engine import write_actions
+from dbproxy.policy.service import Policy, PolicyError
 from dbproxy.protocol.errors import SQLState
 from dbproxy.review import diff
 from dbproxy.review.events import EventHub, ReviewEvent
@@ -41,7 +46,7 @@ from dbproxy.review.summaries import Summaries
 from dbproxy.undo import reverify
 from dbproxy.undo import service as undo_service
 from dbproxy.undo.commit import TableCache
-from dbproxy.undo.install import installed_version
+from dbproxy.undo.install import event_triggers_installed, installed_version
 from dbproxy.undo.verification import Verification
 from inverse.capture_schema import CAPTURE_VERSION
 
@@ -71,6 +76,8 @@ class PendingRegistry:
         self.tables = TableCache()  # undo mode: catalog facts per database
         self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
         self.summaries: Summaries | None = None  # a model's summaries for `show` (None: no model configured)
+        self.policy: Policy | None = None  # rules and grants (a commit may add a grant)
+        self.lock_watch: LockWatch | None = None  # agents' statements stuck behind pending chains fail
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
         self.live: dict[int, HeldConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -101,6 +108,8 @@ class PendingRegistry:
                                           reason="the proxy shut down; the upstream rolled the transaction back")
             held.close()
         self.live.clear()
+        if self.lock_watch is not None:
+            await self.lock_watch.close()
         if self._finished_task is not None:
             await asyncio.wait({self._finished_task}, timeout=5)
         if self._tasks:
@@ -118,7 +127,7 @@ class PendingRegistry:
         `undo`: in undo mode, the inverse and why it was not enough (JSON), for the reviewer."""
         tx_id = await self.journal.start(agent=held.agent, session=held.session_id, database=held.database,
                                          mode=held.mode, backend_pid=held.backend_pid, pending=True,
-                                         pending_xid=held.xid)
+                                         pending_xid=held.xid, policy=held.policy)
         if undo is not None:
             held.undo = json.loads(undo)
             await self._quiet_update(tx_id, undo=undo)
@@ -163,17 +172,38 @@ class PendingRegistry:
         self._capture[database] = ready
         return ready
 
+    async def capture_state(self, database: str) -> tuple[bool, bool]:
+        """(row capture, DDL capture) installed in `database`: what decides whether an operation
+        has an exact inverse there, and so whether it may be granted permanently."""
+        if not await self.capture_ready(database):
+            return False, False
+        try:
+            conn = await asyncpg.connect(self.dsn_for(database), timeout=10)
+            try:
+                return True, await event_triggers_installed(conn)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError) as e:
+            log.event("undo.capture_check_failed", database=database, reason=str(e), level=logging.WARNING)
+            return True, False
+
     def journal_finished(self, held: HeldConnection, records: list[StatementRecord], outcome: str, *,
-                         xid: int | None = None, undo: str | None = None) -> None:
-        """A chain that was never held (the agent rolled it back, or undo mode committed it with
-        its inverse) is journaled too."""
+                         xid: int | None = None, undo: str | None = None, decided_by: str = "agent") -> None:
+        """A chain that was never held (the agent rolled it back, a rule denied it, undo mode or an
+        allow rule committed it with its inverse) is journaled too, with what decided it."""
         self.journal_passthrough(agent=held.agent, session=held.session_id, database=held.database,
                                  backend_pid=held.backend_pid, records=records, outcome=outcome, mode=held.mode,
-                                 xid=xid, undo=undo)
+                                 xid=xid, undo=undo, decided_by=decided_by, policy=held.policy)
+
+    def held_by(self, agent: str) -> list[PendingView]:
+        """The agent's transactions waiting for a reviewer (for `SHOW dbproxy.status`)."""
+        return [PendingView(tx_id, h.held_at, len(h.statements), h.policy)
+                for tx_id, h in sorted(self.live.items()) if h.agent == agent]
 
     def journal_passthrough(self, *, agent: str, session: int, database: str, backend_pid: int,
                             records: list[StatementRecord], outcome: str, mode: str = "passthrough",
-                            xid: int | None = None, undo: str | None = None) -> None:
+                            xid: int | None = None, undo: str | None = None, decided_by: str = "agent",
+                            policy: str | None = None) -> None:
         """An agent transaction that wrote has ended: record it (after the fact, in batches, so
         that a busy trusted agent costs the journal one round trip per batch)."""
         if not records:
@@ -182,7 +212,7 @@ class PendingRegistry:
             self._finished_dropped += 1
             return
         tx = FinishedTransaction(agent, session, database, mode, backend_pid, records[0].at, records[-1].at,
-                                 outcome, max(r.tx_no for r in records), xid, undo)
+                                 outcome, max(r.tx_no for r in records), xid, undo, decided_by, policy)
         self._finished.append((tx, records))
         self._announce(None, "statements", None, agent=agent, database=database, mode=mode, statements=len(records))
         if undo is not None and outcome == "committed":
@@ -340,13 +370,13 @@ class PendingRegistry:
             found = await self.journal_get(tx_id)
             record, statements = found
             detail = TransactionDetail(transaction=record, statements=statements)
-            if record.mode == "undo" and record.outcome == "committed" and record.xid is not None \
+            if record.outcome == "committed" and record.xid is not None \
                     and (record.undo or {}).get("direction"):
                 detail.diff, detail.diff_note = await self._image_diff(record, offset=offset, limit=limit,
                                                                         table=table)
             else:
                 detail.diff_note = ("the transaction has ended; row-level diffs exist only while it is held, "
-                                    "and afterwards for transactions committed in undo mode")
+                                    "and afterwards for transactions committed with their inverse")
             return detail
         detail = TransactionDetail(
             transaction=self._record(held),
@@ -419,7 +449,10 @@ class PendingRegistry:
         finally:
             held.lock.release()
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: Literal["session", "permanent"] | None = None) -> Decision:
+        if grant is not None:
+            return await self._commit_granting(tx_id, reviewer, reason=reason, scope=grant)
         held = await self._live_or_explain(tx_id, "commit")
         await self._acquire(held, tx_id)
         try:
@@ -475,6 +508,33 @@ class PendingRegistry:
             return Decision(id=tx_id, outcome="committed", decided_by=reviewer, reason=reason)
         finally:
             held.lock.release()
+
+    async def _commit_granting(self, tx_id: int, reviewer: str, *, reason: str | None,
+                               scope: Literal["session", "permanent"]) -> Decision:
+        """Commit, and grant the agent what the transaction did (its operation classes on the
+        objects it wrote) for its session or permanently. The grant is checked first: one that
+        would be refused leaves the transaction pending."""
+        held = await self._live_or_explain(tx_id, "commit")
+        if self.policy is None:
+            raise ReviewError(409, "this proxy keeps no grants (its journal is unavailable)")
+        acts = write_actions(r.sql for r in held.statements if r.sqlstate is None)
+        if not acts:
+            raise ReviewError(409, f"#{tx_id} wrote nothing a grant could name")
+        ops = sorted({a.op for a in acts})
+        objects = sorted({a.object or "*" for a in acts})
+        agent, session, database = held.agent, held.session_id, held.database
+        try:
+            await self.policy.check_grant(agent=agent, ops=ops, scope=scope, reviewer=reviewer, session=session,
+                                          database=database)
+        except PolicyError as e:
+            raise ReviewError(e.status, f"#{tx_id} was not committed: {e.message}") from None
+        decision = await self.commit(tx_id, reviewer, reason=reason)
+        try:
+            g = await self.policy.grant(agent=agent, ops=ops, objects=objects, scope=scope, reviewer=reviewer,
+                                        session=session, reason=reason, transaction=tx_id, database=database)
+        except PolicyError as e:
+            raise ReviewError(e.status, f"#{tx_id} was committed, but the grant was refused: {e.message}") from None
+        return decision.model_copy(update={"grant": g.id})
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
         held = await self._live_or_explain(tx_id, "roll back")
@@ -617,7 +677,7 @@ class PendingRegistry:
             mode=held.mode,  # type: ignore[arg-type]
             backend_pid=held.backend_pid, xid=held.xid, started_at=held.started_at or now, held_at=held.held_at,
             outcome="pending", statements=len(held.statements), agent_transactions=held.state.held,
-            undo=held.undo)
+            undo=held.undo, policy=held.policy)
 
     async def _expire_loop(self) -> None:
         while True:

@@ -36,6 +36,7 @@ from dbproxy.protocol.messages import (
     Bind,
     Close,
     CommandComplete,
+    DataRow,
     Describe,
     ErrorResponse,
     Execute,
@@ -44,6 +45,7 @@ from dbproxy.protocol.messages import (
     ParameterDescription,
     Parse,
     Query,
+    RowDescription,
     Sync,
     decode_backend,
     decode_frontend,
@@ -176,6 +178,10 @@ def refusal(c: Classification, state: HoldState) -> ErrorResponse | None:
     identity = identity_refusal(c.sql, state.run_as)
     if identity is not None:
         return identity
+    if state.policy_refusal is not None and c.tx is None:
+        denied = state.policy_refusal(c.sql)
+        if denied is not None:
+            return denied
     if c.escape and not c.escape.startswith(_CALL_ESCAPE):
         # A CALL is let through: hold mode runs it inside a transaction block, where PostgreSQL
         # itself refuses a procedure's COMMIT/ROLLBACK (2D000), so it cannot end the chain.
@@ -240,6 +246,39 @@ def _raise_sql(sqlstate: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_PROXY_SHOW = re.compile(r"\s*show\s+dbproxy\.(status|rules)\s*;?\s*", re.IGNORECASE)
+
+
+def proxy_show(sql: str) -> str | None:
+    """`status` or `rules` for `SHOW dbproxy.status` / `SHOW dbproxy.rules`, which the proxy answers
+    itself (never sent upstream), else None."""
+    if "dbproxy" not in sql and "DBPROXY" not in sql.upper():
+        return None
+    m = _PROXY_SHOW.fullmatch(sql)
+    return m.group(1).lower() if m else None
+
+
+@dataclass
+class ProxyResult:
+    """A result the proxy answers itself: text columns and rows."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+
+    def description(self) -> bytes:
+        return RowDescription(tuple((c, 25) for c in self.columns)).encode()  # 25: text
+
+    def data(self) -> bytes:
+        return b"".join(DataRow(r).encode() for r in self.rows) + _cc("SHOW")
+
+
+#: The columns of the proxy's answers, known before the rows are (a Describe comes first).
+PROXY_COLUMNS = {
+    "status": ("kind", "id", "state", "since", "age_seconds", "detail", "next"),
+    "rules": ("position", "source", "decision", "ask", "ops", "objects", "max_rows"),
+}
+
+
 class AgentTx(enum.Enum):
     NONE = 0
     IMPLICIT = 1  # statements outside BEGIN, until Sync / end of the simple query
@@ -262,6 +301,11 @@ class HoldState:
     run_as: str = ""  # the role the agent acts as (current_user; "" : the login role itself)
     capture: bool = False  # undo mode with capture installed: fetch the changes at each COMMIT
     identity_baseline: int | None = None  # role-catalog writes counted when the chain began (see guard_sql)
+    # The policy's say on a statement before it runs (a deny rule, or a reviewer's rejection):
+    # the error the agent gets instead, or None. Set by the session when a policy applies.
+    policy_refusal: Callable[[str], ErrorResponse | None] | None = None
+    # The proxy's own answers to `SHOW dbproxy.status|rules` in the cycle being planned.
+    answers: dict[str, ProxyResult] = field(default_factory=dict)
 
     @property
     def agent_status(self) -> str:
@@ -546,7 +590,8 @@ def plan_query(state: HoldState, sql: str) -> Plan:
     """A simple Query: statements split and planned one by one, sent as one query string."""
     statements = split_cached(sql)
     classes = [classify_cached(s) for s in statements]
-    if not state.chain and state.agent_tx is AgentTx.NONE and all(
+    shows = [proxy_show(s) for s in statements]
+    if not state.chain and state.agent_tx is AgentTx.NONE and not any(shows) and all(
         c.read_only and c.tx is None and refusal(c, state) is None for c in classes
     ):
         return Plan(Query(sql).encode(), [], passthrough=True)
@@ -561,7 +606,12 @@ def plan_query(state: HoldState, sql: str) -> Plan:
                     Step(frozenset({T_READY}), Action.SWALLOW)]
         b.sim.agent_tx, b.sim.wrote = AgentTx.IMPLICIT, False
         b.sim.tx_no += 1
-    for c in classes:
+    for c, show in zip(classes, shows, strict=True):
+        if show is not None:
+            answer = state.answers.get(show) or ProxyResult(PROXY_COLUMNS[show])
+            b.synthetic(answer.description() + answer.data())
+            continue
+
         def emit(action: Action, tag: str | None, effects: tuple[Effect, ...], c: Classification = c) -> None:
             b.stmt(c.sql, action, tag=tag, effects=effects, record=c.sql)
         b.client_statement(c, emit)
@@ -582,6 +632,22 @@ class PreparedStatements:
     portals: dict[str, Classification | None] = field(default_factory=dict)
     types: dict[str, tuple[int, ...]] = field(default_factory=dict)  # statement -> its Parse's parameter types
     binds: dict[str, BoundValues] = field(default_factory=dict)  # portal -> its values, when it had any
+    # Statements and portals the proxy answers itself (`SHOW dbproxy.status`): name -> what they show.
+    # They never exist upstream.
+    proxy: dict[str, str] = field(default_factory=dict)
+    proxy_portals: dict[str, str] = field(default_factory=dict)
+
+    def names_proxy(self, m: object) -> bool:
+        """Does this message name something the proxy answers itself?"""
+        if isinstance(m, Parse):
+            return proxy_show(m.sql) is not None
+        if isinstance(m, Bind):
+            return m.statement in self.proxy
+        if isinstance(m, Describe | Close):
+            return m.name in (self.proxy if m.kind == "S" else self.proxy_portals)
+        if isinstance(m, Execute):
+            return m.portal in self.proxy_portals
+        return False
 
 
 _UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
@@ -591,13 +657,16 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
     msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
     if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
-            and isinstance(msgs[-1], Sync) and (after := _read_only_cycle(state, prepared, msgs)) is not None:
+            and isinstance(msgs[-1], Sync) and not any(prepared.names_proxy(m) for m in msgs) \
+            and (after := _read_only_cycle(state, prepared, msgs)) is not None:
         # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
         prepared.statements, prepared.portals = after.statements, after.portals
         for m in msgs:  # what these messages name no longer carries earlier values or types
             if isinstance(m, Bind):
                 prepared.binds.pop(m.portal, None)
+                prepared.proxy_portals.pop(m.portal, None)
             elif isinstance(m, Parse):
+                prepared.proxy.pop(m.name, None)
                 prepared.types.pop(m.name, None)
                 if m.param_types:
                     prepared.types[m.name] = m.param_types
@@ -611,8 +680,11 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
     ends_with_sync = False
     for f, m in zip(frames, msgs, strict=True):
         start = len(b.steps)
-        if isinstance(m, Parse):
+        if prepared.names_proxy(m):
+            _proxy_message(b, prepared, state, m)
+        elif isinstance(m, Parse):
             c = classify_cached(m.sql)
+            prepared.proxy.pop(m.name, None)
             error = refusal(c, b.sim)
             if m.param_types:
                 prepared.types[m.name] = m.param_types
@@ -627,6 +699,7 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
                 b.steps.append(Step(frozenset({T_PARSE_COMPLETE})))
         elif isinstance(m, Bind):
             prepared.portals[m.portal] = prepared.statements.get(m.statement, _UNKNOWN_PORTAL)
+            prepared.proxy_portals.pop(m.portal, None)
             if m.params:
                 prepared.binds[m.portal] = (m, prepared.types.get(m.statement, ()))
             else:
@@ -669,6 +742,34 @@ def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[F
         # Cut short by a Query that follows: the server sends nothing without a Sync or Flush.
         b.out.append(Flush().encode())
     return Plan(b"".join(b.out), b.steps, ends_with_sync=ends_with_sync, refused=b.refused)
+
+
+_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = frame(b"1", b""), frame(b"2", b""), frame(b"3", b"")
+
+
+def _proxy_message(b: _Builder, prepared: PreparedStatements, state: HoldState, m: object) -> None:
+    """A message about a statement the proxy answers itself: answered here, never sent upstream."""
+    if isinstance(m, Parse):
+        kind = proxy_show(m.sql)
+        assert kind is not None
+        prepared.proxy[m.name] = kind
+        prepared.statements.pop(m.name, None)
+        b.synthetic(_PARSE_COMPLETE)
+    elif isinstance(m, Bind):
+        prepared.proxy_portals[m.portal] = prepared.proxy[m.statement]
+        prepared.portals.pop(m.portal, None)
+        prepared.binds.pop(m.portal, None)
+        b.synthetic(_BIND_COMPLETE)
+    elif isinstance(m, Describe):
+        kind = (prepared.proxy if m.kind == "S" else prepared.proxy_portals)[m.name]
+        columns = ProxyResult(PROXY_COLUMNS[kind]).description()
+        b.synthetic((ParameterDescription(()).encode() if m.kind == "S" else b"") + columns)
+    elif isinstance(m, Close):
+        (prepared.proxy if m.kind == "S" else prepared.proxy_portals).pop(m.name, None)
+        b.synthetic(_CLOSE_COMPLETE)
+    elif isinstance(m, Execute):
+        kind = prepared.proxy_portals[m.portal]
+        b.synthetic((state.answers.get(kind) or ProxyResult(PROXY_COLUMNS[kind])).data())
 
 
 def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
@@ -737,6 +838,9 @@ class Router:
         self.committed_writes = 0  # ... of which this many had statements that may write
         self.notified = False  # NOTIFY / pg_notify ran: worth holding even without a transaction id
         self.described: dict[str, tuple[int, ...]] = {}  # statement name -> parameter types the server named
+        # Set when the proxy cancelled a statement that waited on a lock of a held transaction: the
+        # agent gets this instead of the server's "canceling statement due to user request".
+        self.lock_error: ErrorResponse | None = None
         self._rows: list[bytes] = []
 
     def start(self) -> bytes:
@@ -802,6 +906,8 @@ class Router:
             assert isinstance(err, ErrorResponse)
             self.copy_in = False
             shown = step.error if step.error is not None else err
+            if self.lock_error is not None and err.sqlstate == "57014":
+                shown = self.lock_error
             if self.error is None:
                 self.error = shown
             out.append(shown.encode())

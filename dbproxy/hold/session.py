@@ -3,9 +3,12 @@
 `HoldSession` reads client messages into an inbox, cuts them into cycles, asks
 `dbproxy.hold.protocol` for a plan, runs it on the `HeldConnection`, and finishes each cycle with
 the journal, the "held for review" notice and a ReadyForQuery computed from the agent's own
-transaction state. At an agent COMMIT that wrote it holds the chain for review or, in undo mode,
-asks `dbproxy.undo.commit` whether it may commit with its inverse. All protocol decisions are in
-`dbproxy.hold.protocol`; this module only waits.
+transaction state. Before a cycle, the policy (`dbproxy.hold.gate`) may pause it for a reviewer's
+approval and answers `SHOW dbproxy.*`. At an agent COMMIT that wrote, the policy's verdict decides:
+deny rolls it back, ask holds it, allow commits it with its inverse (`dbproxy.undo.commit`, in hold
+mode too), and with no rule the mode decides as before (hold: held; undo: committed with its
+inverse when it has a verified one). All protocol decisions are in `dbproxy.hold.protocol`; this
+module only waits.
 
 The client session that owns it (`dbproxy.frontend.session`) is reached through `SessionHost`, a
 Protocol defined here, so hold mode does not import the frontend.
@@ -20,6 +23,7 @@ from typing import Protocol
 
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.gate import PolicyGate
 from dbproxy.hold.protocol import (
     GUARD_ERROR,
     AgentTx,
@@ -31,10 +35,12 @@ from dbproxy.hold.protocol import (
     synthetic_ready,
 )
 from dbproxy.net.endpoint import ConnectionClosed, Endpoint
+from dbproxy.policy.engine import Verdict
 from dbproxy.protocol.errors import ProtocolViolation, SQLState
 from dbproxy.protocol.framing import FRONTEND_TYPES, Frame, FrameScanner
 from dbproxy.protocol.messages import CopyFail, ErrorResponse, Query, decode_frontend
 from dbproxy.undo import commit as undo_commit
+from inverse.images import CAPTURE_LIMIT
 
 _CYCLE_END = frozenset(b"SHQFX")
 _COPY_FROM_CLIENT = frozenset(b"cf")
@@ -54,15 +60,19 @@ class HoldSession:
     """The agent side of a hold-mode session (see module docstring)."""
 
     def __init__(self, session: SessionHost, held: HeldConnection, *, max_message_bytes: int,
-                 log_statements: bool = False) -> None:
+                 log_statements: bool = False, gate: PolicyGate | None = None) -> None:
         self.session = session
+        self.prepared = PreparedStatements()
+        self.gate = gate
+        if gate is not None:
+            held.state.policy_refusal = gate.refusal
+            gate.prepared = self.prepared  # the gate reads which statement each portal runs
         self.log_statements = log_statements
         self.held = held
         self.client = session.client
         self.scanner = FrameScanner(FRONTEND_TYPES - {ord("d")}, valid=FRONTEND_TYPES,
                                     max_decoded=max_message_bytes)
         self.inbox: list[bytes | Frame] = []
-        self.prepared = PreparedStatements()
         self._wake: asyncio.Future[None] | None = None
         self._gone = False
         self._copy_forwarding = False  # COPY FROM STDIN under way: client data goes upstream at once
@@ -115,6 +125,8 @@ class HoldSession:
     def client_lost(self) -> None:
         self._gone = True
         self._poke()
+        if self.gate is not None and self.gate.gone is not None and not self.gate.gone.done():
+            self.gate.gone.set_result(None)  # a request waiting for approval is cancelled
         router = self.held.router
         if router is not None and router.copy_in:
             # A backend waiting for COPY data ignores a cancel: end the COPY instead.
@@ -157,6 +169,8 @@ class HoldSession:
         held = self.held
         held.sink = self.client.write
         held.session = self
+        if self.gate is not None:
+            self.gate.gone = asyncio.get_running_loop().create_future()
         self.client.relay_to(self.feed_client, lambda ep: self.client_lost())
         reason = "client disconnected"
         try:
@@ -167,10 +181,14 @@ class HoldSession:
                 last = cycle[-1]
                 if isinstance(last, Frame) and last.type == ord("X"):
                     if len(cycle) > 1:
+                        await self._before(cycle[:-1])
                         async with held.lock:
                             await self._cycle(cycle[:-1])
                     reason = "client terminated"
                     break
+                await self._before(cycle)
+                if self._gone:
+                    break  # the agent left while its request waited for approval: nothing of it runs
                 async with held.lock:
                     await self._cycle(cycle)
         except ConnectionClosed:
@@ -187,7 +205,21 @@ class HoldSession:
             held.session = None
         return reason
 
+    async def _before(self, cycle: list[bytes | Frame]) -> None:
+        """The policy's turn before a cycle, outside the connection's lock: a statement it pauses
+        waits here for a reviewer, while reviewers can still decide this session's held work."""
+        if self.gate is not None:
+            self.held.state.answers = await self.gate.before(cycle)
+
     async def _cycle(self, cycle: list[bytes | Frame]) -> None:
+        try:
+            await self._run_cycle(cycle)
+        finally:
+            self.held.state.answers = {}
+            if self.gate is not None:
+                self.gate.refused = {}
+
+    async def _run_cycle(self, cycle: list[bytes | Frame]) -> None:
         held = self.held
         state = held.state
         # CopyData/CopyDone/CopyFail outside COPY (left over from a COPY that failed before the
@@ -258,6 +290,8 @@ class HoldSession:
         elif state.chain and not state.held and state.agent_tx is AgentTx.NONE:
             await held.inject("COMMIT")  # a chain with nothing in it (e.g. a SET outside BEGIN)
             held.reset_chain()
+        if self.gate is not None and self.gate.once and state.agent_tx is AgentTx.NONE:
+            await self.gate.transaction_ended(committed=router.committed_any and not failed)
         self.client.write(held.take_tail() + extra + synthetic_ready(state.agent_status))
 
     async def _after_commit(self, router: Router) -> bytes:
@@ -280,15 +314,60 @@ class HoldSession:
                         return ErrorResponse.make(r.error.sqlstate, r.error.message).encode()
                 return b""
             held.xid = int(xid) if xid is not None else None
-            if held.mode == "undo":
-                return await self._commit_with_undo(router)
-            return await self._hold(router)
+            return await self._decide(router)
         if router.committed_writes:
             state.held += router.committed_writes
             held.registry.chain_grew(held)
             return notice(f"dbproxy: transaction held for review as #{held.id} "
                           f"({state.held} agent transactions held together)")
         return b""
+
+    async def _decide(self, router: Router) -> bytes:
+        """The policy's verdict on the agent's transaction at its COMMIT, carried out."""
+        held = self.held
+        state = held.state
+        chained = state.agent_tx is not AgentTx.NONE
+        decision: undo_commit.Decision | None = None
+        verdict: Verdict | None = None
+        if self.gate is not None and self.gate.applies():
+            changes = None
+            complete = True
+            if state.capture and held.xid is not None and not chained:
+                decision = await undo_commit.decide(held, held.xid, router.rows[-1] if router.rows else [],
+                                                    held.registry.tables, CAPTURE_LIMIT)
+                changes, complete = decision.changes, decision.complete
+            verdict = self.gate.at_commit(held.statements, changes, decision.tables if decision else {},
+                                          complete=complete)
+        if verdict is None or verdict.decision == "mode":
+            held.policy = verdict.by if verdict is not None else None
+            if held.mode == "undo":
+                return await self._commit_with_undo(router, decision)
+            return await self._hold(router)
+        held.policy = f"{verdict.decision}: {verdict.by}"
+        if verdict.decision == "deny":
+            return await self._deny(verdict)
+        if verdict.decision == "ask":
+            return await self._hold(router, why=verdict.reasons, because="a rule asks a reviewer first")
+        # What a person approved statement by statement (pause, approve once) commits even without
+        # an exact inverse: that approval was the ask. Rules and standing grants cover only what can
+        # be undone.
+        approved = bool(verdict.grants) and all(g.scope == "once" for g in verdict.grants) \
+            and all(src.startswith("grant #") for src in verdict.sources)
+        return await self._commit_with_undo(router, decision, allowed=verdict, approved=approved)
+
+    async def _deny(self, verdict: Verdict) -> bytes:
+        """A deny rule matched what the transaction did (seen by capture, e.g. inside a function):
+        it is rolled back, and the agent is told which rule."""
+        held = self.held
+        log.event("policy.denied", session=self.session.id, agent=held.agent, reason=verdict.reasons[0])
+        await held.inject("ROLLBACK")
+        # Journaled whatever its command tags say: what it did was seen by capture.
+        held.registry.journal_finished(held, list(held.statements), "rolled back",
+                                       decided_by=verdict.rule.source if verdict.rule is not None else "policy")
+        held.reset_chain()
+        return ErrorResponse.make("42501", f"dbproxy denied this transaction: {verdict.reasons[0]}",
+                                  detail="It was rolled back; nothing of it was committed.",
+                                  hint="SHOW dbproxy.rules lists this agent's rules.").encode()
 
     def _identity_changed(self, router: Router) -> bool:
         """The chain began in this cycle, so the guard could not compare the role-catalog count
@@ -326,9 +405,10 @@ class HoldSession:
                       "session join it and see its changes.",
                       hint=f"dbproxy show {tx_id}; dbproxy commit {tx_id}; dbproxy rollback {tx_id}")
 
-    async def _commit_with_undo(self, router: Router) -> bytes:
-        """Undo mode: commit the agent's transaction (which wrote, or notified) with its inverse, or
-        hold it (`dbproxy.undo.commit` decides)."""
+    async def _commit_with_undo(self, router: Router, decision: undo_commit.Decision | None = None, *,
+                                allowed: Verdict | None = None, approved: bool = False) -> bytes:
+        """Commit the agent's transaction (which wrote, or notified) with its inverse, or hold it
+        (`dbproxy.undo.commit` decides): undo mode, and what a rule or grant allows in any mode."""
         held = self.held
         state = held.state
         choice = await undo_commit.choose(
@@ -336,13 +416,38 @@ class HoldSession:
             # COMMIT AND CHAIN: the next agent transaction already runs in this upstream one.
             chained=state.agent_tx is not AgentTx.NONE,
             statements=held.statements, tables=held.registry.tables, verification=held.registry.verification,
-            session=self.session.id)
+            session=self.session.id, decision=decision)
         if isinstance(choice, undo_commit.Hold):
+            if approved and allowed is not None:
+                return await self._commit_approved(allowed, choice)
+            if allowed is not None:
+                # Allowed, but without an exact verified inverse: an allow covers only what can be undone.
+                held.policy = f"ask: {allowed.by}, but {choice.because}: {'; '.join(choice.why)}"
+                return await self._hold(router, why=choice.why, undo=choice.undo,
+                                        because=f"a rule or grant allows it, but {choice.because}")
             return await self._hold(router, why=choice.why, because=choice.because, undo=choice.undo)
-        return await self._commit_decided(choice)
+        return await self._commit_decided(choice, allowed=allowed)
 
-    async def _commit_decided(self, choice: undo_commit.Commit) -> bytes:
-        """Commit the agent's transaction with its undo marker; journal the inverse."""
+    async def _commit_approved(self, verdict: Verdict, choice: undo_commit.Hold) -> bytes:
+        """Commit what a reviewer approved statement by statement, though it has no exact inverse
+        (journaled with why not, so nobody takes it for undoable)."""
+        held = self.held
+        r = await held.inject("COMMIT")
+        if r.error is not None:
+            held.reset_chain()
+            return ErrorResponse.make(r.error.sqlstate, r.error.message,
+                                      detail="dbproxy: the transaction was not committed").encode()
+        by = ", ".join(f"{g.granted_by} (request #{g.request})" for g in verdict.grants)
+        held.policy = f"allow: approved by {by}; no exact inverse: {'; '.join(choice.why)}"
+        held.registry.journal_finished(held, list(held.statements), "committed", xid=held.xid, undo=choice.undo,
+                                       decided_by=", ".join(g.granted_by for g in verdict.grants))
+        held.reset_chain()
+        return notice("dbproxy: committed as approved; it cannot be undone exactly",
+                      detail="; ".join(choice.why))
+
+    async def _commit_decided(self, choice: undo_commit.Commit, *, allowed: Verdict | None = None) -> bytes:
+        """Commit the agent's transaction with its undo marker; journal the inverse (and, when a rule
+        or grant allowed it, which)."""
         held = self.held
         state = held.state
         registry = held.registry
@@ -357,7 +462,8 @@ class HoldSession:
             return ErrorResponse.make(r.error.sqlstate, r.error.message,
                                       detail="dbproxy: the transaction was not committed").encode()
         registry.journal_finished(held, list(held.statements), "committed", xid=held.xid,
-                                  undo=decision.journal_json(choice.verdict, llm=choice.llm))
+                                  undo=decision.journal_json(choice.verdict, llm=choice.llm),
+                                  decided_by=", ".join(allowed.sources) if allowed is not None else "agent")
         held.reset_chain()
         if registry.verification is not None and any(c.op == "X" for c in decision.changes):
             registry.verification.schema_moved(held.database)

@@ -65,6 +65,8 @@ class TransactionRecord(BaseModel):
     statements_lost: int = Field(default=0, description="statements recorded but lost before the journal could "
                                  "store them (the statement list has gaps)")
     agent_transactions: int = 0
+    policy: str | None = Field(default=None, description="which rule or grant decided it at the agent's COMMIT "
+                               "(allowed, asked, denied), or that no rule matched and the agent's mode decided")
     undo: dict[str, Any] | None = Field(
         default=None, description="undo mode: the inverse (steps, irreversible reasons, notes), its verification, "
         "and undo/redo history")

@@ -1,7 +1,7 @@
 """The journal: the durable record of every agent transaction, in PostgreSQL.
 
 It lives in a `dbproxy` schema (in the upstream database or a separate state database), so several
-proxy instances can share it and nothing is lost when one restarts. Tables (schema version 3):
+proxy instances can share it and nothing is lost when one restarts. Tables (schema version 4):
 
 - `dbproxy.schema_version (component, version, updated_at)`: one row per component that keeps
   tables in the schema (`journal` here), so later versions can migrate.
@@ -13,7 +13,8 @@ proxy instances can share it and nothing is lost when one restarts. Tables (sche
   in it; `params` (version 3) is a JSON array of its bind parameter values as text, secrets
   redacted (`dbproxy.journal.params`), or NULL for a statement without any.
 
-Version 2 added `transactions.undo`, version 3 `statements.params`; `Journal.open` migrates an
+Version 2 added `transactions.undo`, version 3 `statements.params`, version 4 `transactions.policy`
+(which rule or grant decided the transaction at the agent's COMMIT); `Journal.open` migrates an
 older schema under an advisory lock. `fetch_transactions` and `fetch_transaction` read it over
 any connection, so the offline reader (`dbproxy log` with the proxy stopped) shares the queries.
 
@@ -46,7 +47,7 @@ import asyncpg
 from dbproxy.config.log import event
 from dbproxy.journal.records import FINAL_OUTCOMES, Mode, Outcome, StatementRecord, TransactionRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 COMPONENT = "journal"
 #: Key of the advisory lock held while creating or migrating the schema.
 _SCHEMA_LOCK = 0x6462_7078_6A6E_6C31  # "dbpxjnl1"
@@ -130,12 +131,19 @@ CREATE TABLE IF NOT EXISTS dbproxy.statements (
 
 _TX_COLUMNS = (
     "id, agent, session, database, mode, backend_pid, xid, started_at, held_at, ended_at, outcome, "
-    "decided_by, reason, statements, statements_lost, agent_transactions, undo::text AS undo"
+    "decided_by, reason, statements, statements_lost, agent_transactions, undo::text AS undo, policy"
 )
+
+
+def _tx_columns(version: int) -> str:
+    """The transaction columns a journal of schema `version` has (the offline reader reads old ones)."""
+    return _TX_COLUMNS if version >= 4 else _TX_COLUMNS.removesuffix(", policy")
 #: Version 2 (undo mode): the inverse, its verification and undo/redo history, as JSON.
 _DDL_V2 = "ALTER TABLE dbproxy.transactions ADD COLUMN IF NOT EXISTS undo jsonb;"
 #: Version 3: bind parameter values of each statement (JSON array of text, NULL for none).
 _DDL_V3 = "ALTER TABLE dbproxy.statements ADD COLUMN IF NOT EXISTS params jsonb;"
+#: Version 4: which rule or grant decided the transaction (`dbproxy.policy`), in words.
+_DDL_V4 = "ALTER TABLE dbproxy.transactions ADD COLUMN IF NOT EXISTS policy text;"
 _STMT_COLUMNS = "seq, tx_no, sql, tag, rows, sqlstate, error, at"
 
 # One round trip per batch: insert the statements (a retried batch skips rows already there) and
@@ -183,6 +191,7 @@ class FinishedTransaction(NamedTuple):
     xid: int | None = None
     undo: str | None = None  # JSON text (undo mode: the inverse)
     decided_by: str = "agent"  # the reviewer, for the journal entry of an undo or redo
+    policy: str | None = None  # which rule or grant decided it (dbproxy.policy)
 
 
 class JournalError(Exception):
@@ -323,7 +332,7 @@ async def fetch_transaction(con: asyncpg.Connection, tx_id: int, *,
     `version`: the schema version of the journal read (older ones lack some columns)."""
     columns = _STMT_COLUMNS + (", params::text AS params" if version >= 3 else "")
     async with con.transaction(isolation="repeatable_read", readonly=True):
-        tx = await con.fetchrow(f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id = $1", tx_id)
+        tx = await con.fetchrow(f"SELECT {_tx_columns(version)} FROM dbproxy.transactions WHERE id = $1", tx_id)
         if tx is None:
             return None
         stmts = await con.fetch(f"SELECT {columns} FROM dbproxy.statements WHERE tx_id = $1 ORDER BY seq", tx_id)
@@ -333,7 +342,7 @@ async def fetch_transaction(con: asyncpg.Connection, tx_id: int, *,
 async def fetch_transactions(con: asyncpg.Connection, *, outcome: str | None = None, agent: str | None = None,
                              limit: int = 100, before_id: int | None = None, table: str | None = None,
                              search: str | None = None, since: datetime | None = None,
-                             until: datetime | None = None) -> list[TransactionRecord]:
+                             until: datetime | None = None, version: int = SCHEMA_VERSION) -> list[TransactionRecord]:
     """Transactions, newest first; `before_id` pages on (ids smaller than it). `table`: one of its
     statements mentions that text; `search`: a statement, the reason or the decider does
     (case-insensitive); `since`/`until`: it started in that time."""
@@ -352,7 +361,7 @@ async def fetch_transactions(con: asyncpg.Connection, *, outcome: str | None = N
             where.append(f"(EXISTS (SELECT 1 FROM dbproxy.statements s WHERE s.tx_id = t.id AND s.sql ILIKE {n})"
                          + also.replace("$N", n) + ")")
     args.append(limit)
-    sql = (f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions t"
+    sql = (f"SELECT {_tx_columns(version)} FROM dbproxy.transactions t"
            + (" WHERE " + " AND ".join(where) if where else "")
            + f" ORDER BY id DESC LIMIT ${len(args)}")
     return [TransactionRecord(**dict(r)) for r in await con.fetch(sql, *args)]
@@ -461,6 +470,7 @@ class Journal:
                 await con.execute(_DDL_V1)
                 await con.execute(_DDL_V2)
                 await con.execute(_DDL_V3)
+                await con.execute(_DDL_V4)
                 await con.execute("INSERT INTO dbproxy.schema_version (component, version) VALUES ($1, $2)",
                                   COMPONENT, SCHEMA_VERSION)
                 event("journal_schema_created", database=self.display, version=SCHEMA_VERSION)
@@ -469,6 +479,8 @@ class Journal:
                     await con.execute(_DDL_V2)
                 if version < 3:
                     await con.execute(_DDL_V3)
+                if version < 4:
+                    await con.execute(_DDL_V4)
                 await con.execute("UPDATE dbproxy.schema_version SET version = $2, updated_at = now() "
                                   "WHERE component = $1", COMPONENT, SCHEMA_VERSION)
                 event("journal_schema_migrated", database=self.display, version=SCHEMA_VERSION, was=version)
@@ -518,7 +530,7 @@ class Journal:
     # -- transactions -------------------------------------------------------------------------
 
     async def start(self, *, agent: str, session: int, database: str, mode: str, backend_pid: int | None,
-                    pending_xid: int | None = None, pending: bool = False) -> int:
+                    pending_xid: int | None = None, pending: bool = False, policy: str | None = None) -> int:
         """Record a new transaction; returns its id. One round trip. Its outcome is 'open', or with
         `pending` 'pending' at once (held_at now, `pending_xid`, one agent transaction): a hold
         needs no second round trip."""
@@ -528,10 +540,10 @@ class Journal:
             "start",
             lambda con: con.fetchval(
                 "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, outcome, "
-                "xid, held_at, agent_transactions) VALUES ($1, $2, $3, $4, $5, $6, "
+                "xid, held_at, agent_transactions, policy) VALUES ($1, $2, $3, $4, $5, $6, "
                 "CASE WHEN $7 THEN 'pending' ELSE 'open' END, $8, CASE WHEN $7 THEN now() END, "
-                "CASE WHEN $7 THEN 1 ELSE 0 END) RETURNING id",
-                self.instance, agent, session, database, mode, backend_pid, pending, pending_xid),
+                "CASE WHEN $7 THEN 1 ELSE 0 END, $9) RETURNING id",
+                self.instance, agent, session, database, mode, backend_pid, pending, pending_xid, policy),
             idempotent=False)
 
     async def insert_finished(self, txs: list[FinishedTransaction]) -> list[int]:
@@ -543,21 +555,23 @@ class Journal:
             if t.mode not in _MODES or t.outcome not in FINAL_OUTCOMES:
                 raise ValueError(f"bad finished transaction {t!r}")
         cols = list(zip(*((t.agent, t.session, t.database, t.mode, t.backend_pid, t.started_at, t.ended_at,
-                           t.outcome, t.agent_transactions, t.xid, t.undo, t.decided_by) for t in txs), strict=True))
+                           t.outcome, t.agent_transactions, t.xid, t.undo, t.decided_by, t.policy) for t in txs),
+                        strict=True))
         ids = await self._call("insert_finished", lambda con: con.fetch(
             "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, started_at, "
-            "ended_at, outcome, decided_by, agent_transactions, xid, undo) "
-            "SELECT $1, a, s, d, m, p, st, en, o, b, n, x, j::jsonb FROM unnest($2::text[], $3::bigint[], "
+            "ended_at, outcome, decided_by, agent_transactions, xid, undo, policy) "
+            "SELECT $1, a, s, d, m, p, st, en, o, b, n, x, j::jsonb, pol FROM unnest($2::text[], $3::bigint[], "
             "$4::text[], $5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
-            "$11::bigint[], $12::text[], $13::text[]) "
-            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, b, ord) ORDER BY ord RETURNING id",
+            "$11::bigint[], $12::text[], $13::text[], $14::text[]) "
+            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, b, pol, ord) ORDER BY ord RETURNING id",
             self.instance, *(list(c) for c in cols)), idempotent=False)
         # Ids come from one sequence in row order, so sorted ids line up with `txs`.
         return sorted(r["id"] for r in ids)
 
     async def update(self, tx_id: int, *, outcome: str | None = None, xid: int | None = None, held: bool = False,
                      decided_by: str | None = None, reason: str | None = None,
-                     agent_transactions: int | None = None, undo: str | None = None) -> bool:
+                     agent_transactions: int | None = None, undo: str | None = None,
+                     policy: str | None = None) -> bool:
         """Change a transaction. Fields left None are kept. `held` sets held_at (once); a final
         outcome sets ended_at. Returns False, changing nothing, when an outcome is given but the
         transaction already has a final one. Raises JournalError for an unknown id."""
@@ -584,6 +598,8 @@ class Journal:
             put("reason", reason)
         if agent_transactions is not None:
             put("agent_transactions", agent_transactions)
+        if policy is not None:
+            put("policy", policy)
         if undo is not None:
             args.append(undo)
             sets.append(f"undo = ${len(args)}::jsonb")
@@ -925,11 +941,17 @@ class Journal:
         """Transactions committed with an undo from `tx_id` on, newest first (whether they were
         undone already is known upstream, in `dbproxy.undo_records`)."""
         rows = await self._call("undoable_since", lambda con: con.fetch(
-            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 AND mode = 'undo' "
+            f"SELECT {_TX_COLUMNS} FROM dbproxy.transactions WHERE id >= $1 "
             "AND outcome = 'committed' AND xid IS NOT NULL AND undo ? 'direction' ORDER BY id DESC", tx_id))
         return [TransactionRecord(**dict(r)) for r in rows]
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    async def run(self, what: str, fn: Callable[[asyncpg.Connection], Awaitable[Any]], *,
+                  idempotent: bool = True) -> Any:
+        """Run `fn` on a connection to the state database, with the journal's retry rules: for
+        other components that keep state there (`dbproxy.policy.store`)."""
+        return await self._call(what, fn, idempotent=idempotent)
 
     async def _call(self, what: str, fn: Callable[[asyncpg.Connection], Awaitable[Any]], *,
                     idempotent: bool = True) -> Any:

@@ -435,6 +435,63 @@ class ParameterDescription(Message):
 
 
 @dataclass(frozen=True)
+class RowDescription(Message):
+    """The columns of a result, as the proxy describes its own answers: `(name, type OID)` pairs,
+    text format, no table of origin (what a server sends for computed columns)."""
+
+    type: ClassVar[bytes] = b"T"
+    columns: tuple[tuple[str, int], ...] = ()
+
+    def body(self) -> bytes:
+        out = [_I16.pack(len(self.columns))]
+        for name, oid in self.columns:
+            # table oid, column number, type oid, type size, type modifier, format code (text)
+            out.append(_cstr(name) + _U32.pack(0) + _I16.pack(0) + _U32.pack(oid) + _I16.pack(-1)
+                       + _I32.pack(-1) + _I16.pack(0))
+        return b"".join(out)
+
+    @classmethod
+    def decode_body(cls, r: _Reader) -> RowDescription:
+        columns = []
+        for _ in range(r.count()):
+            name = r.cstr()
+            r.int32()
+            r.int16()
+            oid = r.int32() & 0xFFFFFFFF
+            r.int16()
+            r.int32()
+            r.int16()
+            columns.append((name, oid))
+        return cls(tuple(columns))
+
+
+@dataclass(frozen=True)
+class DataRow(Message):
+    """One result row; None is SQL NULL. Values are text (the proxy's own answers)."""
+
+    type: ClassVar[bytes] = b"D"
+    values: tuple[str | None, ...] = ()
+
+    def body(self) -> bytes:
+        out = [_I16.pack(len(self.values))]
+        for v in self.values:
+            if v is None:
+                out.append(_I32.pack(-1))
+            else:
+                b = v.encode()
+                out.append(_I32.pack(len(b)) + b)
+        return b"".join(out)
+
+    @classmethod
+    def decode_body(cls, r: _Reader) -> DataRow:
+        values: list[str | None] = []
+        for _ in range(r.count()):
+            n = r.int32()
+            values.append(None if n < 0 else r.bytes_(n).decode())
+        return cls(tuple(values))
+
+
+@dataclass(frozen=True)
 class CommandComplete(Message):
     type: ClassVar[bytes] = b"C"
     tag: str
@@ -537,7 +594,7 @@ BACKEND: dict[int, type[Message]] = {
     m.type[0]: m
     for m in (Authentication, ParameterStatus, BackendKeyData, ReadyForQuery, CommandComplete,
               ErrorResponse, NoticeResponse, NotificationResponse, NegotiateProtocolVersion,
-              CopyData, CopyDone, ParameterDescription)
+              CopyData, CopyDone, ParameterDescription, RowDescription, DataRow)
 }
 
 

@@ -13,11 +13,14 @@ rollback|log` commands (`dbproxy.review.cli`) and any other tool a reviewer like
     GET  /v1/transactions/{id}?offset=&limit=&table=
                                             TransactionDetail     statements, row diff (paged per table),
                                                                   blocked sessions
-    POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT}, optional
+    POST /v1/transactions/{id}/commit       Decision              body {"reason": TEXT, "grant": G}, optional;
+                                                                  G (session|permanent) covers what it wrote
     POST /v1/transactions/{id}/rollback     Decision              (the reason is journaled and told to the agent)
     POST /v1/transactions/{id}/undo         UndoOutcome           body {"reason", "force", "dry_run", "since"}
     POST /v1/transactions/{id}/redo         UndoOutcome           body {"reason", "force", "dry_run"}
     POST /v1/transactions/{id}/verify       VerifyOutcome         (no body) sandbox verification again
+    /v1/grants, /v1/requests, /v1/reload    the policy: grants, paused statements, reloading the settings
+                                            (`dbproxy.review.policy_api`)
     GET  /openapi.json                      OpenAPI 3.1 description of all of the above
     GET  /metrics                           Prometheus text format (no token needed; counts and agent
                                             names only, see `dbproxy.review.metrics`)
@@ -30,10 +33,10 @@ shown through `dbproxy.review.present` (secrets redacted, read-only ones marked)
 endpoint but the health check needs `Authorization: Bearer TOKEN`; the token comes from the
 `admin_token` setting or, by default, from `DATA_DIR/admin-token`, created (mode 0600) at the
 first start by `load_or_create_token`. Errors are JSON too: `{"error": MESSAGE, "sqlstate": ...}`
-with the `ReviewError`'s status (404 unknown id, 409 wrong state, 502 upstream failure, 503
-journal unavailable), 400 for malformed ids and parameters, 401 for a missing or wrong token, 404
-for unknown routes and 500, with a generic message and the details only in the proxy's log, for
-anything unexpected.
+with the `ReviewError`'s (or `PolicyError`'s) status (404 unknown id, 409 wrong state, 422 refused
+by the rules of permanence, 502 upstream failure, 503 journal unavailable), 400 for malformed ids
+and parameters, 401 for a missing or wrong token, 404 for unknown routes and 500, with a generic
+message and the details only in the proxy's log, for anything unexpected.
 """
 
 from __future__ import annotations
@@ -56,11 +59,14 @@ from pydantic.json_schema import JsonSchemaMode
 from dbproxy.auth.reviewers import Reviewers
 from dbproxy.config import log
 from dbproxy.journal.records import Outcome, TransactionRecord
+from dbproxy.policy.service import Policy, PolicyError
 from dbproxy.review import jsonio, present
 from dbproxy.review.console.pages import Console
+from dbproxy.review.console.policy_pages import PolicyPages
 from dbproxy.review.events import EventHub
 from dbproxy.review.metrics import CONTENT_TYPE, ProxyMetrics
 from dbproxy.review.models import Decision, TransactionDetail, UndoOutcome, UndoRequest, VerifyOutcome
+from dbproxy.review.policy_api import PolicyRoutes, Reloader, openapi_paths
 from dbproxy.review.service import DIFF_PAGE, MAX_DIFF_PAGE, ReviewError, ReviewService
 
 TOKEN_FILE = "admin-token"
@@ -170,6 +176,10 @@ class DecisionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
                                description="why; journaled with the decision, shown by show and log and told "
                                "to the agent")
+    grant: Literal["session", "permanent"] | None = Field(
+        default=None, description="commit only: also grant the agent what this transaction did (its operation "
+        "classes on the objects it wrote), for the rest of its session or permanently (refused with 422 for what "
+        "has no exact inverse)")
 
 
 class ErrorBody(BaseModel):
@@ -246,7 +256,8 @@ class AdminServer:
 
     def __init__(self, service: ReviewService, token: str, *, host: str, port: int,
                  events: EventHub | None = None, metrics: ProxyMetrics | None = None,
-                 reviewers: Reviewers | None = None) -> None:
+                 reviewers: Reviewers | None = None, policy: Policy | None = None,
+                 reload: Reloader | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a non-empty token")
         self._service = service
@@ -256,11 +267,14 @@ class AdminServer:
         self.events = events if events is not None else EventHub()
         self.metrics = metrics
         self.console = Console(service, self._reviewers.who, self.events)
+        self.policy_pages = PolicyPages(self.console, policy) if policy is not None else None
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self._openapi_doc: dict[str, Any] | None = None
+        self.policy = policy
+        self._reload = reload
 
     # lifecycle
 
@@ -285,6 +299,8 @@ class AdminServer:
         aiohttp's test server)."""
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
         self.console.add_to(app)
+        if self.policy_pages is not None:
+            self.policy_pages.add_to(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/pending", self._pending)
@@ -296,6 +312,8 @@ class AdminServer:
         app.router.add_post("/v1/transactions/{id}/redo", self._redo)
         app.router.add_post("/v1/transactions/{id}/verify", self._verify)
         app.router.add_get("/openapi.json", self._openapi)
+        if self.policy is not None:
+            PolicyRoutes(self.policy, reviewer=lambda r: self._claimed(r, None), reload=self._reload).add_to(app)
         return app
 
     async def stop(self) -> None:
@@ -322,6 +340,8 @@ class AdminServer:
         except ReviewError as e:
             status = e.status if isinstance(e.status, int) and 400 <= e.status <= 599 else 500
             return _error(status, e.message, sqlstate=e.sqlstate)
+        except PolicyError as e:
+            return _error(e.status if 400 <= e.status <= 599 else 500, e.message)
         except _BadRequest as e:
             return _error(400, str(e))
         except web.HTTPNotFound:
@@ -418,10 +438,14 @@ class AdminServer:
 
     async def _decide(self, request: web.Request, action: str) -> web.Response:
         tx_id = _parse_id(request)
-        reviewer, reason = await self._reviewer(request)
-        call = self._service.commit if action == "commit" else self._service.rollback
+        reviewer, reason, grant = await self._reviewer(request)
+        if grant is not None and action != "commit":
+            raise _BadRequest("only a commit can add a grant")
         # A reviewer hanging up must not cut a COMMIT or ROLLBACK off half way.
-        decision = await asyncio.shield(call(tx_id, reviewer, reason=reason))
+        if action == "commit":
+            decision = await asyncio.shield(self._service.commit(tx_id, reviewer, reason=reason, grant=grant))
+        else:
+            decision = await asyncio.shield(self._service.rollback(tx_id, reviewer, reason=reason))
         log.event("admin.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome,
                   remote=request.remote, sqlstate=decision.sqlstate)
         return _json(decision.model_dump(mode="json"))
@@ -461,8 +485,8 @@ class AdminServer:
                   dry_run=body.dry_run, force=body.force, conflicts=len(outcome.conflicts), remote=request.remote)
         return _json(outcome.model_dump(mode="json"))
 
-    async def _reviewer(self, request: web.Request) -> tuple[str, str | None]:
-        """Who decides (the token's reviewer) and why (optional)."""
+    async def _reviewer(self, request: web.Request) -> tuple[str, str | None, Literal["session", "permanent"] | None]:
+        """Who decides (the token's reviewer), why (optional) and what it grants along (optional)."""
         raw = await request.read()
         body = DecisionRequest()
         if raw.strip():
@@ -473,7 +497,7 @@ class AdminServer:
                     f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
                 )
                 raise _BadRequest(f'the body must be empty or {{"reason": TEXT}} ({problems})') from None
-        return self._claimed(request, body.reviewer), _clean_reason(body.reason)
+        return self._claimed(request, body.reviewer), _clean_reason(body.reason), body.grant
 
     @staticmethod
     def _claimed(request: web.Request, named: str | None) -> str:
@@ -520,6 +544,7 @@ def openapi_document() -> dict[str, Any]:
             403: "the body or header names a reviewer other than the token's",
             404: "no transaction with this id",
             409: "the transaction is not in a state that allows this",
+            422: "refused: a permanent grant for what has no exact inverse",
             500: "unexpected error (details in the proxy's log)",
             502: "the upstream database refused or failed; `sqlstate` says how",
             503: "the journal is unavailable",
@@ -545,7 +570,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": False,
                                 "content": {"application/json": {"schema": ref(DecisionRequest, "validation")}}},
                 "responses": {"200": body(ref(Decision), "the decision and the resulting outcome"),
-                              **errors(400, 403, 404, 409, 502)},
+                              **errors(400, 403, 404, 409, 422, 502)},
             }
         }
 
@@ -620,7 +645,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/transactions/{id}/commit": decision("commit", "Commit"),
         "/v1/transactions/{id}/rollback": decision("rollback", "Roll back"),
-        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed in undo mode (or a range)"),
+        "/v1/transactions/{id}/undo": undo_redo("undo", "Undo a transaction committed with its inverse (or a range)"),
         "/v1/transactions/{id}/redo": undo_redo("redo", "Apply an undone transaction again"),
         "/v1/transactions/{id}/verify": {
             "post": {
@@ -630,6 +655,7 @@ def openapi_document() -> dict[str, Any]:
                               **errors(400, 404, 409, 502)},
             }
         },
+        **openapi_paths(ref, body, errors),
         "/openapi.json": {
             "get": {
                 "operationId": "openapi", "summary": "this document",

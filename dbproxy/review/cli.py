@@ -1,17 +1,22 @@
-"""The reviewer's commands: `dbproxy pending|show|commit|rollback|log`, clients of the admin API.
+"""The reviewer's commands: `dbproxy pending|show|commit|rollback|log|...`, clients of the admin API.
 
     dbproxy pending                      held transactions waiting for a decision
     dbproxy show ID [--offset N] [--limit N] [--table T] [--summary-wait S]
                                          statements by agent transaction, row changes (paged per
                                          table), blocked sessions
-    dbproxy commit ID [--reason TEXT]    commit it upstream (recorded under your token's reviewer)
+    dbproxy commit ID [--reason TEXT] [--grant session|permanent]
+                                         commit it upstream (recorded under your token's reviewer);
+                                         --grant also grants the agent what it did
     dbproxy rollback ID [--reason TEXT]  the reason is journaled and told to the agent
     dbproxy log [--outcome X] [--agent A] [--limit N] [--before ID]
                                          the journal, newest first: outcome, who decided (and why),
-                                         undone/redone, the sandbox's verdict
-    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed in undo mode
+                                         which rule or grant decided, undone/redone, the sandbox's verdict
+    dbproxy undo ID [--since] [--force] [--dry-run]   undo a transaction committed with its inverse
     dbproxy redo ID [--force] [--dry-run]             apply an undone transaction again
     dbproxy verify ID                    prove its inverse in the sandbox again (exit 1 unless verified)
+    dbproxy grant|grants|revoke|requests|approve|reject|reload
+                                         the policy: grants and approval requests
+                                         (`dbproxy.review.policy_cli`)
 
 Common options: `--admin HOST:PORT` or `http://HOST:PORT` (the `admin` setting, env
 `DBPROXY_ADMIN`, default 127.0.0.1:6433), `--admin-token TOKEN` (env `DBPROXY_ADMIN_TOKEN`, the
@@ -24,9 +29,13 @@ outright.
 
 They talk to a running `dbproxy serve` over HTTP (`dbproxy.review.api`) with the standard library's
 urllib, never through an HTTP proxy from the environment (the token must not leave for one).
-Exit codes: 0 done; 1 the API refused (unknown id, wrong state, upstream failure: the message and
-SQLSTATE are printed); 2 the API cannot be reached (nor the journal, for `log` and `show`), the
-token is missing or refused, or a setting is wrong.
+Exit codes: 0 done; 1 the API refused what was asked of something that exists or existed: unknown
+id, agent, request or grant (404), already decided, ended or expired (409), not this reviewer's to
+decide (403), upstream failure (the message and SQLSTATE are printed); 2 a mistake in what was
+asked: a malformed command line or request (400), a grant the rules of permanence refuse (422:
+nothing without an exact inverse may be granted permanently), the API cannot be reached (nor the
+journal, for `log` and `show`), the token is missing or refused, or a setting is wrong. Every
+message is one line.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO, get_args
@@ -57,7 +66,7 @@ from dbproxy import __version__
 from dbproxy.config.settings import Settings, SettingsError, load_settings
 from dbproxy.journal.passlog import DISCONNECTED
 from dbproxy.journal.records import FINAL_OUTCOMES, Outcome, StatementRecord, TransactionRecord
-from dbproxy.review import jsonio, offline, present
+from dbproxy.review import jsonio, offline, policy_cli, present
 from dbproxy.review.api import TOKEN_FILE, read_token_file
 from dbproxy.review.models import (
     BlockedSession,
@@ -69,9 +78,14 @@ from dbproxy.review.models import (
     UndoOutcome,
     VerifyOutcome,
 )
+from dbproxy.review.textout import aware, fmt_duration, fmt_time, make_console
+from dbproxy.review.textout import now as _now
 from inverse.undo_plan import Step
 
-COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify")
+COMMANDS = ("pending", "show", "commit", "rollback", "log", "undo", "redo", "verify", *policy_cli.COMMANDS)
+#: API answers that mean the request itself was a mistake (exit code 2): malformed, or a grant the
+#: rules of permanence refuse.
+_MISTAKES = (400, 422)
 #: Commands that can read the journal directly when the proxy is stopped.
 OFFLINE_COMMANDS = ("log", "show")
 TOKEN_ENV = "DBPROXY_ADMIN_TOKEN"
@@ -158,9 +172,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         sp.add_argument("id", type=_tx_id, metavar="ID")
         sp.add_argument("--reason", metavar="TEXT", help="why (journaled, shown by show and log; a rollback's "
                         "reason is told to the agent)")
+        if name == "commit":
+            sp.add_argument("--grant", choices=("session", "permanent"), default=None,
+                            help="also grant the agent what this transaction did (its operation classes on the "
+                            "objects it wrote) for the rest of its session, or permanently (refused, leaving it "
+                            "pending, for what has no exact inverse)")
     verify = review("verify", "prove a transaction's inverse in the sandbox again (exit 1 unless verified)")
     verify.add_argument("id", type=_tx_id, metavar="ID")
-    for name, what in (("undo", "undo a transaction committed in undo mode (checks no row changed since)"),
+    for name, what in (("undo", "undo a transaction committed with its inverse (checks no row changed since)"),
                        ("redo", "apply an undone transaction again")):
         sp = review(name, what)
         sp.add_argument("id", type=_tx_id, metavar="ID")
@@ -176,6 +195,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     lg.add_argument("--agent", dest="agent_filter", metavar="AGENT", help="only this agent's transactions")
     lg.add_argument("--limit", type=_limit, default=None, metavar="N", help="at most N (default 100, max 1000)")
     lg.add_argument("--before", type=_tx_id, default=None, metavar="ID", help="only ids below this one")
+    policy_cli.add_parsers(review)
 
 
 # --- the HTTP client ---------------------------------------------------------------------------
@@ -258,11 +278,14 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        planned = policy_cli.plan(args) if args.command in policy_cli.COMMANDS else None
         settings = _settings(args)
         if getattr(args, "state_database", None):
             return _offline(args, settings, out)
         try:
             client = _client(args, settings)
+            if planned is not None:
+                return _policy(args, planned, client, out)
             return _dispatch(args, client, out)
         except _NoApi as e:
             if args.command not in OFFLINE_COMMANDS:
@@ -275,14 +298,17 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     except _Fail as e:
         print(f"dbproxy: {e}", file=err)
         return e.code
+    except policy_cli.Mistake as e:
+        print(f"dbproxy {args.command}: {e}", file=err)
+        return 2
     except ApiError as e:
         if e.status == 401:
             print(f"dbproxy: the admin token was refused; pass --admin-token, set {TOKEN_ENV}, "
                   f"or use the DATA_DIR/{TOKEN_FILE} of the running proxy", file=err)
             return 2
         sqlstate = f" (SQLSTATE {e.sqlstate})" if e.sqlstate else ""
-        print(f"dbproxy: {e.message}{sqlstate}", file=err)
-        return 1
+        print(f"dbproxy: {' '.join(e.message.split())}{sqlstate}", file=err)
+        return 2 if e.status in _MISTAKES else 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -320,6 +346,18 @@ def _token(args: argparse.Namespace, settings: Any) -> str:
     return token
 
 
+def _policy(args: argparse.Namespace, planned: policy_cli.Planned, client: ApiClient, out: TextIO) -> int:
+    data = planned.send(client)
+    if args.as_json:
+        print(jsonio.dumps(data, indent=2), file=out)
+        return 0
+    try:
+        return policy_cli.render(args, data, make_console(out))
+    except ValidationError as e:
+        raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
+                    f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
+
+
 def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
     cmd = args.command
     if cmd == "pending":
@@ -337,6 +375,8 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
         if cmd == "undo":
             body["since"] = args.since
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", body)
+    elif cmd == "commit" and args.grant is not None:
+        data = client.post(f"/v1/transactions/{args.id}/commit", {"reason": args.reason, "grant": args.grant})
     else:
         data = client.post(f"/v1/transactions/{args.id}/{cmd}", {"reason": args.reason})
 
@@ -376,6 +416,10 @@ def _dispatch(args: argparse.Namespace, client: ApiClient, out: TextIO) -> int:
                 raise _Fail(f"#{decision.id} {decision.outcome}: {decision.error}{sqlstate}", 1)
             console.print(Text(f"#{decision.id} {decision.outcome} by {decision.decided_by}"
                                + (f": {decision.reason}" if decision.reason else "")))
+            if decision.grant is not None:
+                console.print(Text(f"grant #{decision.grant} ({args.grant}): the agent may do what #{decision.id} did "
+                                   f"{'for the rest of its session' if args.grant == 'session' else 'until revoked'}"
+                                   f" (dbproxy grants; dbproxy revoke {decision.grant})"))
     except ValidationError as e:
         raise _Fail(f"the review API sent an answer this dbproxy does not understand: "
                     f"{e.error_count()} problem(s), first: {e.errors()[0]['msg']}", 2) from None
@@ -420,50 +464,11 @@ def _offline(args: argparse.Namespace, settings: Settings, out: TextIO, *, why: 
 # --- human output ------------------------------------------------------------------------------
 
 
-def make_console(file: TextIO) -> Console:
-    """Colours only on a terminal (and not with NO_COLOR); 120 columns when not a terminal."""
-    try:
-        tty = file.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    width = None
-    if not tty:
-        columns = os.environ.get("COLUMNS", "")
-        width = int(columns) if columns.isdigit() and int(columns) > 20 else 120
-    return Console(file=file, width=width, no_color=not tty or "NO_COLOR" in os.environ,
-                   highlight=False, emoji=False, soft_wrap=False)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def fmt_time(t: datetime | None) -> str:
-    return "-" if t is None else _aware(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
 def _held_for(r: TransactionRecord, now: datetime) -> float | None:
     if r.held_at is None:
         return None
-    end = _aware(r.ended_at) if r.ended_at is not None else now
-    return (end - _aware(r.held_at)).total_seconds()
+    end = aware(r.ended_at) if r.ended_at is not None else now
+    return (end - aware(r.held_at)).total_seconds()
 
 
 _OUTCOME_STYLE = {
@@ -475,14 +480,16 @@ _OUTCOME_STYLE = {
 def records_table(records: list[TransactionRecord], *, with_decider: bool = False) -> Table:
     """ID, agent, database, mode, outcome, statements, agent transactions, started (local time),
     held (how long it has been, or was, waiting for a decision), age (since it started). The log
-    (`with_decider`) has who decided, the undo/redo state and the sandbox's verdict instead of the
-    age (`reasons` lists why each ended as it did, below the table)."""
+    (`with_decider`) has who decided, which rule or grant decided (`present.policy_short`; `show`
+    has the full text), the undo/redo state and the sandbox's verdict instead of the age (`reasons`
+    lists why each ended as it did, below the table)."""
     now = _now()
-    # The log has three more columns: one space less between columns keeps it within 120.
+    # The log has four more columns: one space less between columns keeps it within 120 for the
+    # usual names.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   padding=(0, 1, 0, 0) if with_decider else (0, 1))
     names = ["ID", "AGENT", "DATABASE", "MODE", "OUTCOME", "STMTS", "AGENT TXS", "STARTED", "HELD"]
-    names += ["DECIDED BY", "UNDO", "VERIFIED"] if with_decider else ["AGE"]
+    names += ["DECIDED BY", "POLICY", "UNDO", "VERIFIED"] if with_decider else ["AGE"]
     for name in names:
         numeric = name in ("ID", "STMTS", "AGENT TXS", "HELD", "AGE")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
@@ -495,10 +502,10 @@ def records_table(records: list[TransactionRecord], *, with_decider: bool = Fals
         ]
         if with_decider:
             verdict = verdict_of(r)
-            row += [Text(r.decided_by or "-"), Text(undo_state(r)),
+            row += [Text(r.decided_by or "-"), Text(present.policy_short(r.policy)), Text(undo_state(r)),
                     Text(verdict, style=_VERDICT_STYLE.get(verdict, ""))]
         else:
-            row.append(Text(fmt_duration((now - _aware(r.started_at)).total_seconds())))
+            row.append(Text(fmt_duration((now - aware(r.started_at)).total_seconds())))
         table.add_row(*row)
     return table
 
@@ -569,7 +576,7 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
     facts.append(f"{t.statements} statement{'s' if t.statements != 1 else ''} in {t.agent_transactions} "
                  f"agent transaction{'s' if t.agent_transactions != 1 else ''}")
     console.print(Text("  " + " · ".join(facts)))
-    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - _aware(t.started_at)).total_seconds())} ago)"]
+    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - aware(t.started_at)).total_seconds())} ago)"]
     if t.held_at is not None:
         times.append(f"held {fmt_time(t.held_at)} (for {fmt_duration(_held_for(t, now))})")
     if t.ended_at is not None:
@@ -578,12 +585,14 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
     if t.decided_by or t.reason:
         who = f"decided by {t.decided_by}" if t.decided_by else "decided"
         console.print(Text(f"  {who}" + (f": {t.reason}" if t.reason else "")))
+    if t.policy:
+        console.print(Text(f"  policy: {t.policy}"))
     if t.outcome not in FINAL_OUTCOMES:
         state = "agent connected" if d.agent_connected else "agent disconnected"
         if d.agent_connected:
             state += ", inside a transaction" if d.agent_in_transaction else ", idle"
         if d.expires_at is not None:
-            left = (_aware(d.expires_at) - now).total_seconds()
+            left = (aware(d.expires_at) - now).total_seconds()
             state += f" · expires {fmt_time(d.expires_at)} (in {fmt_duration(left)})"
         console.print(Text("  " + state))
 

@@ -2,7 +2,9 @@
 
 The review queue (`dbproxy.hold.pending.PendingRegistry`) publishes a `ReviewEvent` when a
 transaction is held, decided, committed with an inverse, verified again, undone or redone, and
-when statements are journaled. Listeners are plain callables, called synchronously and in order:
+when statements are journaled; the policy's events (a statement waits for approval, a request is
+decided, a grant is given or revoked) are bridged in by the proxy server (`tx_id` is None for
+them: `fields` names the request or grant). Listeners are plain callables, called synchronously and in order:
 the metrics (`dbproxy.review.metrics`), the webhook notifier (`dbproxy.review.notify`), which only
 queues, and each console page following the queue live (`subscribe`: a bounded queue per page, for
 server-sent events). `publish` never blocks and never raises, so nothing here can slow down or
@@ -24,11 +26,15 @@ from dbproxy.config import log
 #: held: a transaction waits for a reviewer; decided: it ended (committed, rolled back, expired,
 #: failed); committed: undo mode committed it with its inverse; verified: `dbproxy verify` ran
 #: again; undo / redo: a reviewer's undo or redo ran (or was refused for conflicts); statements:
-#: statements were journaled; approval: a request waits for approval (the policies feature; not
-#: published yet).
-Kind = Literal["held", "decided", "committed", "verified", "undo", "redo", "statements", "approval"]
-#: What a console page following the queue is told about.
-LIVE_KINDS = frozenset({"held", "decided", "committed", "undo", "redo", "approval"})
+#: statements were journaled; request: a paused statement waits for approval (fields: `request`,
+#: the RequestRecord as JSON, and `waiting`, how many wait now); request_decided: it was approved,
+#: rejected, expired or cancelled (also `state`, `by`, `reason`); grant / revoke: a grant was
+#: given or revoked (`grant`, the GrantRecord as JSON).
+Kind = Literal["held", "decided", "committed", "verified", "undo", "redo", "statements", "request",
+               "request_decided", "grant", "revoke"]
+#: What a console page following the queue (or the requests and grants) is told about.
+LIVE_KINDS = frozenset({"held", "decided", "committed", "undo", "redo", "request", "request_decided", "grant",
+                        "revoke"})
 SUBSCRIBER_QUEUE = 100
 
 

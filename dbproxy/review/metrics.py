@@ -5,9 +5,10 @@ proxies in one process do not share or clash. Two sources feed it:
 
 - review events (`dbproxy.review.events`), counted as they happen: statements journaled, holds,
   decisions, sandbox verdicts and their latency, model calls, undo and redo runs and conflicts,
-  webhook deliveries;
+  webhook deliveries, approval requests and how they ended, grants given and revoked;
 - the live state, read at scrape time through `LiveState` (implemented by the proxy server):
-  agent sessions, pending transactions and their ages, the journal's backlog.
+  agent sessions, pending transactions and their ages, requests waiting for approval and their
+  ages, the journal's backlog.
 
 Labels are agent names, modes and small fixed vocabularies (outcomes, verdicts); never SQL,
 values or reviewer input.
@@ -44,6 +45,10 @@ class LiveState(Protocol):
         """Statements not yet durable in the journal, and the oldest one's age in seconds."""
         ...
 
+    def requests_waiting(self) -> list[tuple[str, float]]:
+        """(agent, seconds waited) of every paused statement waiting for approval."""
+        ...
+
 
 class _Live(Collector):
     def __init__(self, state: LiveState) -> None:
@@ -66,6 +71,18 @@ class _Live(Collector):
             oldest.add_metric([agent, mode], max(ages))
         yield count
         yield oldest
+        waiting = GaugeMetricFamily("dbproxy_requests_waiting", "Paused statements waiting for a reviewer's approval",
+                                    labels=["agent"])
+        waited = GaugeMetricFamily("dbproxy_requests_oldest_seconds",
+                                   "How long the oldest request waiting for approval has waited", labels=["agent"])
+        asked: dict[str, list[float]] = {}
+        for agent, age in self.state.requests_waiting():
+            asked.setdefault(agent, []).append(age)
+        for agent, ages in sorted(asked.items()):
+            waiting.add_metric([agent], len(ages))
+            waited.add_metric([agent], max(ages))
+        yield waiting
+        yield waited
         backlog, lag = self.state.journal_backlog()
         yield GaugeMetricFamily("dbproxy_journal_backlog_statements",
                                 "Statements recorded but not yet written to the journal", value=backlog)
@@ -97,6 +114,13 @@ class ProxyMetrics:
                                       ["direction"], registry=r)
         self.notifications = Counter("dbproxy_notifications", "Webhook notifications, by result",
                                      ["result"], registry=r)
+        self.requests = Counter("dbproxy_approval_requests", "Statements paused for a reviewer's approval",
+                                ["agent"], registry=r)
+        self.request_decisions = Counter("dbproxy_request_decisions", "Approval requests ended, by how (approved, "
+                                         "rejected, expired, cancelled) and what an approval granted",
+                                         ["state", "scope"], registry=r)
+        self.grants = Counter("dbproxy_grants", "Grants given (approvals included), by scope", ["scope"], registry=r)
+        self.revocations = Counter("dbproxy_grants_revoked", "Grants revoked before their end", registry=r)
         if state is not None:
             r.register(_Live(state))
 
@@ -119,6 +143,15 @@ class ProxyMetrics:
             self._model(doc.get("llm"))
         elif e.kind == "verified":
             self._verdict(f.get("verification"))
+        elif e.kind == "request":
+            self.requests.labels(e.agent).inc()
+        elif e.kind == "request_decided":
+            scope = _doc(f.get("request")).get("scope") if f.get("state") == "approved" else None
+            self.request_decisions.labels(str(f.get("state")), str(scope or "none")).inc()
+        elif e.kind == "grant":
+            self.grants.labels(str(_doc(f.get("grant")).get("scope"))).inc()
+        elif e.kind == "revoke":
+            self.revocations.inc()
         elif e.kind in ("undo", "redo"):
             result = "dry run" if f.get("dry_run") else "applied" if f.get("applied") else \
                 "conflict" if f.get("conflicts") else "not applied"

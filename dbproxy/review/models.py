@@ -85,6 +85,7 @@ class Decision(BaseModel):
     reason: str | None = Field(default=None, description="the reviewer's reason, when given")
     error: str | None = None
     sqlstate: str | None = None
+    grant: int | None = Field(default=None, description="the grant the commit added (`grant`: session or permanent)")
 
 
 class UndoRequest(BaseModel):

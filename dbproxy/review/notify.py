@@ -7,7 +7,9 @@ A `Notifier` listens to the review events (`dbproxy.review.events`) and POSTs JS
   not verified),
 - a sandbox verification run by a reviewer (`dbproxy verify`) did not verify (`verification_failed`),
 - a reviewer's undo or redo was refused because rows changed since (`undo_conflict`),
-- a request waits for approval (`approval`; published once the policies feature exists).
+- a statement waits for approval (`request`: a rule paused it before it ran; the agent's session
+  waits until a reviewer approves or rejects it, or `approval_timeout` passes). Its `id` is the
+  request's, and the link goes to the console's requests page.
 
 The body is Slack-compatible (`text`, one line with a link to the console page) plus structured
 fields (`event`, `id`, `agent`, `database`, `mode`, `at`, `url`, and the event's facts), so a Slack
@@ -71,6 +73,8 @@ class Notifier:
         """The JSON body for an event, or None when it is not worth a notification."""
         f = e.fields
         link = f"{self.console_url}/tx/{e.tx_id}" if e.tx_id is not None else f"{self.console_url}/"
+        if e.kind == "request":
+            return self._request(e)
         if e.kind == "held":
             why = ""
             v = f.get("verification")
@@ -98,20 +102,33 @@ class Notifier:
             text = (f"dbproxy: {e.kind} of transaction #{e.tx_id} by {f.get('reviewer')} was refused: {n} row"
                     f"{'s' if n != 1 else ''} changed since{first}; nothing was applied. Review: {link}")
             event = "undo_conflict"
-        elif e.kind == "approval":
-            text = f"dbproxy: agent {e.agent} waits for approval (database {e.database}). Review: {link}"
-            event = "approval"
         else:
             return None
         facts = {k: v for k, v in f.items() if k not in ("llm", "undo")}
         return {"text": text, "event": event, "id": e.tx_id, "agent": e.agent, "database": e.database,
                 "mode": e.mode, "at": e.at.isoformat(), "url": link, **facts}
 
+    def _request(self, e: ReviewEvent) -> dict[str, Any] | None:
+        """A paused statement waits: what it would do and which rule asks, never its SQL (values
+        in it may be anything; the console shows it to signed-in reviewers)."""
+        r = e.fields.get("request")
+        if not isinstance(r, dict) or r.get("id") is None:
+            return None
+        n = int(r["id"])
+        link = f"{self.console_url}/requests#request-{n}"
+        actions = [str(a) for a in r.get("actions") or []]
+        statements = len(r.get("statements") or [])
+        text = (f"dbproxy: agent {e.agent} waits for approval as request #{n} (database {e.database}, session "
+                f"{r.get('session')}): {', '.join(actions) or 'a statement'}. {r.get('rule')}. Review: {link}")
+        return {"text": text, "event": "request", "id": n, "agent": e.agent, "database": e.database, "mode": e.mode,
+                "at": e.at.isoformat(), "url": link, "session": r.get("session"), "actions": actions,
+                "rule": r.get("rule"), "statements": statements}
+
     # -- queueing and sending -----------------------------------------------------------------
 
     def __call__(self, e: ReviewEvent) -> None:
         """EventHub listener: queue the notification, if any; never blocks."""
-        if e.kind not in ("held", "verified", "undo", "redo", "approval"):
+        if e.kind not in ("held", "verified", "undo", "redo", "request"):
             return
         url = self.url_for(e.agent)
         if url is None:

@@ -101,7 +101,8 @@ async def _read(url: str, where: str, fn: Callable[[asyncpg.Connection, int], Aw
 def log(settings: Settings, state_url: str | None, *, outcome: str | None, agent: str | None, limit: int,
         before_id: int | None) -> tuple[list[TransactionRecord], str]:
     async def fn(con: asyncpg.Connection, version: int) -> list[TransactionRecord]:
-        return await fetch_transactions(con, outcome=outcome, agent=agent, limit=limit, before_id=before_id)
+        return await fetch_transactions(con, outcome=outcome, agent=agent, limit=limit, before_id=before_id,
+                                        version=version)
 
     return read(settings, state_url, "dbproxy log", fn)
 

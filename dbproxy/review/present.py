@@ -6,15 +6,20 @@ taken out), and a statement that changed no data says so (`StatementRecord.effec
 for reads, 'setting' for SET/RESET and the like), so that the statements of a held transaction
 are not all taken for writes. The classification is the proxy's own (`inverse.classify`),
 conservative: what is not known to be read-only is left unmarked.
+
+Also here, for the CLI and the console alike: `policy_short`, the few words of a journal entry's
+`policy` for a column, and `grant_state`, what became of a grant.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from dbproxy.config.log import redact_statement
 from dbproxy.journal.records import StatementRecord
+from dbproxy.policy.models import GrantRecord
 from dbproxy.review.models import TransactionDetail
 from inverse.classify import Kind, classify
 
@@ -48,3 +53,35 @@ def detail_data(detail: TransactionDetail) -> dict[str, Any]:
     data = shown.model_dump(mode="json", exclude={"diff"})
     data["diff"] = None if detail.diff is None else [td.model_dump() for td in detail.diff]
     return data
+
+
+#: Where a rule or grant that decided is named in `TransactionRecord.policy`: `agents.NAME.rules[i]`,
+#: `rules[i]` (the settings' rules, by position) or `grant #N`.
+_SOURCE = re.compile(r"(?:\bagents\.\S+?\.)?\brules\[\d+\]|\bgrant #\d+")
+
+
+def policy_short(text: str | None) -> str:
+    """The journal's `policy` (which rule or grant decided, in words) in a few words for a column:
+    `allow rules[0]`, `allow grant #3`, `ask agents.bot.rules[1]`, `deny rules[2]`, `mode` (no rule
+    matched: the agent's mode decided), `ask (grant #3 but not undoable)` (allowed, but without an
+    exact verified inverse, so held), `-` (no policy applied)."""
+    if not text:
+        return "-"
+    decision, _, rest = text.partition(":")
+    if decision not in ("allow", "ask", "deny"):
+        return "mode"
+    sources = list(dict.fromkeys(_SOURCE.findall(rest)))
+    shown = ", ".join(sources[:2]) + (f" +{len(sources) - 2}" if len(sources) > 2 else "")
+    if decision == "ask" and " allows " in rest and ", but " in rest:
+        return f"ask ({shown} but not undoable)"
+    return f"{decision} {shown}".strip()
+
+
+def grant_state(g: GrantRecord) -> str:
+    """active, consumed (a once grant whose transaction committed), ended (with its session or
+    its transaction, by the proxy), or revoked (by a reviewer)."""
+    if g.consumed_at is not None:
+        return "consumed"
+    if g.revoked_at is not None:
+        return "ended" if g.revoked_by == "proxy" else "revoked"
+    return "active"

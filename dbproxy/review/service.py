@@ -8,7 +8,7 @@ interface here lets the API and the CLI be written and tested against it without
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dbproxy.journal.records import TransactionRecord
 from dbproxy.review.models import Decision, QueueEntry, TransactionDetail, UndoOutcome, VerifyOutcome
@@ -47,9 +47,12 @@ class ReviewService(Protocol):
         model configured, also its generated summary, waited for at most `summary_wait` seconds."""
         ...
 
-    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
+    async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,
+                     grant: Literal["session", "permanent"] | None = None) -> Decision:
         """Commit a pending transaction upstream. Failures raise ReviewError(502) and are journaled.
-        `reviewer` is who the token belongs to; `reason` is kept in the journal."""
+        `reviewer` is who the token belongs to; `reason` is kept in the journal; `grant` also grants
+        the agent what the transaction did, for its session or permanently (checked before the
+        commit: a grant that would be refused leaves the transaction pending)."""
         ...
 
     async def rollback(self, tx_id: int, reviewer: str, *, reason: str | None = None) -> Decision:
@@ -58,7 +61,7 @@ class ReviewService(Protocol):
 
     async def undo(self, tx_id: int, reviewer: str, *, force: bool = False, dry_run: bool = False,
                    since: bool = False, reason: str | None = None) -> UndoOutcome:
-        """Undo a transaction committed in undo mode (or, `since`, it and every later one, newest
+        """Undo a transaction committed with its inverse (or, `since`, it and every later one, newest
         first) in one upstream transaction. Conflicts: nothing applied, listed in the outcome."""
         ...
 

@@ -170,10 +170,11 @@ class Commit:
 
 async def choose(tx: Injector, *, xid: int | None, rows: list[tuple[str | None, ...]], capture: bool,
                  chained: bool, statements: list[StatementRecord], tables: TableCache,
-                 verification: Verification | None, session: int) -> Hold | Commit:
+                 verification: Verification | None, session: int, decision: Decision | None = None) -> Hold | Commit:
     """What undo mode does with a transaction that wrote (or notified) at its COMMIT. `rows`: what
     `CAPTURE_FETCH_SQL` returned; `chained`: the agent's COMMIT AND CHAIN left its next transaction
-    open in the same upstream one."""
+    open in the same upstream one; `decision`: the inverse, when the caller built it already (the
+    policy counts rows from the same captured changes)."""
     if xid is None:
         return Hold(["NOTIFY cannot be taken back once delivered"])
     if not capture:
@@ -181,7 +182,8 @@ async def choose(tx: Injector, *, xid: int | None, rows: list[tuple[str | None, 
                      "or is from an older dbproxy (run `dbproxy install`)"])
     if chained:
         return Hold(["COMMIT AND CHAIN keeps the transaction open"])
-    decision = await decide(tx, xid, rows, tables, CAPTURE_LIMIT)
+    if decision is None:
+        decision = await decide(tx, xid, rows, tables, CAPTURE_LIMIT)
     if not decision.reversible:
         log.event("undo.irreversible", session=session, reasons=decision.plan.irreversible)
         return await _irreversible(tx, decision, statements, verification, session)

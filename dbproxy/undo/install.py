@@ -58,6 +58,13 @@ async def installed_version(con: asyncpg.Connection) -> int | None:
     return await con.fetchval(INSTALLED_VERSION_SQL)
 
 
+async def event_triggers_installed(con: asyncpg.Connection) -> bool:
+    """Are the DDL event triggers there (and enabled)? Without them DDL is not captured."""
+    return bool(await con.fetchval(
+        "SELECT count(*) = 2 FROM pg_catalog.pg_event_trigger "
+        "WHERE evtname IN ('dbproxy_ddl', 'dbproxy_drop') AND evtenabled <> 'D'"))
+
+
 async def install(con: asyncpg.Connection) -> InstallReport:
     """Install capture through `con`, as the proxy's own role (or a superuser): that role owns the
     capture log and undo records; agents' sessions reach them only through the two functions

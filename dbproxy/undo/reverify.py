@@ -1,4 +1,4 @@
-"""`dbproxy verify ID` for a transaction committed in undo mode: run sandbox verification again.
+"""`dbproxy verify ID` for a transaction committed with its inverse: run sandbox verification again.
 
 Its changes come from `dbproxy.capture_log`, the plan is rebuilt from the catalog as it is now, the
 sample is taken from the database as it is now (affected rows as their captured before-images).
@@ -25,8 +25,8 @@ from sandbox.verify import Candidate
 async def committed(record: TransactionRecord, statements: list[StatementRecord], dsn_for: Callable[[str], str],
                     verification: Verification) -> Verdict:
     doc = record.undo or {}
-    if record.mode != "undo" or record.outcome != "committed" or record.xid is None or doc.get("action"):
-        raise ReviewError(409, f"#{record.id} is not a transaction committed in undo mode (mode {record.mode}, "
+    if record.outcome != "committed" or record.xid is None or not doc.get("direction") or doc.get("action"):
+        raise ReviewError(409, f"#{record.id} was not committed with an inverse (mode {record.mode}, "
                           f"outcome {record.outcome}); only those and held transactions can be verified")
     try:
         con = await asyncpg.connect(dsn_for(record.database), timeout=10)

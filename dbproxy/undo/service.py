@@ -41,9 +41,10 @@ async def _targets(journal: Journal, tx_id: int, *, since: bool,
             raise ReviewError(409, f"no transaction committed with an undo from #{tx_id} on")
         raise ReviewError(404, f"no transaction #{tx_id}")
     for r in records:
-        if r.mode != "undo" or r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
+        if r.outcome != "committed" or r.xid is None or not (r.undo or {}).get("direction"):
             raise ReviewError(409, f"transaction #{r.id} was not committed with an undo (mode {r.mode}, "
-                              f"outcome {r.outcome}); only undo-mode transactions can be undone")
+                              f"outcome {r.outcome}); only transactions committed with their inverse (undo "
+                              "mode, or allowed by a rule) can be undone")
     databases = {r.database for r in records}
     if len(databases) > 1:
         raise ReviewError(409, f"the range spans several databases ({', '.join(sorted(databases))}); "

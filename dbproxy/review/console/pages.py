@@ -3,12 +3,14 @@
     GET  /                                  -> /console/
     GET  /console/                          the queue (live: server-sent events refresh its rows)
     GET  /console/queue/rows                the queue's rows alone (what the live page fetches)
-    GET  /console/events                    server-sent events: held, decided, undone, ...
+    GET  /console/events                    server-sent events: held, decided, undone, request, grant, ...
     GET  /console/tx/{id}?offset=&limit=&table=   one transaction; the diff paged per table
-    POST /console/tx/{id}/commit|rollback   form: csrf, reason
+    POST /console/tx/{id}/commit|rollback   form: csrf, reason; a commit's `grant` (session or
+                                            permanent) also grants the agent what it did
     POST /console/tx/{id}/undo|redo         form: csrf, preview (dry run), force
     POST /console/tx/{id}/verify            form: csrf
     GET  /console/journal?agent=&outcome=&table=&q=&since=&until=&before=
+    /console/requests, /console/grants      approval requests and grants (`policy_pages`)
     GET  /console/signin, POST /console/signin (token), POST /console/signout
     GET  /console/static/{console.css,console.js}
 
@@ -19,7 +21,10 @@ agent or the database reaches the page through jinja2's autoescaping (the script
 HTML, except the queue rows it fetches from the server, which were escaped there).
 
 Decisions go through `ReviewService` with the session's reviewer name; a decision on something
-already decided shows the service's message with its status (409) and changes nothing.
+already decided shows the service's message with its status (409) and changes nothing. Other page
+sets (`policy_pages`) add their routes next to these and render through `render`, with the same
+sessions, CSRF checks and headers; `waiting` (set by them) gives the navigation its count of
+requests waiting for approval.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp_jinja2
@@ -43,6 +48,7 @@ from dbproxy.journal.records import FINAL_OUTCOMES, Outcome, StatementRecord, Tr
 from dbproxy.review.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, ConsoleSession, Sessions, same
 from dbproxy.review.events import EventHub
 from dbproxy.review.models import RowChange, TableDiff
+from dbproxy.review.present import policy_short
 from dbproxy.review.service import DIFF_PAGE, MAX_DIFF_PAGE, ReviewError, ReviewService
 from inverse.undo_plan import Step
 
@@ -60,14 +66,16 @@ _OPEN = frozenset({f"{PREFIX}/signin", *(f"{PREFIX}/static/{n}" for n in STATIC)
 _SCRIPTED = frozenset({f"{PREFIX}/events", f"{PREFIX}/queue/rows"})
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_GRANT_SCOPES: dict[str, Literal["session", "permanent"]] = {"session": "session", "permanent": "permanent"}
 _SESSION = web.RequestKey("console_session", ConsoleSession)
 _SID = web.RequestKey("console_sid", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _Refused(Exception):
-    """A request the console refuses with a page: status and message."""
+class Refused(Exception):
+    """A request the console refuses with a page: status and message (also raised by other page
+    sets)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -142,11 +150,12 @@ def by_agent_transaction(statements: list[StatementRecord]) -> list[tuple[int, l
 
 
 def undo_state(r: TransactionRecord) -> str | None:
-    """'undone', 'committed with an inverse', or None (not an undo-mode transaction with one)."""
+    """'undone', 'committed with an inverse', or None (not committed with one: undo mode, or an
+    allow rule in any mode, commit with one)."""
     doc = r.undo or {}
     if doc.get("action"):
         return f"{doc['action']} of #" + ", #".join(map(str, doc.get("of", [])))
-    if r.mode != "undo" or r.outcome != "committed" or not doc.get("direction"):
+    if r.outcome != "committed" or not doc.get("direction"):
         return None
     history = doc.get("history") or []
     if doc.get("undone"):
@@ -161,17 +170,18 @@ def verdict_of(r: TransactionRecord) -> dict[str, Any] | str | None:
 
 def reversible(r: TransactionRecord) -> str:
     doc = r.undo
-    if r.mode != "undo" or doc is None:
+    if doc is None:
         return "-"
     return "no" if doc.get("irreversible") else "yes"
 
 
-def _clean_text(raw: str, *, limit: int, what: str) -> str | None:
+def clean_text(raw: str, *, limit: int, what: str) -> str | None:
+    """A reason from a form: whitespace collapsed, None when empty, refused when too long."""
     text = " ".join(raw.split())
     if not text:
         return None
     if len(text) > limit:
-        raise _Refused(400, f"{what} is too long (at most {limit} characters)")
+        raise Refused(400, f"{what} is too long (at most {limit} characters)")
     return text
 
 
@@ -186,6 +196,8 @@ class Console:
         self.who = who  # token -> reviewer name (None: not a reviewer's token)
         self.events = events
         self.sessions = Sessions()
+        self.scripted = set(_SCRIPTED)  # paths the page's script fetches: 401 rather than a redirect
+        self.waiting: Callable[[], int] | None = None  # requests waiting for approval (None: no policy)
 
     def add_to(self, app: web.Application) -> None:
         env = aiohttp_jinja2.setup(
@@ -194,7 +206,7 @@ class Console:
         env.globals.update(when=when, since=since, duration=duration, cell=cell, steps=readable_steps,
                            update_cells=update_cells, redact=log.redact_sql,
                            by_agent_transaction=by_agent_transaction, undo_state=undo_state, verdict_of=verdict_of,
-                           reversible=reversible, final=FINAL_OUTCOMES, prefix=PREFIX)
+                           reversible=reversible, final=FINAL_OUTCOMES, prefix=PREFIX, policy_short=policy_short)
         app.middlewares.append(self._middleware)
         r = app.router
         r.add_get("/", self._root)
@@ -227,7 +239,7 @@ class Console:
             if e.status < 400:
                 raise  # redirects
             response = self._page(request, "error.html", {"message": e.reason}, status=e.status)
-        except _Refused as e:
+        except Refused as e:
             response = self._page(request, "error.html", {"message": e.message}, status=e.status)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
@@ -255,7 +267,7 @@ class Console:
             self.sessions.drop(sid)  # the reviewer was removed (or the token changed) since sign-in
             session = None
         if session is None:
-            if request.path in _SCRIPTED:
+            if request.path in self.scripted:
                 raise web.HTTPUnauthorized(reason="not signed in")
             target = request.path_qs if request.method == "GET" else f"{PREFIX}/"
             query = {"next": target, **({"expired": "1"} if sid else {})}
@@ -271,12 +283,12 @@ class Console:
         if origin and origin != "null" and urlsplit(origin).netloc != request.host:
             log.event("console.csrf_refused", path=request.path, reason="origin", remote=request.remote,
                       level=logging.WARNING)
-            raise _Refused(403, "this form was sent from another site; nothing was done")
+            raise Refused(403, "this form was sent from another site; nothing was done")
         form = await request.post()
         if not same(str(form.get("csrf", "")), expected):
             log.event("console.csrf_refused", path=request.path, reason="token", remote=request.remote,
                       level=logging.WARNING)
-            raise _Refused(403, "the form's security token is missing or stale; reload the page and try again "
+            raise Refused(403, "the form's security token is missing or stale; reload the page and try again "
                            "(nothing was done)")
 
     def _page(self, request: web.Request, template: str, context: dict[str, Any], *,
@@ -286,8 +298,16 @@ class Console:
         if session is not None:
             session.flash.clear()
         base = {"reviewer": session.reviewer if session else None, "csrf": session.csrf if session else "",
-                "flash": flash, "nav": context.pop("nav", "")}
+                "flash": flash, "nav": context.pop("nav", ""),
+                "waiting": self.waiting() if self.waiting is not None and session is not None else None}
         return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+
+    render = _page
+
+    @staticmethod
+    def session(request: web.Request) -> ConsoleSession:
+        """The signed-in session of a request that passed the middleware."""
+        return request[_SESSION]
 
     # -- sign-in -----------------------------------------------------------------------------
 
@@ -310,7 +330,7 @@ class Console:
     async def _signin(self, request: web.Request) -> web.Response:
         form = await request.post()
         if not same(str(form.get("nonce", "")), request.cookies.get(SIGNIN_COOKIE)):
-            raise _Refused(403, "the sign-in form's security token is missing or stale; reload the page")
+            raise Refused(403, "the sign-in form's security token is missing or stale; reload the page")
         token = str(form.get("token", "")).strip()
         reviewer = self.who(token) if token else None
         if reviewer is None:
@@ -364,7 +384,12 @@ class Console:
                 if event is None:
                     break
                 data = {"kind": event.kind, "id": event.tx_id,
-                        **{k: event.fields.get(k) for k in ("outcome", "decided_by", "applied") if k in event.fields}}
+                        **{k: event.fields.get(k) for k in ("outcome", "decided_by", "applied", "waiting", "state")
+                           if k in event.fields}}
+                for key in ("request", "grant"):  # policy events name their request or grant, no more
+                    record = event.fields.get(key)
+                    if isinstance(record, dict):
+                        data[key] = record.get("id")
                 await response.write(f"data: {json.dumps(data)}\n\n".encode())
         return response
 
@@ -380,9 +405,9 @@ class Console:
             detail = await self.service.show(tx_id, offset=offset if table else 0, limit=limit, table=table,
                                              summary_wait=SUMMARY_WAIT)
         except ReviewError as e:
-            raise _Refused(e.status, e.message) from None
+            raise Refused(e.status, e.message) from None
         context = {"d": detail, "t": detail.transaction, "limit": limit, "pages": _pages(detail.diff, limit),
-                   "only_table": table,
+                   "only_table": table, "grants": self.waiting is not None,
                    "nav": "queue" if detail.transaction.outcome not in FINAL_OUTCOMES else "journal",
                    "error": None, "preview": None, **extra}
         return self._page(request, "transaction.html", context, status=extra.get("status_code", 200))
@@ -395,11 +420,20 @@ class Console:
         reviewer = session.reviewer
         try:
             if action in ("commit", "rollback"):
-                reason = _clean_text(str(form.get("reason", "")), limit=MAX_REASON, what="the reason")
-                call = self.service.commit if action == "commit" else self.service.rollback
-                decision = await asyncio.shield(call(tx_id, reviewer, reason=reason))
-                log.event("console.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome)
-                session.flash.append(("ok", f"#{tx_id} {decision.outcome} by {decision.decided_by}"))
+                reason = clean_text(str(form.get("reason", "")), limit=MAX_REASON, what="the reason")
+                raw = str(form.get("grant", ""))
+                grant = _GRANT_SCOPES.get(raw)
+                if raw and (grant is None or action != "commit"):
+                    raise Refused(400, "only a commit can add a grant, for the session or permanently")
+                if action == "commit":
+                    decision = await asyncio.shield(self.service.commit(tx_id, reviewer, reason=reason, grant=grant))
+                else:
+                    decision = await asyncio.shield(self.service.rollback(tx_id, reviewer, reason=reason))
+                log.event("console.decision", id=tx_id, action=action, reviewer=reviewer, outcome=decision.outcome,
+                          grant=decision.grant)
+                session.flash.append(("ok", f"#{tx_id} {decision.outcome} by {decision.decided_by}"
+                                      + (f"; grant #{decision.grant} ({grant}) covers what it did"
+                                         if decision.grant is not None else "")))
             elif action in ("undo", "redo"):
                 preview = form.get("preview") == "1"
                 force = form.get("force") == "1"
@@ -430,7 +464,7 @@ class Console:
         q = request.query
         outcome = q.get("outcome") or None
         if outcome is not None and outcome not in _OUTCOMES:
-            raise _Refused(400, f"outcome must be one of {', '.join(_OUTCOMES)}")
+            raise Refused(400, f"outcome must be one of {', '.join(_OUTCOMES)}")
         filters = {"agent": (q.get("agent") or "").strip() or None, "outcome": outcome,
                    "table": (q.get("table") or "").strip() or None, "search": (q.get("q") or "").strip() or None,
                    "since": _date(q.get("since"), "since"), "until": _date(q.get("until"), "until")}
@@ -438,7 +472,7 @@ class Console:
         try:
             records = await self.service.log(limit=JOURNAL_PAGE + 1, before_id=before, **filters)
         except ReviewError as e:
-            raise _Refused(e.status, e.message) from None
+            raise Refused(e.status, e.message) from None
         more = len(records) > JOURNAL_PAGE
         records = records[:JOURNAL_PAGE]
         form = {k: q.get(k, "") for k in ("agent", "outcome", "table", "q", "since", "until")}
@@ -466,7 +500,7 @@ def _safe_next(target: str) -> str:
 def _tx_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise _Refused(404, f"no transaction {raw!r}: ids are positive integers")
+        raise Refused(404, f"no transaction {raw!r}: ids are positive integers")
     return int(raw)
 
 
@@ -474,7 +508,7 @@ def _int(raw: str | None, name: str, *, default: int | None, lo: int = 0, hi: in
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise _Refused(400, f"{name} must be an integer from {lo} to {hi}")
+        raise Refused(400, f"{name} must be an integer from {lo} to {hi}")
     return int(raw)
 
 
@@ -484,7 +518,7 @@ def _date(raw: str | None, name: str) -> datetime | None:
     try:
         t = datetime.fromisoformat(raw.strip())
     except ValueError:
-        raise _Refused(400, f"{name} must be a date or time like 2026-11-20 or 2026-11-20T09:30 (UTC)") from None
+        raise Refused(400, f"{name} must be a date or time like 2026-11-20 or 2026-11-20T09:30 (UTC)") from None
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 

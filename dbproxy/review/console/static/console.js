@@ -1,11 +1,20 @@
-// dbproxy review console: follow the queue live (server-sent events). Text is only ever set as
-// text; the queue rows come as HTML from the server, which escaped every value in them.
+// dbproxy review console: follow the proxy live (server-sent events). Text is only ever set as
+// text; the rows of a live list come as HTML from the server, which escaped every value in them.
+//
+// - [data-live]: a list refreshed from its URL after each event. With data-keyed, items still
+//   there keep their own elements (a reason being typed into a form stays), new ones are added
+//   and gone ones removed.
+// - [data-tx]: a transaction's page says when someone else decided it.
+// - [data-stale-on="kind ..."]: shown when an event of one of those kinds arrives.
+// - #nav-waiting: the navigation's count of requests waiting for approval.
 (function () {
   "use strict";
   if (!window.EventSource) return;
   var rows = document.querySelector("[data-live]");
   var tx = document.querySelector("[data-tx]");
-  if (!rows && !tx) return;
+  var stale = document.querySelector("[data-stale-on]");
+  var count = document.getElementById("nav-waiting");
+  if (!rows && !tx && !stale && !count) return;
   var live = document.getElementById("live");
   var pending = null;
 
@@ -18,8 +27,22 @@
       })
       .then(function (html) {
         if (html === null) return;
-        var doc = new DOMParser().parseFromString("<table><tbody>" + html + "</tbody></table>", "text/html");
-        rows.replaceChildren.apply(rows, Array.prototype.slice.call(doc.querySelector("tbody").childNodes));
+        var table = rows.tagName === "TBODY";
+        var doc = new DOMParser().parseFromString(
+          table ? "<table><tbody>" + html + "</tbody></table>" : "<div>" + html + "</div>", "text/html");
+        var fresh = Array.prototype.slice.call(doc.querySelector(table ? "tbody" : "div").childNodes);
+        if (rows.hasAttribute("data-keyed")) {
+          var kept = {};
+          Array.prototype.forEach.call(rows.children, function (el) {
+            var id = el.getAttribute("data-id");
+            if (id) kept[id] = el;
+          });
+          fresh = fresh.map(function (node) {
+            var id = node.nodeType === 1 ? node.getAttribute("data-id") : null;
+            return id && kept[id] ? kept[id] : node;
+          });
+        }
+        rows.replaceChildren.apply(rows, fresh);
       })
       .catch(function () {});
   }
@@ -38,6 +61,11 @@
     var event;
     try { event = JSON.parse(message.data); } catch (e) { return; }
     if (rows && pending === null) pending = window.setTimeout(refresh, 150);
+    if (count && typeof event.waiting === "number") {
+      count.textContent = String(event.waiting);
+      count.setAttribute("data-count", String(event.waiting));
+    }
+    if (stale && stale.getAttribute("data-stale-on").split(" ").indexOf(event.kind) >= 0) stale.hidden = false;
     if (tx && String(event.id) === tx.getAttribute("data-tx") && event.kind === "decided"
         && tx.getAttribute("data-outcome") !== event.outcome) {
       var note = document.getElementById("decided-elsewhere");
