@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from dbproxy_benchmarks.inverse_bench import report, truth
 from dbproxy_benchmarks.inverse_bench.metrics import OVERALL, summarize
-from dbproxy_benchmarks.inverse_bench.runner import RunResult, run_sync
+from dbproxy_benchmarks.inverse_bench.runner import CaseResult, RunResult, run_sync
 from dbproxy_benchmarks.inverse_bench.strategies import (
     CaseContext,
     HybridStrategy,
@@ -438,3 +438,47 @@ def test_a_column_type_rewrite_without_images_is_never_verified(pg: Postgres, sa
                    lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
     r = run.results[0]
     assert r.status == "ran" and r.correct is False and r.verdict == "failed", (r.verdict, r.verdict_reason)
+
+
+
+TOUCHED_THEN_DROP = Case("shop.touch_then_drop_total", "shop", "drop_dependants", (
+    "UPDATE orders SET total = total", "ALTER TABLE orders DROP COLUMN total"), "irreversible")
+DROP_TABLE = Case("shop.drop_notes", "shop", "drop_dependants", ("DROP TABLE notes",), "irreversible",
+                  setup=("CREATE TABLE notes (id int PRIMARY KEY, body text)",
+                         "INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 30) i"))
+
+
+def _one(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm, case: Case, wrong: str) -> CaseResult:
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    fake_llm.script(answer([wrong]))
+    run = run_sync(pg.url, SCHEMAS, (case,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.produced and r.correct is False, (r.error, r.reason, r.diff)
+    return r
+
+
+def test_a_dropped_column_without_images_is_never_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column dropped with its values (the real model's answer to a function that dropped one
+    was to add it back): the table is locked by the DDL and no row of it was captured, so the
+    sample holds none of its rows, and `ADD COLUMN ... NOT NULL` succeeds there and leaves the
+    catalog as it was. Without images it cannot be checked; with them (every row updated first)
+    it can, and the same wrong answer fails."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    wrong = "ALTER TABLE orders ADD COLUMN total numeric(10, 2) NOT NULL"  # the column back, its values lost
+    r = _one(pg, sandbox_dir, fake_llm, DROP, wrong)
+    assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
+    assert "dropped column public.orders.total" in r.verdict_reason, r.verdict_reason
+    r = _one(pg, sandbox_dir, fake_llm, TOUCHED_THEN_DROP, wrong)
+    assert r.verdict == "failed", (r.verdict, r.verdict_reason)
+
+
+def test_a_dropped_table_brought_back_empty_is_not_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table dropped with its rows and created again empty must not be verified. Today the
+    catalog check catches it (the recreated table lacks the capture triggers the dropped one
+    had); this test keeps it so if that difference goes away, since no sample holds the rows."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    r = _one(pg, sandbox_dir, fake_llm, DROP_TABLE, "CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    assert r.verdict != "verified" and not r.false_verified, (r.verdict, r.verdict_reason)
