@@ -443,6 +443,9 @@ def test_a_column_type_rewrite_without_images_is_never_verified(pg: Postgres, sa
 
 TOUCHED_THEN_DROP = Case("shop.touch_then_drop_total", "shop", "drop_dependants", (
     "UPDATE orders SET total = total", "ALTER TABLE orders DROP COLUMN total"), "irreversible")
+HIDDEN_DROP = Case("shop.function_drops_total", "shop", "drop_dependants", ("SELECT drop_total()",), "irreversible",
+                   setup=("CREATE FUNCTION drop_total() RETURNS void LANGUAGE sql "
+                          "AS 'ALTER TABLE orders DROP COLUMN total'",))
 DROP_TABLE = Case("shop.drop_notes", "shop", "drop_dependants", ("DROP TABLE notes",), "irreversible",
                   setup=("CREATE TABLE notes (id int PRIMARY KEY, body text)",
                          "INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 30) i"))
@@ -470,6 +473,8 @@ def test_a_dropped_column_without_images_is_never_verified(pg: Postgres, sandbox
     r = _one(pg, sandbox_dir, fake_llm, DROP, wrong)
     assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
     assert "dropped column public.orders.total" in r.verdict_reason, r.verdict_reason
+    r = _one(pg, sandbox_dir, fake_llm, HIDDEN_DROP, wrong)  # the DDL inside a function: the same
+    assert r.verdict == "could not verify" and "dropped column public.orders.total" in r.verdict_reason, r.verdict
     r = _one(pg, sandbox_dir, fake_llm, TOUCHED_THEN_DROP, wrong)
     assert r.verdict == "failed", (r.verdict, r.verdict_reason)
 
