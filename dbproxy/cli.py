@@ -13,6 +13,8 @@
                   --reason TEXT | reload | commit ID --grant session|permanent
     dbproxy psql [--data-dir PATH] [-- PSQL ARGS]   psql on the embedded PostgreSQL, as its superuser
     dbproxy bench inverse [--strategy rules|llm|hybrid] [--cases PATTERN] [--out DIR] [--upstream URL]
+                          [--sample N] [--resume] [--llm-base-url URL --llm-model NAME ...]
+    dbproxy bench local-model [--gguf PATH] [inverse options | --serve | -- COMMAND]
     dbproxy bench proxy [proxy-overhead options]
     dbproxy sandbox build-image [--base IMAGE] [--suite SUITE] [--mirror URL] [--rebuild]
     dbproxy version

@@ -9,8 +9,10 @@ attempts are returned either way, for the journal and the reviewer.
 
 What the model is shown: the gap commands' text, the DDL of the objects they touch as it was
 before the transaction (read from the sandbox's schema copy, so never a credential), bounded row
-images of the transaction's changes to those objects (masked as the sample would be), and the
-rules' reasons. Nothing from other tables.
+images of the transaction's changes to those objects (masked as the sample would be), the
+rules' reason for each command, and an instruction with one example to do the opposite of each
+(`OPPOSITE`). Nothing from other tables. An answer that runs a gap command again is rejected
+before the sandbox with that reason (`repeats_forward`): the most common mistake of a small model.
 
 The proxy runs this at an undo-mode COMMIT; the inverse-SQL benchmark runs it as its `hybrid`
 strategy.
@@ -28,7 +30,7 @@ from inverse.images import TableInfo
 from inverse.llm.cache import AnswerCache
 from inverse.llm.client import LlmClient
 from inverse.llm.prompt import MAX_IMAGES, Request
-from inverse.llm.synthesize import Outcome, synthesize
+from inverse.llm.synthesize import Outcome, repeats_forward, synthesize
 from inverse.undo_plan import Gap, Plan, fill
 from sandbox.sampler import is_masked, mask_row
 from sandbox.schema_copy import ddl_for
@@ -97,6 +99,24 @@ def _images(tx: Transaction, bare: set[str], mask: frozenset[str]) -> list[dict[
     return out
 
 
+#: What a small model gets wrong most (measured with Qwen2.5-Coder-1.5B on the inverse-SQL corpus):
+#: it runs the forward statement again. Said once, with an example of the opposite.
+OPPOSITE = ("Your inverse does the opposite of each statement above, using the definitions from before "
+            "the transaction: for example, if the definitions show column c of table t without a default and "
+            "the statement was ALTER TABLE t ALTER COLUMN c SET DEFAULT 5, the inverse is ALTER TABLE t ALTER "
+            "COLUMN c DROP DEFAULT. Never repeat a statement above.")
+
+
+def _facts(gaps: list[Gap]) -> list[str]:
+    """The rules' reason next to the statement it is about (not in a list of their own), then how
+    the inverse is placed, then what to do."""
+    facts = [f"statement {n}: the rules could not invert it: {g.reason}" for n, g in enumerate(gaps, 1)]
+    facts.append("the inverse runs inside the undo, after the transaction's later row changes were undone and "
+                 "before its earlier ones are; rows are restored from captured images, not by you")
+    facts.append(OPPOSITE)
+    return facts
+
+
 def _detail(v: Verdict) -> str:
     parts = [v.reason] if v.reason else []
     parts += v.diff[:20]
@@ -116,10 +136,7 @@ async def complete(verifier: Verifier, upstream: asyncpg.Connection, upstream_ur
         ddl = ddl_for(await verifier.schema_ddl(upstream, upstream_url), bare)
     except Exception as e:  # no schema copy: the model would guess blind, and nothing could verify it
         return Completed(plan, None, None, f"the schema from before the transaction could not be read: {e}")
-    facts = [f"the rules could not invert: {g.reason}" for g in gaps]
-    facts.append("the inverse runs inside the undo, after the transaction's later row changes were undone and "
-                 "before its earlier ones are; rows are restored from captured images, not by you")
-    req = Request(statements=[g.query for g in gaps], ddl=ddl, images=_images(tx, bare, mask), facts=facts,
+    req = Request(statements=[g.query for g in gaps], ddl=ddl, images=_images(tx, bare, mask), facts=_facts(gaps),
                   objects=sorted(allowed))
     # Several gaps take one answer, placed where the newest gap was (undo runs newest first).
     newest = gaps[-1].seq
@@ -136,7 +153,7 @@ async def complete(verifier: Verifier, upstream: asyncpg.Connection, upstream_ur
         return v.status, _detail(v)
 
     outcome = await synthesize(client, req, verify, allowed=allowed, max_attempts=max_attempts, cache=cache,
-                               cache_key=cache_key)
+                               cache_key=cache_key, precheck=repeats_forward(req.statements))
     if not outcome.trusted or outcome.statements is None:
         return Completed(plan, verdicts[-1] if verdicts else None, outcome, outcome.reason or "no trusted inverse")
     if outcome.cached:

@@ -21,6 +21,10 @@
    again. Equal digests (and catalog shape, for DDL) mean verified; otherwise failed, with the
    rows that differ.
 
+What no sample holds cannot be verified: a transaction that refreshed or dropped a materialized
+view, or changed a column's type or dropped a column without captured row images of that table
+(`unseen_contents`), is "could not verify" whatever the inverse, as are foreign tables.
+
 Steps 3 to 5 run on a connection that logs in as an unprivileged role (`sandbox.roles`): the
 agent's statements and the inverse, which a model may have written, cannot reach the sandbox
 server's files or programs, nor climb back to a superuser. Which connection runs what:
@@ -195,6 +199,9 @@ class Verifier:
         foreign = [t.name for t in tx.tables.values() if t.relkind == "f"]
         if foreign:
             return Verdict.could_not(f"foreign table {', '.join(foreign)} has no rows a sandbox can copy")
+        unseen = unseen_contents(tx.changes, tx.tables)
+        if unseen:
+            return Verdict.could_not(unseen)
         options = self.options
         for attempt in range(2):
             t0 = time.perf_counter()
@@ -381,6 +388,59 @@ class Verifier:
                     raise _CouldNot(f"the sandbox server was re-created and the schema could not be copied "
                                     f"again: {err}") from err
         raise AssertionError("unreachable")
+
+
+#: ALTER TABLE ... ALTER [COLUMN] c [SET DATA] TYPE: PostgreSQL rewrites every row, firing no row trigger.
+_TYPE_CHANGE = re.compile(r"\balter\s+(?:column\s+)?(?:\"[^\"]+\"|\S+)\s+(?:set\s+data\s+)?type\b", re.IGNORECASE)
+
+
+def _bare_name(identity: str) -> str:
+    return identity.replace('"', "").lower()
+
+
+def unseen_contents(changes: list[Change], tables: dict[int, TableInfo] | None = None) -> str:
+    """Why the sandbox cannot check this transaction's inverse ("" when it can): it changed data
+    that no row image and no sample holds, so a digest of the sampled tables and the catalog would
+    call a wrong inverse right. Such changes (all found by a real model's answers):
+
+    - a materialized view refreshed or dropped: its old contents are gone (a model's `REFRESH`
+      brings back fresh contents, not the stale ones that were there);
+    - a column's type changed (`ALTER COLUMN ... TYPE`, `USING ...`) on a table of which no row
+      change was captured: the rewrite fires no row trigger, and the sampler cannot read the
+      table while the transaction holds its ACCESS EXCLUSIVE lock, so the sample holds none of
+      the rows the rewrite changed (a model's inverse that repeats the lossy rewrite verified);
+    - a column dropped from such a table (also from inside a function): its values are gone with
+      it, and an inverse that adds the column back, even `NOT NULL`, succeeds on a sample without
+      the table's rows and leaves the same catalog."""
+    captured = {_bare_name(t.name) for oid, t in (tables or {}).items()
+                if any(c.rel == oid and c.op != "X" for c in changes)}
+    views: list[str] = []
+    rewritten: list[str] = []
+    dropped: list[str] = []
+    for c in changes:
+        d = c.ddl or {}
+        kind, identity = d.get("object_type"), str(d.get("identity") or "")
+        if kind == "materialized view" and (d.get("tag") == "REFRESH MATERIALIZED VIEW" or d.get("event") == "drop"):
+            views.append(f"{identity} ({'REFRESH' if d.get('event') != 'drop' else 'DROP'})")
+        elif (kind == "table" and d.get("event") != "drop" and d.get("tag") == "ALTER TABLE"
+              and _TYPE_CHANGE.search(str(d.get("query") or "")) and _bare_name(identity) not in captured):
+            rewritten.append(identity)
+        elif kind == "table column" and d.get("event") == "drop":
+            table = identity.rsplit(".", 1)[0]  # "schema.table.column": the table's identity
+            if _bare_name(table) not in captured:
+                dropped.append(identity)
+    if views:
+        return (f"the transaction replaced or dropped the contents of materialized view "
+                f"{', '.join(dict.fromkeys(views))}: no sample holds them, so the sandbox cannot check that an "
+                "inverse brings them back")
+    if rewritten:
+        return (f"the transaction changed a column type of {', '.join(dict.fromkeys(rewritten))}, rewriting its rows "
+                "without row images, and the sample cannot hold them: the sandbox cannot check that an inverse "
+                "brings them back")
+    if dropped:
+        return (f"the transaction dropped column {', '.join(dict.fromkeys(dropped))} with its values, of which no "
+                "row image and no sample holds any: the sandbox cannot check that an inverse brings them back")
+    return ""
 
 
 def _ms(t0: float) -> float:

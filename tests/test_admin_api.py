@@ -107,7 +107,7 @@ class MemoryReviewService:
             raise ReviewError(404, f"no transaction #{tx_id}") from None
 
     async def show(self, tx_id: int, *, offset: int = 0, limit: int = 50,
-                   table: str | None = None) -> TransactionDetail:
+                   table: str | None = None, summary_wait: float = 0.0) -> TransactionDetail:
         self.show_calls.append(dict(offset=offset, limit=limit, table=table))
         record = self._get(tx_id)
         return self.details.get(tx_id) or TransactionDetail(transaction=record, statements=[],

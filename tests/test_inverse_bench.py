@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from dbproxy_benchmarks.inverse_bench import report, truth
 from dbproxy_benchmarks.inverse_bench.metrics import OVERALL, summarize
-from dbproxy_benchmarks.inverse_bench.runner import RunResult, run_sync
+from dbproxy_benchmarks.inverse_bench.runner import CaseResult, RunResult, run_sync
 from dbproxy_benchmarks.inverse_bench.strategies import (
     CaseContext,
     HybridStrategy,
@@ -325,3 +325,177 @@ def test_llm_strategies_with_a_scripted_endpoint(pg: Postgres, sandbox_dir: Path
     assert not r.false_verified
     sent = fake_llm.requests[2]
     assert "SET DEFAULT 'gold'" in sent.text and '"op"' not in sent.text  # statement and schema, no row images
+
+
+def test_resume_continues_an_interrupted_run(pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Interrupted after two cases (Ctrl-C while the third is saved), the run exits 130 with the
+    two saved; `--resume` runs only the other two, and the report covers all four, the saved ones
+    exactly as they were."""
+    from dbproxy_benchmarks.inverse_bench import main, resume, runner
+
+    out = tmp_path / "out"
+    options = main.Options(strategies=["rules"], out=out, upstream=pg.url, quiet=False)
+    real_add = resume.CaseLog.add
+
+    def add_then_interrupt(self: resume.CaseLog, r: runner.CaseResult) -> None:
+        if len(self.done) + sum(1 for _ in self.path.open()) - 1 >= 2:
+            raise KeyboardInterrupt
+        real_add(self, r)
+
+    monkeypatch.setattr(resume.CaseLog, "add", add_then_interrupt)
+    assert main.run(options, SCHEMAS, CASES) == 130
+    err = capsys.readouterr().err
+    assert "[2/4] rules" in err and "elapsed, ~" in err and "left" in err
+    assert f"saved in {out / 'cases.jsonl'}: run the same command with --resume" in err
+    saved = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert saved[0] == {"run": {"model": None}} and [c["case"] for c in saved[1:]] == [UPDATE.name, CASCADE.name]
+    assert not (out / "results.json").exists()
+
+    monkeypatch.setattr(resume.CaseLog, "add", real_add)
+    ran: list[str] = []
+    real_run_case = runner.Bench.run_case
+
+    async def counting(self: runner.Bench, case: object, schema: object, strategy: object) -> runner.CaseResult:
+        ran.append(case.name)  # type: ignore[attr-defined]
+        return await real_run_case(self, case, schema, strategy)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner.Bench, "run_case", counting)
+    assert main.run(replace(options, resume=True), SCHEMAS, CASES) == 0
+    err = capsys.readouterr().err
+    assert "resuming: 2 of 4 cases already done" in err and "[3/4] rules" in err and "[1/4]" not in err
+    assert ran == [DROP.name, SETUP.name]
+    data = json.loads((out / "results.json").read_text())
+    assert [c["case"] for c in data["cases"]] == [c.name for c in CASES]
+    assert data["cases"][:2] == saved[1:]  # kept as saved, not run again
+    assert data["meta"]["resumed"] == 2 and data["metrics"]["rules"][OVERALL]["cases"] == 4
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 5
+
+
+def test_resume_refuses_another_model_and_survives_a_torn_line(tmp_path: Path) -> None:
+    from dbproxy_benchmarks.inverse_bench.resume import CaseLog, ResumeError
+    from dbproxy_benchmarks.inverse_bench.runner import CaseResult
+
+    log = CaseLog.open(tmp_path, {"model": "model-a"}, resume=False)
+    log.add(CaseResult("c1", "s", "cat", "reversible", "llm", model_calls=1))
+    log.close()
+    with (tmp_path / "cases.jsonl").open("a") as f:
+        f.write('{"case": "c2", "strat')  # the interruption cut the last line
+    with pytest.raises(ResumeError, match="made with model model-a, this run uses model-b"):
+        CaseLog.open(tmp_path, {"model": "model-b"}, resume=True)
+    again = CaseLog.open(tmp_path, {"model": "model-a"}, resume=True)
+    assert [(r.case, r.model_calls) for r in again.done] == [("c1", 1)]
+    again.add(CaseResult("c2", "s", "cat", "reversible", "llm"))
+    again.close()
+    lines = [json.loads(x) for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    assert [x.get("case") for x in lines] == [None, "c1", "c2"]
+    fresh = CaseLog.open(tmp_path, {"model": "model-b"}, resume=False)  # without --resume: started anew
+    fresh.close()
+    assert (tmp_path / "cases.jsonl").read_text().splitlines() == ['{"run": {"model": "model-b"}}']
+
+
+STALE_MATVIEW = Case("shop.refresh_stale_matview", "shop", "truncate", ("REFRESH MATERIALIZED VIEW tier_counts",),
+                     "irreversible", setup=(
+                         "CREATE MATERIALIZED VIEW tier_counts AS "
+                         "SELECT tier, count(*) AS n FROM customers GROUP BY tier",
+                         "UPDATE customers SET tier = 'gold' WHERE id <= 5"))
+
+
+def test_a_refreshed_materialized_view_is_never_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the real model: for a REFRESH of a stale materialized view it proposed the REFRESH
+    again, and the sandbox (which samples tables, not a view's contents) called that verified.
+    The stale contents are gone for good: the sandbox must say it cannot check, and the hybrid
+    must not offer the inverse."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    # Qualified, so that it is not rejected unseen as "the forward statement itself".
+    fake_llm.script(answer(["REFRESH MATERIALIZED VIEW public.tier_counts"]))
+    run = run_sync(pg.url, SCHEMAS, (STALE_MATVIEW,), [HybridStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran", r.error
+    assert not r.produced and not r.false_verified, (r.verdict, r.inverse_sql)
+    assert "materialized view public.tier_counts (REFRESH)" in r.reason and "cannot check" in r.reason, r.reason
+    assert len(fake_llm.requests) <= 1  # "could not verify" stops the loop: no second attempt
+
+
+LOSSY_TYPE = Case("shop.name_to_char3", "shop", "alter_type", (
+    "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)",), "irreversible")
+TOUCHED_THEN_TYPE = Case("shop.touch_then_char3", "shop", "alter_type", (
+    "UPDATE customers SET name = name", "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)"),
+    "reversible")
+
+
+def test_a_column_type_rewrite_without_images_is_never_verified(pg: Postgres, sandbox_dir: Path,
+                                                               fake_llm: FakeLlm,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also found by the real model: for a lossy ALTER COLUMN ... TYPE ... USING it answered with
+    the same rewrite, and the sandbox verified it: the rewrite fires no row trigger and the table
+    is locked by the transaction, so the sample held none of its rows. Without captured images of
+    that table it cannot be checked; with them (every row updated first) it can, and the same
+    wrong answer fails."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    wrong = "ALTER TABLE customers ALTER COLUMN name TYPE text"  # the type back, the names still cut
+    fake_llm.script(answer([wrong]), answer([wrong]), answer([wrong]))
+    run = run_sync(pg.url, SCHEMAS, (LOSSY_TYPE,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.produced and r.correct is False, (r.error, r.diff)
+    assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
+    assert "changed a column type of public.customers" in r.verdict_reason, r.verdict_reason
+
+    run = run_sync(pg.url, SCHEMAS, (TOUCHED_THEN_TYPE,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.correct is False and r.verdict == "failed", (r.verdict, r.verdict_reason)
+
+
+
+TOUCHED_THEN_DROP = Case("shop.touch_then_drop_total", "shop", "drop_dependants", (
+    "UPDATE orders SET total = total", "ALTER TABLE orders DROP COLUMN total"), "irreversible")
+HIDDEN_DROP = Case("shop.function_drops_total", "shop", "drop_dependants", ("SELECT drop_total()",), "irreversible",
+                   setup=("CREATE FUNCTION drop_total() RETURNS void LANGUAGE sql "
+                          "AS 'ALTER TABLE orders DROP COLUMN total'",))
+DROP_TABLE = Case("shop.drop_notes", "shop", "drop_dependants", ("DROP TABLE notes",), "irreversible",
+                  setup=("CREATE TABLE notes (id int PRIMARY KEY, body text)",
+                         "INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 30) i"))
+
+
+def _one(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm, case: Case, wrong: str) -> CaseResult:
+    endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
+    fake_llm.script(answer([wrong]))
+    run = run_sync(pg.url, SCHEMAS, (case,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.produced and r.correct is False, (r.error, r.reason, r.diff)
+    return r
+
+
+def test_a_dropped_column_without_images_is_never_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column dropped with its values (the real model's answer to a function that dropped one
+    was to add it back): the table is locked by the DDL and no row of it was captured, so the
+    sample holds none of its rows, and `ADD COLUMN ... NOT NULL` succeeds there and leaves the
+    catalog as it was. Without images it cannot be checked; with them (every row updated first)
+    it can, and the same wrong answer fails."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    wrong = "ALTER TABLE orders ADD COLUMN total numeric(10, 2) NOT NULL"  # the column back, its values lost
+    r = _one(pg, sandbox_dir, fake_llm, DROP, wrong)
+    assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
+    assert "dropped column public.orders.total" in r.verdict_reason, r.verdict_reason
+    r = _one(pg, sandbox_dir, fake_llm, HIDDEN_DROP, wrong)  # the DDL inside a function: the same
+    assert r.verdict == "could not verify" and "dropped column public.orders.total" in r.verdict_reason, r.verdict
+    r = _one(pg, sandbox_dir, fake_llm, TOUCHED_THEN_DROP, wrong)
+    assert r.verdict == "failed", (r.verdict, r.verdict_reason)
+
+
+def test_a_dropped_table_brought_back_empty_is_not_verified(pg: Postgres, sandbox_dir: Path, fake_llm: FakeLlm,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table dropped with its rows and created again empty must not be verified. Today the
+    catalog check catches it (the recreated table lacks the capture triggers the dropped one
+    had); this test keeps it so if that difference goes away, since no sample holds the rows."""
+    monkeypatch.setenv("BENCH_TEST_KEY", "k")
+    r = _one(pg, sandbox_dir, fake_llm, DROP_TABLE, "CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    assert r.verdict != "verified" and not r.false_verified, (r.verdict, r.verdict_reason)

@@ -36,6 +36,7 @@ from inverse.llm import (
 )
 from inverse.llm.client import parse_answer
 from inverse.llm.guard import normalize_name
+from inverse.llm.synthesize import repeats_forward
 from sandbox.pgcluster import free_port
 from tests.conftest import Postgres
 from tests.fake_llm import FakeLlm, answer, delay, fake_llm_fixture, raw, status  # noqa: F401
@@ -603,6 +604,29 @@ async def test_wrong_then_correct_feeds_the_failure_back(fake_llm: FakeLlm, seed
     second_prompt = fake_llm.requests[1].text
     assert wrong[0] in second_prompt and "missing column note text default 'none'::text" in second_prompt
     assert verify.calls == [wrong, right]
+
+
+async def test_an_answer_that_repeats_the_forward_is_rejected_before_the_sandbox(fake_llm: FakeLlm,
+                                                                                  seeded: str) -> None:
+    """What a small model does most (Qwen2.5-Coder-1.5B on the corpus): it runs the forward
+    statement again. With `repeats_forward` (the hybrid's precheck) that is rejected with a reason
+    the model can act on, and never costs a sandbox round; without it (the GoEx-style baseline)
+    it goes to the sandbox like any answer."""
+    forward = ["ALTER TABLE accounts ALTER COLUMN note SET DEFAULT 'x'"]
+    right = ["ALTER TABLE accounts ALTER COLUMN note SET DEFAULT 'none'"]
+    fake_llm.script(answer(["alter table accounts  ALTER COLUMN note SET DEFAULT 'x';"]), answer(right))
+    verify = PgVerify(seeded, forward)
+    outcome = await _synthesize(config(fake_llm), _req(forward, []), verify, precheck=repeats_forward(forward))
+    assert outcome.trusted and outcome.statements == right
+    assert [a.status for a in outcome.attempts] == ["rejected", "verified"]
+    assert "this is forward statement 1 itself; the inverse must undo it" in outcome.attempts[0].detail
+    assert "this is forward statement 1 itself" in fake_llm.requests[1].text
+    assert verify.calls == [right]
+
+    fake_llm.script(answer(forward))
+    verify = PgVerify(seeded, forward)
+    outcome = await _synthesize(config(fake_llm), _req(forward, []), verify, max_attempts=1)
+    assert [a.status for a in outcome.attempts] == ["failed"] and verify.calls == [forward]
 
 
 async def test_always_wrong_is_not_trusted_and_every_attempt_recorded(fake_llm: FakeLlm, seeded: str) -> None:

@@ -46,8 +46,9 @@ def default_of(url: str) -> Any:
 
 
 def llm_proxy(make_proxy: Callable[..., RunningProxy], url: str, fake: FakeLlm, **llm: Any) -> RunningProxy:
+    # Summaries off: `show` would ask the same scripted endpoint (tests/test_llm_summary.py has them).
     proxy = make_proxy(url, mode="undo", llm={"base_url": fake.base_url, "api_key": "test-key", "model": "scripted",
-                                              "timeout": 5, "max_retries": 1, **llm})
+                                              "timeout": 5, "max_retries": 1, "summaries": False, **llm})
     return settled(proxy)
 
 

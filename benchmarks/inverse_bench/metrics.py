@@ -13,7 +13,9 @@ errors are corpus problems, listed apart):
 - exact (reversible): expected reversible and a correct inverse offered (the headline rate);
 - withheld: an inverse existed but the verification gate kept it back (hybrid); of those,
   withheld correct: the ground truth says it would have been right (what the gate costs);
-- synthesis / verification time: p50 and p95 over the cases that have one.
+- synthesis / verification time: p50 and p95 over the cases that have one;
+- model calls and tokens (prompt + completion) over the group, and the mean wall time per case
+  (all of it: copy, forward, synthesis, verification, apply, compare).
 """
 
 from __future__ import annotations
@@ -56,14 +58,27 @@ class Metrics:
     unexpected_inverse: int = 0  # expected irreversible, an inverse offered anyway
     withheld: int = 0
     withheld_correct: int = 0  # withheld, but the ground truth says it was right (the gate's cost)
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     synth_ms: list[float] = field(default_factory=list)
     verify_ms: list[float] = field(default_factory=list)
+    case_ms: list[float] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
     def add(self, r: CaseResult) -> None:
         if r.status != "ran":
             self.errors += 1
             return
         self.cases += 1
+        self.model_calls += r.model_calls
+        self.prompt_tokens += r.prompt_tokens
+        self.completion_tokens += r.completion_tokens
+        if r.case_ms is not None:
+            self.case_ms.append(r.case_ms)
         reversible = r.expected == "reversible"
         self.expected_reversible += reversible
         self.expected_irreversible += not reversible
@@ -91,13 +106,15 @@ class Metrics:
 
     def times(self) -> dict[str, float | None]:
         return {"synth_p50_ms": percentile(self.synth_ms, 50), "synth_p95_ms": percentile(self.synth_ms, 95),
-                "verify_p50_ms": percentile(self.verify_ms, 50), "verify_p95_ms": percentile(self.verify_ms, 95)}
+                "verify_p50_ms": percentile(self.verify_ms, 50), "verify_p95_ms": percentile(self.verify_ms, 95),
+                "case_mean_ms": sum(self.case_ms) / len(self.case_ms) if self.case_ms else None}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("synth_ms")
         d.pop("verify_ms")
-        return {**d, **self.times()}
+        d.pop("case_ms")
+        return {**d, "tokens": self.tokens, **self.times()}
 
 
 def summarize(results: Iterable[CaseResult]) -> dict[str, dict[str, Metrics]]:

@@ -49,6 +49,22 @@ def _row(label: str, m: Metrics, *, bold: bool = False) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+OVERALL_HEADER = ("| strategy | cases | coverage | correct (of offered) | incorrect but offered | "
+                  "verified (of offered) | false verified | exact (of reversible) | irreversible flagged | "
+                  "model calls | tokens | s per case |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def _overall_row(label: str, m: Metrics) -> str:
+    """The comparison the benchmark is for: what each strategy offered, and how much of it was wrong."""
+    fv = f"**{m.false_verified}**" if m.false_verified else "0"
+    per_case = m.times()["case_mean_ms"]
+    cells = [label, str(m.cases), pct(m.produced, m.cases), pct(m.correct, m.produced),
+             pct(m.incorrect, m.produced), pct(m.verified, m.produced), fv, pct(m.exact, m.expected_reversible),
+             pct(m.flagged, m.expected_irreversible), str(m.model_calls), str(m.tokens),
+             "-" if per_case is None else f"{per_case / 1000:.1f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def _case_lines(rs: list[CaseResult], what: str, *, limit: int = 40) -> list[str]:
     out: list[str] = []
     for r in rs[:limit]:
@@ -98,8 +114,8 @@ def markdown(run: RunResult) -> str:
         lines.append(f"- **{name}**: {status}" + (f". {notes}" if notes else ""))
     lines.append("")
     if summary:
-        lines += ["## All strategies", "", HEADER.replace("| category |", "| strategy |", 1)]
-        lines += [_row(name, per[OVERALL]) for name, per in summary.items()]
+        lines += ["## All strategies", "", OVERALL_HEADER]
+        lines += [_overall_row(name, per[OVERALL]) for name, per in summary.items()]
         lines.append("")
     for name, per in summary.items():
         lines += [f"## {name}", "", HEADER]
@@ -111,11 +127,14 @@ def markdown(run: RunResult) -> str:
                       f"of those, correct by the ground truth: {m.withheld_correct} (what the gate costs: "
                       "these count as no inverse above).", ""]
     lines += ["Columns: *coverage* = an inverse was offered; *correct* = applying it restored every user table's "
-              "rows and the catalog (ground truth, on a full copy); *verified* = the sandbox verified it; "
+              "rows and the catalog (ground truth, on a full copy); *incorrect but offered* = offered and not "
+              "correct (what a system without a verification gate would have applied); *verified* = the sandbox "
+              "verified it; "
               "*false verified* = verified but not correct; *exact* = expected-reversible cases with a correct "
               "inverse; *false irreversible* = expected reversible, no inverse offered; *irreversible flagged* = "
-              "expected irreversible, no inverse offered. Times: synthesis (the strategy's own work) and sandbox "
-              "verification, per case.", ""]
+              "expected irreversible, no inverse offered; *model calls*, *tokens* (prompt + completion, as the "
+              "endpoint reported them) over all cases; *s per case*: mean wall time of a case. Times: synthesis "
+              "(the strategy's own work) and sandbox verification, per case.", ""]
     if fv:
         lines += ["## FALSE VERIFIED (sandbox said verified, the real database was not restored)", ""]
         lines += [*_case_lines(fv, "wrong"), ""]

@@ -49,6 +49,7 @@ from dbproxy.undo.install import install
 from inverse.capture_schema import IMAGE_SETTINGS
 from inverse.ddl_groups import table_infos
 from inverse.ddl_targets import before_ddl_sql
+from inverse.llm.client import Usage
 from inverse.undo_plan import Plan, build
 from sandbox.backends import with_database
 from sandbox.sampler import read_tables
@@ -92,6 +93,10 @@ class CaseResult:
     synth_ms: float | None = None
     verify_ms: float | None = None
     error: str = ""
+    case_ms: float | None = None  # the whole case: copy, setup, forward, inverse, verification, apply, compare
+    model_calls: int = 0  # questions to the model for this case (each may take several HTTP requests)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def false_verified(self) -> bool:
@@ -402,10 +407,14 @@ def _line(r: CaseResult, done: int, total: int) -> str:
 
 async def run_cases(admin_url: str, schemas: Mapping[str, Any], cases: Sequence[Any], strategies: Sequence[Strategy],
                     verifier: Verifier | None, *, prefix: str | None = None,
-                    progress: Progress | None = None) -> RunResult:
+                    progress: Progress | None = None, done: Sequence[CaseResult] = (),
+                    on_result: Callable[[CaseResult], None] | None = None) -> RunResult:
     """Every case under every strategy that can run. `admin_url`: a superuser URL of the server
     the case databases go on; `verifier`: the sandbox (shared by all cases; not closed here).
-    When no strategy can run, neither is touched (both may be empty/None)."""
+    When no strategy can run, neither is touched (both may be empty/None).
+
+    Resuming: results in `done` (an interrupted run's, see `resume.py`) that ran are kept as they
+    are and their cases not run again; `on_result` sees each new result as soon as it exists."""
     t0 = time.perf_counter()
     out = RunResult()
     runnable: list[Strategy] = []
@@ -419,26 +428,88 @@ async def run_cases(admin_url: str, schemas: Mapping[str, Any], cases: Sequence[
     if runnable:
         assert verifier is not None, "strategies that run need a verifier"
         bench = Bench(admin_url, verifier, prefix=prefix)
-        total, done = len(cases) * len(runnable), 0
+        kept = _kept(done, runnable, cases)
+        tracker = Tracker(len(cases) * len(runnable), len(kept))
         try:
             out.meta["postgresql"] = await (await bench.admin()).fetchval("SHOW server_version")
             for s in runnable:
                 for case in cases:
-                    schema = schemas.get(case.schema)
-                    if schema is None:
-                        r = CaseResult(case.name, case.schema, case.category, case.expected, s.name,
-                                       status="error", error=f"unknown schema {case.schema!r}")
-                    else:
-                        r = await bench.run_case(case, schema, s)
+                    r = kept.get((s.name, case.name))
+                    if r is None:
+                        r = await _measured(bench, case, schemas.get(case.schema), s)
+                        if on_result is not None:
+                            on_result(r)
+                        if progress is not None:
+                            progress(tracker.line(r))
                     out.results.append(r)
-                    done += 1
-                    if progress is not None:
-                        progress(_line(r, done, total))
         finally:
             await bench.close()
         out.meta["sandbox"] = verifier.backend.describe()
+        if kept:
+            out.meta["resumed"] = len(kept)
     out.meta["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _kept(done: Sequence[CaseResult], runnable: Sequence[Strategy],
+          cases: Sequence[Any]) -> dict[tuple[str, str], CaseResult]:
+    """The earlier results to keep: of this run's strategies and cases, and that ran (an error may
+    have been the interruption itself: it is run again)."""
+    names = {s.name for s in runnable}
+    wanted = {c.name for c in cases}
+    return {(r.strategy, r.case): r for r in done if r.status == "ran" and r.strategy in names and r.case in wanted}
+
+
+def _usage(strategy: Strategy) -> Usage | None:
+    endpoint = getattr(strategy, "endpoint", None)
+    return endpoint.usage() if endpoint is not None else None
+
+
+async def _measured(bench: Bench, case: Any, schema: Any, strategy: Strategy) -> CaseResult:
+    """`bench.run_case`, with the case's wall time and what it cost in model calls and tokens."""
+    if schema is None:
+        return CaseResult(case.name, case.schema, case.category, case.expected, strategy.name,
+                          status="error", error=f"unknown schema {case.schema!r}")
+    before = _usage(strategy)
+    t0 = time.perf_counter()
+    r = await bench.run_case(case, schema, strategy)
+    r.case_ms = _ms(t0)
+    after = _usage(strategy)
+    if before is not None and after is not None:
+        used = after.since(before)
+        r.model_calls, r.prompt_tokens, r.completion_tokens = used.calls, used.prompt_tokens, used.completion_tokens
+    return r
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Tracker:
+    """Progress over a long run: cases done of all, model calls, elapsed, and an estimate of the
+    time left (the mean time of the cases run so far in this process, times the cases left)."""
+
+    def __init__(self, total: int, resumed: int = 0) -> None:
+        self.total = total
+        self.done = resumed
+        self.ran = 0  # in this process (the estimate's basis)
+        self.calls = 0
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def line(self, r: CaseResult) -> str:
+        self.done += 1
+        self.ran += 1
+        self.calls += r.model_calls
+        self.tokens += r.prompt_tokens + r.completion_tokens
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - self.done
+        eta = _duration(elapsed / self.ran * left) if left else "0s"
+        model = f"{self.calls} model calls ({self.tokens} tokens), " if self.calls else ""
+        return f"{_line(r, self.done, self.total)}  | {model}{_duration(elapsed)} elapsed, ~{eta} left"
 
 
 def run_sync(admin_url: str, schemas: Mapping[str, Any], cases: Sequence[Any], strategies: Sequence[Strategy],

@@ -29,7 +29,7 @@ import asyncpg
 
 from inverse.classify import tables_referenced
 from inverse.images import Change, TableInfo
-from inverse.llm.client import LlmClient
+from inverse.llm.client import LlmClient, Usage
 from inverse.llm.config import LlmConfig
 from inverse.llm.prompt import Request
 from inverse.llm.synthesize import Verify, synthesize
@@ -51,6 +51,8 @@ class LlmEndpoint:
     api_key_env: str = "OPENAI_API_KEY"
 
     max_attempts: int = 3
+    timeout: float = 30.0  # seconds per HTTP request (a local model on a small machine needs minutes)
+    temperature: float | None = None  # None: the endpoint's default
     _clients: list[LlmClient] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -61,9 +63,14 @@ class LlmEndpoint:
         """One client per run (made on the run's event loop, on first use; `close` ends it)."""
         if not self._clients:
             config = LlmConfig.from_env(base_url=self.base_url, model=self.model,
-                                        api_key=os.environ.get(self.api_key_env), max_attempts=self.max_attempts)
+                                        api_key=os.environ.get(self.api_key_env), max_attempts=self.max_attempts,
+                                        timeout=self.timeout, temperature=self.temperature)
             self._clients.append(LlmClient(config))
         return self._clients[0]
+
+    def usage(self) -> Usage:
+        """Model calls and tokens so far in this run (zero before the first call)."""
+        return self._clients[0].usage.copy() if self._clients else Usage()
 
     async def close(self) -> None:
         while self._clients:
@@ -76,7 +83,8 @@ class LlmEndpoint:
     def describe(self) -> str:
         if not self.configured:
             return "none"
-        return f"{self.base_url or 'default base URL'}, model {self.model or 'default'}"
+        temperature = "" if self.temperature is None else f", temperature {self.temperature:g}"
+        return f"{self.base_url or 'default base URL'}, model {self.model or 'default'}{temperature}"
 
 
 @dataclass(frozen=True)

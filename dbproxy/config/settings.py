@@ -180,6 +180,9 @@ class LlmSettings(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=10, description="retries of a request after 429, 5xx, "
                              "timeouts or connection errors (exponential backoff)")
     max_tokens: int = Field(default=2000, ge=100, description="tokens per answer")
+    summaries: bool = Field(default=True, description="`dbproxy show` and the console also show the model's "
+                            "plain-language summary of a transaction, marked as generated (its statements and "
+                            "the first page of its diff are sent to the model)")
 
 
 class NotifySettings(BaseModel):

@@ -57,6 +57,7 @@ from dbproxy.review.events import LIVE_KINDS, EventHub, Kind, ReviewEvent
 from dbproxy.review.metrics import ProxyMetrics
 from dbproxy.review.notify import Notifier
 from dbproxy.review.policy_api import ReloadReport
+from dbproxy.review.summaries import Summaries
 from dbproxy.undo.install import install
 from dbproxy.undo.verification import Verification, llm_client
 from sandbox.pgcluster import ClusterError
@@ -220,6 +221,10 @@ class ProxyServer:
         rules = bool(settings.rules) or any(a.rules for a in settings.agents.values()) or self.policy.any_permanent()
         if "undo" in modes or rules:  # rules allow commits with verified inverses in hold mode too
             self.pending.verification.warm(self.target.database)
+        if settings.llm.summaries:
+            summary_client = llm_client(settings.llm)
+            if summary_client is not None:  # no key: no model, and `show` asks for nothing
+                self.pending.summaries = Summaries(summary_client)
 
         async def xact_status(xid: int) -> str | None:
             assert self.pending is not None
@@ -424,6 +429,8 @@ class ProxyServer:
             await self.pending.stop()
             if self.pending.verification is not None:
                 await self.pending.verification.close()
+            if self.pending.summaries is not None:
+                await self.pending.summaries.close()
         if self.journal is not None:
             await self.journal.close()
         log.event("proxy.stopped")

@@ -42,6 +42,7 @@ from dbproxy.review.events import EventHub, ReviewEvent
 from dbproxy.review.image_diff import image_diff
 from dbproxy.review.models import Decision, QueueEntry, TableDiff, TransactionDetail, UndoOutcome, VerifyOutcome
 from dbproxy.review.service import DIFF_PAGE, ReviewError
+from dbproxy.review.summaries import Summaries
 from dbproxy.undo import reverify
 from dbproxy.undo import service as undo_service
 from dbproxy.undo.commit import TableCache
@@ -77,6 +78,7 @@ class PendingRegistry:
         self.agent_role = agent_role  # undo and redo change user tables as this role, never as the proxy's
         self.tables = TableCache()  # undo mode: catalog facts per database
         self.verification: Verification | None = None  # undo mode: the sandbox gate (None: not configured)
+        self.summaries: Summaries | None = None  # a model's summaries for `show` (None: no model configured)
         self.policy: Policy | None = None  # rules and grants (a commit may add a grant)
         self.lock_watch: LockWatch | None = None  # agents' statements stuck behind pending chains fail
         self._capture: dict[str, bool] = {}  # database -> capture installed (positives are kept)
@@ -358,7 +360,13 @@ class PendingRegistry:
         return [self._record(self.live[r.id]) if r.id in self.live else r for r in records]
 
     async def show(self, tx_id: int, *, offset: int = 0, limit: int | None = None,
-                   table: str | None = None) -> TransactionDetail:
+                   table: str | None = None, summary_wait: float = 0.0) -> TransactionDetail:
+        detail = await self._detail(tx_id, offset=offset, limit=limit, table=table)
+        if self.summaries is not None:  # no model configured: nothing asked, nothing awaited
+            detail.summary = await self.summaries.for_detail(detail, wait=summary_wait)
+        return detail
+
+    async def _detail(self, tx_id: int, *, offset: int, limit: int | None, table: str | None) -> TransactionDetail:
         limit = self.diff_rows if limit is None else limit
         held = self.live.get(tx_id)
         if held is None:

@@ -79,6 +79,10 @@ _MAX_ID = 2**63 - 1  # journal ids are bigints
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
 _OPEN_PATHS = frozenset({"/v1/health", "/metrics"})
 MAX_TABLE_LENGTH = 1000
+#: Seconds `show` waits for a model's summary (when one is configured) unless asked otherwise; a
+#: summary not written by then is "pending" and finishes in the background.
+SUMMARY_WAIT = 5
+MAX_SUMMARY_WAIT = 30
 #: The reviewer a request's token belongs to (set by the auth middleware).
 REVIEWER = web.RequestKey("reviewer", str)
 
@@ -420,8 +424,10 @@ class AdminServer:
         table = request.query.get("table") or None
         if table is not None and len(table) > MAX_TABLE_LENGTH:
             raise _BadRequest(f"table must be at most {MAX_TABLE_LENGTH} characters")
-        assert offset is not None and limit is not None
-        detail = await self._service.show(_parse_id(request), offset=offset, limit=limit, table=table)
+        wait = _int_param(request, "summary_wait", default=SUMMARY_WAIT, lo=0, hi=MAX_SUMMARY_WAIT)
+        assert offset is not None and limit is not None and wait is not None
+        detail = await self._service.show(_parse_id(request), offset=offset, limit=limit, table=table,
+                                          summary_wait=wait)
         return _json(present.detail_data(detail))
 
     async def _commit(self, request: web.Request) -> web.Response:
@@ -628,6 +634,11 @@ def openapi_document() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DIFF_PAGE, "default": DIFF_PAGE}},
                     {"name": "table", "in": "query", "required": False, "schema": {"type": "string"},
                      "description": "only this table's diff (as TableDiff.table names it)"},
+                    {"name": "summary_wait", "in": "query", "required": False,
+                     "description": "seconds to wait for a model's summary when a model is configured (a summary "
+                     "not ready by then is 'pending'); ignored without one",
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SUMMARY_WAIT,
+                                "default": SUMMARY_WAIT}},
                 ],
                 "responses": {"200": body(ref(TransactionDetail), "one transaction"), **errors(400, 404)},
             }

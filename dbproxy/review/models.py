@@ -51,6 +51,18 @@ class BlockedSession(BaseModel):
     waiting_seconds: float | None = None
 
 
+class GeneratedSummary(BaseModel):
+    """A model's plain-language account of a transaction: GENERATED, never verified."""
+
+    status: Literal["ready", "pending", "failed"]
+    generated: Literal[True] = Field(default=True, description="always true: written by a model, not checked")
+    model: str = Field(description="the model that wrote (or is writing) it")
+    text: str | None = Field(default=None, description="the summary (ready)")
+    risk: str | None = Field(default=None, description="the model's word: low, medium, high or unknown (ready)")
+    label: str | None = Field(default=None, description="one line that says it is generated and not verified")
+    note: str | None = Field(default=None, description="why there is none yet (pending) or at all (failed)")
+
+
 class TransactionDetail(BaseModel):
     transaction: TransactionRecord
     statements: list[StatementRecord]
@@ -60,6 +72,8 @@ class TransactionDetail(BaseModel):
     agent_connected: bool = False
     agent_in_transaction: bool = False
     expires_at: datetime | None = None
+    summary: GeneratedSummary | None = Field(
+        default=None, description="a model's summary (generated, not verified); absent when no model is configured")
 
 
 class Decision(BaseModel):

@@ -41,9 +41,10 @@ class ReviewService(Protocol):
         ...
 
     async def show(self, tx_id: int, *, offset: int = 0, limit: int = DIFF_PAGE,
-                   table: str | None = None) -> TransactionDetail:
+                   table: str | None = None, summary_wait: float = 0.0) -> TransactionDetail:
         """Statements, row-level diff and blocked sessions of one transaction (any outcome). The diff
-        lists each table's changes `offset` to `offset + limit` (`table`: only that table)."""
+        lists each table's changes `offset` to `offset + limit` (`table`: only that table). With a
+        model configured, also its generated summary, waited for at most `summary_wait` seconds."""
         ...
 
     async def commit(self, tx_id: int, reviewer: str, *, reason: str | None = None,

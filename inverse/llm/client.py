@@ -2,8 +2,9 @@
 
 `LlmClient.ask(messages)` sends a chat completion to any OpenAI-compatible endpoint through the
 `openai` package's `AsyncOpenAI` and returns `(answer, call)`. `call` is the journal's record of
-what happened: model, tokens, latency, outcome and how many HTTP requests it took. `ask` never
-raises for endpoint trouble; an unreachable or rate-limited endpoint is an outcome, not a crash.
+what happened: model, tokens, latency, outcome and how many HTTP requests it took; `client.usage`
+adds them up over the client's life. `ask` never raises for endpoint trouble; an unreachable or
+rate-limited endpoint is an outcome, not a crash.
 
 Retries are ours, not the library's (`max_retries=0` there), so they are bounded, counted and
 observable: 429, 5xx, timeouts and connection errors are retried up to `config.max_retries`
@@ -38,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 from inverse.llm.answer import InverseAnswer
 from inverse.llm.config import LlmConfig
 
-__all__ = ["Call", "LlmClient", "parse_answer", "parse_json"]
+__all__ = ["Call", "LlmClient", "Usage", "parse_answer", "parse_json"]
 
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
@@ -70,6 +71,30 @@ class Call:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Call:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Usage:
+    """What a client has cost so far: model calls (`ask`s, however many HTTP requests each took),
+    HTTP requests, and the tokens the endpoint reported. A benchmark reads it before and after a case."""
+
+    calls: int = 0
+    http_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, call: Call) -> None:
+        self.calls += 1
+        self.http_requests += call.http_attempts
+        self.prompt_tokens += call.prompt_tokens or 0
+        self.completion_tokens += call.completion_tokens or 0
+
+    def copy(self) -> Usage:
+        return Usage(self.calls, self.http_requests, self.prompt_tokens, self.completion_tokens)
+
+    def since(self, earlier: Usage) -> Usage:
+        return Usage(self.calls - earlier.calls, self.http_requests - earlier.http_requests,
+                     self.prompt_tokens - earlier.prompt_tokens, self.completion_tokens - earlier.completion_tokens)
 
 
 def parse_answer(content: str | None) -> tuple[InverseAnswer | None, str | None]:
@@ -146,6 +171,7 @@ class LlmClient:
                                           timeout=config.timeout, max_retries=0)
         self._use_response_format = True
         self._tokens_param = "max_tokens"
+        self.usage = Usage()
 
     async def close(self) -> None:
         await self._client.close()
@@ -196,6 +222,11 @@ class LlmClient:
 
     async def ask_for(self, messages: list[dict[str, str]], schema: type[T]) -> tuple[T | None, Call]:
         """`ask` for any answer shape (a pydantic model the reply's JSON object must validate as)."""
+        answer, call = await self._ask_for(messages, schema)
+        self.usage.add(call)
+        return answer, call
+
+    async def _ask_for(self, messages: list[dict[str, str]], schema: type[T]) -> tuple[T | None, Call]:
         t0 = time.perf_counter()
         attempts = 0
         retries = 0

@@ -114,9 +114,11 @@ def user_message(req: Request) -> str:
     ddl = _bounded(req.ddl.strip(), MAX_DDL_CHARS, "DDL") if req.ddl.strip() else "(not available)"
     facts = "\n".join(f"- {f}" for f in req.facts) or "(none)"
     objects = "\n".join(f"- {o}" for o in req.objects) or "(none listed: the inverse may touch nothing)"
+    # The definitions first: they change least from one request to the next, so an endpoint that
+    # caches prompt prefixes (llama.cpp, vLLM, OpenAI) evaluates only what follows them again.
     return "\n\n".join([
-        "Forward transaction (the statements to invert, in the order they ran):\n" + _statements(req),
         "Definitions of the touched objects before the transaction:\n" + ddl,
+        "Forward transaction (the statements to invert, in the order they ran):\n" + _statements(req),
         f"{head}:\n{images}",
         "Facts:\n" + facts,
         "Objects the inverse may touch:\n" + objects,

@@ -3,8 +3,8 @@
 README, design decision 6, "the LLM proposes, the sandbox disposes". Per attempt:
 
 1. **ask** the model (`LlmClient.ask`) with the request and the earlier failures as feedback;
-2. **check** the proposal with `guard.check` against the objects the inverse may touch; a
-   rejected proposal never reaches `verify`;
+2. **check** the proposal with `guard.check` against the objects the inverse may touch (and the
+   caller's `precheck`, e.g. `repeats_forward`); a rejected proposal never reaches `verify`;
 3. **verify** it with the injected callback (the proxy passes the sandbox; `inverse` imports
    neither `sandbox` nor `dbproxy`), which answers "verified", "failed" or "could not verify".
 
@@ -47,7 +47,7 @@ from inverse.llm.prompt import Request, messages, summary_messages
 if TYPE_CHECKING:
     from inverse.llm.cache import AnswerCache
 
-__all__ = ["Attempt", "Outcome", "Verify", "request_key", "summarize", "synthesize"]
+__all__ = ["Attempt", "Outcome", "Precheck", "Verify", "repeats_forward", "request_key", "summarize", "synthesize"]
 
 #: (status, detail): status is "verified" | "failed" | "could not verify"; detail the error or diff.
 Verify = Callable[[list[str]], Awaitable[tuple[str, str]]]
@@ -156,9 +156,36 @@ def _summary(attempts: list[Attempt]) -> str:
     return f"{n} attempt{'s' if n != 1 else ''}, none verified ({tally}); last: {last.status}: {_short(last.detail)}"
 
 
+#: More checks before the sandbox, on top of the guard's (which always runs): problems, one line each.
+Precheck = Callable[[list[str]], list[str]]
+
+
+def repeats_forward(forward: list[str]) -> Precheck:
+    """A check that rejects an answer running one of the `forward` statements again (small models
+    often do): it cannot undo them, and saying so is more use to the model than the sandbox's diff."""
+    seen = {_normalized(f): n for n, f in enumerate(forward, 1)}
+
+    def check(statements: list[str]) -> list[str]:
+        out = []
+        for s in statements:
+            n = seen.get(_normalized(s))
+            if n is not None:
+                out.append(f"{_short(s, 120)}: this is forward statement {n} itself; the inverse must undo it "
+                           "(do the opposite), not run it again")
+        return out
+
+    return check
+
+
+def _normalized(sql: str) -> str:
+    return " ".join(sql.strip().rstrip(";").split()).lower()
+
+
 async def synthesize(client: LlmClient, req: Request, verify: Verify, *, allowed: set[str], max_attempts: int,
-                     cache: AnswerCache | None = None, cache_key: tuple[str, ...] | None = None) -> Outcome:
-    """Ask, check, verify, feed failures back; a trusted Outcome only from a "verified" attempt."""
+                     cache: AnswerCache | None = None, cache_key: tuple[str, ...] | None = None,
+                     precheck: Precheck | None = None) -> Outcome:
+    """Ask, check, verify, feed failures back; a trusted Outcome only from a "verified" attempt.
+    `precheck` adds problems of the caller's to the guard's (it can only reject, never admit)."""
     if cache is not None and cache_key is not None:
         hit = cache.get(cache_key)
         if hit is not None:
@@ -193,6 +220,8 @@ async def synthesize(client: LlmClient, req: Request, verify: Verify, *, allowed
             continue
 
         problems = guard.check(statements, allowed)
+        if precheck is not None:
+            problems += precheck(statements)
         if problems:
             attempt = Attempt(n, statements, answer, problems, "rejected", "\n".join(problems), call)
             attempts.append(attempt)

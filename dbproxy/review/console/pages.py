@@ -57,6 +57,9 @@ STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 MAX_REASON = 2000
 JOURNAL_PAGE = 50
 KEEPALIVE = 15.0
+#: Seconds a transaction page waits for a model's summary (with a model configured); one not
+#: written by then is shown as being written, and the next load of the page has it.
+SUMMARY_WAIT = 2
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
 _OPEN = frozenset({f"{PREFIX}/signin", *(f"{PREFIX}/static/{n}" for n in STATIC)})
 #: Requests made by the page's script: answered 401 rather than redirected to sign-in.
@@ -399,7 +402,8 @@ class Console:
         table = request.query.get("table") or None
         try:
             # With `table`, that table alone, paged; without, every table's first page.
-            detail = await self.service.show(tx_id, offset=offset if table else 0, limit=limit, table=table)
+            detail = await self.service.show(tx_id, offset=offset if table else 0, limit=limit, table=table,
+                                             summary_wait=SUMMARY_WAIT)
         except ReviewError as e:
             raise Refused(e.status, e.message) from None
         context = {"d": detail, "t": detail.transaction, "limit": limit, "pages": _pages(detail.diff, limit),
