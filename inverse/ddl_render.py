@@ -189,7 +189,9 @@ def common_post(now: Desc | None, target: Desc, *, created_by: str | None = None
     if (now or {}).get("comment") != target.get("comment"):
         out.append((POST_LAST, f"COMMENT ON {_comment_on(target)} IS {literal(target.get('comment'))}"))
     # The owner before the privileges: a new owner's default privileges are the base they start from.
-    if now is None:
+    if target.get("kind") == "sequence" and target.get("owned_by"):
+        pass  # a sequence linked to a column follows its table's owner; PostgreSQL refuses it alone
+    elif now is None:
         if created_by is None or target.get("owner") != created_by:
             out.append((POST_LAST, f"ALTER {_owner_of(target)} OWNER TO {ident(str(target['owner']))}"))
     elif now.get("owner") != target.get("owner"):

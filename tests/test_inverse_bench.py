@@ -330,7 +330,7 @@ def test_llm_strategies_with_a_scripted_endpoint(pg: Postgres, sandbox_dir: Path
 def test_resume_continues_an_interrupted_run(pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Interrupted after two cases (Ctrl-C while the third is saved), the run exits 130 with the
-    two saved; `--resume` runs only the other two, and the report covers all four, the saved ones
+    two saved; `--resume` runs only the other three, and the report covers all five, the saved ones
     exactly as they were."""
     from dbproxy_benchmarks.inverse_bench import main, resume, runner
 
@@ -346,7 +346,7 @@ def test_resume_continues_an_interrupted_run(pg: Postgres, tmp_path: Path, monke
     monkeypatch.setattr(resume.CaseLog, "add", add_then_interrupt)
     assert main.run(options, SCHEMAS, CASES) == 130
     err = capsys.readouterr().err
-    assert "[2/4] rules" in err and "elapsed, ~" in err and "left" in err
+    assert "[2/5] rules" in err and "elapsed, ~" in err and "left" in err
     assert f"saved in {out / 'cases.jsonl'}: run the same command with --resume" in err
     saved = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
     assert saved[0] == {"run": {"model": None}} and [c["case"] for c in saved[1:]] == [UPDATE.name, CASCADE.name]
@@ -363,13 +363,13 @@ def test_resume_continues_an_interrupted_run(pg: Postgres, tmp_path: Path, monke
     monkeypatch.setattr(runner.Bench, "run_case", counting)
     assert main.run(replace(options, resume=True), SCHEMAS, CASES) == 0
     err = capsys.readouterr().err
-    assert "resuming: 2 of 4 cases already done" in err and "[3/4] rules" in err and "[1/4]" not in err
-    assert ran == [DROP.name, SETUP.name]
+    assert "resuming: 2 of 5 cases already done" in err and "[3/5] rules" in err and "[1/5]" not in err
+    assert ran == [DROP_COLUMN.name, DROP.name, SETUP.name]
     data = json.loads((out / "results.json").read_text())
     assert [c["case"] for c in data["cases"]] == [c.name for c in CASES]
     assert data["cases"][:2] == saved[1:]  # kept as saved, not run again
-    assert data["meta"]["resumed"] == 2 and data["metrics"]["rules"][OVERALL]["cases"] == 4
-    assert len((out / "cases.jsonl").read_text().splitlines()) == 5
+    assert data["meta"]["resumed"] == 2 and data["metrics"]["rules"][OVERALL]["cases"] == 5
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 6
 
 
 def test_resume_refuses_another_model_and_survives_a_torn_line(tmp_path: Path) -> None:
@@ -420,8 +420,13 @@ def test_a_refreshed_materialized_view_is_never_verified(pg: Postgres, sandbox_d
     assert len(fake_llm.requests) <= 1  # "could not verify" stops the loop: no second attempt
 
 
+#: Announced, the old values are kept before the rewrite (reversible); run through EXECUTE, the
+#: proxy never sees it, nothing is kept, and no row images of the table exist.
 LOSSY_TYPE = Case("shop.name_to_char3", "shop", "alter_type", (
-    "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)",), "irreversible")
+    "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)",), "reversible")
+HIDDEN_LOSSY_TYPE = Case("shop.hidden_name_to_char3", "shop", "alter_type", (
+    "DO $$ BEGIN EXECUTE 'ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)'; END $$",),
+    "irreversible")
 TOUCHED_THEN_TYPE = Case("shop.touch_then_char3", "shop", "alter_type", (
     "UPDATE customers SET name = name", "ALTER TABLE customers ALTER COLUMN name TYPE varchar(3) USING left(name, 3)"),
     "reversible")
@@ -433,18 +438,24 @@ def test_a_column_type_rewrite_without_images_is_never_verified(pg: Postgres, sa
     """Also found by the real model: for a lossy ALTER COLUMN ... TYPE ... USING it answered with
     the same rewrite, and the sandbox verified it: the rewrite fires no row trigger and the table
     is locked by the transaction, so the sample held none of its rows. Without captured images of
-    that table it cannot be checked; with them (every row updated first) it can, and the same
-    wrong answer fails."""
+    that table (the rewrite hidden in EXECUTE) it cannot be checked; with them (the old values kept
+    before an announced rewrite, or every row updated first) it can, and the same wrong answer
+    fails."""
     monkeypatch.setenv("BENCH_TEST_KEY", "k")
     endpoint = LlmEndpoint(base_url=fake_llm.base_url, model="scripted", api_key_env="BENCH_TEST_KEY")
     wrong = "ALTER TABLE customers ALTER COLUMN name TYPE text"  # the type back, the names still cut
     fake_llm.script(answer([wrong]), answer([wrong]), answer([wrong]))
-    run = run_sync(pg.url, SCHEMAS, (LOSSY_TYPE,), [LlmStrategy(endpoint)],
+    run = run_sync(pg.url, SCHEMAS, (HIDDEN_LOSSY_TYPE,), [LlmStrategy(endpoint)],
                    lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
     r = run.results[0]
     assert r.status == "ran" and r.produced and r.correct is False, (r.error, r.diff)
     assert r.verdict == "could not verify" and not r.false_verified, (r.verdict, r.verdict_reason)
     assert "changed a column type of public.customers" in r.verdict_reason, r.verdict_reason
+
+    run = run_sync(pg.url, SCHEMAS, (LOSSY_TYPE,), [LlmStrategy(endpoint)],
+                   lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
+    r = run.results[0]
+    assert r.status == "ran" and r.correct is False and r.verdict == "failed", (r.verdict, r.verdict_reason)
 
     run = run_sync(pg.url, SCHEMAS, (TOUCHED_THEN_TYPE,), [LlmStrategy(endpoint)],
                    lambda: Verifier(LocalBackend(sandbox_dir)), prefix=f"dbproxy_bench_test_{os.urandom(2).hex()}")
