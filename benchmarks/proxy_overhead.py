@@ -634,7 +634,8 @@ def parse_pgbench(out: str, where: str, *, allow_failed: bool = False) -> Run:
 def run_hold(proxy: Proxy, direct: Target, case: Case, duration: int, poll_interval: float) -> Run:
     """pgbench through the hold proxy while a scripted reviewer commits every held chain; then
     wait until the chains the disconnected clients left are committed too."""
-    reviewer = Reviewer(proxy.admin_url, proxy.admin_token, poll_interval=poll_interval)
+    # The admin token is the reviewer `admin`'s: decisions are recorded under the token's reviewer.
+    reviewer = Reviewer(proxy.admin_url, proxy.admin_token, poll_interval=poll_interval, name="admin")
     reviewer.start()
     try:
         try:

@@ -586,15 +586,27 @@ class _Builder:
             self.committed = True
 
 
+def passthrough_query(state: HoldState, sql: str) -> bool:
+    """May this simple query pass through untouched? Outside any transaction, when every statement
+    in it is positively read-only (`classify`), allowed, and none is one the proxy answers itself."""
+    if state.chain or state.agent_tx is not AgentTx.NONE:
+        return False
+    for s in split_cached(sql):
+        if proxy_show(s) is not None:
+            return False
+        c = classify_cached(s)
+        if not c.read_only or c.tx is not None or refusal(c, state) is not None:
+            return False
+    return True
+
+
 def plan_query(state: HoldState, sql: str) -> Plan:
     """A simple Query: statements split and planned one by one, sent as one query string."""
+    if passthrough_query(state, sql):
+        return Plan(Query(sql).encode(), [], passthrough=True)
     statements = split_cached(sql)
     classes = [classify_cached(s) for s in statements]
     shows = [proxy_show(s) for s in statements]
-    if not state.chain and state.agent_tx is AgentTx.NONE and not any(shows) and all(
-        c.read_only and c.tx is None and refusal(c, state) is None for c in classes
-    ):
-        return Plan(Query(sql).encode(), [], passthrough=True)
     b = _Builder(state, simple=True)
     prefix = b""
     if b.sim.chain and b.sim.agent_tx is AgentTx.NONE:
@@ -653,25 +665,36 @@ class PreparedStatements:
 _UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
 
 
+def passthrough_extended(state: HoldState, prepared: PreparedStatements, msgs: list[object]) -> bool:
+    """May this extended-protocol cycle pass through untouched? Outside any transaction, ending in
+    Sync (a passthrough plan finishes at ReadyForQuery), when every statement it parses or runs is
+    positively read-only and allowed and names nothing the proxy answers itself. When it may,
+    `prepared` is updated as the server will see the cycle."""
+    if state.chain or state.agent_tx is not AgentTx.NONE or state.error_pending or not isinstance(msgs[-1], Sync) \
+            or any(prepared.names_proxy(m) for m in msgs):
+        return False
+    after = _read_only_cycle(state, prepared, msgs)
+    if after is None:
+        return False
+    prepared.statements, prepared.portals = after.statements, after.portals
+    for m in msgs:  # what these messages name no longer carries earlier values or types
+        if isinstance(m, Bind):
+            prepared.binds.pop(m.portal, None)
+            prepared.proxy_portals.pop(m.portal, None)
+        elif isinstance(m, Parse):
+            prepared.proxy.pop(m.name, None)
+            prepared.types.pop(m.name, None)
+            if m.param_types:
+                prepared.types[m.name] = m.param_types
+        elif isinstance(m, Close):
+            (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
+    return True
+
+
 def plan_extended(state: HoldState, prepared: PreparedStatements, frames: list[Frame]) -> Plan:
     """Parse/Bind/Describe/Execute/Close/Sync/Flush messages of one cycle."""
     msgs = [decode_frontend(f) for f in frames]  # ProtocolViolation ends the session
-    if not state.chain and state.agent_tx is AgentTx.NONE and not state.error_pending \
-            and isinstance(msgs[-1], Sync) and not any(prepared.names_proxy(m) for m in msgs) \
-            and (after := _read_only_cycle(state, prepared, msgs)) is not None:
-        # (Only Sync-ended cycles: a passthrough plan finishes at ReadyForQuery.)
-        prepared.statements, prepared.portals = after.statements, after.portals
-        for m in msgs:  # what these messages name no longer carries earlier values or types
-            if isinstance(m, Bind):
-                prepared.binds.pop(m.portal, None)
-                prepared.proxy_portals.pop(m.portal, None)
-            elif isinstance(m, Parse):
-                prepared.proxy.pop(m.name, None)
-                prepared.types.pop(m.name, None)
-                if m.param_types:
-                    prepared.types[m.name] = m.param_types
-            elif isinstance(m, Close):
-                (prepared.types if m.kind == "S" else prepared.binds).pop(m.name, None)
+    if passthrough_extended(state, prepared, msgs):
         return Plan(b"".join(f.raw for f in frames), [], passthrough=True)
     b = _Builder(state, simple=False)
     if b.sim.chain and not state.error_pending:
