@@ -151,6 +151,7 @@ AGENTS_ROLE = "dbproxy_agents"  # the proxy's default `agent_role`, which holds 
 SINGLE_CLIENT_GOAL = 0.80
 MULTI_CLIENT_GOAL = 0.60
 START_TIMEOUT = 30.0
+HELD_LOCK_TIMEOUT = 120.0
 
 
 class BenchmarkError(RuntimeError):
@@ -458,7 +459,11 @@ def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextl
     password, token = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBPROXY_") or k == "DBPROXY_PG_BIN"}
     env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2",
-               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token, DBPROXY_JOURNAL_PASSTHROUGH=str(journal).lower())
+               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token, DBPROXY_JOURNAL_PASSTHROUGH=str(journal).lower(),
+               # A statement behind a held chain's row lock waits for the reviewer's commit (as
+               # before the lock watch existed) instead of failing with 55P03 after 5 s, which
+               # aborts a pgbench client; PostgreSQL's deadlock detection still breaks cycles.
+               DBPROXY_HELD_LOCK_TIMEOUT=str(HELD_LOCK_TIMEOUT))
     data_dir = root / f"dbproxy-{name}"
     data_dir.mkdir(mode=0o700)
     # One key for every proxy of the run: they derive the same password for the agent's upstream
