@@ -165,8 +165,9 @@ _CALL_ESCAPE = "CALL runs a procedure"
 _NOTIFY = re.compile(r"\bnotify\b|\bpg_notify\b", re.IGNORECASE)
 
 
-def refusal(c: Classification, state: HoldState) -> ErrorResponse | None:
-    """The error the agent gets instead of running `c`, or None when it may run."""
+def refusal(c: Classification, state: HoldState, *, policy: bool = True) -> ErrorResponse | None:
+    """The error the agent gets instead of running `c`, or None when it may run. `policy=False`:
+    without asking the policy (the caller knows no rule of it can refuse `c`)."""
     if c.tx is not None and c.tx.action in ("savepoint", "release", "rollback_to") and c.tx.name \
             and c.tx.name.lower().startswith("dbproxy_"):
         return ErrorResponse.make(SQLSTATE.RESERVED_NAME,
@@ -178,7 +179,7 @@ def refusal(c: Classification, state: HoldState) -> ErrorResponse | None:
     identity = identity_refusal(c.sql, state.run_as)
     if identity is not None:
         return identity
-    if state.policy_refusal is not None and c.tx is None:
+    if policy and state.policy_refusal is not None and c.tx is None:
         denied = state.policy_refusal(c.sql)
         if denied is not None:
             return denied
@@ -586,16 +587,17 @@ class _Builder:
             self.committed = True
 
 
-def passthrough_query(state: HoldState, sql: str) -> bool:
+def passthrough_query(state: HoldState, sql: str, *, policy: bool = True) -> bool:
     """May this simple query pass through untouched? Outside any transaction, when every statement
-    in it is positively read-only (`classify`), allowed, and none is one the proxy answers itself."""
+    in it is positively read-only (`classify`), allowed, and none is one the proxy answers itself.
+    (`policy`: see `refusal`.)"""
     if state.chain or state.agent_tx is not AgentTx.NONE:
         return False
     for s in split_cached(sql):
         if proxy_show(s) is not None:
             return False
         c = classify_cached(s)
-        if not c.read_only or c.tx is not None or refusal(c, state) is not None:
+        if not c.read_only or c.tx is not None or refusal(c, state, policy=policy) is not None:
             return False
     return True
 
@@ -665,7 +667,8 @@ class PreparedStatements:
 _UNKNOWN_PORTAL = Classification("", Kind.UNKNOWN, False, None, None, None, frozenset())
 
 
-def passthrough_extended(state: HoldState, prepared: PreparedStatements, msgs: list[object]) -> bool:
+def passthrough_extended(state: HoldState, prepared: PreparedStatements, msgs: list[object], *,
+                         policy: bool = True) -> bool:
     """May this extended-protocol cycle pass through untouched? Outside any transaction, ending in
     Sync (a passthrough plan finishes at ReadyForQuery), when every statement it parses or runs is
     positively read-only and allowed and names nothing the proxy answers itself. When it may,
@@ -673,7 +676,7 @@ def passthrough_extended(state: HoldState, prepared: PreparedStatements, msgs: l
     if state.chain or state.agent_tx is not AgentTx.NONE or state.error_pending or not isinstance(msgs[-1], Sync) \
             or any(prepared.names_proxy(m) for m in msgs):
         return False
-    after = _read_only_cycle(state, prepared, msgs)
+    after = _read_only_cycle(state, prepared, msgs, policy=policy)
     if after is None:
         return False
     prepared.statements, prepared.portals = after.statements, after.portals
@@ -795,8 +798,8 @@ def _proxy_message(b: _Builder, prepared: PreparedStatements, state: HoldState, 
         b.synthetic((state.answers.get(kind) or ProxyResult(PROXY_COLUMNS[kind])).data())
 
 
-def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
-                     msgs: list[object]) -> PreparedStatements | None:
+def _read_only_cycle(state: HoldState, prepared: PreparedStatements, msgs: list[object], *,
+                     policy: bool = True) -> PreparedStatements | None:
     """The statement and portal names after `msgs` when every statement they parse or run is
     read-only and allowed (the cycle may pass through untouched), else None."""
     trial = PreparedStatements(dict(prepared.statements), dict(prepared.portals))
@@ -804,7 +807,7 @@ def _read_only_cycle(state: HoldState, prepared: PreparedStatements,
         _track(trial, m)
         if isinstance(m, Parse):
             c = trial.statements[m.name]
-            if c is not None and refusal(c, state) is not None:
+            if c is not None and refusal(c, state, policy=policy) is not None:
                 return None
         elif isinstance(m, Execute):
             c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
@@ -905,6 +908,12 @@ class Router:
             self.copy_in = True
         elif t in (T_COMMAND, T_ERROR):
             self.copy_in = False
+            if t == T_ERROR and self.lock_error is not None:
+                # The proxy cancelled a read stuck behind a held transaction's lock: say so.
+                err = decode_backend(item)
+                if isinstance(err, ErrorResponse) and err.sqlstate == "57014":
+                    out.append(self.lock_error.encode())
+                    return
         out.append(item.raw)
 
     def _frame(self, f: Frame, step: Step | None, out: list[bytes]) -> None:
