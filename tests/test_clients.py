@@ -527,6 +527,39 @@ async def test_asyncpg_executemany_and_transactions(proxy, pg, table):
         await conn.close()
 
 
+async def test_asyncpg_executemany_server_failure_reaches_it_while_it_writes(proxy, pg, table):
+    """asyncpg pipelines executemany's Bind/Execute pairs while it is still producing rows, and
+    stops producing once the server's error arrives (asyncpg's own
+    test_executemany_server_failure_during_writes). Through the proxy the error must reach it while
+    it still writes: a proxy that held the pipeline back (until Sync, say) or sat on the server's
+    answer while it read the client would let every row be produced. Ten times in a row.
+
+    asyncpg's test gives the error 128 rows of 32 kB to arrive in; that is a race with the
+    scheduler on a loaded 2-core machine (direct connections lose it too, 3 to 7 times in 10
+    there), so this one gives it 1024 rows (32 MB): still far less than a proxy that held the
+    pipeline back would let through."""
+    await adirect(pg, f"create table {table} (a text, b int primary key)")
+    conn = await asyncpg.connect(proxy.url())
+    try:
+        for attempt in range(10):
+            produced = 0
+
+            def rows() -> Iterator[tuple[str, int]]:
+                nonlocal produced
+                while produced < 1024:
+                    produced += 1
+                    # The second row repeats the first's key; the rest are 32 kB each.
+                    yield ("a", 0) if produced < 3 else ("a" * 32768, produced)
+
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.executemany(f"insert into {table} (a, b) values ($1, $2)", rows())
+            assert produced < 1024, f"attempt {attempt + 1}: every row was produced before the error arrived"
+            assert await conn.fetchval("select 1") == 1
+        assert await adirect(pg, f"select count(*) from {table}") == [(0,)]
+    finally:
+        await conn.close()
+
+
 async def test_asyncpg_copy(proxy, pg, table):
     await adirect(pg, f"create table {table} (id int primary key, name text, amount numeric, "
                       "at timestamptz, tags text[])")
