@@ -687,6 +687,39 @@ def test_contradicting_rules_stop_serve_naming_both(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "dbproxy", "serve", "--config", str(config), "--data-dir",
                           str(tmp_path / "d")], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "malformed object pattern 'a.b.c'" in out.stderr
+    # A pass-through agent's statements are relayed unchanged: its own rules would be ignored silently.
+    config.write_text('[agents.trusted]\npassword = "pw"\nmode = "passthrough"\n\n[[agents.trusted.rules]]\n'
+                      'ops = ["delete"]\ndecision = "deny"\n')
+    config.chmod(0o600)
+    out = subprocess.run([sys.executable, "-m", "dbproxy", "serve", "--config", str(config), "--data-dir",
+                          str(tmp_path / "d")], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and "agents.trusted.rules: rules do not apply to a pass-through agent" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_default_rules_over_pass_through_agents_are_a_warning() -> None:
+    from dbproxy.config.settings import Settings
+    from dbproxy.policy.rules import contradictions, overlaps
+
+    settings = Settings.model_validate({"agents": {"a": {"password": "pw", "mode": "passthrough"},
+                                                   "b": {"password": "pw"}},
+                                        "rules": [{"ops": ["delete"], "decision": "deny"}]})
+    assert contradictions([*settings.agents, ""], settings) == []
+    assert overlaps([*settings.agents, ""], settings) == [
+        "the default rules do not apply to pass-through agents (a): their statements are relayed unchanged"]
+
+
+def test_a_read_prepared_before_a_reload_is_denied_when_run_after_it(make_proxy: MakeProxy, shop: str) -> None:
+    settings: dict[str, Any] = {"agents": {AGENT: {"password": AGENT_PASSWORD, "databases": ["*"]}}, "rules": []}
+    proxy = make_proxy(shop, mode="hold", reload_settings=settings, **settings)
+    with psycopg.connect(proxy.url(dbname(shop), user=AGENT, password=AGENT_PASSWORD), autocommit=True) as c:
+        query = "SELECT item FROM orders WHERE id = %s"
+        assert c.execute(query, (1,), prepare=True).fetchall() == [("apple",)]  # Parse once; later runs Bind it
+        settings["rules"] = [{"ops": ["read"], "objects": ["public.orders"], "decision": "deny"}]
+        assert proxy.review_request("POST", "/v1/reload", {})[0] == 200
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="deny read"):
+            c.execute(query, (1,), prepare=True)
+        assert c.execute("SELECT 1").fetchall() == [(1,)]  # the session carries on
 
 
 def test_reload_adds_an_agent_and_a_rule_keeping_pending_transactions(make_proxy: MakeProxy, shop: str) -> None:

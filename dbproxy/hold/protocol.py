@@ -835,6 +835,9 @@ def _read_only_cycle(state: HoldState, prepared: PreparedStatements, msgs: list[
                 return None
         elif isinstance(m, Execute):
             c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
+            # Checked again when run: a rule reloaded since its Parse may deny it now.
+            if c is not None and refusal(c, state) is not None:
+                return None
         else:
             continue
         if c is None or not c.read_only or c.tx is not None:

@@ -9,7 +9,8 @@ Object patterns: `*` matches everything; `schema.name` globs match schema-qualif
 (`orders`, `order_*`). Unqualified names in statements are taken as `public.NAME`.
 
 `contradictions` finds rules that can never apply (an earlier rule with another decision covers
-all they cover): a settings error, naming both. `overlaps` finds partial overlaps with different
+all they cover, or they are an agent's own rules and the agent is in pass-through mode): a settings
+error, naming both. `overlaps` finds partial overlaps with different
 decisions: logged at start, naming both and which wins.
 
 `permanent_refusal` says why operation classes cannot be granted permanently: nothing without an
@@ -100,9 +101,19 @@ def _overlap(a: Rule, b: Rule) -> bool:
                for p in a.objects for q in b.objects)
 
 
+def _mode(settings: Settings, agent: str) -> str:
+    own = settings.agents[agent].mode if agent in settings.agents else None
+    return own or settings.mode
+
+
 def contradictions(agents: Iterable[str], settings: Settings) -> list[str]:
     problems = []
     for agent in agents:
+        if agent in settings.agents and settings.agents[agent].rules and _mode(settings, agent) == "passthrough":
+            # Pass-through relays unchanged: an agent's own rules would be silently ignored.
+            problems.append(f"agents.{agent}.rules: rules do not apply to a pass-through agent (its statements are "
+                            f"relayed unchanged); give agents.{agent} mode \"hold\" or \"undo\", or remove its rules")
+            continue
         rules = rules_for(settings, agent)
         for j, later in enumerate(rules):
             for first in rules[:j]:
@@ -116,6 +127,11 @@ def contradictions(agents: Iterable[str], settings: Settings) -> list[str]:
 
 def overlaps(agents: Iterable[str], settings: Settings) -> list[str]:
     notes = []
+    if settings.rules:
+        relayed = [a for a in agents if a and _mode(settings, a) == "passthrough"]
+        if relayed:
+            notes.append(f"the default rules do not apply to pass-through agents ({', '.join(relayed)}): their "
+                         "statements are relayed unchanged")
     for agent in agents:
         rules = rules_for(settings, agent)
         for j, later in enumerate(rules):
