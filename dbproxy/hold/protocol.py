@@ -836,7 +836,7 @@ def _read_only_cycle(state: HoldState, prepared: PreparedStatements, msgs: list[
         elif isinstance(m, Execute):
             c = trial.portals.get(m.portal, _UNKNOWN_PORTAL)
             # Checked again when run: a rule reloaded since its Parse may deny it now.
-            if c is not None and refusal(c, state) is not None:
+            if c is not None and refusal(c, state, policy=policy) is not None:
                 return None
         else:
             continue
