@@ -261,14 +261,25 @@ def test_psycopg_pipeline_with_error(proxy, pg, table):
             assert (c1.fetchone(), c2.fetchone(), c3.fetchone()) == ((1,), (20,), ("hi!",))
 
             # Error in the second segment: its earlier statement is rolled back with the implicit
-            # transaction, later ones are skipped until the Sync.
+            # transaction, later ones are skipped until the Sync. psycopg raises the error at
+            # whichever call first sees it arrive (the next execute, when the answer is quick, or
+            # the sync); raised before the Sync went out, the sync then reports the skipped one.
             conn.execute(f"insert into {table} values (3)")
-            conn.execute("select 1 / 0")
-            skipped = conn.execute(f"insert into {table} values (4) returning id")
+            stage = "error"
             with pytest.raises(pgerrors.DivisionByZero):
+                conn.execute("select 1 / 0")
+                stage = "skipped"
+                skipped = conn.execute(f"insert into {table} values (4) returning id")
+                stage = "sync"
                 p.sync()
-            with pytest.raises(psycopg.ProgrammingError):
-                skipped.fetchone()
+            if stage == "sync":
+                with pytest.raises(psycopg.ProgrammingError):
+                    skipped.fetchone()
+            elif stage == "skipped":
+                with pytest.raises(pgerrors.PipelineAborted):
+                    p.sync()
+            else:
+                p.sync()
 
             # After the Sync the pipeline works again.
             c5 = conn.execute(f"insert into {table} values (5) returning id")
@@ -439,13 +450,23 @@ async def test_psycopg_async_pipeline_and_copy(proxy, pg, table):
     async with await psycopg.AsyncConnection.connect(proxy.url(), autocommit=True) as conn:
         async with conn.pipeline() as p:
             a = await conn.execute(f"insert into {table} (id, name) values (%s, %s) returning id", (100, "x"))
-            await conn.execute("select 1 / 0")
-            b = await conn.execute(f"insert into {table} (id, name) values (101, 'skipped')")
+            # psycopg raises the error at whichever call first sees it (see the sync test above).
+            stage = "error"
             with pytest.raises(pgerrors.DivisionByZero):
+                await conn.execute("select 1 / 0")
+                stage = "skipped"
+                b = await conn.execute(f"insert into {table} (id, name) values (101, 'skipped')")
+                stage = "sync"
+                await p.sync()
+            if stage == "skipped":
+                with pytest.raises(pgerrors.PipelineAborted):
+                    await p.sync()
+            elif stage == "error":
                 await p.sync()
             assert await a.fetchone() == (100,)  # it ran, but its implicit transaction is rolled back
-            with pytest.raises(psycopg.ProgrammingError):
-                await b.fetchone()
+            if stage == "sync":
+                with pytest.raises(psycopg.ProgrammingError):
+                    await b.fetchone()
             c = await conn.execute("select %s::int * 2", (21,))
             await p.sync()
             assert await c.fetchone() == (42,)
