@@ -20,9 +20,11 @@ seconds against each target:
               (`benchmarks.reviewer`) committing every held transaction through the review API
               as soon as the proxy lets it
 - undo:       pgbench -> dbproxy (mode = "undo") -> PostgreSQL after `dbproxy install`: every
-              transaction commits with its captured row images and inverse (no sandbox
-              verification yet); goal >= 70% of the pass-through proxy. Once capture is
-              installed, the other targets' sessions run with its (inactive) triggers too
+              transaction commits with its captured row images and its inverse, verified in the
+              sandbox (the verification cache makes a repeated statement shape cheap). Once
+              capture is installed, the other targets' sessions run with its (inactive) triggers
+- policy:     an undo-mode proxy with rules allowing `insert, update` on `pgbench_*` and `read`
+              on `*`: every pgbench transaction commits through the policy gate with its inverse
 - null-relay: pgbench -> a no-logic uvloop TCP relay -> PostgreSQL (the floor for a Python hop)
 - pgbouncer:  pgbench -> PgBouncer -> PostgreSQL (a reference point: what a mature C proxy costs)
 
@@ -110,9 +112,30 @@ from .reviewer import Reviewer
 WORKLOADS: dict[str, list[str]] = {"select-only": ["-S"], "tpcb": []}
 WORKLOAD_ALIASES = {"tpcb-like": "tpcb"}  # pgbench's own name for its default script
 MODES = ("simple", "extended", "prepared")
-TARGETS = ("direct", "proxy", "proxy-unjournaled", "hold", "undo", "null-relay", "pgbouncer")
-#: Undo mode: >= 70% of the pass-through proxy's TPS (trigger-based capture tools report about -47%).
-UNDO_GOAL = 0.70
+TARGETS = ("direct", "proxy", "proxy-unjournaled", "hold", "undo", "policy", "null-relay", "pgbouncer")
+#: Targets whose rows are compared with the pass-through proxy (`vs proxy`).
+AGENT_MODES = ("hold", "undo", "policy")
+#: Share of the pass-through proxy's TPS the agent modes should reach. Reads (select-only) should
+#: cost hold and undo mode little more than pass-through; with writes, undo mode (trigger-based
+#: capture tools report about -47%) and the policy target >= 70%, hold mode (a scripted reviewer
+#: commits every chain) >= 60%.
+VS_PROXY_GOALS: dict[tuple[str, str], float] = {
+    ("hold", "select-only"): 0.85, ("undo", "select-only"): 0.85, ("policy", "select-only"): 0.85,
+    ("hold", "tpcb"): 0.60, ("undo", "tpcb"): 0.70, ("policy", "tpcb"): 0.70,
+}
+#: The policy target's rules (an undo-mode proxy): what pgbench's transactions do is allowed, so
+#: they commit with their inverse through the policy gate rather than by the mode's own decision.
+POLICY_RULES = """\
+[[rules]]
+ops = ["insert", "update"]
+objects = ["pgbench_*"]
+decision = "allow"
+
+[[rules]]
+ops = ["read"]
+objects = ["*"]
+decision = "allow"
+"""
 #: What pgbench does before a run unless -n; the benchmark does it itself, directly (see docstring).
 RESET_SQL = ("VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history",
              # Undo runs: start every run with an empty capture log (when capture is installed).
@@ -124,9 +147,11 @@ PG_SETTINGS = {"max_connections": "100", "shared_buffers": "128MB"}
 DEFAULT_OUT = results_dir()
 DBPROXY = Path(sys.executable).with_name("dbproxy")
 BENCH_AGENT = "bench"
+AGENTS_ROLE = "dbproxy_agents"  # the proxy's default `agent_role`, which holds agents' table privileges
 SINGLE_CLIENT_GOAL = 0.80
 MULTI_CLIENT_GOAL = 0.60
 START_TIMEOUT = 30.0
+HELD_LOCK_TIMEOUT = 120.0
 
 
 class BenchmarkError(RuntimeError):
@@ -177,6 +202,8 @@ class Run:
     tps: float
     latency_ms: float
     transactions: int
+    p50_ms: float | None = None  # transaction latency percentiles from pgbench --log (select-only: one
+    p99_ms: float | None = None  # statement per transaction, so per statement)
     failed: int = 0  # pgbench's failed (deadlock/serialization) transactions; only hold runs allow any
     deadlocks: int | None = None  # of those, deadlock failures (hold runs use --failures-detailed)
     reviewer: dict[str, Any] | None = None  # ReviewerStats.as_json() plus the journal's count
@@ -197,7 +224,8 @@ class Run:
         return held / self.commits if held is not None and self.commits else None
 
     def as_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"tps": self.tps, "latency_ms": self.latency_ms, "transactions": self.transactions,
+        d: dict[str, Any] = {"tps": self.tps, "latency_ms": self.latency_ms, "p50_ms": self.p50_ms,
+                             "p99_ms": self.p99_ms, "transactions": self.transactions,
                              "failed": self.failed, "deadlocks": self.deadlocks}
         if self.reviewer is not None:
             d["reviewer"] = self.reviewer
@@ -219,7 +247,8 @@ class Row:
     runs: list[Run] = field(default_factory=list)
     status: str = "measured"  # or "not installed" for PgBouncer when it is not installed
     ratio: float | None = None
-    ratio_proxy: float | None = None  # hold rows: TPS relative to the pass-through proxy
+    ratio_proxy: float | None = None  # agent-mode rows: TPS relative to the pass-through proxy
+    added_p99_ms: float | None = None  # p99 latency above the direct row's
 
     @property
     def tps(self) -> float | None:
@@ -228,6 +257,14 @@ class Row:
     @property
     def latency_ms(self) -> float | None:
         return statistics.median(r.latency_ms for r in self.runs) if self.runs else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        return _median(r.p50_ms for r in self.runs)
+
+    @property
+    def p99_ms(self) -> float | None:
+        return _median(r.p99_ms for r in self.runs)
 
     @property
     def spread(self) -> float | None:
@@ -263,15 +300,15 @@ class Row:
 
     @property
     def goal(self) -> float | None:
-        if self.target == "undo":
-            return UNDO_GOAL  # of the pass-through proxy
+        if self.target in AGENT_MODES:
+            return VS_PROXY_GOALS.get((self.target, self.case.workload))  # of the pass-through proxy
         if self.target != "proxy":
             return None
         return SINGLE_CLIENT_GOAL if self.case.clients == 1 else MULTI_CLIENT_GOAL
 
     @property
     def verdict(self) -> str:
-        ratio = self.ratio_proxy if self.target == "undo" else self.ratio
+        ratio = self.ratio_proxy if self.target in AGENT_MODES else self.ratio
         if self.goal is None or ratio is None:
             return ""
         return "PASS" if ratio >= self.goal else "MISS"
@@ -279,7 +316,8 @@ class Row:
     def as_json(self) -> dict[str, Any]:
         return {"workload": self.case.workload, "mode": self.case.mode, "clients": self.case.clients,
                 "target": self.target, "status": self.status, "tps": self.tps, "tps_spread": self.spread,
-                "latency_ms": self.latency_ms, "ratio_vs_direct": self.ratio,
+                "latency_ms": self.latency_ms, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+                "added_p99_ms": self.added_p99_ms, "ratio_vs_direct": self.ratio,
                 "ratio_vs_passthrough": self.ratio_proxy, "goal": self.goal,
                 "verdict": self.verdict or None, "runs": [r.as_json() for r in self.runs]}
 
@@ -413,16 +451,34 @@ class Proxy:
 
 
 def start_proxy(upstream_url: str, upstream: Target, root: Path, stack: contextlib.ExitStack, *,
-                mode: str = "passthrough", name: str = "proxy", journal: bool = True) -> Proxy:
-    """`dbproxy serve` as its own process in `mode` (passthrough or hold), with one agent allowed
-    into the upstream's database and an explicit admin token for the review API."""
+                mode: str = "passthrough", name: str = "proxy", journal: bool = True, config: str = "") -> Proxy:
+    """`dbproxy serve` as its own process in `mode` (passthrough, hold or undo), with one agent
+    allowed into the upstream's database and an explicit admin token for the review API; `config`:
+    TOML for its config file (the policy target's rules)."""
     port, admin_port = free_port(), free_port()
     password, token = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBPROXY_") or k == "DBPROXY_PG_BIN"}
     env.update(DBPROXY_UPSTREAM=upstream_url, DBPROXY_AGENT=f"{BENCH_AGENT}={password}", DBPROXY_SHUTDOWN_GRACE="2",
-               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token, DBPROXY_JOURNAL_PASSTHROUGH=str(journal).lower())
+               DBPROXY_MODE=mode, DBPROXY_ADMIN_TOKEN=token, DBPROXY_JOURNAL_PASSTHROUGH=str(journal).lower(),
+               # A statement behind a held chain's row lock waits for the reviewer's commit (as
+               # before the lock watch existed) instead of failing with 55P03 after 5 s, which
+               # aborts a pgbench client; PostgreSQL's deadlock detection still breaks cycles.
+               DBPROXY_HELD_LOCK_TIMEOUT=str(HELD_LOCK_TIMEOUT))
+    data_dir = root / f"dbproxy-{name}"
+    data_dir.mkdir(mode=0o700)
+    # One key for every proxy of the run: they derive the same password for the agent's upstream
+    # login role, instead of each resetting it at start and repairing it at the next login.
+    key = root / "upstream-roles.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32) + "\n")
+    (data_dir / "upstream-roles.key").write_text(key.read_text())
+    (data_dir / "upstream-roles.key").chmod(0o600)
     cmd = [str(DBPROXY), "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}",
-           "--data-dir", str(root / f"dbproxy-{name}"), "--log-level", "warning"]
+           "--data-dir", str(data_dir), "--log-level", "warning"]
+    if config:
+        path = root / f"dbproxy-{name}.toml"
+        path.write_text(config)
+        cmd += ["--config", str(path)]
     service = Service(f"dbproxy-{name}", cmd, root, env=env)
     stack.callback(_quietly, f"stop dbproxy ({mode})", service.stop)
     target = Target(name, "127.0.0.1", port, BENCH_AGENT, password, upstream.database)
@@ -536,12 +592,35 @@ def reset_tables(direct: Target) -> None:
 
 def run_pgbench(target: Target, case: Case, duration: int, *, allow_failed: bool = False,
                 timeout: float = 300) -> Run:
-    cmd = [tool("pgbench"), *case.pgbench_args(duration), *(["--failures-detailed"] if allow_failed else [])]
-    try:
-        out = run_tool(cmd, target.env(), timeout=duration + timeout)
-    except BenchmarkError as e:
-        raise BenchmarkError(f"pgbench {case.label} against {target.name} failed: {e}") from None
-    return parse_pgbench(out, f"{case.label} against {target.name}", allow_failed=allow_failed)
+    with tempfile.TemporaryDirectory(prefix="pgbench-log-") as logs:
+        prefix = Path(logs) / "tx"
+        cmd = [tool("pgbench"), *case.pgbench_args(duration), "--log", f"--log-prefix={prefix}",
+               *(["--failures-detailed"] if allow_failed else [])]
+        try:
+            out = run_tool(cmd, target.env(), timeout=duration + timeout)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"pgbench {case.label} against {target.name} failed: {e}") from None
+        run = parse_pgbench(out, f"{case.label} against {target.name}", allow_failed=allow_failed)
+        p50, p99 = latency_percentiles(Path(logs).glob("tx.*"))
+    return replace(run, p50_ms=p50, p99_ms=p99)
+
+
+def latency_percentiles(logs: Iterable[Path]) -> tuple[float | None, float | None]:
+    """p50 and p99 transaction latency (ms) from pgbench's per-transaction logs (`--log`: the third
+    field is the latency in microseconds; failed transactions say `failed` there and are skipped)."""
+    values: list[int] = []
+    for path in logs:
+        with open(path, "rb") as f:
+            for line in f:
+                field = line.split(b" ", 3)[2]
+                if field.isdigit():
+                    values.append(int(field))
+    if not values:
+        return None, None
+    values.sort()
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] / 1000
+    return at(0.50), at(0.99)
 
 
 def parse_pgbench(out: str, where: str, *, allow_failed: bool = False) -> Run:
@@ -560,7 +639,8 @@ def parse_pgbench(out: str, where: str, *, allow_failed: bool = False) -> Run:
 def run_hold(proxy: Proxy, direct: Target, case: Case, duration: int, poll_interval: float) -> Run:
     """pgbench through the hold proxy while a scripted reviewer commits every held chain; then
     wait until the chains the disconnected clients left are committed too."""
-    reviewer = Reviewer(proxy.admin_url, proxy.admin_token, poll_interval=poll_interval)
+    # The admin token is the reviewer `admin`'s: decisions are recorded under the token's reviewer.
+    reviewer = Reviewer(proxy.admin_url, proxy.admin_token, poll_interval=poll_interval, name="admin")
     reviewer.start()
     try:
         try:
@@ -642,8 +722,10 @@ def build_rows(cases: list[Case], runs: dict[tuple[Case, str], list[Run]], absen
             row = Row(case, name, runs[(case, name)])
             if row.tps is not None and direct.tps:
                 row.ratio = row.tps / direct.tps
-            if name in ("hold", "undo") and row.tps is not None and passthrough.tps:
+            if name in AGENT_MODES and row.tps is not None and passthrough.tps:
                 row.ratio_proxy = row.tps / passthrough.tps
+            if name != "direct" and row.p99_ms is not None and direct.p99_ms is not None:
+                row.added_p99_ms = row.p99_ms - direct.p99_ms
             rows.append(row)
     return rows
 
@@ -694,14 +776,20 @@ def render_markdown(rows: list[Row], info: dict[str, Any]) -> str:
         f">= {MULTI_CLIENT_GOAL:.0%} with more clients. "
         "`±`: half the range of the rounds' TPS around their median (run-to-run noise).",
         "",
-        "| workload | mode | clients | target | TPS | ± | latency ms | vs direct | vs proxy | goal |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "`p50`/`p99`: transaction latency percentiles from pgbench's per-transaction log (select-only "
+        "runs one statement per transaction, so per statement); `+p99`: above the direct row's p99. "
+        "Goals of the agent modes (hold, undo, policy) are of the pass-through proxy's TPS (`vs proxy`).",
+        "",
+        "| workload | mode | clients | target | TPS | ± | latency ms | p50 ms | p99 ms | +p99 ms | vs direct "
+        "| vs proxy | goal |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         goal = f">= {r.goal:.0%}: {r.verdict}" if r.goal is not None and r.verdict else ""
         tps = _num(r.tps, ".0f") if r.status == "measured" else r.status
         lines.append(f"| {r.case.workload} | {r.case.mode} | {r.case.clients} | {r.target} | {tps} | "
-                     f"{_num(r.spread, '.0%')} | {_num(r.latency_ms, '.3f')} | {_num(r.ratio, '.0%')} | "
+                     f"{_num(r.spread, '.0%')} | {_num(r.latency_ms, '.3f')} | {_num(r.p50_ms, '.3f')} | "
+                     f"{_num(r.p99_ms, '.3f')} | {_num(r.added_p99_ms, '+.3f')} | {_num(r.ratio, '.0%')} | "
                      f"{_num(r.ratio_proxy, '.0%')} | {goal} |")
     hold = [r for r in rows if r.target == "hold" and r.runs]
     if hold:
@@ -730,7 +818,8 @@ def render_markdown(rows: list[Row], info: dict[str, Any]) -> str:
 def write_outputs(out: Path, markdown: str, rows: list[Row], info: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown)
-    goals = {"single_client": SINGLE_CLIENT_GOAL, "multi_client": MULTI_CLIENT_GOAL}
+    goals = {"single_client": SINGLE_CLIENT_GOAL, "multi_client": MULTI_CLIENT_GOAL,
+             "vs_passthrough": {f"{t} {w}": g for (t, w), g in VS_PROXY_GOALS.items()}}
     doc = {"machine": info, "goals": goals, "results": [r.as_json() for r in rows]}
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -824,10 +913,19 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         if "hold" in wanted:
             hold = start_proxy(upstream_url, direct, root, stack, mode="hold", name="hold")
             proxies.append(hold)
-        if "undo" in wanted:
+        if wanted & {"undo", "policy"}:
             print("dbproxy install ...", file=sys.stderr, flush=True)
             run_tool([str(DBPROXY), "install"], {**os.environ, "DBPROXY_UPSTREAM": upstream_url}, timeout=300)
+        if "undo" in wanted:
             proxies.append(start_proxy(upstream_url, direct, root, stack, mode="undo", name="undo"))
+        if "policy" in wanted:
+            proxies.append(start_proxy(upstream_url, direct, root, stack, mode="undo", name="policy",
+                                       config=POLICY_RULES))
+        if proxies:
+            # Agents act as the agents' common role (created by the first proxy's start), which
+            # needs privileges on pgbench's tables like any agent's tables.
+            psql_value(direct, f"GRANT SELECT, INSERT, UPDATE, DELETE ON pgbench_accounts, pgbench_branches, "
+                       f"pgbench_tellers, pgbench_history TO {AGENTS_ROLE}")
         for proxy in proxies:
             services.append(proxy.service)
             targets.append(proxy.target)

@@ -336,3 +336,23 @@ def split_cached(sql: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=2048)
 def _split_lexed(sql: str) -> tuple[str, ...]:
     return tuple(split_statements(sql))
+
+
+#: Text that may hold something other than keywords, names, numbers and operators: quotes,
+#: dollar quotes (`$` not followed by a digit), comments, escapes, NULs, and characters outside
+#: ASCII (PostgreSQL takes some that are not letters, such as U+00A0, into names). `number_shape`
+#: gives up on it.
+_SHAPE_UNSAFE = re.compile(r"""['"\\\x00]|\$(?!\d)|--|/\*|[^\x00-\x7f]""")
+#: A numeric literal standing alone (not part of a name, a parameter `$1` or another number).
+_NUMBER_TEXT = re.compile(r"(?<![\w$.])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
+
+
+def number_shape(sql: str) -> str | None:
+    """`sql` with every numeric literal replaced by 0, found without lexing (a regex is ~15 times
+    cheaper): a cache key for results that do not depend on numbers. None when the text holds
+    quotes, comments or anything else the regex cannot see past, where only a lexer can tell a
+    number from the inside of a literal; callers then lex. Two texts with the same shape differ only
+    in numeric literals: a run of digits is replaced only where it cannot be part of anything else."""
+    if _SHAPE_UNSAFE.search(sql):
+        return None
+    return _NUMBER_TEXT.sub("0", sql)

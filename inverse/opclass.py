@@ -40,6 +40,7 @@ from pglast.visitors import Ancestor, Visitor
 
 from inverse.classify import _READ_ONLY_FUNCTIONS
 from inverse.images import Change, TableInfo
+from inverse.lexer import number_shape
 
 OP_CLASSES = ("read", "insert", "update", "delete", "truncate", "ddl-create", "ddl-alter", "ddl-drop", "privilege",
               "function", "notify", "copy-in")
@@ -61,7 +62,24 @@ UNKNOWN = frozenset({Action("function", "")})
 
 @functools.lru_cache(maxsize=8192)
 def actions(sql: str) -> frozenset[Action]:
-    """The operation classes and objects of every statement in `sql`."""
+    """The operation classes and objects of every statement in `sql`. Agents repeat statements that
+    differ only in numbers (`... WHERE id = 17`), which never change what a statement does to which
+    object: those are parsed once per shape (`number_shape`)."""
+    shape = number_shape(sql)
+    if shape is None:
+        return _parsed_actions(sql)
+    found = _by_shape.get(shape)
+    if found is None:
+        found = _by_shape[shape] = _parsed_actions(sql)
+        if len(_by_shape) > 8192:
+            _by_shape.pop(next(iter(_by_shape)))
+    return found
+
+
+_by_shape: dict[str, frozenset[Action]] = {}
+
+
+def _parsed_actions(sql: str) -> frozenset[Action]:
     try:
         statements = parse_sql(sql)
     except ParseError:

@@ -704,3 +704,29 @@ def test_transactional_near_misses_run_in_block(scratch: psycopg.Connection) -> 
 def test_tables_referenced(sql: str, names: set[str]) -> None:
     """Names come back as `to_regclass` reads them: folded unless quoted, CTE names left out."""
     assert tables_referenced(sql) == names
+
+
+def test_number_shape_replaces_lone_numbers_only() -> None:
+    from inverse.lexer import number_shape
+
+    assert number_shape("select * from t2 where id = 17 and a = $2 and b > 1.5e3 limit 5") == \
+        "select * from t2 where id = 0 and a = $2 and b > 0 limit 0"
+    # Digits that are part of something else stay: names, parameters, hex, separators, x.1.
+    assert number_shape("select a1, a$1, 0x1F, 1_000, x.1 from t") == "select a1, a$1, 0x1F, 1_000, x.1 from t"
+    # Where only a lexer can tell a number from the inside of a literal or comment: no shape.
+    for text in ("select '1'", 'select "t1"', "select 1 -- 2", "select 1 /* 2 */", "select $$1$$",
+                 "select $q$1$q$", "select E'\\1'", "select \u00e91", "select a\u00a01"):
+        assert number_shape(text) is None, text
+
+
+def test_cached_classification_and_actions_are_those_of_the_text() -> None:
+    """The caches by shape hand out what the classifier and the parser say of each text itself."""
+    from dbproxy.hold.protocol import classify_cached
+    from inverse.opclass import _parsed_actions, actions
+
+    texts = [f"UPDATE accounts SET balance = balance + {i} WHERE id = {i * 7};" for i in range(5)]
+    texts += [f"select * from t{i} where id = {i}" for i in range(3)]  # the table differs: other shapes
+    texts += [f"SELECT nextval('s{i}') WHERE 1 = {i}" for i in range(2)]  # quotes: the lexer's key
+    for text in texts:
+        assert classify_cached(text) == classify(text), text
+        assert actions(text) == _parsed_actions(text), text

@@ -261,14 +261,25 @@ def test_psycopg_pipeline_with_error(proxy, pg, table):
             assert (c1.fetchone(), c2.fetchone(), c3.fetchone()) == ((1,), (20,), ("hi!",))
 
             # Error in the second segment: its earlier statement is rolled back with the implicit
-            # transaction, later ones are skipped until the Sync.
+            # transaction, later ones are skipped until the Sync. psycopg raises the error at
+            # whichever call first sees it arrive (the next execute, when the answer is quick, or
+            # the sync); raised before the Sync went out, the sync then reports the skipped one.
             conn.execute(f"insert into {table} values (3)")
-            conn.execute("select 1 / 0")
-            skipped = conn.execute(f"insert into {table} values (4) returning id")
+            stage = "error"
             with pytest.raises(pgerrors.DivisionByZero):
+                conn.execute("select 1 / 0")
+                stage = "skipped"
+                skipped = conn.execute(f"insert into {table} values (4) returning id")
+                stage = "sync"
                 p.sync()
-            with pytest.raises(psycopg.ProgrammingError):
-                skipped.fetchone()
+            if stage == "sync":
+                with pytest.raises(psycopg.ProgrammingError):
+                    skipped.fetchone()
+            elif stage == "skipped":
+                with pytest.raises(pgerrors.PipelineAborted):
+                    p.sync()
+            else:
+                p.sync()
 
             # After the Sync the pipeline works again.
             c5 = conn.execute(f"insert into {table} values (5) returning id")
@@ -439,13 +450,23 @@ async def test_psycopg_async_pipeline_and_copy(proxy, pg, table):
     async with await psycopg.AsyncConnection.connect(proxy.url(), autocommit=True) as conn:
         async with conn.pipeline() as p:
             a = await conn.execute(f"insert into {table} (id, name) values (%s, %s) returning id", (100, "x"))
-            await conn.execute("select 1 / 0")
-            b = await conn.execute(f"insert into {table} (id, name) values (101, 'skipped')")
+            # psycopg raises the error at whichever call first sees it (see the sync test above).
+            stage = "error"
             with pytest.raises(pgerrors.DivisionByZero):
+                await conn.execute("select 1 / 0")
+                stage = "skipped"
+                b = await conn.execute(f"insert into {table} (id, name) values (101, 'skipped')")
+                stage = "sync"
+                await p.sync()
+            if stage == "skipped":
+                with pytest.raises(pgerrors.PipelineAborted):
+                    await p.sync()
+            elif stage == "error":
                 await p.sync()
             assert await a.fetchone() == (100,)  # it ran, but its implicit transaction is rolled back
-            with pytest.raises(psycopg.ProgrammingError):
-                await b.fetchone()
+            if stage == "sync":
+                with pytest.raises(psycopg.ProgrammingError):
+                    await b.fetchone()
             c = await conn.execute("select %s::int * 2", (21,))
             await p.sync()
             assert await c.fetchone() == (42,)
@@ -523,6 +544,39 @@ async def test_asyncpg_executemany_and_transactions(proxy, pg, table):
                     await conn.execute("select 1 / 0")
         assert await adirect(pg, f"select id, name from {table} where id <= 2 order by id") == [
             (1, "outer"), (2, "n2")]
+    finally:
+        await conn.close()
+
+
+async def test_asyncpg_executemany_server_failure_reaches_it_while_it_writes(proxy, pg, table):
+    """asyncpg pipelines executemany's Bind/Execute pairs while it is still producing rows, and
+    stops producing once the server's error arrives (asyncpg's own
+    test_executemany_server_failure_during_writes). Through the proxy the error must reach it while
+    it still writes: a proxy that held the pipeline back (until Sync, say) or sat on the server's
+    answer while it read the client would let every row be produced. Ten times in a row.
+
+    asyncpg's test gives the error 128 rows of 32 kB to arrive in; that is a race with the
+    scheduler on a loaded 2-core machine (direct connections lose it too, 3 to 7 times in 10
+    there), so this one gives it 1024 rows (32 MB): still far less than a proxy that held the
+    pipeline back would let through."""
+    await adirect(pg, f"create table {table} (a text, b int primary key)")
+    conn = await asyncpg.connect(proxy.url())
+    try:
+        for attempt in range(10):
+            produced = 0
+
+            def rows() -> Iterator[tuple[str, int]]:
+                nonlocal produced
+                while produced < 1024:
+                    produced += 1
+                    # The second row repeats the first's key; the rest are 32 kB each.
+                    yield ("a", 0) if produced < 3 else ("a" * 32768, produced)
+
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.executemany(f"insert into {table} (a, b) values ($1, $2)", rows())
+            assert produced < 1024, f"attempt {attempt + 1}: every row was produced before the error arrived"
+            assert await conn.fetchval("select 1") == 1
+        assert await adirect(pg, f"select count(*) from {table}") == [(0,)]
     finally:
         await conn.close()
 

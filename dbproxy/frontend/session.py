@@ -32,6 +32,7 @@ import re
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from dbproxy.backend.upstream import UpstreamConnection, UpstreamError, UpstreamTarget, connect, send_cancel
@@ -288,10 +289,11 @@ class Session:
     def _from_client(self, data: bytes) -> None:
         scanner = self._client_scanner
         assert scanner is not None and self.upstream is not None
-        if scanner.at_boundary and not self._log_statements and self._passlog is None \
-                and not _IDENTITY_WORDS.search(data):
+        if scanner.at_boundary and not self._log_statements and not _IDENTITY_WORDS.search(data):
             whole = scan_whole(data, _CLIENT_FAST, _REQUESTS, self._max_message)
             if whole is not None:
+                if self._passlog is not None:
+                    _observe(data, CLIENT_TYPES, self._passlog.client_raw)
                 self.outstanding += whole[0]
                 self.unanswered = True
                 self.upstream.write(data)
@@ -369,9 +371,11 @@ class Session:
     def _from_server(self, data: bytes) -> None:
         scanner = self._server_scanner
         assert scanner is not None
-        if scanner.at_boundary and self._passlog is None:
+        if scanner.at_boundary:
             whole = scan_whole(data, BACKEND_TYPES, _READY_SET, PG_MAX_MESSAGE)
             if whole is not None:
+                if self._passlog is not None:
+                    _observe(data, SERVER_TYPES, self._passlog.server_raw)
                 count, last = whole
                 if count:
                     self._ready(data[last + 5], count)
@@ -471,3 +475,16 @@ class Session:
     async def cancel_upstream(self) -> None:
         if self.login is not None:
             await send_cancel(self.server.target_for(self.login.database), self.backend_pid, self.upstream_secret)
+
+
+def _observe(data: bytes, types: frozenset[int], see: Callable[[int, bytes], None]) -> None:
+    """Show the journal the messages of `types` in `data`, a run of whole frames (`scan_whole`
+    said so), without building a frame object for the others."""
+    unpack = _I32.unpack_from
+    pos, n = 0, len(data)
+    while pos < n:
+        t = data[pos]
+        end = pos + 1 + unpack(data, pos + 1)[0]
+        if t in types:
+            see(t, data[pos:end])
+        pos = end

@@ -30,6 +30,7 @@ from dbproxy.hold.protocol import (
     Router,
     StatementResult,
     injected_script,
+    synthetic_ready,
 )
 from dbproxy.journal.params import journal_params
 from dbproxy.journal.passlog import DISCONNECTED
@@ -37,7 +38,7 @@ from dbproxy.journal.records import StatementRecord
 from dbproxy.journal.tags import tag_rows, wrote_by_tag
 from dbproxy.net.endpoint import ConnectionClosed, Endpoint
 from dbproxy.protocol.errors import ProtocolViolation
-from dbproxy.protocol.framing import BACKEND_TYPES, Frame, FrameScanner
+from dbproxy.protocol.framing import BACKEND_TYPES, PG_MAX_MESSAGE, Frame, FrameScanner, scan_whole
 
 if TYPE_CHECKING:
     from dbproxy.undo.commit import TableCache
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 _UPSTREAM_DECODE = frozenset(BACKEND_TYPES - {ord("D"), ord("d")})
 _UPSTREAM_DECODE_ROWS = frozenset(BACKEND_TYPES - {ord("d")})
 _TX_TAGS = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+_READY_SET = frozenset({ord("Z")})
 
 
 class LockWatcher(Protocol):
@@ -106,6 +108,8 @@ class HeldConnection:
         self.tail = b""  # the client's last answer of a cycle, not sent yet (see `run`)
         self._hold_tail = False
         self._waiter: asyncio.Future[None] | None = None
+        self._fast_done: Callable[[], None] | None = None  # a read-only fast cycle is running (`run_fast`)
+        self.fast_cycles = 0  # cycles that took the read-only fast path
         self.lock_timer: asyncio.TimerHandle | None = None  # see LockWatcher
         self.lost = False
         # The chain: journal id once held, statements so far, timestamps.
@@ -126,6 +130,9 @@ class HeldConnection:
         self.endpoint.relay_to(self._from_upstream, self._upstream_lost)
 
     def _from_upstream(self, data: bytes) -> None:
+        if self._fast_done is not None:
+            self._fast_answer(data)
+            return
         try:
             items = self.scanner.feed(data)
         except ProtocolViolation as e:
@@ -157,6 +164,67 @@ class HeldConnection:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ConnectionClosed("the upstream server closed the connection"))
         self.registry.upstream_lost(self)
+        if self._fast_done is not None:
+            self._end_fast()
+
+    # -- the read-only fast path (`dbproxy.hold.fastpath`) ----------------------------------------
+
+    @property
+    def fast_busy(self) -> bool:
+        """A read-only fast cycle is running: nothing else may start on the connection."""
+        return self._fast_done is not None
+
+    def run_fast(self, data: bytes, on_done: Callable[[], None]) -> None:
+        """Send a cycle that passes through untouched (`dbproxy.hold.fastpath`) without waiting for
+        it: its answers, ReadyForQuery included, go straight to the agent, then `on_done` runs.
+        The caller made sure the connection is idle (no cycle, lock free, no chain)."""
+        router = Router(Plan(b"", [], passthrough=True), self.state)
+        self.router = router
+        self._fast_done = on_done
+        self.fast_cycles += 1
+        self.endpoint.write(data)
+        watch = self.registry.lock_watch
+        if watch is not None:
+            self.lock_timer = watch.arm(self, router)  # a read stuck behind a held lock fails too
+
+    def _fast_answer(self, data: bytes) -> None:
+        router = self.router
+        assert router is not None
+        scanner = self.scanner
+        if scanner.at_boundary and router.lock_error is None:
+            # The common case, as in the pass-through relay: whole frames, at most one
+            # ReadyForQuery and only at the end: forwarded as they are, in one write.
+            whole = scan_whole(data, BACKEND_TYPES, _READY_SET, PG_MAX_MESSAGE)
+            if whole is not None and (whole[0] == 0 or (whole[0] == 1 and whole[1] == len(data) - 6)):
+                if self.sink is not None:
+                    self.sink(data)
+                if whole[0]:
+                    router.ready_status = chr(data[-1])
+                    router.done = True
+                    self._end_fast()
+                return
+        try:
+            items = scanner.feed(data)
+        except ProtocolViolation as e:
+            log.event("hold.upstream_protocol_violation", session=self.session_id, reason=str(e), level=logging.ERROR)
+            self.endpoint.abort()
+            return
+        out = router.feed(items)
+        if router.done:
+            out += synthetic_ready(router.ready_status or "I")  # the router keeps the server's for itself
+        if out and self.sink is not None:
+            self.sink(out)
+        if router.done:
+            self._end_fast()
+
+    def _end_fast(self) -> None:
+        if self.lock_timer is not None:
+            self.lock_timer.cancel()
+            self.lock_timer = None
+        self.router = None
+        done, self._fast_done = self._fast_done, None
+        if done is not None:
+            done()
 
     async def run(self, plan: Plan, *, to_client: bool = True, hold_tail: bool = False) -> Router:
         """Send a plan and wait for its last answer. The caller holds `lock`. `hold_tail`: keep the

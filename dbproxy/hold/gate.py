@@ -53,6 +53,8 @@ from inverse.opclass import Action, actions, captured_actions
 
 _MENTIONS_PROXY = re.compile(rb"[dD][bB][pP][rR][oO][xX][yY]\.")
 _Q, _P, _B, _E = ord("Q"), ord("P"), ord("B"), ord("E")
+#: Operation classes a statement `classify` calls read-only can still have (`inverse.opclass`).
+_READ_OPS = frozenset({"read", "update", "function"})
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class PolicyGate:
         self.refused: dict[str, ErrorResponse] = {}  # statements refused in this cycle (a reviewer said no)
         self.once: list[GrantRecord] = []  # approvals of this agent transaction's statements
         self.gone: asyncio.Future[None] | None = None
+        self._rules_seen: object = None  # the rule list `reads_free` was computed for (rules reload)
+        self._reads_free = True
 
     # -- before a cycle -----------------------------------------------------------------------
 
@@ -203,6 +207,22 @@ class PolicyGate:
         return ErrorResponse.make("42501", f"dbproxy denied this statement: {verdict.reasons[0]}",
                                   detail="A deny rule decides before anything runs; no grant overrides it.",
                                   hint="SHOW dbproxy.rules lists this agent's rules.")
+
+    def reads_free(self) -> bool:
+        """May a read-only cycle skip the policy (the read-only fast path of
+        `dbproxy.hold.session`)? Yes unless a deny or ask rule could match what a read-only
+        statement does (`read`; `update` for rows locked FOR UPDATE/SHARE; `function`), or
+        approvals or refusals of this agent transaction are in play. Grants only allow."""
+        if self.once or self.refused:
+            return False
+        policy = self.policy
+        if policy is None:
+            return True
+        rules = policy.rules(self.agent)
+        if rules is not self._rules_seen:
+            self._rules_seen = rules
+            self._reads_free = not any(r.decision != "allow" and not r.ops.isdisjoint(_READ_OPS) for r in rules)
+        return self._reads_free
 
     # -- at the agent's COMMIT ---------------------------------------------------------------
 

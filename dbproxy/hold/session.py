@@ -23,6 +23,7 @@ from typing import Protocol
 
 from dbproxy.config import log
 from dbproxy.hold.connection import HeldConnection
+from dbproxy.hold.fastpath import read_only_cycle
 from dbproxy.hold.gate import PolicyGate
 from dbproxy.hold.protocol import (
     GUARD_ERROR,
@@ -77,10 +78,14 @@ class HoldSession:
         self._gone = False
         self._copy_forwarding = False  # COPY FROM STDIN under way: client data goes upstream at once
         self.first_notices = b""
+        self.max_message = max_message_bytes
+        self._upstream_gone = False  # the upstream went away during a fast cycle
 
     # -- client input -------------------------------------------------------------------------
 
     def feed_client(self, data: bytes) -> None:
+        if self._fast_path(data):
+            return
         try:
             items = self.scanner.feed(data)
         except ProtocolViolation as e:
@@ -142,6 +147,29 @@ class HoldSession:
         except Exception as e:  # best effort; the cycle ends either way
             log.event("hold.cancel_failed", session=self.session.id, reason=str(e), level=logging.DEBUG)
 
+    def _fast_path(self, data: bytes) -> bool:
+        """Run `data` as a read-only fast cycle (`dbproxy.hold.fastpath`) when it is one and the
+        session is idle: its loop waiting for the next cycle, nothing queued, no agent
+        transaction or chain, nothing the policy must see. Returns whether it did."""
+        held = self.held
+        st = held.state
+        wake = self._wake
+        if (wake is None or wake.done() or self.inbox or held.router is not None or held.lost or st.chain
+                or st.agent_tx is not AgentTx.NONE or st.error_pending or self.log_statements or self.first_notices
+                or self._copy_forwarding or held.lock.locked() or not self.scanner.at_boundary
+                or (self.gate is not None and not self.gate.reads_free())):
+            return False
+        if not read_only_cycle(data, st, self.prepared, self.max_message):
+            return False
+        held.run_fast(data, self._fast_finished)
+        return True
+
+    def _fast_finished(self) -> None:
+        if self.held.lost:
+            self._upstream_gone = True
+        if self.inbox or self._upstream_gone:
+            self._poke()  # what the client sent meanwhile runs now
+
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
@@ -150,7 +178,9 @@ class HoldSession:
         while True:
             if self._gone:
                 return None
-            for i, item in enumerate(self.inbox):
+            if self._upstream_gone:
+                raise ConnectionClosed("the upstream server closed the connection")
+            for i, item in enumerate(self.inbox if not self.held.fast_busy else ()):
                 if isinstance(item, Frame) and item.type in _CYCLE_END:
                     if item.type == ord("Q") and i > 0:
                         i -= 1  # extended messages before a Query: run them as their own cycle first
