@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dbproxy.undo.verification import VERIFY_LIMIT
-from sandbox.pgcluster import free_port
+from sandbox.pgcluster import LocalCluster, free_port
 from tests.conftest import Postgres, RunningProxy
 from tests.test_hold import api
 from tests.test_undo_proxy import Agent, dbname, digest, direct, journal_undo
@@ -321,16 +321,29 @@ def test_reads_of_other_tables_and_ddl_verify_at_commit(capture_db: str, undo_pr
         "id", "balance", "remark"]
 
 
-def test_ddl_right_after_start_commits_verified(capture_db: str, make_proxy: Callable[..., RunningProxy]) -> None:
+def test_ddl_right_after_start_commits_verified(capture_db: str, make_proxy: Callable[..., RunningProxy],
+                                               tmp_path: Path) -> None:
     """The start-up race: DDL and TRUNCATE sent the moment `serve` accepts agents (the sandbox still
     starting, its first schema copy not made) commit with a verified inverse. The copy they are
-    verified against is taken before their DDL locks anything, never behind their own locks."""
+    verified against is taken before their DDL locks anything, never behind their own locks.
+    A sandbox directory of its own: its cluster is made at start (initdb), so the sandbox is
+    surely still starting when the agent's first statement arrives."""
+    cold = tmp_path / "cold-sandbox"
+    try:
+        _ddl_right_after_start(capture_db, make_proxy, cold)
+    finally:
+        for data in cold.glob("pg*"):
+            if (data / "PG_VERSION").exists():
+                LocalCluster(data).stop(mode="immediate")
+
+
+def _ddl_right_after_start(capture_db: str, make_proxy: Callable[..., RunningProxy], cold: Path) -> None:
     make_acct(capture_db, rows=50)
     direct(capture_db, "CREATE TABLE scratch (id int PRIMARY KEY, v text); "
                        "INSERT INTO scratch SELECT i, 'v' || i FROM generate_series(1, 30) i; "
                        "ALTER TABLE acct OWNER TO dbproxy_agents; ALTER TABLE scratch OWNER TO dbproxy_agents")
     before = digest(capture_db, "scratch")
-    proxy = make_proxy(capture_db, mode="undo")  # returns as soon as it listens
+    proxy = make_proxy(capture_db, mode="undo", sandbox_dir=str(cold))  # returns as soon as it listens
     agent = Agent(proxy, dbname(capture_db))
     verification = proxy.server.pending.verification
     assert verification is not None and verification._warm is not None and not verification._warm.done()
