@@ -78,7 +78,8 @@ from dbproxy.review.models import (
     UndoOutcome,
     VerifyOutcome,
 )
-from dbproxy.review.textout import aware, fmt_duration, fmt_time, make_console
+from dbproxy.review.present import aware, duration
+from dbproxy.review.textout import fmt_time, make_console
 from dbproxy.review.textout import now as _now
 from inverse.undo_plan import Step
 
@@ -498,14 +499,14 @@ def records_table(records: list[TransactionRecord], *, with_decider: bool = Fals
             Text(str(r.id)), Text(r.agent), Text(r.database), Text(r.mode),
             Text(r.outcome, style=_OUTCOME_STYLE.get(r.outcome, "")),
             Text(str(r.statements)), Text(str(r.agent_transactions)), Text(fmt_time(r.started_at)),
-            Text(fmt_duration(_held_for(r, now))),
+            Text(duration(_held_for(r, now))),
         ]
         if with_decider:
             verdict = verdict_of(r)
             row += [Text(r.decided_by or "-"), Text(present.policy_short(r.policy)), Text(undo_state(r)),
                     Text(verdict, style=_VERDICT_STYLE.get(verdict, ""))]
         else:
-            row.append(Text(fmt_duration((now - aware(r.started_at)).total_seconds())))
+            row.append(Text(duration((now - aware(r.started_at)).total_seconds())))
         table.add_row(*row)
     return table
 
@@ -576,9 +577,9 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
     facts.append(f"{t.statements} statement{'s' if t.statements != 1 else ''} in {t.agent_transactions} "
                  f"agent transaction{'s' if t.agent_transactions != 1 else ''}")
     console.print(Text("  " + " · ".join(facts)))
-    times = [f"started {fmt_time(t.started_at)} ({fmt_duration((now - aware(t.started_at)).total_seconds())} ago)"]
+    times = [f"started {fmt_time(t.started_at)} ({duration((now - aware(t.started_at)).total_seconds())} ago)"]
     if t.held_at is not None:
-        times.append(f"held {fmt_time(t.held_at)} (for {fmt_duration(_held_for(t, now))})")
+        times.append(f"held {fmt_time(t.held_at)} (for {duration(_held_for(t, now))})")
     if t.ended_at is not None:
         times.append(f"ended {fmt_time(t.ended_at)}")
     console.print(Text("  " + " · ".join(times)))
@@ -593,7 +594,7 @@ def render_detail(console: Console, d: TransactionDetail, *, show_id: int | None
             state += ", inside a transaction" if d.agent_in_transaction else ", idle"
         if d.expires_at is not None:
             left = (aware(d.expires_at) - now).total_seconds()
-            state += f" · expires {fmt_time(d.expires_at)} (in {fmt_duration(left)})"
+            state += f" · expires {fmt_time(d.expires_at)} (in {duration(left)})"
         console.print(Text("  " + state))
 
     if d.summary is not None:

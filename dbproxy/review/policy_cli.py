@@ -30,8 +30,8 @@ from rich.text import Text
 
 from dbproxy.config.settings import object_patterns, operation_classes
 from dbproxy.policy.models import GrantRecord, RequestRecord
-from dbproxy.review.present import grant_state
-from dbproxy.review.textout import aware, fmt_age, fmt_duration, fmt_time
+from dbproxy.review.present import age, aware, duration, grant_state
+from dbproxy.review.textout import fmt_time
 
 COMMANDS = ("grant", "grants", "revoke", "requests", "approve", "reject", "reload")
 _GRANTS = TypeAdapter(list[GrantRecord])
@@ -268,8 +268,8 @@ def requests_table(requests: list[RequestRecord]) -> Table:
     for name in ("ID", "AGENT", "SESSION", "DATABASE", "STATE", "ASKED", "WAITED", "ACTIONS", "DECIDED BY"):
         table.add_column(name, justify="right" if name in ("ID", "SESSION", "WAITED") else "left", overflow="fold")
     for r in requests:
-        waited = (fmt_age(r.created_at) if r.decided_at is None
-                  else fmt_duration((aware(r.decided_at) - aware(r.created_at)).total_seconds()))
+        waited = (age(r.created_at) if r.decided_at is None
+                  else duration((aware(r.decided_at) - aware(r.created_at)).total_seconds()))
         decided = "-" if r.decided_by is None else r.decided_by + (f" ({r.scope})" if r.scope else "")
         table.add_row(str(r.id), r.agent, str(r.session), r.database,
                       Text(r.state, style=_STATE_STYLE.get(r.state, "")), fmt_time(r.created_at), waited,

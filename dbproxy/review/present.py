@@ -8,13 +8,15 @@ are not all taken for writes. The classification is the proxy's own (`inverse.cl
 conservative: what is not known to be read-only is left unmarked.
 
 Also here, for the CLI and the console alike: `policy_short`, the few words of a journal entry's
-`policy` for a column, and `grant_state`, what became of a grant.
+`policy` for a column, `grant_state`, what became of a grant, and how times read (`aware`,
+`duration`, `age`).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from dbproxy.config.log import redact_statement
@@ -85,3 +87,27 @@ def grant_state(g: GrantRecord) -> str:
     if g.revoked_at is not None:
         return "ended" if g.revoked_by == "proxy" else "revoked"
     return "active"
+
+
+def aware(t: datetime) -> datetime:
+    """Times from the API or the journal carry their zone; one without is taken as UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def duration(seconds: float | None) -> str:
+    """A duration in the two largest units (`42s`, `3m 05s`, `2h 07m`, `1d 4h`)."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def age(t: datetime | None) -> str:
+    """How long ago `t` was, as a duration."""
+    return "-" if t is None else duration((datetime.now(UTC) - aware(t)).total_seconds())

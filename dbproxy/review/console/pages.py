@@ -48,7 +48,7 @@ from dbproxy.journal.records import FINAL_OUTCOMES, Outcome, StatementRecord, Tr
 from dbproxy.review.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, ConsoleSession, Sessions, same
 from dbproxy.review.events import EventHub
 from dbproxy.review.models import RowChange, TableDiff
-from dbproxy.review.present import policy_short
+from dbproxy.review.present import age, aware, duration, policy_short
 from dbproxy.review.service import DIFF_PAGE, MAX_DIFF_PAGE, ReviewError, ReviewService
 from inverse.undo_plan import Step
 
@@ -87,30 +87,7 @@ class Refused(Exception):
 
 
 def when(t: datetime | None) -> str:
-    if t is None:
-        return "-"
-    t = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def since(t: datetime | None) -> str:
-    if t is None:
-        return "-"
-    t = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-    return duration((datetime.now(UTC) - t).total_seconds())
+    return "-" if t is None else aware(t).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cell(v: Any) -> str:
@@ -203,7 +180,7 @@ class Console:
         env = aiohttp_jinja2.setup(
             app, loader=jinja2.PackageLoader("dbproxy.review.console", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, default_helpers=False)
-        env.globals.update(when=when, since=since, duration=duration, cell=cell, steps=readable_steps,
+        env.globals.update(when=when, since=age, duration=duration, cell=cell, steps=readable_steps,
                            update_cells=update_cells, redact=log.redact_sql,
                            by_agent_transaction=by_agent_transaction, undo_state=undo_state, verdict_of=verdict_of,
                            reversible=reversible, final=FINAL_OUTCOMES, prefix=PREFIX, policy_short=policy_short)
