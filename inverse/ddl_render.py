@@ -156,20 +156,8 @@ def _grant_on(d: Desc) -> str:
     return f"TYPE {d['qualified']}"
 
 
-def _comment_on(d: Desc) -> str:
-    kind = d.get("kind")
-    if kind in ("function", "procedure", "aggregate", "window function"):
-        return f"{'PROCEDURE' if kind == 'procedure' else 'FUNCTION'} {d['signature']}"
-    if kind == "schema":
-        return f"SCHEMA {d['qualified']}"
-    if kind in ("enum", "composite", "range", "multirange", "base type"):
-        return f"TYPE {d['qualified']}"
-    if kind == "domain":
-        return f"DOMAIN {d['qualified']}"
-    return f"{_rel_keyword(d)} {d['qualified']}"
-
-
-def _owner_of(d: Desc) -> str:
+def _object(d: Desc) -> str:
+    """How COMMENT ON and ALTER ... OWNER TO name the object `d`."""
     kind = d.get("kind")
     if kind in ("function", "procedure", "aggregate", "window function"):
         return f"{'PROCEDURE' if kind == 'procedure' else 'FUNCTION'} {d['signature']}"
@@ -187,15 +175,15 @@ def common_post(now: Desc | None, target: Desc, *, created_by: str | None = None
     object's: its creator owns it, no comment, default privileges, `created_by`)."""
     out: list[tuple[int, str]] = []
     if (now or {}).get("comment") != target.get("comment"):
-        out.append((POST_LAST, f"COMMENT ON {_comment_on(target)} IS {literal(target.get('comment'))}"))
+        out.append((POST_LAST, f"COMMENT ON {_object(target)} IS {literal(target.get('comment'))}"))
     # The owner before the privileges: a new owner's default privileges are the base they start from.
     if target.get("kind") == "sequence" and target.get("owned_by"):
         pass  # a sequence linked to a column follows its table's owner; PostgreSQL refuses it alone
     elif now is None:
         if created_by is None or target.get("owner") != created_by:
-            out.append((POST_LAST, f"ALTER {_owner_of(target)} OWNER TO {ident(str(target['owner']))}"))
+            out.append((POST_LAST, f"ALTER {_object(target)} OWNER TO {ident(str(target['owner']))}"))
     elif now.get("owner") != target.get("owner"):
-        out.append((POST_LAST, f"ALTER {_owner_of(target)} OWNER TO {ident(str(target['owner']))}"))
+        out.append((POST_LAST, f"ALTER {_object(target)} OWNER TO {ident(str(target['owner']))}"))
     cur_acl = now.get("acl") if now is not None else None
     if now is not None and cur_acl is None:
         cur_acl = now.get("acl_default")
@@ -463,21 +451,12 @@ def same_rows_check_sql(d: Desc, without: list[str]) -> str:
             f"{literal(f'the rows of {table} changed since, so their captured values cannot be matched to them')} END")
 
 
-_DIGEST_CHECK_HEAD = "SELECT CASE WHEN pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text"
-
-
-def is_matview_digest_check(sql: str) -> bool:
-    """Is `sql` a `matview_digest_check_sql` check? (Over a sample it cannot pass or fail for
-    sure: the digest is of the whole view.)"""
-    return sql.startswith(_DIGEST_CHECK_HEAD)
-
-
 def matview_digest_check_sql(name: str) -> str:
     """NULL when materialized view `name` holds the contents whose digest is $1 (as
     `dbproxy.keep_matview` took it, under the same output settings); else why not."""
     why = (f"materialized view {name}: recomputed, it does not hold the contents it had before the REFRESH (its "
            "query gives them only over the rows it read then, not over rows changed since or a sample of them)")
-    return (f"{_DIGEST_CHECK_HEAD}, E'\\n' ORDER BY "
+    return (f"SELECT CASE WHEN pg_catalog.md5(COALESCE(pg_catalog.string_agg(dbproxy_row::text, E'\\n' ORDER BY "
             f"dbproxy_row::text COLLATE \"C\"), '')) = $1::text THEN NULL ELSE {literal(why)} END "
             f"FROM {name} dbproxy_row")
 
