@@ -374,25 +374,14 @@ class Verifier:
                 pool = await self._pool(schema.database)
                 async with pool.acquire() as con:
                     return await _run(con, schema, tx, candidate, sample, timings, named, strangers)
-            except asyncpg.InvalidCatalogNameError as e:
-                # The copy is gone (a crash-restarted cluster without it, or another process
-                # dropped it): copy the schema again and retry.
-                if attempt == 1:
-                    raise _CouldNot(f"the sandbox's schema copy is gone and could not be made again: {e}") from e
-                self._schemas.pop(schema.database, None)
-                pool = self._pools.pop(schema.database, None)
-                if pool is not None:
-                    pool.terminate()
-                try:
-                    schema = await again()
-                except schema_copy.SchemaError as err:
-                    raise _CouldNot(f"the sandbox's schema copy is gone and could not be made again: {err}") from err
-            except _LOST as e:
-                # The sandbox died under us: bring it back and retry. A restarted cluster still
-                # has its schema copy; a replaced container gets the schema copied again (`again`).
+            except (*_LOST, asyncpg.InvalidCatalogNameError) as e:
+                # The sandbox died under us, or its schema copy is gone (a crash-restarted cluster
+                # without it, or another process dropped it): bring the server back and retry; a
+                # copy that is missing is made again (`again`).
                 await self._forget_server()
                 if attempt == 1:
-                    raise _CouldNot(f"the sandbox server was lost during verification: {e}") from e
+                    what = "schema copy" if isinstance(e, asyncpg.InvalidCatalogNameError) else "server"
+                    raise _CouldNot(f"the sandbox {what} was lost during verification: {e}") from e
                 await self.backend.recover()
                 try:
                     schema = await again()
