@@ -121,6 +121,15 @@ def wait_request(proxy: RunningProxy, timeout: float = 15) -> dict[str, Any]:
     raise AssertionError("no request waited for approval")
 
 
+def wait_notice(agent: Agent, text: str, timeout: float = 10) -> None:
+    """Wait until the agent has a notice containing `text`. The request is visible to reviewers a
+    moment before the agent's client has read the NOTICE sent right after recording it."""
+    deadline = time.monotonic() + timeout
+    while not any(text in n for n in agent.notices):
+        assert time.monotonic() < deadline, agent.notices
+        time.sleep(0.02)
+
+
 def decide(proxy: RunningProxy, request_id: int, what: str, **body: Any) -> tuple[int, Any]:
     body.setdefault("reviewer", "rita")
     return proxy.review_request("POST", f"/v1/requests/{request_id}/{what}", body)
@@ -324,7 +333,7 @@ def test_pause_approve_once_runs_it_and_the_next_one_waits_again(make_proxy: Mak
         result = agent.later("DELETE FROM orders WHERE id = 1")
         req = wait_request(proxy)
         assert req["statements"] == ["DELETE FROM orders WHERE id = 1"] and req["actions"] == ["delete public.orders"]
-        assert any(f"waiting for approval as request #{req['id']}" in n for n in agent.notices)
+        wait_notice(agent, f"waiting for approval as request #{req['id']}")
         time.sleep(0.3)
         assert not result.done()  # nothing ran: the row is still there
         assert direct(shop, "SELECT count(*) FROM orders WHERE id = 1") == [(1,)]
