@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, Postgres, RunningProxy
-from tests.waiting import wait_until
+from tests.waiting import wait_running, wait_until
 
 
 def api(proxy: RunningProxy, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -462,13 +462,9 @@ def test_cancel_inside_a_pending_chain(hold_proxy: RunningProxy, table: str, pg:
         [tx_id] = a.held_ids()
         cleanup.append(tx_id)
         pid = a.conn.info.backend_pid
-        running = "select count(*) from pg_stat_activity where pid = %s and state = 'active' and query like %s"
 
         def cancel_once_running() -> None:
-            # A cancel that arrives before the statement runs finds nothing to cancel.
-            with psycopg.connect(pg.dsn(), autocommit=True) as c:
-                wait_until(lambda: c.execute(running, (pid, "%pg_sleep(30)%")).fetchone() == (1,),
-                           what="the slow update to run")
+            wait_running(pg.dsn(), "pg_sleep(30)", pid=pid)
             a.conn.cancel_safe()
 
         canceller = threading.Thread(target=cancel_once_running)

@@ -49,3 +49,15 @@ async def await_until(check: Callable[[], Awaitable[T]] | Callable[[], T], *, wi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within:g} s waiting for {what}; last seen: {value!r}")
         await asyncio.sleep(interval)
+
+
+def wait_running(dsn: str, query: str, *, pid: int | None = None, within: float = TIMEOUT) -> None:
+    """Wait until the server at `dsn` runs a statement whose text contains `query` (in backend
+    `pid`, if given): a cancel or a signal sent before that finds nothing to interrupt."""
+    import psycopg
+
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND strpos(query, %s) > 0 " \
+          "AND pid <> pg_backend_pid() AND (%s::int IS NULL OR pid = %s::int)"
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as c:
+        wait_until(lambda: c.execute(sql, (query, pid, pid)).fetchone()[0] > 0,  # type: ignore[index]
+                   within=within, what=f"the server to run {query!r}")
