@@ -33,6 +33,11 @@ For the runner to do everything a verification needs without more privilege:
   say, which upstream may well own the tables) is never granted: the rule-made owner and
   privilege steps naming one are not run in the sandbox, and the verdict says so.
 
+The runner is one role per sandbox server, shared by every proxy that uses the server. `prepare`
+(each proxy's first use of the server) takes away only memberships that make the runner more than
+an ordinary role; a membership in an ordinary role is what `grant_named` gives, and another
+proxy's replay may be about to use it (taking it away failed that replay's owner changes).
+
 An admin role that is not a superuser (a `sandbox_server` URL with CREATEDB only) cannot create
 roles: then everything runs as that role, as before, and `prepare` returns None.
 """
@@ -97,11 +102,10 @@ async def _create(admin: asyncpg.Connection, password: str, limits: str) -> None
         ALTER ROLE {LOADER} WITH NOLOGIN SUPERUSER;
         {limits};
     """)
-    # A runner that was granted more by someone loses it: it must be exactly an ordinary role.
-    granted = await admin.fetch("SELECT r.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r "
-                                "ON r.oid = m.roleid WHERE m.member = $1::regrole", RUNNER)
-    for (role,) in granted:
-        await admin.execute(f'REVOKE "{role}" FROM {RUNNER}')
+    # A runner that was granted more by someone loses it. Memberships in ordinary roles stay: they
+    # are `grant_named`'s, maybe for a replay another proxy sharing this server is running now.
+    for (role,) in await admin.fetch(_MORE_THAN_ORDINARY_SQL, RUNNER):
+        await admin.execute(f"REVOKE {_ident(role)} FROM {RUNNER}")
 
 
 async def adopt(copy: asyncpg.Connection) -> None:
@@ -120,15 +124,23 @@ async def adopt(copy: asyncpg.Connection) -> None:
     """)
 
 
-#: Named roles that exist, are ordinary (see the module docstring) and of which `$2` is no member yet.
-_GRANTABLE_SQL = """
-SELECT r.rolname FROM pg_catalog.pg_roles r
-WHERE r.rolname = ANY($1::text[]) AND NOT pg_catalog.pg_has_role($2, r.oid, 'MEMBER')
-  AND r.rolname !~ '^pg_' AND r.rolname <> ALL($3::text[]) AND NOT r.rolcanlogin
+#: Role `r` is ordinary (see the module docstring): one the runner may be a member of.
+_ORDINARY = f"""r.rolname !~ '^pg_' AND r.rolname NOT IN ('{RUNNER}', '{LOADER}') AND NOT r.rolcanlogin
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles s
                   WHERE pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')
                     AND (s.rolsuper OR s.rolcreaterole OR s.rolcreatedb OR s.rolreplication OR s.rolbypassrls
-                         OR s.rolname ~ '^pg_' OR s.rolcanlogin))
+                         OR s.rolname ~ '^pg_' OR s.rolcanlogin))"""
+
+#: Named roles that exist, are ordinary and of which `$2` is no member yet.
+_GRANTABLE_SQL = f"""
+SELECT r.rolname FROM pg_catalog.pg_roles r
+WHERE r.rolname = ANY($1::text[]) AND NOT pg_catalog.pg_has_role($2, r.oid, 'MEMBER') AND {_ORDINARY}
+"""
+
+#: Roles `$1` is a direct member of that are not ordinary (which `grant_named` never gives).
+_MORE_THAN_ORDINARY_SQL = f"""
+SELECT r.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+WHERE m.member = $1::regrole AND NOT ({_ORDINARY})
 """
 
 
@@ -150,7 +162,7 @@ async def grant_named(admin: asyncpg.Connection, names: set[str], runner: str | 
             continue  # another verification made it meanwhile, a reserved name, or no CREATEROLE
     who = runner or str(await admin.fetchval("SELECT current_user"))
     if runner is not None:
-        grantable = [r[0] for r in await admin.fetch(_GRANTABLE_SQL, ordered, runner, [RUNNER, LOADER])]
+        grantable = [r[0] for r in await admin.fetch(_GRANTABLE_SQL, ordered, runner)]
         if grantable:
             async with admin.transaction():
                 # Concurrent grants of the same membership fail: one verification at a time.

@@ -19,6 +19,7 @@ from dbproxy.protocol.startup import GSSENCRequest
 from sandbox.pgcluster import LocalCluster, free_port
 from tests.conftest import AGENT, AGENT_PASSWORD
 from tests.rawclient import RawClient, error_of, int32
+from tests.waiting import await_until
 
 
 async def _connect_error(url: str) -> asyncpg.PostgresError:
@@ -241,8 +242,15 @@ async def test_too_many_sessions(make_proxy):
     err = await _connect_error(p.url())
     assert err.sqlstate == "53300"
     await a.close()
-    await asyncio.sleep(0.2)
-    c = await asyncpg.connect(p.url())
+
+    async def connect_once_a_slot_is_free() -> asyncpg.Connection | None:
+        # The proxy frees a's slot when its session ends, a moment after the client closed.
+        try:
+            return await asyncpg.connect(p.url())
+        except asyncpg.TooManyConnectionsError:
+            return None
+
+    c = await await_until(connect_once_a_slot_is_free, what="a session slot to be freed")
     assert await c.fetchval("select 3") == 3
     await b.close()
     await c.close()

@@ -28,6 +28,7 @@ from dbproxy.frontend.server import ProxyServer, build_registry
 from dbproxy.review.console.auth import SESSION_COOKIE
 from sandbox.pgcluster import free_port
 from tests.conftest import ADMIN_TOKEN, AGENT, AGENT_PASSWORD, SANDBOX_DIR, Postgres
+from tests.waiting import await_until
 
 EVIL = "<script>alert('x')</script>"
 EVIL_ATTR = '"><img src=x onerror=alert(1)>'
@@ -353,12 +354,13 @@ async def test_committed_undo_mode_transaction_keeps_its_diff_and_undoes(undo_co
         assert not [n for n in agent.notices if "held" in n], agent.notices  # type: ignore[attr-defined]
         assert con.server.journal is not None
         await con.server.journal.flush()
-        for _ in range(100):
+
+        async def journaled() -> list[Any]:
+            # Undo mode journals after the fact (a batch a moment after the agent's COMMIT returned).
             records = await con.server.pending.log(agent=AGENT, limit=1)  # type: ignore[union-attr]
-            if records and records[0].mode == "undo":
-                break
-            await asyncio.sleep(0.05)
-        tx = records[0].id
+            return records if records and records[0].mode == "undo" else []
+
+        tx = (await await_until(journaled, what="the undo-mode commit in the journal"))[0].id
         page = await con.page(f"/console/tx/{tx}")
         assert "computed from the row images captured at its commit" in page
         assert "1 inserted" in page and "60 updated" in page and "1 deleted" in page

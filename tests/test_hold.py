@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, Postgres, RunningProxy
+from tests.waiting import wait_running, wait_until
 
 
 def api(proxy: RunningProxy, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -74,6 +75,13 @@ def cleanup(hold_proxy: RunningProxy) -> Iterator[list[int]]:
     yield ids
     for tx_id in ids:
         decide(hold_proxy, tx_id, "rollback", "cleanup")
+
+
+def statements_of(proxy: RunningProxy, tx_id: int) -> dict[str, Any]:
+    """An ended transaction's detail once its statements are in the journal: a transaction that was
+    never held is written after the fact, its row first and its statements in a later batch."""
+    return wait_until(lambda: (d := api(proxy, f"/v1/transactions/{tx_id}")[1])["statements"] and d,
+                      what=f"the statements of #{tx_id} in the journal")
 
 
 def rows(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
@@ -196,10 +204,10 @@ def test_disconnect_leaves_the_chain_pending(hold_proxy: RunningProxy, table: st
     a.conn.execute("begin")
     a.conn.execute(f"insert into {table} values (8, 'unfinished')")
     a.close()  # the unfinished transaction goes, the held one stays
-    time.sleep(0.2)
+    # The proxy notices the closed socket on its own time (the session's reader ends, then detaches).
+    wait_until(lambda: api(hold_proxy, f"/v1/transactions/{tx_id}")[1]["agent_connected"] is False,
+               what="the proxy to see the agent leave")
     assert tx_id in pending_ids(hold_proxy)
-    _, detail = api(hold_proxy, f"/v1/transactions/{tx_id}")
-    assert detail["agent_connected"] is False
     assert rows(direct, table) == [(1, "one"), (2, "two")]
     assert decide(hold_proxy, tx_id, "commit")[0] == 200
     assert rows(direct, table) == [(1, "one"), (2, "two"), (7, "seven")]
@@ -339,11 +347,10 @@ def test_pending_transactions_expire(make_proxy: Any, table: str, direct: psycop
     try:
         a.conn.execute(f"insert into {table} values (50, 'expires')")
         [tx_id] = a.held_ids()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and tx_id in pending_ids(proxy):
-            time.sleep(0.2)
+        # Expiry takes the transaction off the live list before the journal says so.
+        detail = wait_until(lambda: (d := api(proxy, f"/v1/transactions/{tx_id}")[1])["transaction"]["outcome"]
+                            != "pending" and d, what=f"#{tx_id} to expire")
         assert tx_id not in pending_ids(proxy)
-        _, detail = api(proxy, f"/v1/transactions/{tx_id}")
         assert (detail["transaction"]["outcome"], detail["transaction"]["decided_by"]) == ("expired", "expiry")
         assert rows(direct, table) == [(1, "one"), (2, "two")]
         assert rows(a.conn, table) == [(1, "one"), (2, "two")]
@@ -438,27 +445,33 @@ def test_passthrough_agents_are_journaled(proxy: RunningProxy, table: str, direc
         mine = [t for t in api(proxy, "/v1/transactions?limit=1000")[1] if t["backend_pid"] == pid]
     assert [(t["mode"], t["outcome"]) for t in reversed(mine)] == [
         ("passthrough", "committed"), ("passthrough", "rolled back"), ("passthrough", "committed")]
-    _, detail = api(proxy, f"/v1/transactions/{mine[-1]['id']}")
+    detail = statements_of(proxy, mine[-1]["id"])
     assert [(s["sql"], s["tag"], s["rows"]) for s in detail["statements"]] == [
         (f"insert into {table} values (80, 'passes')", "INSERT 0 1", 1)]
-    _, failed = api(proxy, f"/v1/transactions/{mine[1]['id']}")
+    failed = statements_of(proxy, mine[1]["id"])
     assert [s["sqlstate"] for s in failed["statements"]] == [None, None, "23505", None]
     assert failed["statements"][-1]["tag"] == "ROLLBACK"
     assert api(proxy, "/v1/pending")[1] == []
 
 
-def test_cancel_inside_a_pending_chain(hold_proxy: RunningProxy, table: str, direct: psycopg.Connection[Any],
-                                       cleanup: list[int]) -> None:
+def test_cancel_inside_a_pending_chain(hold_proxy: RunningProxy, table: str, pg: Postgres,
+                                       direct: psycopg.Connection[Any], cleanup: list[int]) -> None:
     a = Agent(hold_proxy)
     try:
         a.conn.execute(f"insert into {table} values (90, 'kept')")
         [tx_id] = a.held_ids()
         cleanup.append(tx_id)
-        timer = threading.Timer(0.5, a.conn.cancel_safe)
-        timer.start()
+        pid = a.conn.info.backend_pid
+
+        def cancel_once_running() -> None:
+            wait_running(pg.dsn(), "pg_sleep(30)", pid=pid)
+            a.conn.cancel_safe()
+
+        canceller = threading.Thread(target=cancel_once_running)
+        canceller.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             a.conn.execute(f"update {table} set v = 'slow' where id = 1 and pg_sleep(30) is not null")
-        timer.join()
+        canceller.join()
         assert rows(a.conn, table)[0] == (1, "one") and rows(a.conn, table)[-1] == (90, "kept")
         assert decide(hold_proxy, tx_id, "commit")[0] == 200
         assert [r[0] for r in rows(direct, table)] == [1, 2, 90]
@@ -510,7 +523,7 @@ def test_agent_rollback_of_an_unheld_chain_is_journaled(hold_proxy: RunningProxy
         mine = [t for t in api(hold_proxy, "/v1/transactions?outcome=rolled%20back&limit=1000")[1]
                 if t["backend_pid"] == pid and t["decided_by"] == "agent"]
     assert [(t["mode"], t["outcome"]) for t in mine] == [("hold", "rolled back")]
-    _, detail = api(hold_proxy, f"/v1/transactions/{mine[0]['id']}")
+    detail = statements_of(hold_proxy, mine[0]["id"])
     assert [s["tag"] for s in detail["statements"]] == ["BEGIN", "DELETE 1", "ROLLBACK"]
     assert rows(direct, table) == [(1, "one"), (2, "two")]
 
@@ -523,9 +536,9 @@ def test_lost_upstream_connection_fails_the_pending_transaction(hold_proxy: Runn
         [tx_id] = a.held_ids()
         pid = a.conn.info.backend_pid
         direct.execute("select pg_terminate_backend(%s)", (pid,))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and tx_id in pending_ids(hold_proxy):
-            time.sleep(0.1)
+        # The lost connection takes #tx_id off the live list first; the journal says "failed" after.
+        wait_until(lambda: api(hold_proxy, f"/v1/transactions/{tx_id}")[1]["transaction"]["outcome"] == "failed",
+                   what=f"#{tx_id} to fail")
         assert tx_id not in pending_ids(hold_proxy)
         status, body = decide(hold_proxy, tx_id, "commit")
         assert status == 409 and "failed" in body["error"]

@@ -301,14 +301,15 @@ def test_agent_killed_during_copy_from_stdin_releases_the_upstream(pg, pg_bin, h
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 5
+    # The proxy sees the dead client on its own time; a loaded machine may need seconds.
+    deadline = time.monotonic() + 20
     while direct(pg, in_copy) and time.monotonic() < deadline:
         time.sleep(0.1)
     stuck = direct(pg, in_copy)
     if stuck:  # do not leave it for the next tests
         direct(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
                ([r[0] for r in stuck],))
-    assert not stuck, "the upstream backend is still in COPY 5 s after the agent died"
+    assert not stuck, "the upstream backend is still in COPY 20 s after the agent died"
     assert review.new() == set()
     assert rows(pg, table) == ROWS
 

@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy
 
 from tests.conftest import AGENT, AGENT_PASSWORD, CommandResult, Postgres, RunningProxy, run_tool
+from tests.waiting import wait_until
 
 MakeProxy = Callable[..., RunningProxy]
 
@@ -319,7 +320,10 @@ def test_ask_hold_holds_and_commit_grant_session_covers_the_rest_of_the_session(
     finally:
         again.close()
         rollback_all(proxy)
-    status, grants = proxy.review_request("GET", "/v1/grants?all=1")
+    # The grant ends when the proxy has seen the first session go (`Policy.session_ended`), which
+    # runs after the client closed, on the proxy's time.
+    grants = wait_until(lambda: (g := proxy.review_request("GET", "/v1/grants?all=1")[1])[0]["revoked_at"] and g,
+                        what="the session grant to end with its session")
     assert grants[0]["revoked_at"] and grants[0]["revoke_reason"] == "the agent's session ended"
 
 

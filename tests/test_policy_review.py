@@ -45,6 +45,7 @@ from tests.conftest import SANDBOX_DIR, Postgres, RunningProxy
 from tests.test_cli_and_settings import Served
 from tests.test_hold import decide
 from tests.test_undo_proxy import dbname, direct
+from tests.waiting import wait_until
 
 BOT = "bot"
 BOT_PASSWORD = "bot-pw"
@@ -234,8 +235,10 @@ def test_paused_statements_are_approved_and_rejected_with_the_cli(
         # `log` and `show` say which grant decided the committed delete.
         decided = json.loads(dbproxy(proxy, "requests", "--all", "--json").out)
         grant = next(x["grant"] for x in decided if x["id"] == req)
-        log = json.loads(dbproxy(proxy, "log", "--json").out)
-        [tx] = [t for t in log if t["agent"] == BOT and t["outcome"] == "committed"]
+        # The approved delete committed without being held: journaled after the fact, in the background.
+        [tx] = wait_until(lambda: [t for t in json.loads(dbproxy(proxy, "log", "--json").out)
+                                   if t["agent"] == BOT and t["outcome"] == "committed"],
+                          what="the approved delete in the journal")
         assert tx["decided_by"] == f"grant #{grant}"
         assert tx["policy"] == (f"allow: grant #{grant} (once, by admin): delete on public.acct allows "
                                 "delete public.acct")
@@ -368,12 +371,10 @@ def test_commit_with_a_grant_covers_the_rest_of_the_session(acct: str, make_prox
 
         bot.conn.execute("insert into acct values (21, 1)")  # the same session: committed by the grant
         assert bot.held_ids() == [tx] and count(acct, "id = 21") == 1, bot.notices
-        deadline = time.monotonic() + 10  # the journal is written behind the agent's back
-        while not (later := [t for t in json.loads(dbproxy(proxy, "log", "--json").out)
-                             if t["agent"] == BOT and t["decided_by"] == f"grant #{g}"]):
-            assert time.monotonic() < deadline, dbproxy(proxy, "log").out
-            time.sleep(0.1)
-        [later] = later
+        # The journal is written behind the agent's back.
+        [later] = wait_until(lambda: [t for t in json.loads(dbproxy(proxy, "log", "--json").out)
+                                      if t["agent"] == BOT and t["decided_by"] == f"grant #{g}"],
+                             what=f"the commit under grant #{g} in the journal")
         assert later["outcome"] == "committed" and later["id"] != tx
         r = dbproxy(proxy, "log")
         assert re.search(rf"^\s*{later['id']}\s+{BOT}\s.*committed\s.*\s+grant #{g}\s+allow grant #{g}\s", r.out,

@@ -33,6 +33,7 @@ from tests.conftest import ADMIN_TOKEN, AGENT, AGENT_PASSWORD, Postgres, Running
 from tests.test_hold import Agent, decide
 from tests.test_undo_proxy import Agent as UndoAgent
 from tests.test_undo_proxy import dbname, direct, journal_undo
+from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "dbproxy"]
 
@@ -197,6 +198,9 @@ def test_rollback_by_disconnect_is_marked(hold_proxy: RunningProxy, proxy: Runni
         entry = next((r for r in log if r["backend_pid"] == pid), None)
         time.sleep(0.1)
     assert entry is not None
+    # Its row is written first, its statements (which `show` reads the marking from) in a later batch.
+    wait_until(lambda: show_json(proxy, tmp_path, entry["id"])["statements"],
+               what=f"the statements of #{entry['id']} in the journal")
     out = cli(proxy, tmp_path, "show", str(entry["id"])).stdout
     assert "rolled back: the agent disconnected inside it" in out, out
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
@@ -40,7 +40,7 @@ from dbproxy.undo.install import install
 from inverse.ddl_targets import prepared
 from inverse.images import CAPTURE_COLUMNS, TABLE_INFO_SQL, Change, TableInfo, change_from_row, table_info_from_row
 from inverse.undo_plan import Plan, Step, build
-from sandbox import cache
+from sandbox import cache, roles
 from sandbox.backends import Backend, LocalBackend, ServerBackend
 from sandbox.sampler import SampleOptions, collect
 from sandbox.verdict import Verdict
@@ -494,6 +494,30 @@ async def test_sandbox_roles(shop_db: str, any_verifier: Verifier) -> None:
     assert dict(who) == {"s": "dbproxy_sandbox_runner", "c": "dbproxy_sandbox_runner", "rolsuper": False,
                          "files": False, "db_owner": "dbproxy_sandbox_runner",
                          "table_owner": "dbproxy_sandbox_runner", "temp_limit": "1GB"}
+
+
+async def test_a_proxy_preparing_the_runner_keeps_memberships_another_replay_needs(backend: LocalBackend) -> None:
+    """Proxies sharing a sandbox server share its runner role. One starting (`roles.prepare`)
+    while another is between `grant_named` and its replay must leave the membership that replay
+    needs (it used to revoke every membership, and the replay's owner change then failed); what
+    makes the runner more than an ordinary role still goes."""
+    await backend.start()
+    named = f"sbx_named_{os.urandom(3).hex()}"
+    secret = unquote(urlsplit(backend.url("postgres")).password or "")  # the Verifier's own, so logins still work
+    admin = await asyncpg.connect(backend.url("postgres"))
+    try:
+        runner = await roles.prepare(admin, secret)
+        assert runner is not None
+        assert await roles.grant_named(admin, {named}, runner.name) == frozenset()  # proxy A, before its replay
+        await admin.execute(f"GRANT pg_read_server_files TO {roles.RUNNER}")
+        await roles.prepare(admin, secret)  # proxy B starts meanwhile
+        member = await admin.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", roles.RUNNER, named)
+        files = await admin.fetchval("SELECT pg_has_role($1, 'pg_read_server_files', 'MEMBER')", roles.RUNNER)
+    finally:
+        await admin.execute(f'REVOKE "{named}" FROM {roles.RUNNER}; DROP ROLE "{named}"')
+        await admin.close()
+    assert member is True, "proxy A's replay may no longer act as the role it names"
+    assert files is False
 
 
 async def test_roles_an_inverse_names(shop_db: str, any_verifier: Verifier) -> None:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from tests.conftest import AGENT, AGENT_PASSWORD
+from tests.waiting import wait_running
 
 
 def _wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
@@ -33,27 +34,35 @@ def _activity(pg, pid: int) -> tuple | None:
         return d.execute("select state, query from pg_stat_activity where pid = %s", (pid,)).fetchone()
 
 
-def test_cancel_request_is_routed_to_the_right_backend(proxy):
+def test_cancel_request_is_routed_to_the_right_backend(proxy, pg):
     # cancel_safe(), not cancel(): libpq's legacy PQcancel blocks while holding the GIL, which
     # would freeze the in-process proxy under test (psql below covers the legacy path).
     with psycopg.connect(proxy.url()) as victim, psycopg.connect(proxy.url()) as bystander:
         bystander.execute("select 1")
-        timer = threading.Timer(0.5, victim.cancel_safe)
-        timer.start()
+        pid = victim.info.backend_pid
+
+        def cancel_once_running() -> None:
+            wait_running(pg.url, "pg_sleep(20)", pid=pid)  # an earlier cancel finds nothing to cancel
+            victim.cancel_safe()
+
+        canceller = threading.Thread(target=cancel_once_running)
+        canceller.start()
         started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled):
             victim.execute("select pg_sleep(20)")
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 19  # canceled, not run to its end
+        canceller.join()
         victim.rollback()
         assert victim.execute("select 'still usable'").fetchone() == ("still usable",)
         assert bystander.execute("select 'untouched'").fetchone() == ("untouched",)
 
 
-def test_psql_ctrl_c_cancels_through_the_proxy(proxy, pg_bin):
+def test_psql_ctrl_c_cancels_through_the_proxy(proxy, pg, pg_bin):
     """psql sends a legacy CancelRequest on SIGINT; the query stops with 57014."""
     proc = subprocess.Popen([str(pg_bin / "psql"), "-X", "-c", "select pg_sleep(30)"], env=proxy.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # Before its query runs, psql is still connecting, and SIGINT would just end it.
+    wait_running(pg.url, "select pg_sleep(30)")
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=15)
@@ -201,8 +210,10 @@ async def test_graceful_shutdown_lets_running_work_finish_then_ends_the_rest(mak
     idle = await psycopg.AsyncConnection.connect(p.url(), autocommit=True)
     running = asyncio.ensure_future(busy.fetchval("select pg_sleep(1.0)::text || 'done'"))
     await asyncio.sleep(0.2)
-    stopping = asyncio.get_running_loop().run_in_executor(None, lambda: p.call(p.server.shutdown(3.0), timeout=20))
-    await asyncio.sleep(0.3)
+    stopping = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(p.server.shutdown(3.0), p.loop))
+    # The proxy's loop runs what it is given in order: once this no-op has run there, so has the
+    # shutdown's first step, which closes the listener (a fixed sleep did not promise that).
+    await asyncio.to_thread(p.call, asyncio.sleep(0))
     # No new sessions once shutdown has begun.
     with pytest.raises((OSError, asyncpg.PostgresError)):
         await asyncpg.connect(p.url(), timeout=2)

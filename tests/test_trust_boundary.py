@@ -29,6 +29,7 @@ from dbproxy import cli
 from dbproxy.backend.agent_roles import RoleError
 from tests.conftest import Postgres, RunningProxy, grant_agents, run_tool
 from tests.test_cli_and_settings import Served
+from tests.waiting import wait_until
 
 PW = {"alice": "alice-pw", "bob": "bob-pw"}
 TWO_AGENTS = {name: {"password": pw, "databases": ["*"]} for name, pw in PW.items()}
@@ -187,7 +188,10 @@ def test_undo_mode_agents_cannot_rewrite_the_journal_or_the_capture_log(undo_bou
     direct(s.admin_url, f"CREATE TABLE {name} (id int PRIMARY KEY)")
     with s.connect("alice") as a:
         a.execute(f"INSERT INTO {name} VALUES (1)")  # committed with its undo
-    before = s.journal()
+    # Undo mode journals after the fact: the transaction's row first, its statement in a later
+    # batch. Take "before" once both are there, or the statement's arrival would look like a change.
+    before = wait_until(lambda: (j := s.journal()) and any(r[1] == "alice" and r[3] == 1 for r in j) and j,
+                        what="alice's insert and its statement in the journal")
     undo_rows = direct(s.admin_url, "SELECT count(*) FROM dbproxy.undo_records")
     with s.connect("bob") as b:
         for attack in ("SELECT * FROM dbproxy.capture_log", "SELECT * FROM dbproxy.undo_records",
