@@ -14,11 +14,13 @@ import asyncpg
 import psycopg
 import pytest
 
+from dbproxy.journal.records import StatementRecord
 from dbproxy.journal.store import (
     MAX_SQL_CHARS,
     RESTART_REASON,
     SCHEMA_VERSION,
     UNKNOWN_COMMIT_REASON,
+    FinishedTransaction,
     Journal,
     JournalError,
 )
@@ -203,6 +205,43 @@ async def test_odd_statements_are_stored_and_a_bad_record_does_not_block_others(
     assert stmts[2].sql.startswith("select 'a") and stmts[2].error is not None and "here" in stmts[2].error
     assert rec.statements == 4
     assert await jdb.admin.fetchval("SELECT count(*) FROM dbproxy.statements WHERE tx_id = 999999999") == 0
+
+
+async def test_finished_transactions_and_their_statements_are_written_together(journal: Journal, jdb: JournalDb):
+    """Pass-through transactions that already ended go in with their statements in one write: ids
+    in order, statements numbered per transaction and counted, odd text stored as the one-by-one
+    path stores it."""
+    t0 = datetime.now().astimezone()
+    huge = "select '" + "x" * (MAX_SQL_CHARS + 5000) + "'"
+
+    def finished(agent: str, n: int) -> FinishedTransaction:
+        return FinishedTransaction(agent, 3, "app", "passthrough", 77, t0, t0, "committed", n)
+
+    def stmt(sql: str, tx_no: int = 1, **kw: object) -> StatementRecord:
+        return StatementRecord(seq=0, tx_no=tx_no, sql=sql, at=t0, **kw)  # type: ignore[arg-type]
+
+    before = await new_tx(journal)
+    batch = [
+        (finished("a", 1), [stmt("insert into t values (1)", tag="INSERT 0 1", rows=1),
+                            stmt("update t set v = $1", params=["4\x002", None], tag="UPDATE 2", rows=2)]),
+        (finished("b", 2), [stmt(huge, tag="SELECT 1", rows=1), stmt("select 'a\udcff'", tx_no=2, error="nul\x00here",
+                                                                     sqlstate="22000")]),
+        (finished("c", 1), [stmt("delete from t")]),
+    ]
+    ids = await journal.insert_finished_with_statements(batch)
+    assert len(ids) == 3 and before < ids[0] < ids[1] < ids[2]
+    got = [await journal.get(i) for i in ids]
+    assert [(r.agent, r.statements, r.outcome, r.mode, r.agent_transactions) for r, _ in got] == [  # type: ignore[misc]
+        ("a", 2, "committed", "passthrough", 1), ("b", 2, "committed", "passthrough", 2),
+        ("c", 1, "committed", "passthrough", 1)]
+    (_, a), (_, b), (_, c) = got  # type: ignore[misc]
+    assert [(s.seq, s.sql, s.tag, s.rows) for s in a] == [(1, "insert into t values (1)", "INSERT 0 1", 1),
+                                                          (2, "update t set v = $1", "UPDATE 2", 2)]
+    assert a[1].params == ["4\\02", None]  # jsonb has no NUL: written as in SQL text
+    assert b[0].seq == 1 and f"the original had {len(huge)}" in b[0].sql and len(b[0].sql) < len(huge)
+    assert (b[1].seq, b[1].tx_no, b[1].sqlstate) == (2, 2, "22000") and "here" in (b[1].error or "")
+    assert [s.sql for s in c] == ["delete from t"]
+    assert await journal.insert_finished_with_statements([]) == []
 
 
 async def test_buffer_overflow_drops_oldest_and_records_the_gap(jdb: JournalDb):

@@ -32,7 +32,7 @@ from dbproxy.hold.lockwatch import LockWatch
 from dbproxy.hold.protocol import AgentTx, notice
 from dbproxy.hold.reverify import verify_held
 from dbproxy.journal.records import StatementRecord, TransactionRecord
-from dbproxy.journal.store import LINGER, FinishedTransaction, Journal
+from dbproxy.journal.store import BATCH_CHARS, BATCH_RECORDS, LINGER, FinishedTransaction, Journal
 from dbproxy.net.endpoint import ConnectionClosed
 from dbproxy.policy.engine import write_actions
 from dbproxy.policy.service import Policy, PolicyError
@@ -63,6 +63,19 @@ MAX_FINISHED_BACKLOG = 100_000
 #: `/v1/health` reuses a check this many seconds old, and each check waits this long at most.
 HEALTH_EVERY = 2.0
 HEALTH_TIMEOUT = 3.0
+
+
+def _finished_batch(finished: list[tuple[FinishedTransaction, list[StatementRecord]]]
+                    ) -> list[tuple[FinishedTransaction, list[StatementRecord]]]:
+    """The first finished transactions that go into one journal write: at least one, and then no
+    more than the journal's batch limits in statements and characters of SQL."""
+    records = chars = 0
+    for n, (_, stmts) in enumerate(finished):
+        records += len(stmts)
+        chars += sum(len(r.sql) for r in stmts)
+        if n and (records > BATCH_RECORDS or chars > BATCH_CHARS):
+            return finished[:n]
+    return finished[:]
 
 
 class PendingRegistry:
@@ -226,7 +239,18 @@ class PendingRegistry:
     async def _write_finished(self) -> None:
         await asyncio.sleep(LINGER)  # gather a batch
         while self._finished:
-            batch, self._finished = self._finished[:1000], self._finished[1000:]
+            batch = _finished_batch(self._finished)
+            del self._finished[:len(batch)]
+            redacted = [(tx, [rec.model_copy(update={"sql": log.redact_sql(rec.sql)}) for rec in records])
+                        for tx, records in batch]
+            try:
+                await self.journal.insert_finished_with_statements(redacted)
+                continue
+            except Exception as e:
+                # Something in the batch the database refuses (or the database is away): the
+                # statement-by-statement path keeps what it can and counts what it drops.
+                log.event("journal.passthrough_batch_refused", transactions=len(batch), reason=str(e),
+                          level=logging.WARNING)
             try:
                 ids = await self.journal.insert_finished([tx for tx, _ in batch])
             except Exception as e:

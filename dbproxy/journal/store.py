@@ -173,6 +173,38 @@ SELECT (SELECT count(*) FROM ins) AS inserted
 """
 
 
+_FINISHED_ROWS = """
+SELECT $1, a, s, d, m, p, st, en, o, b, n, x, j::jsonb, pol{count}
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[],
+            $9::text[], $10::integer[], $11::bigint[], $12::text[], $13::text[], $14::text[]{count_array})
+     WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, b, pol{count_name}, ord)
+ORDER BY ord"""
+_FINISHED_COLUMNS = ("INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, "
+                     "started_at, ended_at, outcome, decided_by, agent_transactions, xid, undo, policy{count})")
+_INSERT_FINISHED = (_FINISHED_COLUMNS.format(count="") + _FINISHED_ROWS.format(count="", count_array="", count_name="")
+                    + " RETURNING id")
+
+#: Finished transactions and their statements at once: the statements' `$16` says which of the
+#: transactions (1-based, in order) each belongs to. The foreign key is checked at the end of the
+#: statement, when the transactions' rows exist.
+_INSERT_FINISHED_WITH_STATEMENTS = f"""
+WITH tx AS (
+    {_FINISHED_COLUMNS.format(count=", statements")}
+    {_FINISHED_ROWS.format(count=", c", count_array=", $15::integer[]", count_name=", c")}
+    RETURNING id
+), numbered AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS ordinal FROM tx
+), st AS (
+    INSERT INTO dbproxy.statements (tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, at, params)
+    SELECT numbered.id, v.seq, v.n, v.q, v.g, v.r, v.st, v.e, v.a, v.p::jsonb
+    FROM unnest($16::bigint[], $17::integer[], $18::integer[], $19::text[], $20::text[], $21::bigint[],
+                $22::text[], $23::text[], $24::timestamptz[], $25::text[]) AS v(o, seq, n, q, g, r, st, e, a, p)
+    JOIN numbered ON numbered.ordinal = v.o
+)
+SELECT id FROM numbered
+"""
+
+
 #: Seconds the writer waits after the first new record, so that records written close together
 #: share one batch (and one WAL flush) instead of each paying a round trip.
 LINGER = 0.02
@@ -312,6 +344,13 @@ def _clean(s: str | None) -> str | None:
     except UnicodeEncodeError:
         s = s.encode("utf-8", "replace").decode("utf-8")
     return s
+
+
+def _params_json(params: list[str | None]) -> str:
+    """Bind values as the JSON array text stored in `statements.params`. jsonb has no NUL
+    character (a value the server refused may have one), so it is written `\\0` as in SQL text."""
+    return json.dumps([p.replace("\x00", "\\0") if p is not None and "\x00" in p else p for p in params],
+                      ensure_ascii=False)
 
 
 def _chars(rec: _Record) -> int:
@@ -551,22 +590,46 @@ class Journal:
         returns their ids in the same order. Their statements go through `record_statement`."""
         if not txs:
             return []
+        return await self._call("insert_finished", lambda con: self._insert_finished(con, txs, None),
+                                idempotent=False)
+
+    async def insert_finished_with_statements(
+            self, batch: list[tuple[FinishedTransaction, list[StatementRecord]]]) -> list[int]:
+        """Transactions that already ended together with their statements (SQL already redacted),
+        in one statement: one round trip and one commit for both, and no second pass over the
+        transactions to count their statements (the writer's path for statements recorded one by
+        one). Returns the ids in the same order. Callers keep a batch small
+        (`finished_batches`)."""
+        if not batch:
+            return []
+        return await self._call("insert_finished", lambda con: self._insert_finished(
+            con, [tx for tx, _ in batch], [records for _, records in batch]), idempotent=False)
+
+    async def _insert_finished(self, con: asyncpg.Connection, txs: list[FinishedTransaction],
+                               statements: list[list[StatementRecord]] | None) -> list[int]:
         for t in txs:
             if t.mode not in _MODES or t.outcome not in FINAL_OUTCOMES:
                 raise ValueError(f"bad finished transaction {t!r}")
         cols = list(zip(*((t.agent, t.session, t.database, t.mode, t.backend_pid, t.started_at, t.ended_at,
                            t.outcome, t.agent_transactions, t.xid, t.undo, t.decided_by, t.policy) for t in txs),
                         strict=True))
-        ids = await self._call("insert_finished", lambda con: con.fetch(
-            "INSERT INTO dbproxy.transactions (instance, agent, session, database, mode, backend_pid, started_at, "
-            "ended_at, outcome, decided_by, agent_transactions, xid, undo, policy) "
-            "SELECT $1, a, s, d, m, p, st, en, o, b, n, x, j::jsonb, pol FROM unnest($2::text[], $3::bigint[], "
-            "$4::text[], $5::text[], $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
-            "$11::bigint[], $12::text[], $13::text[], $14::text[]) "
-            "WITH ORDINALITY AS u(a, s, d, m, p, st, en, o, n, x, j, b, pol, ord) ORDER BY ord RETURNING id",
-            self.instance, *(list(c) for c in cols)), idempotent=False)
+        if statements is None:
+            rows = await con.fetch(_INSERT_FINISHED, self.instance, *(list(c) for c in cols))
+        else:
+            counts = [len(records) for records in statements]
+            stmt_cols: list[list[Any]] = [[] for _ in range(10)]
+            for ordinal, records in enumerate(statements, 1):
+                for seq, r in enumerate(records, 1):
+                    for i, v in enumerate((ordinal, seq, r.tx_no, _clean(_cap(r.sql, MAX_SQL_CHARS)), _clean(r.tag),
+                                           r.rows, _clean(r.sqlstate),
+                                           _clean(_cap(r.error, MAX_ERROR_CHARS)) if r.error is not None else None,
+                                           r.at,
+                                           _clean(_params_json(r.params)) if r.params is not None else None)):
+                        stmt_cols[i].append(v)
+            rows = await con.fetch(_INSERT_FINISHED_WITH_STATEMENTS, self.instance, *(list(c) for c in cols), counts,
+                                   *stmt_cols)
         # Ids come from one sequence in row order, so sorted ids line up with `txs`.
-        return sorted(r["id"] for r in ids)
+        return sorted(r["id"] for r in rows)
 
     async def update(self, tx_id: int, *, outcome: str | None = None, xid: int | None = None, held: bool = False,
                      decided_by: str | None = None, reason: str | None = None,
@@ -657,7 +720,7 @@ class Journal:
                 error = _cap(error, MAX_ERROR_CHARS)
             self._recorded += 1
             rec = _Record(self._recorded, tx_id, seq, tx_no, sql, tag, rows, sqlstate, error, datetime.now(UTC),
-                          json.dumps(params, ensure_ascii=False) if params is not None else None)
+                          _params_json(params) if params is not None else None)
             self._buf.append(rec)
             self._buf_chars += _chars(rec)
             if len(self._buf) > self._max_buffer or self._buf_chars > MAX_BUFFER_CHARS:
