@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable
 from functools import lru_cache
 
-from inverse.lexer import lex
+from inverse.lexer import lex, number_shape
 from inverse.lru import Lru
 from sandbox.verdict import Verdict
 
@@ -31,10 +31,13 @@ def _normalized(sql: str) -> str:
 
 
 def statement_shape(statements: Iterable[str]) -> str:
-    """One digest for the normalized statements, in order."""
+    """One digest for the normalized statements, in order. A text whose numbers the cheap
+    `number_shape` can find is normalized (and cached) through that shape: numbers become `?`
+    either way, so the result is the same, and repeated statements with new numbers hit the cache."""
     h = hashlib.sha256()
     for s in statements:
-        h.update(_normalized(s).encode())
+        quick = number_shape(s)
+        h.update(_normalized(s if quick is None else quick).encode())
         h.update(b"\x00")
     return h.hexdigest()
 

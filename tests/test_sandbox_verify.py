@@ -858,6 +858,10 @@ def test_statement_shape() -> None:
     # A number inside a string is part of that one literal; a literal cannot fake SQL either.
     assert shape(["SELECT 'abc 123'"]) == shape(["SELECT 'x'"]) != shape(["SELECT 'x', 1"])
     assert shape(["UPDATE t SET v = 'a'' OR id = 1 --'"]) == shape(["UPDATE t SET v = 'b'"])
+    # Texts without quotes go through the cheap number shape: the digest is the one the lexer gives.
+    for sql in ["UPDATE t1 SET v = v + -5000 WHERE id = 1.5e3 AND x2 = .5", "SELECT 0x1F, 1_000, $1, t.c3 FROM t",
+                "INSERT INTO h (a, b) VALUES (12, 3.25), (4e-2, 99)"]:
+        assert shape([sql]) == hashlib.sha256(cache._normalized(sql).encode() + b"\x00").hexdigest(), sql
 
 
 def test_verdict_cache() -> None:
