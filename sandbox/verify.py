@@ -89,6 +89,9 @@ _LOST = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowE
          asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
 #: Part of every schema copy's name: copies made before the runner role existed are not reused.
 COPY_FORMAT = "3"
+#: High half of the advisory lock key a schema copy is built under ("dbsx"); the low half is the
+#: upstream's identity digest.
+_BUILD_LOCK = 0x6462_7378 << 32
 _DML_VERBS = {"insert", "update", "delete", "merge", "truncate", "select", "with", "values", "table", "copy", "set",
               "reset", "savepoint", "release", "rollback", "show", "lock", "explain", "call", "do", "prepare",
               "execute", "deallocate", "declare", "fetch", "close", "move", "discard", "notify", "listen", "unlisten"}
@@ -274,6 +277,10 @@ class Verifier:
                 return self._schemas[name]
             admin = await self._admin()
             try:
+                # Other proxies may share this sandbox server and upstream: one builds the copy
+                # (they would share its `_new` name and drop each other's), the others wait and
+                # find it done. Released with the connection.
+                await admin.execute("SELECT pg_catalog.pg_advisory_lock($1)", _BUILD_LOCK | int(ident, 16))
                 if not self._runner_known:
                     self._runner = await roles.prepare(admin, self._secret())
                     self._runner_known = True

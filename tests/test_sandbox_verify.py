@@ -884,3 +884,32 @@ def test_verdict_cache() -> None:
     c.get("db", shape, "fp1")
     c.put("db", shape, "fp5", ok)
     assert c.get("db", shape, "fp1") is ok and c.get("db", shape, "fp4") is None
+
+
+async def test_verifiers_sharing_a_sandbox_server_build_one_schema_copy(capture_db: str, tmp_path: Path) -> None:
+    """Two proxies (two verifiers, each with its own in-process lock) on one sandbox server copy
+    the same upstream schema at the same moment: one builds, the other waits and reuses it; neither
+    drops the other's half-built copy, and both verify."""
+    backend = LocalBackend(tmp_path / "sbx", stop_on_close=True)
+    other = LocalBackend(tmp_path / "sbx")
+    try:
+        async with upstream(capture_db) as up, upstream(capture_db) as up2:
+            await up.execute("CREATE TABLE t (id int PRIMARY KEY, v int); "
+                             "INSERT INTO t SELECT g, g FROM generate_series(1, 20) g")
+            await backend.start()
+            v1, v2 = Verifier(backend), Verifier(other)
+            try:
+                names = await asyncio.gather(v1.prepare(up, capture_db), v2.prepare(up2, capture_db))
+                assert names[0] == names[1]
+                assert await _sandbox_databases(backend) == [names[0]]
+                async with agent_tx(capture_db, "UPDATE t SET v = 0 WHERE id = 3") as agent:
+                    tx, candidate = agent.tx(), Candidate(agent.plan)
+                    verdicts = await asyncio.gather(v1.verify(up, capture_db, tx, candidate),
+                                                    v2.verify(up2, capture_db, tx, candidate))
+                    assert all(v.verified for v in verdicts), [v.summary() for v in verdicts]
+            finally:
+                await v2.close()
+                await v1.close()
+    finally:
+        if backend.cluster is not None:
+            backend.cluster.stop(mode="immediate")
