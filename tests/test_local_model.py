@@ -200,8 +200,11 @@ def test_a_server_that_ignores_sigterm_is_killed(gguf: Path, standin: Path, monk
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_server(gguf: Path, standin: Path, sig: signal.Signals) -> None:
+    # Started as from a terminal: a suite run as a background job ignores SIGINT, and a child
+    # inherits that, so Ctrl-C would not reach Python at all.
     proc = subprocess.Popen([sys.executable, "-m", "dbproxy_benchmarks.local_model", *_base(gguf), "--serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
