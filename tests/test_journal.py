@@ -241,6 +241,10 @@ async def test_finished_transactions_and_their_statements_are_written_together(j
     assert b[0].seq == 1 and f"the original had {len(huge)}" in b[0].sql and len(b[0].sql) < len(huge)
     assert (b[1].seq, b[1].tx_no, b[1].sqlstate) == (2, 2, "22000") and "here" in (b[1].error or "")
     assert [s.sql for s in c] == ["delete from t"]
+    journal.record_statement(ids[2], tx_no=1, sql="-- later", tag=None, rows=None)
+    await journal.flush()
+    rec_c, c = await journal.get(ids[2])  # type: ignore[misc]
+    assert [(s.seq, s.sql) for s in c] == [(1, "delete from t"), (2, "-- later")] and rec_c.statements == 2
     assert await journal.insert_finished_with_statements([]) == []
 
 

@@ -602,8 +602,13 @@ class Journal:
         (`finished_batches`)."""
         if not batch:
             return []
-        return await self._call("insert_finished", lambda con: self._insert_finished(
+        ids = await self._call("insert_finished", lambda con: self._insert_finished(
             con, [tx for tx, _ in batch], [records for _, records in batch]), idempotent=False)
+        for tx_id, (_, records) in zip(ids, batch, strict=True):
+            # A statement recorded on it later continues its numbering, as after `record_statement`.
+            self._seq[tx_id] = len(records)
+            self._finish_seq(tx_id)
+        return ids
 
     async def _insert_finished(self, con: asyncpg.Connection, txs: list[FinishedTransaction],
                                statements: list[list[StatementRecord]] | None) -> list[int]:
