@@ -122,13 +122,10 @@ def wait_request(proxy: RunningProxy, timeout: float = 15) -> dict[str, Any]:
     raise AssertionError("no request waited for approval")
 
 
-def wait_notice(agent: Agent, text: str, timeout: float = 10) -> None:
+def wait_notice(agent: Agent, text: str) -> None:
     """Wait until the agent has a notice containing `text`. The request is visible to reviewers a
     moment before the agent's client has read the NOTICE sent right after recording it."""
-    deadline = time.monotonic() + timeout
-    while not any(text in n for n in agent.notices):
-        assert time.monotonic() < deadline, agent.notices
-        time.sleep(0.02)
+    wait_until(lambda: any(text in n for n in agent.notices), what=f"a notice containing {text!r}")
 
 
 def decide(proxy: RunningProxy, request_id: int, what: str, **body: Any) -> tuple[int, Any]:
