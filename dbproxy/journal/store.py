@@ -598,8 +598,8 @@ class Journal:
         """Transactions that already ended together with their statements (SQL already redacted),
         in one statement: one round trip and one commit for both, and no second pass over the
         transactions to count their statements (the writer's path for statements recorded one by
-        one). Returns the ids in the same order. Callers keep a batch small
-        (`finished_batches`)."""
+        one). Returns the ids in the same order. Callers keep a batch within the writer's limits
+        (`BATCH_RECORDS`, `BATCH_CHARS`)."""
         if not batch:
             return []
         ids = await self._call("insert_finished", lambda con: self._insert_finished(
