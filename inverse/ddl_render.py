@@ -141,6 +141,16 @@ def _rel_keyword(d: Desc) -> str:
             "index": "INDEX", "foreign table": "FOREIGN TABLE"}.get(str(d.get("kind")), "TABLE")
 
 
+def _routine_keyword(d: Desc) -> str:
+    """PROCEDURE for a procedure; FUNCTION for every other routine (aggregates and window
+    functions included), as GRANT, COMMENT ON, OWNER TO and DROP name them here."""
+    return "PROCEDURE" if d.get("kind") == "procedure" else "FUNCTION"
+
+
+def _routine(d: Desc) -> str:
+    return f"{_routine_keyword(d)} {d['signature']}"
+
+
 def _grant_on(d: Desc) -> str:
     kind = d.get("kind")
     if kind in ("table", "view", "matview", "foreign table"):
@@ -148,7 +158,7 @@ def _grant_on(d: Desc) -> str:
     if kind == "sequence":
         return f"SEQUENCE {d['qualified']}"
     if kind in ("function", "procedure", "aggregate", "window function"):
-        return f"{'PROCEDURE' if kind == 'procedure' else 'FUNCTION'} {d['signature']}"
+        return _routine(d)
     if kind == "schema":
         return f"SCHEMA {d['qualified']}"
     if kind == "domain":
@@ -160,7 +170,7 @@ def _object(d: Desc) -> str:
     """How COMMENT ON and ALTER ... OWNER TO name the object `d`."""
     kind = d.get("kind")
     if kind in ("function", "procedure", "aggregate", "window function"):
-        return f"{'PROCEDURE' if kind == 'procedure' else 'FUNCTION'} {d['signature']}"
+        return _routine(d)
     if kind == "schema":
         return f"SCHEMA {d['qualified']}"
     if kind in ("enum", "composite", "range", "multirange", "base type"):
@@ -608,7 +618,7 @@ def drop(d: Desc) -> str | None:
             return None
         return f"DROP {_rel_keyword(d)} {d['qualified']}"
     if kind in ("function", "procedure", "aggregate", "window function"):
-        return f"DROP {'PROCEDURE' if kind == 'procedure' else 'FUNCTION'} {d['signature']}"
+        return f"DROP {_routine(d)}"
     if kind == "domain":
         return f"DROP DOMAIN {d['qualified']}"
     if kind in ("enum", "composite", "range", "base type"):
@@ -1020,7 +1030,7 @@ def _alter_sequence(now: Desc, target: Desc) -> Parts:
 
 def _alter_function(now: Desc, target: Desc) -> Parts:
     parts = Parts()
-    keyword = "PROCEDURE" if target.get("kind") == "procedure" else "FUNCTION"
+    keyword = _routine_keyword(target)
     sig = str(now["signature"])
     if now.get("schema") != target.get("schema"):
         parts.pre.append((PRE_SURVIVOR, f"ALTER {keyword} {sig} SET SCHEMA {ident(str(target['schema']))}"))
